@@ -1,0 +1,296 @@
+// Strata: an embeddable storage engine that pages tensor blocks between tiers.
+//
+// A trainer opens one `Engine`, creates tensors, and pins the block it computes
+// on in the tier it needs; the engine moves blocks between host RAM and NVMe
+// (and, later, GPU, shared memory and remote tiers) behind its back.
+//
+//   auto engine = strata::Engine::Open({});
+//   auto t = (*engine)->CreateTensor("layer3.w", {.dtype = strata::DType::kF32,
+//                                                 .shape = {8192, 8192}});
+//   auto pin = (*engine)->Pin(*t, /*block=*/0, strata::Tier::kHost,
+//                             strata::Access::kWrite);
+//   std::span<float> w = pin->as<float>();
+//   // ... the Pin unpins when it goes out of scope.
+//
+// Errors are `absl::Status` values whose message says what to do. No exception
+// crosses this API. Every method of `Engine` is thread-safe unless it says
+// otherwise.
+#ifndef STRATA_STRATA_H_
+#define STRATA_STRATA_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace strata {
+
+namespace internal {
+class EngineCore;
+struct TensorState;
+struct BlockSlot;
+struct PrefetchState;
+}  // namespace internal
+
+// Where a copy of a block can live, fastest first.
+enum class Tier : uint8_t { kGpu, kHost, kShm, kRemote, kNvme };
+inline constexpr int kNumTiers = 5;
+
+// "gpu", "host", "shm", "remote" or "nvme".
+std::string_view TierName(Tier tier);
+
+// How a pin uses its block. `kRead` pins are shared; a `kWrite` pin is
+// exclusive (no other pin of the block may exist) and marks the copy dirty.
+enum class Access : uint8_t { kRead, kWrite };
+
+enum class DType : uint8_t { kU8, kI8, kF16, kBF16, kI32, kF32, kI64, kF64 };
+
+// Size of one element of `dtype` in bytes.
+size_t DTypeSize(DType dtype);
+
+// What `CreateTensor` makes: an array of `dtype` with `shape`, split into
+// blocks of `block_bytes` (0: `EngineOptions::default_block_bytes`). The last
+// block may be shorter. `block_bytes` must be a multiple of the element size
+// and of 4096.
+struct TensorSpec {
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  uint64_t block_bytes = 0;
+};
+
+// A half-open range of block indices; `end` is clamped to the tensor's block
+// count, so `BlockRange::All()` names every block.
+struct BlockRange {
+  uint64_t begin = 0;
+  uint64_t end = std::numeric_limits<uint64_t>::max();
+  static BlockRange All() { return {}; }
+  static BlockRange One(uint64_t block) { return {block, block + 1}; }
+};
+
+struct HostTierOptions {
+  // Size of the host arena, reserved once at Open. Must be at least one block.
+  uint64_t capacity_bytes = uint64_t{256} << 20;
+  // NUMA node to bind the arena to; -1: the node of the calling thread.
+  int numa_node = -1;
+  // Ask for transparent huge pages (madvise) for the arena.
+  bool huge_pages = true;
+};
+
+struct NvmeTierOptions {
+  // false: no NVMe tier; the host tier is then the lowest tier and a full host
+  // tier whose blocks are all dirty cannot evict (kResourceExhausted).
+  bool enabled = true;
+  // Directory for the block file; created if missing. Must be writable.
+  std::string path = "./strata-data";
+  // Most bytes the block file may grow to (space is preallocated in chunks).
+  uint64_t capacity_bytes = uint64_t{64} << 30;
+  // io_uring queue depth (1..4096).
+  uint32_t queue_depth = 64;
+  // Register the host arena and the file with io_uring (fixed buffers). When
+  // the kernel refuses (RLIMIT_MEMLOCK), the engine says so once through
+  // `EngineOptions::log` and goes on unregistered.
+  bool register_buffers = true;
+};
+
+// The one validated value that configures an engine. `Engine::Open` returns
+// kInvalidArgument naming the field for every bad value.
+struct EngineOptions {
+  HostTierOptions host;
+  NvmeTierOptions nvme;
+  // Block size for tensors whose spec leaves it 0: a multiple of 4096.
+  uint64_t default_block_bytes = uint64_t{2} << 20;
+  // Eviction policy: "default" (frequency-aware), "lru", "lfu" or "hinted"
+  // (evicts by predicted next use, learned from recorded steps).
+  std::string policy = "default";
+  // How long a pin waits for a conflicting pin (a write pin held by another
+  // thread, or read pins when asking to write) before kDeadlineExceeded.
+  absl::Duration pin_wait_timeout = absl::Seconds(30);
+  // Where the engine reports rare events (fallbacks, repeated I/O retries).
+  // Empty: standard error.
+  std::function<void(std::string_view)> log;
+};
+
+// Handle to a tensor of one engine. Cheap to copy; stays valid after
+// `DropTensor` (calls with it then return kNotFound).
+class Tensor {
+ public:
+  Tensor() = default;
+  const std::string& name() const { return name_; }
+  const TensorSpec& spec() const { return spec_; }
+  uint64_t num_blocks() const { return num_blocks_; }
+  uint64_t block_bytes() const { return block_bytes_; }
+  uint64_t size_bytes() const { return size_bytes_; }
+  // Bytes in block `block` (the last block may be shorter); 0 if out of range.
+  uint64_t block_size(uint64_t block) const;
+
+ private:
+  friend class internal::EngineCore;
+  std::shared_ptr<internal::TensorState> state_;
+  std::string name_;
+  TensorSpec spec_;
+  uint64_t num_blocks_ = 0;
+  uint64_t block_bytes_ = 0;
+  uint64_t size_bytes_ = 0;
+};
+
+// A caller's lease on one copy of one block. While it lives the copy is
+// neither evicted nor moved. Move-only; unpins in its destructor. A Pin must
+// not outlive its engine. Not thread-safe: one thread uses a Pin at a time.
+class Pin {
+ public:
+  Pin() = default;
+  Pin(Pin&& other) noexcept { *this = std::move(other); }
+  Pin& operator=(Pin&& other) noexcept;
+  Pin(const Pin&) = delete;
+  Pin& operator=(const Pin&) = delete;
+  ~Pin() { (void)Release(); }
+
+  // The block's bytes. Writing through a kRead pin is a bug in the caller.
+  std::span<std::byte> bytes() const { return {data_, size_}; }
+  template <typename T>
+  std::span<T> as() const {
+    return {reinterpret_cast<T*>(data_), size_ / sizeof(T)};
+  }
+  Tier tier() const { return tier_; }
+  Access access() const { return access_; }
+  uint64_t block() const { return block_; }
+  bool valid() const { return slot_ != nullptr; }
+
+  // Unpins now. A second call returns kFailedPrecondition.
+  absl::Status Release();
+
+ private:
+  friend class internal::EngineCore;
+  internal::EngineCore* core_ = nullptr;
+  internal::BlockSlot* slot_ = nullptr;
+  std::byte* data_ = nullptr;
+  size_t size_ = 0;
+  uint64_t block_ = 0;
+  Tier tier_ = Tier::kHost;
+  Access access_ = Access::kRead;
+  bool released_ = false;
+};
+
+// What `Prefetch` returns: wait on it, or drop it (the transfers go on).
+class PrefetchHandle {
+ public:
+  PrefetchHandle() = default;
+  // Blocks until every block of the request is resident or failed; returns the
+  // first error.
+  absl::Status Wait() const;
+  // True when every transfer has finished.
+  bool done() const;
+
+ private:
+  friend class internal::EngineCore;
+  std::shared_ptr<internal::PrefetchState> state_;
+};
+
+struct LatencySummary {
+  uint64_t samples = 0;
+  double p50_us = 0, p90_us = 0, p99_us = 0, max_us = 0;
+};
+
+struct TierStats {
+  Tier tier = Tier::kHost;
+  bool present = false;
+  uint64_t capacity_bytes = 0;
+  uint64_t used_bytes = 0;
+  uint64_t pinned_bytes = 0;   // host: bytes of blocks with a live pin
+  uint64_t hits = 0;           // pins served by a resident copy
+  uint64_t misses = 0;         // pins that had to load the copy
+  uint64_t bytes_in = 0;       // bytes written into this tier
+  uint64_t bytes_out = 0;      // bytes read out of this tier
+  uint64_t evictions = 0;      // copies dropped to make room
+  uint64_t write_backs = 0;    // dirty copies written to the next tier down
+};
+
+struct EngineStats {
+  TierStats tiers[kNumTiers];
+  // Hits are sampled (1 in 64) to keep the hot path free of clock reads.
+  LatencySummary pin_hit_latency;
+  LatencySummary pin_miss_latency;
+  const TierStats& tier(Tier t) const { return tiers[static_cast<int>(t)]; }
+};
+
+class Engine {
+ public:
+  // Validates `options`, reserves the host arena, opens the NVMe directory.
+  // Errors: kInvalidArgument (a bad field, named), kPermissionDenied /
+  // kNotFound (NVMe path), kResourceExhausted (arena cannot be reserved).
+  static absl::StatusOr<std::unique_ptr<Engine>> Open(EngineOptions options);
+
+  // Closes on destruction. Live pins at destruction are a caller bug
+  // (debug-checked); dirty blocks not flushed are discarded.
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Creates a tensor; its blocks read as zeros until written.
+  // Errors: kInvalidArgument (empty/too long name, empty/zero/negative/
+  // overflowing shape, bad block size), kAlreadyExists, kFailedPrecondition
+  // (engine closed).
+  absl::StatusOr<Tensor> CreateTensor(std::string_view name,
+                                      const TensorSpec& spec);
+  // Finds a tensor by name. kNotFound if there is none.
+  absl::StatusOr<Tensor> OpenTensor(std::string_view name);
+  // Forgets a tensor and frees its copies. kFailedPrecondition while any of
+  // its blocks is pinned; kNotFound if unknown or already dropped.
+  absl::Status DropTensor(const Tensor& tensor);
+
+  // Pins block `block` of `tensor` in `tier`, loading it if needed; blocks
+  // until the copy is there. Only kHost is pinnable in this build.
+  // Errors: kNotFound (dropped tensor), kOutOfRange (block),
+  // kInvalidArgument/kUnimplemented (tier), kResourceExhausted (every frame of
+  // the tier is pinned, or the lower tier is full), kDeadlineExceeded
+  // (conflicting pin held past `pin_wait_timeout`), kDataLoss (checksum),
+  // kUnavailable/kInternal (I/O errors, with the errno).
+  // The hot path (resident copy) is a load and a CAS.
+  absl::StatusOr<strata::Pin> Pin(const Tensor& tensor, uint64_t block,
+                                  Tier tier, Access access);
+
+  // Starts bringing `range` of `tensor` into `tier` without pinning; returns
+  // at once. Blocks that do not fit (every frame pinned) fail the handle
+  // with kResourceExhausted.
+  absl::StatusOr<PrefetchHandle> Prefetch(const Tensor& tensor,
+                                          BlockRange range, Tier tier);
+
+  // Writes every dirty block of `tensor` to the lowest tier and waits for the
+  // acknowledgement. kFailedPrecondition if a block is pinned for writing.
+  absl::Status Flush(const Tensor& tensor);
+  // Flushes every tensor.
+  absl::Status FlushAll();
+
+  // Access hints. The pins between the first BeginStep() and EndStep() are
+  // recorded as the step's plan; in later steps the engine prefetches ahead
+  // along the plan, and the "hinted" policy evicts by predicted next use.
+  // Call from the thread that drives the step.
+  absl::Status BeginStep();
+  absl::Status EndStep();
+
+  EngineStats GetStats() const;
+
+  // Refuses further calls (kFailedPrecondition). kFailedPrecondition if any
+  // pin is live (close nothing then). Idempotent once it succeeded.
+  absl::Status Close();
+
+  const EngineOptions& options() const;
+
+ private:
+  explicit Engine(std::unique_ptr<internal::EngineCore> core);
+  friend class internal::EngineCore;
+  std::unique_ptr<internal::EngineCore> core_;
+};
+
+}  // namespace strata
+
+#endif  // STRATA_STRATA_H_

@@ -1,0 +1,128 @@
+// The cost of pinning a resident block, beside its floor and the naive design.
+//
+//   strata   Engine::Pin + Pin::Release of a resident block (read access)
+//   floor    a bare array of atomic state words: CAS to pin, CAS to unpin
+//   hashmap  std::unordered_map lookup of the block, then the same two CASes
+//
+// Each thread pins its own block, so the numbers show the per-pin cost and how
+// it scales, not contention on one word. items_per_second is the aggregate of
+// all threads (UseRealTime).
+//
+//   build/bench/pin_bench --benchmark_filter=PinUnpinResident
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <unordered_map>
+
+#include <benchmark/benchmark.h>
+
+#include "strata/strata.h"
+
+namespace {
+
+constexpr int kMaxThreads = 8;
+constexpr uint64_t kBlockStride = 8;  // blocks between two threads' blocks
+
+struct Fixture {
+  std::unique_ptr<strata::Engine> engine;
+  strata::Tensor tensor;
+};
+
+Fixture& SharedEngine() {
+  static Fixture* fixture = [] {
+    auto* f = new Fixture;
+    strata::EngineOptions options;
+    options.host.capacity_bytes = 16 << 20;
+    options.default_block_bytes = 64 << 10;
+    options.nvme.enabled = false;
+    auto engine = strata::Engine::Open(options);
+    if (!engine.ok()) {
+      std::fprintf(stderr, "pin_bench: %s\n", std::string(engine.status().message()).c_str());
+      std::exit(1);
+    }
+    f->engine = std::move(*engine);
+    auto t = f->engine->CreateTensor(
+        "bench", {.dtype = strata::DType::kU8,
+                  .shape = {static_cast<int64_t>(kMaxThreads * kBlockStride) << 16}});
+    if (!t.ok()) std::exit(1);
+    f->tensor = *t;
+    for (int i = 0; i < kMaxThreads; ++i) {  // make every block resident
+      auto pin = f->engine->Pin(f->tensor, i * kBlockStride, strata::Tier::kHost,
+                                strata::Access::kWrite);
+      if (!pin.ok()) std::exit(1);
+    }
+    return f;
+  }();
+  return *fixture;
+}
+
+void BM_Strata(benchmark::State& state) {
+  Fixture& f = SharedEngine();
+  const uint64_t block = state.thread_index() * kBlockStride;
+  for (auto _ : state) {
+    auto pin = f.engine->Pin(f.tensor, block, strata::Tier::kHost,
+                             strata::Access::kRead);
+    benchmark::DoNotOptimize(pin->bytes().data());
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+
+// One word per cache line, as in the engine.
+struct alignas(64) Word {
+  std::atomic<uint64_t> value{0};
+};
+Word floor_words[kMaxThreads * kBlockStride];
+
+inline void CasPin(std::atomic<uint64_t>& word) {
+  uint64_t w = word.load(std::memory_order_acquire);
+  while (!word.compare_exchange_weak(w, w + 1, std::memory_order_acquire)) {
+  }
+}
+inline void CasUnpin(std::atomic<uint64_t>& word) {
+  uint64_t w = word.load(std::memory_order_relaxed);
+  while (!word.compare_exchange_weak(w, w - 1, std::memory_order_release)) {
+  }
+}
+
+void BM_Floor(benchmark::State& state) {
+  std::atomic<uint64_t>& word = floor_words[state.thread_index() * kBlockStride].value;
+  for (auto _ : state) {
+    CasPin(word);
+    benchmark::DoNotOptimize(word);
+    CasUnpin(word);
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+
+std::unordered_map<uint64_t, std::atomic<uint64_t>*>& HashTable() {
+  static auto* table = [] {
+    auto* t = new std::unordered_map<uint64_t, std::atomic<uint64_t>*>;
+    static Word words[kMaxThreads * kBlockStride];
+    for (uint64_t i = 0; i < kMaxThreads * kBlockStride; ++i) {
+      (*t)[(uint64_t{7} << 32) | i] = &words[i].value;
+    }
+    return t;
+  }();
+  return *table;
+}
+
+void BM_Hashmap(benchmark::State& state) {
+  auto& table = HashTable();
+  const uint64_t key = (uint64_t{7} << 32) | (state.thread_index() * kBlockStride);
+  for (auto _ : state) {
+    std::atomic<uint64_t>* word = table.find(key)->second;
+    CasPin(*word);
+    benchmark::DoNotOptimize(word);
+    CasUnpin(*word);
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+
+BENCHMARK(BM_Strata)->Name("BM_PinUnpinResident/strata")->Threads(1)->Threads(2)->UseRealTime();
+BENCHMARK(BM_Floor)->Name("BM_PinUnpinResident/floor")->Threads(1)->Threads(2)->UseRealTime();
+BENCHMARK(BM_Hashmap)->Name("BM_PinUnpinResident/hashmap")->Threads(1)->Threads(2)->UseRealTime();
+
+}  // namespace
+
+BENCHMARK_MAIN();

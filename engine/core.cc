@@ -1,0 +1,771 @@
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <functional>
+
+#include "absl/base/optimization.h"
+#include "absl/strings/str_cat.h"
+#include "engine/engine_core.h"
+#include "util/status_macros.h"
+
+namespace strata::internal {
+namespace {
+
+using tiers::Frame;
+using tiers::Transfer;
+using namespace word;  // NOLINT: the state word's vocabulary
+
+struct TlsRing {
+  uint64_t uid = 0;
+  ThreadRing* ring = nullptr;
+};
+thread_local TlsRing tls_ring;
+
+int64_t NowNanos() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// Counts down once per transfer completion; the submitter waits on it.
+struct Latch {
+  absl::Mutex mu;
+  int pending ABSL_GUARDED_BY(mu) = 0;
+  void Wait() {
+    absl::MutexLock lock(&mu);
+    mu.Await(absl::Condition(
+        +[](int* p) { return *p == 0; }, &pending));
+  }
+  static void OnDone(Transfer* t) {
+    auto* latch = static_cast<Latch*>(t->user);
+    absl::MutexLock lock(&latch->mu);
+    --latch->pending;
+  }
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Thread rings
+
+ThreadRing* EngineCore::LocalRing() {
+  if (ABSL_PREDICT_TRUE(tls_ring.uid == uid_)) return tls_ring.ring;
+  return RegisterThread();
+}
+
+ThreadRing* EngineCore::RegisterThread() {
+  absl::MutexLock lock(&rings_mu_);
+  ThreadRing*& ring = ring_of_thread_[std::this_thread::get_id()];
+  if (ring == nullptr) {
+    rings_.push_back(std::make_unique<ThreadRing>());
+    ring = rings_.back().get();
+  }
+  tls_ring = {uid_, ring};
+  return ring;
+}
+
+void EngineCore::DrainLocked() {
+  absl::MutexLock lock(&rings_mu_);
+  for (auto& ring : rings_) {
+    ring->Drain([this](uint64_t key) { policy_->Access(key); });
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Waiting
+
+bool EngineCore::WaitForChange(BlockSlot* slot, uint64_t seen,
+                               absl::Time deadline) {
+  WaitStripe& stripe =
+      stripes_[(reinterpret_cast<uintptr_t>(slot) / 64) % kWaitStripes];
+  absl::MutexLock lock(&stripe.mu);
+  for (;;) {
+    uint64_t w = slot->word.load(std::memory_order_acquire);
+    if ((w & ~kWaiters) != (seen & ~kWaiters)) return true;
+    if ((w & kWaiters) == 0 &&
+        !slot->word.compare_exchange_weak(w, w | kWaiters,
+                                          std::memory_order_acq_rel)) {
+      continue;
+    }
+    if (stripe.cv.WaitWithDeadline(&stripe.mu, deadline)) {
+      w = slot->word.load(std::memory_order_acquire);
+      return (w & ~kWaiters) != (seen & ~kWaiters);
+    }
+  }
+}
+
+void EngineCore::Wake(BlockSlot* slot) {
+  slot->word.fetch_and(~kWaiters, std::memory_order_acq_rel);
+  WaitStripe& stripe =
+      stripes_[(reinterpret_cast<uintptr_t>(slot) / 64) % kWaitStripes];
+  absl::MutexLock lock(&stripe.mu);
+  stripe.cv.SignalAll();
+}
+
+void EngineCore::Publish(BlockSlot* slot, uint64_t desired) {
+  uint64_t old = slot->word.exchange(desired & ~kWaiters,
+                                     std::memory_order_acq_rel);
+  if (old & kWaiters) Wake(slot);
+}
+
+// ---------------------------------------------------------------------------
+// Pin and unpin
+
+strata::Pin EngineCore::MakePin(TensorState* ts, uint64_t block,
+                                BlockSlot* slot, Access access) {
+  strata::Pin pin;
+  pin.core_ = this;
+  pin.slot_ = slot;
+  pin.data_ = slot->data;
+  pin.size_ = ts->BlockSize(block);
+  pin.block_ = block;
+  pin.tier_ = Tier::kHost;
+  pin.access_ = access;
+  return pin;
+}
+
+absl::StatusOr<strata::Pin> EngineCore::Pin(const Tensor& tensor,
+                                            uint64_t block, Tier tier,
+                                            Access access) {
+  TensorState* ts = tensor.state_.get();
+  if (ABSL_PREDICT_FALSE(ts == nullptr || ts->core != this ||
+                         tier != Tier::kHost || block >= ts->num_blocks ||
+                         ts->dropped.load(std::memory_order_relaxed) ||
+                         closed_.load(std::memory_order_relaxed))) {
+    return PinError(tensor, block, tier);
+  }
+  ThreadRing* ring = LocalRing();
+  // One pin in 64 is timed, so that the hot path reads no clock.
+  const bool timed = (++ring->pins & 63) == 0;
+  const int64_t start = timed ? NowNanos() : 0;
+  if (ABSL_PREDICT_FALSE(step_active_.load(std::memory_order_relaxed))) {
+    OnStepPin(ts, block);
+  }
+  BlockSlot* slot = &ts->slots[block];
+  uint64_t w = slot->word.load(std::memory_order_acquire);
+  if (ABSL_PREDICT_TRUE(StateOf(w) == kResident && !(w & kExclusive))) {
+    uint64_t desired = 0;
+    if (access == Access::kRead) {
+      if (Pins(w) != kPinMask) desired = w + 1;
+    } else if (Pins(w) == 0) {
+      desired = ((w | kExclusive | kDirty) + 1) + kVersionOne;
+    }
+    if (desired != 0 &&
+        slot->word.compare_exchange_strong(w, desired,
+                                           std::memory_order_acquire,
+                                           std::memory_order_relaxed)) {
+      ring->Record(ts->Key(block));
+      Bump(ring->hits);
+      if (timed) ring->hit_latency.Record(NowNanos() - start);
+      return MakePin(ts, block, slot, access);
+    }
+  }
+  return PinSlow(ts, block, access, ring, timed ? start : NowNanos());
+}
+
+absl::StatusOr<strata::Pin> EngineCore::PinSlow(TensorState* ts,
+                                                uint64_t block, Access access,
+                                                ThreadRing* ring,
+                                                int64_t start_ns) {
+  BlockSlot* slot = &ts->slots[block];
+  const absl::Time deadline = absl::Now() + options_.pin_wait_timeout;
+  for (;;) {
+    if (ts->dropped.load(std::memory_order_acquire)) {
+      return absl::NotFoundError(absl::StrCat(
+          "tensor '", ts->name, "' was dropped; open or create it again"));
+    }
+    STRATA_RETURN_IF_ERROR(CheckOpen());
+    uint64_t w = slot->word.load(std::memory_order_acquire);
+    switch (StateOf(w)) {
+      case kResident: {
+        uint64_t desired = 0;
+        if (!(w & kExclusive)) {
+          if (access == Access::kRead) {
+            if (Pins(w) == kPinMask) {
+              return absl::ResourceExhaustedError(absl::StrCat(
+                  BlockName(ts, block), " has ", kPinMask,
+                  " read pins, the most a block can hold; release some"));
+            }
+            desired = w + 1;
+          } else if (Pins(w) == 0) {
+            desired = ((w | kExclusive | kDirty) + 1) + kVersionOne;
+          }
+        }
+        if (desired != 0) {
+          if (slot->word.compare_exchange_weak(w, desired,
+                                               std::memory_order_acquire)) {
+            ring->Record(ts->Key(block));
+            Bump(ring->hits);
+            ring->hit_latency.Record(NowNanos() - start_ns);
+            return MakePin(ts, block, slot, access);
+          }
+          continue;
+        }
+        // A conflicting pin: wait for it to go.
+        if (!WaitForChange(slot, w, deadline)) {
+          return absl::DeadlineExceededError(absl::StrCat(
+              BlockName(ts, block), " stayed pinned ",
+              (w & kExclusive) ? "for writing" : "for reading", " for ",
+              absl::FormatDuration(options_.pin_wait_timeout),
+              "; release the conflicting pin (a thread cannot hold a read pin "
+              "and ask for a write pin of the same block) or raise "
+              "EngineOptions::pin_wait_timeout"));
+        }
+        continue;
+      }
+      case kLoading:
+      case kEvicting:
+        if (!WaitForChange(slot, w, deadline)) {
+          return absl::DeadlineExceededError(absl::StrCat(
+              BlockName(ts, block), " is still being moved after ",
+              absl::FormatDuration(options_.pin_wait_timeout),
+              "; the lower tier may be stalled"));
+        }
+        continue;
+      case kAbsent:
+        break;
+    }
+    // Absent: this thread loads it.
+    const uint64_t loading = WithState(w & ~(kPinMask | kExclusive | kDirty),
+                                       kLoading);
+    if (!slot->word.compare_exchange_weak(w, loading,
+                                          std::memory_order_acquire)) {
+      continue;
+    }
+    const uint64_t version = VersionOf(w);
+    absl::Status status;
+    absl::StatusOr<Frame> frame = AllocateFrame(ts->frame_bytes);
+    if (frame.ok()) {
+      status = FillFrame(ts, block, slot, version, frame->data);
+      if (!status.ok()) host_->Free(*frame);
+    } else {
+      status = frame.status();
+    }
+    if (!status.ok()) {
+      Publish(slot, WithState(slot->word.load() & ~kWaiters, kAbsent));
+      return status;
+    }
+    slot->data = frame->data;
+    slot->host_offset = frame->offset;
+    host_bytes_in_.fetch_add(ts->BlockSize(block), std::memory_order_relaxed);
+    {
+      absl::MutexLock lock(&policy_mu_);
+      DrainLocked();
+      policy_->Insert(ts->Key(block));
+    }
+    uint64_t resident = WithState(slot->word.load(), kResident) | 1;
+    if (access == Access::kWrite) {
+      resident = (resident | kExclusive | kDirty) + kVersionOne;
+    }
+    Publish(slot, resident);
+    Bump(ring->misses);
+    ring->miss_latency.Record(NowNanos() - start_ns);
+    return MakePin(ts, block, slot, access);
+  }
+}
+
+void EngineCore::Unpin(BlockSlot* slot, Access access) {
+  const uint64_t step = access == Access::kWrite ? kExclusive + 1 : 1;
+  const uint64_t old = slot->word.fetch_sub(step, std::memory_order_release);
+  ABSL_ASSERT(Pins(old) >= 1);
+  if (ABSL_PREDICT_FALSE(old & kWaiters)) Wake(slot);
+}
+
+// ---------------------------------------------------------------------------
+// Frames, eviction, write-back
+
+absl::StatusOr<Frame> EngineCore::AllocateFrame(uint64_t bytes) {
+  // Bounded: every round either gets a frame or evicts at least one block;
+  // the bound only matters when other threads keep taking what we free.
+  for (int round = 0; round < 10000; ++round) {
+    absl::StatusOr<Frame> frame = host_->Allocate(bytes);
+    if (frame.ok() || !absl::IsResourceExhausted(frame.status())) return frame;
+    STRATA_RETURN_IF_ERROR(EvictSome(eviction_batch_));
+  }
+  return absl::ResourceExhaustedError(
+      "tier host: could not find a free frame while other threads kept "
+      "filling the tier; raise EngineOptions::host.capacity_bytes");
+}
+
+bool EngineCore::TryClaim(uint64_t key, Victim* out) {
+  std::shared_ptr<TensorState> ts = TensorById(static_cast<uint32_t>(key >> 32));
+  if (ts == nullptr) return false;
+  const uint64_t block = key & 0xFFFFFFFFu;
+  if (block >= ts->num_blocks) return false;
+  BlockSlot* slot = &ts->slots[block];
+  uint64_t w = slot->word.load(std::memory_order_acquire);
+  if (StateOf(w) != kResident || Pins(w) != 0 || (w & kExclusive)) return false;
+  const uint64_t evicting = WithState(w, kEvicting);
+  if (!slot->word.compare_exchange_strong(w, evicting,
+                                          std::memory_order_acquire)) {
+    return false;
+  }
+  *out = Victim{ts.get(), block, slot, evicting};
+  return true;
+}
+
+std::vector<EngineCore::Victim> EngineCore::ClaimVictims(size_t count) {
+  std::vector<Victim> victims;
+  absl::MutexLock lock(&policy_mu_);
+  DrainLocked();
+  while (victims.size() < count) {
+    Victim v;
+    std::optional<uint64_t> key =
+        policy_->Evict([&](uint64_t k) { return TryClaim(k, &v); });
+    if (!key) break;
+    victims.push_back(v);
+  }
+  return victims;
+}
+
+absl::Status EngineCore::EvictSome(size_t count) {
+  std::vector<Victim> victims = ClaimVictims(count);
+  if (victims.empty()) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "tier host: every frame (", host_->capacity(),
+        " bytes) is pinned or being moved; release pins or raise "
+        "EngineOptions::host.capacity_bytes"));
+  }
+  std::vector<Victim> dirty;
+  for (const Victim& v : victims) {
+    if (v.word & kDirty) dirty.push_back(v);
+  }
+  std::vector<absl::Status> statuses(dirty.size());
+  if (!dirty.empty()) {
+    if (nvme_ == nullptr) {
+      for (auto& s : statuses) {
+        s = absl::ResourceExhaustedError(
+            "tier host is full of dirty blocks and no lower tier is "
+            "configured; enable EngineOptions::nvme or raise "
+            "EngineOptions::host.capacity_bytes");
+      }
+    } else {
+      WriteBack(dirty, statuses);
+    }
+  }
+  absl::Status first_error;
+  size_t freed = 0;
+  size_t d = 0;
+  std::vector<uint64_t> restored;
+  for (const Victim& v : victims) {
+    absl::Status status;
+    if (v.word & kDirty) status = statuses[d++];
+    if (!status.ok()) {
+      // Invariant 4: a copy the lower tier did not acknowledge stays dirty
+      // and resident; the error goes to the caller who needed the space.
+      if (first_error.ok()) first_error = status;
+      restored.push_back(v.tensor->Key(v.block));
+      Publish(v.slot, WithState(v.slot->word.load(), kResident));
+      continue;
+    }
+    if (v.word & kDirty) write_backs_.fetch_add(1, std::memory_order_relaxed);
+    host_->Free(Frame{.offset = v.slot->host_offset,
+                      .bytes = v.tensor->frame_bytes,
+                      .data = v.slot->data});
+    v.slot->data = nullptr;
+    Publish(v.slot,
+            WithState(v.slot->word.load() & ~(kDirty | kPinMask), kAbsent));
+    evictions_.fetch_add(1, std::memory_order_relaxed);
+    ++freed;
+  }
+  if (!restored.empty()) {
+    absl::MutexLock lock(&policy_mu_);
+    for (uint64_t key : restored) policy_->Insert(key);
+  }
+  return freed > 0 ? absl::OkStatus() : first_error;
+}
+
+void EngineCore::WriteBack(std::span<const Victim> items,
+                           std::vector<absl::Status>& statuses) {
+  std::vector<Transfer> transfers(items.size());
+  std::vector<Transfer*> batch;
+  Latch latch;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const Victim& v = items[i];
+    BlockSlot* slot = v.slot;
+    if (!slot->nvme.valid()) {
+      absl::StatusOr<Frame> extent = nvme_->Allocate(v.tensor->frame_bytes);
+      if (!extent.ok()) {
+        statuses[i] = extent.status();
+        continue;
+      }
+      slot->nvme = *extent;
+      slot->nvme_version = 0;
+    }
+    Transfer& t = transfers[i];
+    t.op = Transfer::Op::kWrite;
+    t.key = {v.tensor->id, v.block, VersionOf(v.word)};
+    t.frame = slot->nvme;
+    t.host = {slot->data, v.tensor->BlockSize(v.block)};
+    t.on_done = &Latch::OnDone;
+    t.user = &latch;
+    batch.push_back(&t);
+  }
+  if (batch.empty()) return;
+  {
+    absl::MutexLock lock(&latch.mu);
+    latch.pending = static_cast<int>(batch.size());
+  }
+  absl::Status submitted = nvme_->Submit(batch);
+  if (!submitted.ok()) {
+    for (Transfer* t : batch) statuses[t - transfers.data()] = submitted;
+    return;
+  }
+  latch.Wait();
+  for (Transfer* t : batch) {
+    const size_t i = t - transfers.data();
+    statuses[i] = t->status;
+    if (t->status.ok()) {
+      items[i].slot->nvme_checksum = t->checksum;
+      items[i].slot->nvme_version = t->key.version;
+      host_bytes_out_.fetch_add(t->host.size(), std::memory_order_relaxed);
+    }
+  }
+}
+
+absl::Status EngineCore::FillFrame(TensorState* ts, uint64_t block,
+                                   BlockSlot* slot, uint64_t version,
+                                   std::byte* data) {
+  const uint64_t size = ts->BlockSize(block);
+  if (version == 0) {  // never written: a new tensor reads as zeros
+    std::memset(data, 0, size);
+    return absl::OkStatus();
+  }
+  if (nvme_ == nullptr || !slot->nvme.valid() || slot->nvme_version != version) {
+    return absl::DataLossError(absl::StrCat(
+        BlockName(ts, block), " version ", version,
+        " has no copy in any tier (internal error: please report it)"));
+  }
+  Latch latch;
+  Transfer t;
+  t.op = Transfer::Op::kRead;
+  t.key = {ts->id, block, version};
+  t.frame = slot->nvme;
+  t.host = {data, size};
+  t.checksum = slot->nvme_checksum;
+  t.on_done = &Latch::OnDone;
+  t.user = &latch;
+  {
+    absl::MutexLock lock(&latch.mu);
+    latch.pending = 1;
+  }
+  Transfer* batch[1] = {&t};
+  STRATA_RETURN_IF_ERROR(nvme_->Submit(batch));
+  latch.Wait();
+  return t.status;
+}
+
+// ---------------------------------------------------------------------------
+// Flush
+
+absl::Status EngineCore::Flush(const Tensor& tensor) {
+  STRATA_ASSIGN_OR_RETURN(TensorState * ts, CheckTensor(tensor));
+  if (nvme_ == nullptr) return absl::OkStatus();  // host is the lowest tier
+  absl::MutexLock flush_lock(&ts->flush_mu);
+  const absl::Time deadline = absl::Now() + options_.pin_wait_timeout;
+  constexpr size_t kBatch = 64;
+  absl::Status first_error;
+  for (uint64_t begin = 0; begin < ts->num_blocks; begin += kBatch) {
+    const uint64_t end = std::min(ts->num_blocks, begin + kBatch);
+    std::vector<Victim> held;  // dirty blocks under a read pin
+    for (uint64_t b = begin; b < end; ++b) {
+      BlockSlot* slot = &ts->slots[b];
+      for (;;) {
+        uint64_t w = slot->word.load(std::memory_order_acquire);
+        const State state = StateOf(w);
+        if (state == kAbsent) break;  // evicted: its write-back was acked
+        if (state == kResident && !(w & kDirty)) break;
+        if (state == kResident && !(w & kExclusive)) {
+          if (Pins(w) == kPinMask) {
+            first_error = absl::ResourceExhaustedError(absl::StrCat(
+                BlockName(ts, b), " has too many pins to flush"));
+            break;
+          }
+          if (slot->word.compare_exchange_weak(w, w + 1,
+                                               std::memory_order_acquire)) {
+            held.push_back({ts, b, slot, w + 1});
+            break;
+          }
+          continue;
+        }
+        if (state == kResident) {  // pinned for writing
+          if (first_error.ok()) {
+            first_error = absl::FailedPreconditionError(absl::StrCat(
+                BlockName(ts, b),
+                " is pinned for writing; release the write pin before Flush"));
+          }
+          break;
+        }
+        // Loading or evicting: wait, then look again.
+        if (!WaitForChange(slot, w, deadline)) {
+          first_error = absl::DeadlineExceededError(absl::StrCat(
+              BlockName(ts, b), " stayed in transit during Flush"));
+          break;
+        }
+      }
+    }
+    std::vector<absl::Status> statuses(held.size());
+    WriteBack(held, statuses);
+    for (size_t i = 0; i < held.size(); ++i) {
+      if (statuses[i].ok()) {
+        held[i].slot->word.fetch_and(~kDirty, std::memory_order_acq_rel);
+        write_backs_.fetch_add(1, std::memory_order_relaxed);
+      } else if (first_error.ok()) {
+        first_error = statuses[i];
+      }
+      Unpin(held[i].slot, Access::kRead);
+    }
+  }
+  return first_error;
+}
+
+absl::Status EngineCore::FlushAll() {
+  STRATA_RETURN_IF_ERROR(CheckOpen());
+  std::vector<std::shared_ptr<TensorState>> all;
+  {
+    absl::MutexLock lock(&catalog_mu_);
+    for (auto& [name, ts] : by_name_) all.push_back(ts);
+  }
+  absl::Status first_error;
+  for (auto& ts : all) {
+    Tensor handle;
+    handle.state_ = ts;
+    absl::Status s = Flush(handle);
+    if (!s.ok() && !absl::IsNotFound(s) && first_error.ok()) first_error = s;
+  }
+  return first_error;
+}
+
+// ---------------------------------------------------------------------------
+// Prefetch and the mover
+
+struct EngineCore::AsyncLoad {
+  Transfer transfer;
+  EngineCore* core;
+  std::shared_ptr<TensorState> tensor;
+  uint64_t block;
+  Frame frame;
+  std::shared_ptr<PrefetchState> prefetch;
+};
+
+void PrefetchState::Done(const absl::Status& status) {
+  absl::MutexLock lock(&mu);
+  if (!status.ok() && first_error.ok()) first_error = status;
+  if (--pending == 0) cv.SignalAll();
+}
+
+absl::StatusOr<PrefetchHandle> EngineCore::Prefetch(const Tensor& tensor,
+                                                    BlockRange range,
+                                                    Tier tier) {
+  STRATA_ASSIGN_OR_RETURN(TensorState * ts, CheckTensor(tensor));
+  if (tier != Tier::kHost) return PinError(tensor, 0, tier);
+  const uint64_t end = std::min(range.end, ts->num_blocks);
+  if (range.begin > end || range.begin >= ts->num_blocks) {
+    return absl::OutOfRangeError(absl::StrCat(
+        "prefetch range [", range.begin, ", ", range.end, ") of tensor '",
+        ts->name, "' is outside its ", ts->num_blocks, " blocks"));
+  }
+  PrefetchHandle handle;
+  handle.state_ = std::make_shared<PrefetchState>();
+  MoverJob job;
+  job.prefetch = handle.state_;
+  for (uint64_t b = range.begin; b < end; ++b) {
+    job.blocks.emplace_back(tensor.state_, b);
+  }
+  {
+    absl::MutexLock lock(&handle.state_->mu);
+    handle.state_->pending = job.blocks.size();
+  }
+  if (job.blocks.empty()) return handle;
+  Enqueue(std::move(job));
+  return handle;
+}
+
+void EngineCore::Enqueue(MoverJob job) {
+  absl::MutexLock lock(&mover_mu_);
+  jobs_.push_back(std::move(job));
+}
+
+void EngineCore::MoverLoop() {
+  for (;;) {
+    MoverJob job;
+    {
+      absl::MutexLock lock(&mover_mu_);
+      mover_mu_.Await(absl::Condition(
+          +[](EngineCore* c) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+            return c->stop_mover_ || !c->jobs_.empty();
+          },
+          this));
+      if (jobs_.empty()) return;  // stopping, nothing left
+      job = std::move(jobs_.front());
+      jobs_.pop_front();
+    }
+    RunMoverJob(job);
+  }
+}
+
+void EngineCore::RunMoverJob(MoverJob& job) {
+  auto finish = [&](const absl::Status& s) {
+    if (job.prefetch) job.prefetch->Done(s);
+  };
+  std::vector<AsyncLoad*> reads;
+  auto submit_reads = [&] {
+    if (reads.empty()) return;
+    std::vector<Transfer*> batch;
+    for (AsyncLoad* load : reads) batch.push_back(&load->transfer);
+    {
+      absl::MutexLock lock(&mover_mu_);
+      async_in_flight_ += reads.size();
+    }
+    absl::Status s = nvme_->Submit(batch);
+    if (!s.ok()) {
+      for (AsyncLoad* load : reads) FinishAsyncLoad(load, s);
+    }
+    reads.clear();
+  };
+  for (auto& [ts, block] : job.blocks) {
+    if (ts->dropped.load() || closed_.load()) {
+      finish(absl::CancelledError(absl::StrCat(
+          "prefetch of tensor '", ts->name, "' cancelled: dropped or closed")));
+      continue;
+    }
+    BlockSlot* slot = &ts->slots[block];
+    uint64_t w = slot->word.load(std::memory_order_acquire);
+    if (StateOf(w) != kAbsent ||
+        !slot->word.compare_exchange_strong(
+            w, WithState(w & ~(kPinMask | kExclusive | kDirty), kLoading),
+            std::memory_order_acquire)) {
+      finish(absl::OkStatus());  // already there or on its way
+      continue;
+    }
+    const uint64_t version = VersionOf(w);
+    absl::StatusOr<Frame> frame = AllocateFrame(ts->frame_bytes);
+    if (!frame.ok()) {
+      Publish(slot, WithState(slot->word.load(), kAbsent));
+      finish(frame.status());
+      continue;
+    }
+    auto* load = new AsyncLoad{{}, this, ts, block, *frame, job.prefetch};
+    if (version == 0) {
+      std::memset(frame->data, 0, ts->BlockSize(block));
+      {
+        absl::MutexLock lock(&mover_mu_);
+        ++async_in_flight_;
+      }
+      FinishAsyncLoad(load, absl::OkStatus());
+      continue;
+    }
+    if (!slot->nvme.valid() || slot->nvme_version != version) {
+      {
+        absl::MutexLock lock(&mover_mu_);
+        ++async_in_flight_;
+      }
+      FinishAsyncLoad(load, absl::DataLossError(absl::StrCat(
+                                BlockName(ts.get(), block),
+                                " has no copy in any tier (internal error)")));
+      continue;
+    }
+    Transfer& t = load->transfer;
+    t.op = Transfer::Op::kRead;
+    t.key = {ts->id, block, version};
+    t.frame = slot->nvme;
+    t.host = {frame->data, ts->BlockSize(block)};
+    t.checksum = slot->nvme_checksum;
+    t.on_done = &EngineCore::OnAsyncLoadDone;
+    t.user = load;
+    reads.push_back(load);
+    if (reads.size() >= options_.nvme.queue_depth) submit_reads();
+  }
+  submit_reads();
+}
+
+void EngineCore::OnAsyncLoadDone(Transfer* t) {
+  auto* load = static_cast<AsyncLoad*>(t->user);
+  load->core->FinishAsyncLoad(load, t->status);
+}
+
+void EngineCore::FinishAsyncLoad(AsyncLoad* load, absl::Status status) {
+  TensorState* ts = load->tensor.get();
+  BlockSlot* slot = &ts->slots[load->block];
+  if (status.ok()) {
+    slot->data = load->frame.data;
+    slot->host_offset = load->frame.offset;
+    host_bytes_in_.fetch_add(ts->BlockSize(load->block),
+                             std::memory_order_relaxed);
+    {
+      absl::MutexLock lock(&policy_mu_);
+      policy_->Insert(ts->Key(load->block));
+    }
+    Publish(slot, WithState(slot->word.load(), kResident));
+  } else {
+    host_->Free(load->frame);
+    Publish(slot, WithState(slot->word.load(), kAbsent));
+  }
+  if (load->prefetch) load->prefetch->Done(status);
+  delete load;
+  absl::MutexLock lock(&mover_mu_);
+  --async_in_flight_;
+}
+
+// ---------------------------------------------------------------------------
+// Step hints
+
+absl::Status EngineCore::BeginStep() {
+  STRATA_RETURN_IF_ERROR(CheckOpen());
+  std::vector<std::pair<std::shared_ptr<TensorState>, uint64_t>> first;
+  {
+    absl::MutexLock lock(&step_mu_);
+    if (in_step_) {
+      return absl::FailedPreconditionError(
+          "BeginStep called twice without EndStep; call EndStep first");
+    }
+    in_step_ = true;
+    recording_ = plan_.empty();
+    step_pos_ = 0;
+    prefetched_to_ = std::min(plan_.size(), lookahead_);
+    first.assign(plan_.begin(), plan_.begin() + prefetched_to_);
+  }
+  step_active_.store(true, std::memory_order_relaxed);
+  if (!first.empty()) Enqueue(MoverJob{std::move(first), nullptr});
+  return absl::OkStatus();
+}
+
+absl::Status EngineCore::EndStep() {
+  STRATA_RETURN_IF_ERROR(CheckOpen());
+  {
+    absl::MutexLock lock(&step_mu_);
+    if (!in_step_) {
+      return absl::FailedPreconditionError(
+          "EndStep called without BeginStep; call BeginStep first");
+    }
+    in_step_ = false;
+    recording_ = false;
+  }
+  step_active_.store(false, std::memory_order_relaxed);
+  absl::MutexLock lock(&policy_mu_);
+  DrainLocked();
+  policy_->OnStepBoundary();
+  return absl::OkStatus();
+}
+
+void EngineCore::OnStepPin(TensorState* ts, uint64_t block) {
+  MoverJob job;
+  {
+    absl::MutexLock lock(&step_mu_);
+    if (!in_step_) return;
+    if (recording_) {
+      plan_.emplace_back(TensorById(ts->id), block);
+      return;
+    }
+    ++step_pos_;
+    // Keep the mover `lookahead_` blocks ahead, in chunks of half of it.
+    const uint64_t want = std::min<uint64_t>(plan_.size(), step_pos_ + lookahead_);
+    if (want < prefetched_to_ + lookahead_ / 2 && want != plan_.size()) return;
+    if (want <= prefetched_to_) return;
+    job.blocks.assign(plan_.begin() + prefetched_to_, plan_.begin() + want);
+    prefetched_to_ = want;
+  }
+  Enqueue(std::move(job));
+}
+
+}  // namespace strata::internal

@@ -1,0 +1,257 @@
+// The buffer manager behind strata::Engine: catalog, block table, pin/unpin,
+// eviction, write-back and the mover thread.
+//
+// Block state (DESIGN.md, "the part that must be right"): every block has one
+// 64-bit state word for its host copy, in a per-tensor array of cache-line
+// sized slots:
+//
+//   bits  0..15  pin count              bit 16  exclusive (a write pin)
+//   bit  17      dirty                  bits 18..19  absent/loading/resident/evicting
+//   bit  20      someone waits on this word
+//   bits 32..63  version (bumped by every write pin)
+//
+// A resident pin is one load and one CAS on that word. Whoever moves the word
+// to "loading" or "evicting" owns the slot's other fields until it moves the
+// word on; readers of those fields hold a pin (acquire) or the ownership.
+// The NVMe copy's record (extent, checksum, version) is written only by the
+// owner of an eviction, or by Flush while it holds a read pin and the
+// tensor's flush mutex.
+#ifndef STRATA_ENGINE_ENGINE_CORE_H_
+#define STRATA_ENGINE_ENGINE_CORE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "api/strata/strata.h"
+#include "engine/access_log.h"
+#include "engine/policy/policy.h"
+#include "tiers/host/host_tier.h"
+#include "tiers/tier.h"
+
+namespace strata::tiers {
+class IoBackend;
+}
+
+namespace strata::internal {
+
+namespace word {
+inline constexpr uint64_t kPinMask = 0xFFFF;
+inline constexpr uint64_t kExclusive = uint64_t{1} << 16;
+inline constexpr uint64_t kDirty = uint64_t{1} << 17;
+inline constexpr int kStateShift = 18;
+inline constexpr uint64_t kStateMask = uint64_t{3} << kStateShift;
+inline constexpr uint64_t kWaiters = uint64_t{1} << 20;
+inline constexpr int kVersionShift = 32;
+inline constexpr uint64_t kVersionOne = uint64_t{1} << kVersionShift;
+
+enum State : uint64_t { kAbsent = 0, kLoading = 1, kResident = 2, kEvicting = 3 };
+
+inline State StateOf(uint64_t w) {
+  return static_cast<State>((w & kStateMask) >> kStateShift);
+}
+inline uint64_t WithState(uint64_t w, State s) {
+  return (w & ~kStateMask) | (static_cast<uint64_t>(s) << kStateShift);
+}
+inline uint64_t Pins(uint64_t w) { return w & kPinMask; }
+inline uint64_t VersionOf(uint64_t w) { return w >> kVersionShift; }
+}  // namespace word
+
+struct alignas(64) BlockSlot {
+  std::atomic<uint64_t> word{0};
+  std::byte* data = nullptr;   // host frame, valid while resident/evicting
+  uint64_t host_offset = 0;    // host frame offset in the arena
+  tiers::Frame nvme;           // extent in the NVMe tier (bytes 0: none yet)
+  uint64_t nvme_checksum = 0;  // of the bytes at `nvme`
+  uint64_t nvme_version = 0;   // version those bytes hold (0: none)
+};
+static_assert(sizeof(BlockSlot) == 64, "one slot per cache line");
+
+struct TensorState {
+  EngineCore* core = nullptr;
+  uint32_t id = 0;
+  std::string name;
+  uint64_t num_blocks = 0;
+  uint64_t block_bytes = 0;
+  uint64_t size_bytes = 0;
+  uint64_t frame_bytes = 0;  // block_bytes rounded up to the frame alignment
+  std::unique_ptr<BlockSlot[]> slots;
+  std::atomic<bool> dropped{false};
+  absl::Mutex flush_mu;
+
+  uint64_t BlockSize(uint64_t block) const {
+    return block + 1 < num_blocks ? block_bytes
+                                  : size_bytes - block * block_bytes;
+  }
+  uint64_t Key(uint64_t block) const {
+    return (static_cast<uint64_t>(id) << 32) | block;
+  }
+};
+
+inline std::string BlockName(const TensorState* ts, uint64_t block) {
+  return "tensor '" + ts->name + "' block " + std::to_string(block);
+}
+
+struct PrefetchState {
+  absl::Mutex mu;
+  absl::CondVar cv;
+  uint64_t pending ABSL_GUARDED_BY(mu) = 0;
+  absl::Status first_error ABSL_GUARDED_BY(mu);
+  void Done(const absl::Status& status);
+};
+
+// What tests may swap in (engine/testing.h).
+struct TierOverrides {
+  std::unique_ptr<tiers::IoBackend> nvme_backend;
+};
+
+class EngineCore {
+ public:
+  static absl::StatusOr<std::unique_ptr<EngineCore>> Create(
+      EngineOptions options, TierOverrides overrides);
+  static std::unique_ptr<Engine> Wrap(std::unique_ptr<EngineCore> core);
+  ~EngineCore();
+
+  absl::StatusOr<Tensor> CreateTensor(std::string_view name,
+                                      const TensorSpec& spec);
+  absl::StatusOr<Tensor> OpenTensor(std::string_view name);
+  absl::Status DropTensor(const Tensor& tensor);
+  absl::StatusOr<strata::Pin> Pin(const Tensor& tensor, uint64_t block,
+                                  Tier tier, Access access);
+  absl::StatusOr<PrefetchHandle> Prefetch(const Tensor& tensor,
+                                          BlockRange range, Tier tier);
+  absl::Status Flush(const Tensor& tensor);
+  absl::Status FlushAll();
+  absl::Status BeginStep();
+  absl::Status EndStep();
+  EngineStats GetStats() const;
+  absl::Status Close();
+  const EngineOptions& options() const { return options_; }
+
+  // Called by strata::Pin::Release.
+  void Unpin(BlockSlot* slot, Access access);
+
+ private:
+  struct Victim {
+    TensorState* tensor;
+    uint64_t block;
+    BlockSlot* slot;
+    uint64_t word;  // the word as claimed (state evicting)
+  };
+  struct MoverJob {
+    std::vector<std::pair<std::shared_ptr<TensorState>, uint64_t>> blocks;
+    std::shared_ptr<PrefetchState> prefetch;  // may be null
+  };
+  struct AsyncLoad;
+
+  EngineCore(EngineOptions options, std::unique_ptr<tiers::HostTier> host,
+             std::unique_ptr<tiers::Tier> nvme,
+             std::unique_ptr<policy::EvictionPolicy> policy);
+
+  void Log(std::string_view message) const;
+  absl::Status CheckOpen() const;
+  absl::StatusOr<TensorState*> CheckTensor(const Tensor& tensor) const;
+  absl::Status PinError(const Tensor& tensor, uint64_t block, Tier tier) const;
+  strata::Pin MakePin(TensorState* ts, uint64_t block, BlockSlot* slot,
+                      Access access);
+  absl::StatusOr<strata::Pin> PinSlow(TensorState* ts, uint64_t block,
+                                      Access access, ThreadRing* ring,
+                                      int64_t start_ns);
+
+  ThreadRing* LocalRing();
+  ThreadRing* RegisterThread();
+  void DrainLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(policy_mu_);
+
+  // Waiting on a state word without spinning: returns false at the deadline.
+  bool WaitForChange(BlockSlot* slot, uint64_t seen, absl::Time deadline);
+  void Wake(BlockSlot* slot);
+  // Moves the word to `desired`, keeping no waiter bit, and wakes waiters.
+  void Publish(BlockSlot* slot, uint64_t desired);
+
+  // Loading and eviction.
+  absl::StatusOr<tiers::Frame> AllocateFrame(uint64_t bytes);
+  absl::Status EvictSome(size_t count);
+  std::vector<Victim> ClaimVictims(size_t count);
+  bool TryClaim(uint64_t key, Victim* out);
+  // Writes the blocks' host bytes to the NVMe tier (one batch) and records
+  // each acknowledged copy; statuses[i] says how item i fared.
+  void WriteBack(std::span<const Victim> items,
+                 std::vector<absl::Status>& statuses);
+  absl::Status FillFrame(TensorState* ts, uint64_t block, BlockSlot* slot,
+                         uint64_t version, std::byte* data);
+  void ForgetBlock(TensorState* ts, uint64_t block, BlockSlot* slot);
+
+  // The mover thread: prefetches along Prefetch requests and step plans.
+  void MoverLoop();
+  void RunMoverJob(MoverJob& job);
+  void Enqueue(MoverJob job);
+  static void OnAsyncLoadDone(tiers::Transfer* t);
+  void FinishAsyncLoad(AsyncLoad* load, absl::Status status);
+
+  void OnStepPin(TensorState* ts, uint64_t block);
+  std::shared_ptr<TensorState> TensorById(uint32_t id) const;
+
+  const EngineOptions options_;
+  const uint64_t uid_;  // tells this engine's thread rings from others'
+  std::unique_ptr<tiers::HostTier> host_;
+  std::unique_ptr<tiers::Tier> nvme_;
+  const size_t eviction_batch_;
+  std::atomic<bool> closed_{false};
+
+  mutable absl::Mutex catalog_mu_;
+  absl::flat_hash_map<std::string, std::shared_ptr<TensorState>> by_name_
+      ABSL_GUARDED_BY(catalog_mu_);
+  std::vector<std::shared_ptr<TensorState>> by_id_ ABSL_GUARDED_BY(catalog_mu_);
+
+  absl::Mutex policy_mu_;
+  std::unique_ptr<policy::EvictionPolicy> policy_ ABSL_GUARDED_BY(policy_mu_);
+
+  mutable absl::Mutex rings_mu_;
+  std::vector<std::unique_ptr<ThreadRing>> rings_ ABSL_GUARDED_BY(rings_mu_);
+  absl::flat_hash_map<std::thread::id, ThreadRing*> ring_of_thread_
+      ABSL_GUARDED_BY(rings_mu_);
+
+  struct WaitStripe {
+    absl::Mutex mu;
+    absl::CondVar cv;
+  };
+  static constexpr size_t kWaitStripes = 64;
+  std::unique_ptr<WaitStripe[]> stripes_;
+
+  // Engine-wide counters of the slow paths.
+  std::atomic<uint64_t> evictions_{0};
+  std::atomic<uint64_t> write_backs_{0};
+  std::atomic<uint64_t> host_bytes_in_{0};
+  std::atomic<uint64_t> host_bytes_out_{0};
+
+  // Mover.
+  absl::Mutex mover_mu_;
+  std::deque<MoverJob> jobs_ ABSL_GUARDED_BY(mover_mu_);
+  bool stop_mover_ ABSL_GUARDED_BY(mover_mu_) = false;
+  uint64_t async_in_flight_ ABSL_GUARDED_BY(mover_mu_) = 0;
+  std::thread mover_;
+
+  // Step hints.
+  std::atomic<bool> step_active_{false};
+  absl::Mutex step_mu_;
+  bool in_step_ ABSL_GUARDED_BY(step_mu_) = false;
+  bool recording_ ABSL_GUARDED_BY(step_mu_) = false;
+  std::vector<std::pair<std::shared_ptr<TensorState>, uint64_t>> plan_
+      ABSL_GUARDED_BY(step_mu_);
+  uint64_t step_pos_ ABSL_GUARDED_BY(step_mu_) = 0;
+  uint64_t prefetched_to_ ABSL_GUARDED_BY(step_mu_) = 0;
+  size_t lookahead_ = 16;
+};
+
+}  // namespace strata::internal
+
+#endif  // STRATA_ENGINE_ENGINE_CORE_H_

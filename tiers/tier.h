@@ -1,0 +1,115 @@
+// The small interface every tier implements (RMM's device_memory_resource,
+// CacheLib navy's Device): public, non-virtual entry points check arguments
+// and count bytes once; a tier fills in the private Do* hooks.
+//
+// A tier holds *frames* (space for one block) and moves bytes between its
+// frames and host memory. Host memory is the hub: a transfer between two
+// non-host tiers stages through a host frame (the engine arranges that).
+//
+// Threads: Allocate/Free/Submit may be called from any thread. Completions are
+// delivered by calling `Transfer::on_done` exactly once per submitted
+// transfer, from a thread of the tier's choosing (its completion thread, or
+// the submitting thread for synchronous tiers). `on_done` must not block on
+// other transfers of the same tier.
+#ifndef STRATA_TIERS_TIER_H_
+#define STRATA_TIERS_TIER_H_
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace strata::tiers {
+
+// Identity of the bytes a transfer carries; tiers that checksum cover it.
+struct BlockKey {
+  uint64_t tensor_id = 0;
+  uint64_t block = 0;
+  uint64_t version = 0;
+};
+
+// Space for one block in one tier.
+struct Frame {
+  uint64_t offset = 0;         // tier-specific location (arena or file offset)
+  uint64_t bytes = 0;          // capacity of the frame
+  std::byte* data = nullptr;   // host-addressable memory, or null
+  bool valid() const { return bytes != 0; }
+};
+
+struct Transfer {
+  enum class Op : uint8_t {
+    kRead,   // frame in this tier -> host
+    kWrite,  // host -> frame in this tier
+  };
+  Op op = Op::kRead;
+  BlockKey key;
+  Frame frame;
+  // Host bytes: the destination of a read, the source of a write. Its length
+  // is the number of bytes moved (at most frame.bytes).
+  std::span<std::byte> host;
+  // Checksum of the bytes: a write sets it (the caller stores it with the
+  // frame); a read verifies against it and fails with kDataLoss on mismatch.
+  uint64_t checksum = 0;
+  absl::Status status;  // set before on_done
+  void (*on_done)(Transfer*) = nullptr;
+  void* user = nullptr;  // the submitter's cookie
+};
+
+class Tier {
+ public:
+  virtual ~Tier() = default;
+  Tier(const Tier&) = delete;
+  Tier& operator=(const Tier&) = delete;
+
+  std::string_view name() const { return name_; }
+  uint64_t capacity() const { return capacity_; }
+  uint64_t used() const { return used_.load(std::memory_order_relaxed); }
+  uint64_t bytes_in() const { return bytes_in_.load(std::memory_order_relaxed); }
+  uint64_t bytes_out() const {
+    return bytes_out_.load(std::memory_order_relaxed);
+  }
+  // Whether frames have host-addressable `data`.
+  virtual bool addressable() const = 0;
+
+  // Reserves a frame of at least `bytes`. kResourceExhausted when full.
+  absl::StatusOr<Frame> Allocate(uint64_t bytes);
+  // Returns a frame from Allocate. Never fails.
+  void Free(const Frame& frame);
+
+  // Starts every transfer of `batch` (one submission where the tier can).
+  // Each one completes through its on_done, also when its own I/O fails. A
+  // non-OK return means none of the batch was started and no on_done runs.
+  absl::Status Submit(std::span<Transfer* const> batch);
+
+  // Registers the host arena with this tier's DMA engine once (fixed buffers,
+  // cudaHostRegister, fi_mr_reg). A tier that cannot register says so in the
+  // returned status; the engine logs it once and goes on.
+  virtual absl::Status RegisterHostMemory(std::span<std::byte> arena) {
+    (void)arena;
+    return absl::OkStatus();
+  }
+
+ protected:
+  Tier(std::string name, uint64_t capacity)
+      : name_(std::move(name)), capacity_(capacity) {}
+
+ private:
+  virtual absl::StatusOr<Frame> DoAllocate(uint64_t bytes) = 0;
+  virtual void DoFree(const Frame& frame) = 0;
+  virtual absl::Status DoSubmit(std::span<Transfer* const> batch) = 0;
+
+  std::string name_;
+  uint64_t capacity_;
+  std::atomic<uint64_t> used_{0};
+  std::atomic<uint64_t> bytes_in_{0};
+  std::atomic<uint64_t> bytes_out_{0};
+};
+
+}  // namespace strata::tiers
+
+#endif  // STRATA_TIERS_TIER_H_
