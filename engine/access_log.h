@@ -58,10 +58,9 @@ struct alignas(64) ThreadRing {
     drained = h;
   }
 
+  // Entries ever recorded: every hit records one, so this is the hit count.
   std::atomic<uint64_t> head{0};
   uint64_t drained = 0;  // the drainer's position (under the policy mutex)
-  uint64_t pins = 0;     // owner only: picks which hits are timed
-  std::atomic<uint64_t> hits{0};
   std::atomic<uint64_t> misses{0};
   LatencyHistogram hit_latency;
   LatencyHistogram miss_latency;

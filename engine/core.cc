@@ -48,7 +48,7 @@ struct Latch {
 // ---------------------------------------------------------------------------
 // Thread rings
 
-ThreadRing* EngineCore::LocalRing() {
+inline ThreadRing* EngineCore::LocalRing() {
   if (ABSL_PREDICT_TRUE(tls_ring.uid == uid_)) return tls_ring.ring;
   return RegisterThread();
 }
@@ -115,12 +115,12 @@ strata::Pin EngineCore::MakePin(TensorState* ts, uint64_t block,
                                 BlockSlot* slot, Access access) {
   strata::Pin pin;
   pin.core_ = this;
-  pin.slot_ = slot;
+  pin.word_ = &slot->word;
   pin.data_ = slot->data;
   pin.size_ = ts->BlockSize(block);
   pin.block_ = block;
   pin.tier_ = Tier::kHost;
-  pin.access_ = access;
+  pin.access_ = access == Access::kOverwrite ? Access::kWrite : access;
   return pin;
 }
 
@@ -130,17 +130,14 @@ absl::StatusOr<strata::Pin> EngineCore::Pin(const Tensor& tensor,
   TensorState* ts = tensor.state_.get();
   if (ABSL_PREDICT_FALSE(ts == nullptr || ts->core != this ||
                          tier != Tier::kHost || block >= ts->num_blocks ||
-                         ts->dropped.load(std::memory_order_relaxed) ||
-                         closed_.load(std::memory_order_relaxed))) {
-    return PinError(tensor, block, tier);
+                         ts->gate.load(std::memory_order_relaxed) != 0)) {
+    return PinGated(tensor, block, tier, access);
   }
   ThreadRing* ring = LocalRing();
-  // One pin in 64 is timed, so that the hot path reads no clock.
-  const bool timed = (++ring->pins & 63) == 0;
+  // One hit in 64 is timed, so that the hot path rarely reads a clock.
+  const bool timed =
+      (ring->head.load(std::memory_order_relaxed) & 63) == 0;
   const int64_t start = timed ? NowNanos() : 0;
-  if (ABSL_PREDICT_FALSE(step_active_.load(std::memory_order_relaxed))) {
-    OnStepPin(ts, block);
-  }
   BlockSlot* slot = &ts->slots[block];
   uint64_t w = slot->word.load(std::memory_order_acquire);
   if (ABSL_PREDICT_TRUE(StateOf(w) == kResident && !(w & kExclusive))) {
@@ -154,13 +151,37 @@ absl::StatusOr<strata::Pin> EngineCore::Pin(const Tensor& tensor,
         slot->word.compare_exchange_strong(w, desired,
                                            std::memory_order_acquire,
                                            std::memory_order_relaxed)) {
-      ring->Record(ts->Key(block));
-      Bump(ring->hits);
+      ring->Record(ts->Key(block));  // also counts the hit
       if (timed) ring->hit_latency.Record(NowNanos() - start);
       return MakePin(ts, block, slot, access);
     }
   }
   return PinSlow(ts, block, access, ring, timed ? start : NowNanos());
+}
+
+absl::StatusOr<strata::Pin> EngineCore::PinGated(const Tensor& tensor,
+                                                 uint64_t block, Tier tier,
+                                                 Access access) {
+  TensorState* ts = tensor.state_.get();
+  if (ts == nullptr || ts->core != this || tier != Tier::kHost ||
+      block >= ts->num_blocks || (ts->gate.load() & ~TensorState::kGateStep)) {
+    return PinError(tensor, block, tier);
+  }
+  const int64_t start = NowNanos();
+  OnStepPin(ts, block);
+  return PinSlow(ts, block, access, LocalRing(), start);
+}
+
+void EngineCore::SetGate(uint32_t bit, bool on) {
+  absl::MutexLock lock(&catalog_mu_);
+  gate_ = on ? (gate_ | bit) : (gate_ & ~bit);
+  for (const auto& ts : by_id_) {
+    if (on) {
+      ts->gate.fetch_or(bit, std::memory_order_acq_rel);
+    } else {
+      ts->gate.fetch_and(~bit, std::memory_order_acq_rel);
+    }
+  }
 }
 
 absl::StatusOr<strata::Pin> EngineCore::PinSlow(TensorState* ts,
@@ -170,7 +191,7 @@ absl::StatusOr<strata::Pin> EngineCore::PinSlow(TensorState* ts,
   BlockSlot* slot = &ts->slots[block];
   const absl::Time deadline = absl::Now() + options_.pin_wait_timeout;
   for (;;) {
-    if (ts->dropped.load(std::memory_order_acquire)) {
+    if (ts->dropped()) {
       return absl::NotFoundError(absl::StrCat(
           "tensor '", ts->name, "' was dropped; open or create it again"));
     }
@@ -195,7 +216,6 @@ absl::StatusOr<strata::Pin> EngineCore::PinSlow(TensorState* ts,
           if (slot->word.compare_exchange_weak(w, desired,
                                                std::memory_order_acquire)) {
             ring->Record(ts->Key(block));
-            Bump(ring->hits);
             ring->hit_latency.Record(NowNanos() - start_ns);
             return MakePin(ts, block, slot, access);
           }
@@ -235,7 +255,7 @@ absl::StatusOr<strata::Pin> EngineCore::PinSlow(TensorState* ts,
     const uint64_t version = VersionOf(w);
     absl::Status status;
     absl::StatusOr<Frame> frame = AllocateFrame(ts->frame_bytes);
-    if (frame.ok()) {
+    if (frame.ok() && access != Access::kOverwrite) {
       status = FillFrame(ts, block, slot, version, frame->data);
       if (!status.ok()) host_->Free(*frame);
     } else {
@@ -247,14 +267,16 @@ absl::StatusOr<strata::Pin> EngineCore::PinSlow(TensorState* ts,
     }
     slot->data = frame->data;
     slot->host_offset = frame->offset;
-    host_bytes_in_.fetch_add(ts->BlockSize(block), std::memory_order_relaxed);
+    if (access != Access::kOverwrite) {
+      host_bytes_in_.fetch_add(ts->BlockSize(block), std::memory_order_relaxed);
+    }
     {
       absl::MutexLock lock(&policy_mu_);
       DrainLocked();
       policy_->Insert(ts->Key(block));
     }
     uint64_t resident = WithState(slot->word.load(), kResident) | 1;
-    if (access == Access::kWrite) {
+    if (access != Access::kRead) {
       resident = (resident | kExclusive | kDirty) + kVersionOne;
     }
     Publish(slot, resident);
@@ -265,7 +287,7 @@ absl::StatusOr<strata::Pin> EngineCore::PinSlow(TensorState* ts,
 }
 
 void EngineCore::Unpin(BlockSlot* slot, Access access) {
-  const uint64_t step = access == Access::kWrite ? kExclusive + 1 : 1;
+  const uint64_t step = access == Access::kRead ? 1 : kExclusive + 1;
   const uint64_t old = slot->word.fetch_sub(step, std::memory_order_release);
   ABSL_ASSERT(Pins(old) >= 1);
   if (ABSL_PREDICT_FALSE(old & kWaiters)) Wake(slot);
@@ -624,7 +646,7 @@ void EngineCore::RunMoverJob(MoverJob& job) {
     reads.clear();
   };
   for (auto& [ts, block] : job.blocks) {
-    if (ts->dropped.load() || closed_.load()) {
+    if (ts->dropped() || closed_.load()) {
       finish(absl::CancelledError(absl::StrCat(
           "prefetch of tensor '", ts->name, "' cancelled: dropped or closed")));
       continue;
@@ -725,7 +747,7 @@ absl::Status EngineCore::BeginStep() {
     prefetched_to_ = std::min(plan_.size(), lookahead_);
     first.assign(plan_.begin(), plan_.begin() + prefetched_to_);
   }
-  step_active_.store(true, std::memory_order_relaxed);
+  SetGate(TensorState::kGateStep, true);
   if (!first.empty()) Enqueue(MoverJob{std::move(first), nullptr});
   return absl::OkStatus();
 }
@@ -741,7 +763,7 @@ absl::Status EngineCore::EndStep() {
     in_step_ = false;
     recording_ = false;
   }
-  step_active_.store(false, std::memory_order_relaxed);
+  SetGate(TensorState::kGateStep, false);
   absl::MutexLock lock(&policy_mu_);
   DrainLocked();
   policy_->OnStepBoundary();

@@ -44,38 +44,19 @@ uint64_t Tensor::block_size(uint64_t block) const {
                                  : size_bytes_ - block * block_bytes_;
 }
 
-Pin& Pin::operator=(Pin&& other) noexcept {
-  if (this != &other) {
-    (void)Release();
-    core_ = other.core_;
-    slot_ = other.slot_;
-    data_ = other.data_;
-    size_ = other.size_;
-    block_ = other.block_;
-    tier_ = other.tier_;
-    access_ = other.access_;
-    released_ = other.released_;
-    other.core_ = nullptr;
-    other.slot_ = nullptr;
-    other.data_ = nullptr;
-    other.size_ = 0;
-    other.released_ = false;
-  }
-  return *this;
-}
-
 absl::Status Pin::Release() {
-  if (slot_ == nullptr) {
+  if (word_ == nullptr) {
     return absl::FailedPreconditionError(
         released_ ? "pin already released; release a pin once"
                   : "pin is empty (default-constructed or moved from)");
   }
-  core_->Unpin(slot_, access_);
-  slot_ = nullptr;
-  data_ = nullptr;
-  size_ = 0;
-  released_ = true;
+  Drop();
   return absl::OkStatus();
+}
+
+void Pin::WakeWaiters() noexcept {
+  // The word is the first member of its slot.
+  core_->WakeAfterUnpin(reinterpret_cast<internal::BlockSlot*>(word_));
 }
 
 absl::Status PrefetchHandle::Wait() const {
@@ -293,7 +274,7 @@ absl::StatusOr<TensorState*> EngineCore::CheckTensor(const Tensor& tensor) const
     return absl::InvalidArgumentError(absl::StrCat(
         "tensor '", ts->name, "' belongs to another engine"));
   }
-  if (ts->dropped.load(std::memory_order_acquire)) {
+  if (ts->dropped()) {
     return absl::NotFoundError(absl::StrCat(
         "tensor '", ts->name, "' was dropped; create it again"));
   }
@@ -392,6 +373,7 @@ absl::StatusOr<Tensor> EngineCore::CreateTensor(std::string_view name_view,
   ts->size_bytes = bytes;
   ts->frame_bytes = block_bytes;  // a multiple of 4096 already
   ts->slots.reset(new BlockSlot[blocks]);
+  ts->gate.store(gate_, std::memory_order_release);
   by_id_.push_back(ts);
   by_name_.emplace(ts->name, ts);
   Tensor t;
@@ -474,7 +456,7 @@ absl::Status EngineCore::DropTensor(const Tensor& tensor) {
     }
     return refused;
   }
-  ts->dropped.store(true, std::memory_order_release);
+  ts->gate.fetch_or(TensorState::kGateDropped, std::memory_order_acq_rel);
   {
     absl::MutexLock lock(&policy_mu_);
     DrainLocked();
@@ -515,7 +497,7 @@ EngineStats EngineCore::GetStats() const {
   {
     absl::MutexLock lock(&rings_mu_);
     for (const auto& ring : rings_) {
-      host.hits += ring->hits.load(std::memory_order_relaxed);
+      host.hits += ring->head.load(std::memory_order_relaxed);
       host.misses += ring->misses.load(std::memory_order_relaxed);
       ring->hit_latency.AddTo(hit_counts);
       ring->miss_latency.AddTo(miss_counts);
@@ -526,7 +508,7 @@ EngineStats EngineCore::GetStats() const {
   {
     absl::MutexLock lock(&catalog_mu_);
     for (const auto& ts : by_id_) {
-      if (ts->dropped.load()) continue;
+      if (ts->dropped()) continue;
       for (uint64_t b = 0; b < ts->num_blocks; ++b) {
         if (word::Pins(ts->slots[b].word.load(std::memory_order_relaxed)) != 0) {
           host.pinned_bytes += ts->frame_bytes;
@@ -551,19 +533,27 @@ absl::Status EngineCore::Close() {
     absl::MutexLock lock(&mover_mu_);
     if (stop_mover_) return absl::OkStatus();  // closed before
   }
+  // Gate new pins first, then look for live ones, so none slips between.
+  SetGate(TensorState::kGateClosed, true);
+  absl::Status pinned;
   {
     absl::MutexLock lock(&catalog_mu_);
     for (const auto& ts : by_id_) {
-      if (ts->dropped.load()) continue;
+      if (ts->dropped() || !pinned.ok()) continue;
       for (uint64_t b = 0; b < ts->num_blocks; ++b) {
         if (word::Pins(ts->slots[b].word.load()) != 0) {
-          closed_.store(false);
-          return absl::FailedPreconditionError(absl::StrCat(
+          pinned = absl::FailedPreconditionError(absl::StrCat(
               BlockName(ts.get(), b),
               " is still pinned; release every Pin before Close"));
+          break;
         }
       }
     }
+  }
+  if (!pinned.ok()) {
+    SetGate(TensorState::kGateClosed, false);
+    closed_.store(false);
+    return pinned;
   }
   {
     absl::MutexLock lock(&mover_mu_);

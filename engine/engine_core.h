@@ -20,6 +20,7 @@
 #define STRATA_ENGINE_ENGINE_CORE_H_
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -28,6 +29,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/base/attributes.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -75,6 +77,10 @@ struct alignas(64) BlockSlot {
   uint64_t nvme_version = 0;   // version those bytes hold (0: none)
 };
 static_assert(sizeof(BlockSlot) == 64, "one slot per cache line");
+static_assert(offsetof(BlockSlot, word) == 0, "Pin finds the slot by its word");
+static_assert(kUnpinRead == 1 && kUnpinWrite == word::kExclusive + 1 &&
+                  kWaitersBit == word::kWaiters,
+              "Pin's inline unpin must match the state word layout");
 
 struct TensorState {
   EngineCore* core = nullptr;
@@ -85,9 +91,15 @@ struct TensorState {
   uint64_t size_bytes = 0;
   uint64_t frame_bytes = 0;  // block_bytes rounded up to the frame alignment
   std::unique_ptr<BlockSlot[]> slots;
-  std::atomic<bool> dropped{false};
+  // Anything that takes a pin off the hot path, in one word the hot path
+  // reads: the tensor was dropped, the engine closed, or a step is traced.
+  static constexpr uint32_t kGateDropped = 1, kGateClosed = 2, kGateStep = 4;
+  std::atomic<uint32_t> gate{0};
   absl::Mutex flush_mu;
 
+  bool dropped() const {
+    return gate.load(std::memory_order_acquire) & kGateDropped;
+  }
   uint64_t BlockSize(uint64_t block) const {
     return block + 1 < num_blocks ? block_bytes
                                   : size_bytes - block * block_bytes;
@@ -137,8 +149,10 @@ class EngineCore {
   absl::Status Close();
   const EngineOptions& options() const { return options_; }
 
-  // Called by strata::Pin::Release.
+  // Unpins without a Pin (Flush's own read pins).
   void Unpin(BlockSlot* slot, Access access);
+  // Called by a Pin whose unpin found waiters.
+  void WakeAfterUnpin(BlockSlot* slot) { Wake(slot); }
 
  private:
   struct Victim {
@@ -163,11 +177,15 @@ class EngineCore {
   absl::Status PinError(const Tensor& tensor, uint64_t block, Tier tier) const;
   strata::Pin MakePin(TensorState* ts, uint64_t block, BlockSlot* slot,
                       Access access);
+  absl::StatusOr<strata::Pin> PinGated(const Tensor& tensor, uint64_t block,
+                                       Tier tier, Access access);
+  // Sets or clears `bit` in the gate of every tensor (and of later ones).
+  void SetGate(uint32_t bit, bool on);
   absl::StatusOr<strata::Pin> PinSlow(TensorState* ts, uint64_t block,
                                       Access access, ThreadRing* ring,
                                       int64_t start_ns);
 
-  ThreadRing* LocalRing();
+  ThreadRing* LocalRing();  // inline in core.cc: the hot path
   ThreadRing* RegisterThread();
   void DrainLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(policy_mu_);
 
@@ -240,8 +258,9 @@ class EngineCore {
   uint64_t async_in_flight_ ABSL_GUARDED_BY(mover_mu_) = 0;
   std::thread mover_;
 
+  uint32_t gate_ ABSL_GUARDED_BY(catalog_mu_) = 0;  // for new tensors
+
   // Step hints.
-  std::atomic<bool> step_active_{false};
   absl::Mutex step_mu_;
   bool in_step_ ABSL_GUARDED_BY(step_mu_) = false;
   bool recording_ ABSL_GUARDED_BY(step_mu_) = false;

@@ -20,6 +20,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "bench/nvme_baseline.h"  // the raw O_DIRECT yardstick, not the engine
 #include "strata/strata.h"
 
 ABSL_FLAG(uint64_t, state_mib, 1024, "Parameters + Adam state, in MiB");
@@ -30,6 +31,9 @@ ABSL_FLAG(std::string, nvme_path, "./strata-data", "Directory for the NVMe tier"
 ABSL_FLAG(std::string, policy, "default", "Eviction policy");
 ABSL_FLAG(uint64_t, seed, 42, "Seed of the synthetic model");
 ABSL_FLAG(bool, hints, true, "Record step one and prefetch along it later");
+ABSL_FLAG(bool, baseline, true,
+          "After training, time raw io_uring O_DIRECT sequential reads and "
+          "writes of the same volume in --nvme_path and print the ratio");
 
 namespace {
 
@@ -180,8 +184,29 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
     before = now;
   }
-  std::printf("nvme traffic: %.0f MB/s over %d steps\n",
-              nvme_bytes / 1e6 / nvme_seconds, steps);
+  const double engine_mbps = nvme_bytes / 1e6 / nvme_seconds;
+  std::printf("nvme traffic: %.0f MB/s over %d steps (compute included)\n",
+              engine_mbps, steps);
+  if (absl::GetFlag(FLAGS_baseline)) {
+    // The same volume, read and written sequentially by raw io_uring with
+    // O_DIRECT at the engine's block size and queue depth.
+    const strata::EngineStats total = (*engine)->GetStats();
+    const auto& nvme = total.tier(strata::Tier::kNvme);
+    const uint64_t per_step = (nvme.bytes_in + nvme.bytes_out) / (steps + 1);
+    const uint64_t volume = std::max<uint64_t>(per_step / 2 / block_bytes, 1) * block_bytes;
+    const std::string raw = options.nvme.path + "/raw-baseline.bin";
+    auto w = strata::bench::RawSequentialWrite(raw, block_bytes, options.nvme.queue_depth, volume);
+    auto r = w.ok() ? strata::bench::RawSequentialRead(raw, block_bytes,
+                                                       options.nvme.queue_depth, volume)
+                    : absl::StatusOr<strata::bench::RawIoResult>(w.status());
+    std::remove(raw.c_str());
+    if (!r.ok()) return Fail(r.status(), "measuring the raw baseline");
+    const double raw_mbps = 2.0 * volume / 1e6 / (w->seconds + r->seconds);
+    std::printf("raw O_DIRECT baseline: %.0f MB/s (write %.0f, read %.0f) -> "
+                "engine/raw = %.2f\n",
+                raw_mbps, w->bytes_per_second() / 1e6, r->bytes_per_second() / 1e6,
+                engine_mbps / raw_mbps);
+  }
 
   // The reference: the same Adam steps, block by block, entirely in memory.
   std::vector<float> rp(per_block), rm(per_block), rv(per_block);

@@ -18,6 +18,7 @@
 #ifndef STRATA_STRATA_H_
 #define STRATA_STRATA_H_
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -39,6 +40,11 @@ class EngineCore;
 struct TensorState;
 struct BlockSlot;
 struct PrefetchState;
+// How Pin's inline unpin changes a block's state word (engine/engine_core.h
+// holds the layout and checks these against it).
+inline constexpr uint64_t kUnpinRead = 1;
+inline constexpr uint64_t kUnpinWrite = (uint64_t{1} << 16) + 1;
+inline constexpr uint64_t kWaitersBit = uint64_t{1} << 20;
 }  // namespace internal
 
 // Where a copy of a block can live, fastest first.
@@ -50,7 +56,11 @@ std::string_view TierName(Tier tier);
 
 // How a pin uses its block. `kRead` pins are shared; a `kWrite` pin is
 // exclusive (no other pin of the block may exist) and marks the copy dirty.
-enum class Access : uint8_t { kRead, kWrite };
+// `kOverwrite` is a write pin whose caller overwrites every byte: when the
+// block is not resident the engine does not read its old bytes from a lower
+// tier, and the pinned bytes are unspecified until written. Its Pin reports
+// access() == kWrite.
+enum class Access : uint8_t { kRead, kWrite, kOverwrite };
 
 enum class DType : uint8_t { kU8, kI8, kF16, kBF16, kI32, kF32, kI64, kF64 };
 
@@ -148,11 +158,35 @@ class Tensor {
 class Pin {
  public:
   Pin() = default;
-  Pin(Pin&& other) noexcept { *this = std::move(other); }
-  Pin& operator=(Pin&& other) noexcept;
+  Pin(Pin&& other) noexcept
+      : core_(other.core_),
+        word_(other.word_),
+        data_(other.data_),
+        size_(other.size_),
+        block_(other.block_),
+        tier_(other.tier_),
+        access_(other.access_),
+        released_(other.released_) {
+    other.Forget();
+  }
+  Pin& operator=(Pin&& other) noexcept {
+    if (this != &other) {
+      Drop();
+      core_ = other.core_;
+      word_ = other.word_;
+      data_ = other.data_;
+      size_ = other.size_;
+      block_ = other.block_;
+      tier_ = other.tier_;
+      access_ = other.access_;
+      released_ = other.released_;
+      other.Forget();
+    }
+    return *this;
+  }
   Pin(const Pin&) = delete;
   Pin& operator=(const Pin&) = delete;
-  ~Pin() { (void)Release(); }
+  ~Pin() { Drop(); }
 
   // The block's bytes. Writing through a kRead pin is a bug in the caller.
   std::span<std::byte> bytes() const { return {data_, size_}; }
@@ -163,15 +197,38 @@ class Pin {
   Tier tier() const { return tier_; }
   Access access() const { return access_; }
   uint64_t block() const { return block_; }
-  bool valid() const { return slot_ != nullptr; }
+  bool valid() const { return word_ != nullptr; }
 
   // Unpins now. A second call returns kFailedPrecondition.
   absl::Status Release();
 
  private:
   friend class internal::EngineCore;
+  // Unpins if this holds a pin; builds no Status (the destructor's path).
+  // Inline, so that a resident pin and its unpin cost two atomic operations
+  // and almost nothing else.
+  void Drop() noexcept {
+    if (word_ == nullptr) return;
+    const uint64_t old = word_->fetch_sub(
+        access_ == Access::kRead ? internal::kUnpinRead : internal::kUnpinWrite,
+        std::memory_order_release);
+    if (old & internal::kWaitersBit) WakeWaiters();
+    word_ = nullptr;
+    data_ = nullptr;
+    size_ = 0;
+    released_ = true;
+  }
+  void WakeWaiters() noexcept;
+  void Forget() noexcept {
+    core_ = nullptr;
+    word_ = nullptr;
+    data_ = nullptr;
+    size_ = 0;
+    released_ = false;
+  }
+
   internal::EngineCore* core_ = nullptr;
-  internal::BlockSlot* slot_ = nullptr;
+  std::atomic<uint64_t>* word_ = nullptr;  // the block's state word
   std::byte* data_ = nullptr;
   size_t size_ = 0;
   uint64_t block_ = 0;
