@@ -2,6 +2,7 @@
 #include <chrono>
 #include <cstring>
 #include <functional>
+#include <mutex>
 
 #include "absl/base/optimization.h"
 #include "absl/strings/str_cat.h"
@@ -29,17 +30,19 @@ int64_t NowNanos() {
 
 // Counts down once per transfer completion; the submitter waits on it.
 struct Latch {
-  absl::Mutex mu;
+  std::mutex mu;
+  std::condition_variable cv;
   int pending ABSL_GUARDED_BY(mu) = 0;
   void Wait() {
-    absl::MutexLock lock(&mu);
-    mu.Await(absl::Condition(
-        +[](int* p) { return *p == 0; }, &pending));
+    std::unique_lock lock(mu);
+    cv.wait(lock, [this] { return pending == 0; });
   }
   static void OnDone(Transfer* t) {
     auto* latch = static_cast<Latch*>(t->user);
-    absl::MutexLock lock(&latch->mu);
-    --latch->pending;
+    std::unique_lock lock(latch->mu);
+    // Notified under the lock: the waiter owns the latch and may destroy it
+    // as soon as it can take the mutex.
+    if (--latch->pending == 0) latch->cv.notify_all();
   }
 };
 
@@ -54,7 +57,7 @@ inline ThreadRing* EngineCore::LocalRing() {
 }
 
 ThreadRing* EngineCore::RegisterThread() {
-  absl::MutexLock lock(&rings_mu_);
+  std::unique_lock lock(rings_mu_);
   ThreadRing*& ring = ring_of_thread_[std::this_thread::get_id()];
   if (ring == nullptr) {
     rings_.push_back(std::make_unique<ThreadRing>());
@@ -65,7 +68,7 @@ ThreadRing* EngineCore::RegisterThread() {
 }
 
 void EngineCore::DrainLocked() {
-  absl::MutexLock lock(&rings_mu_);
+  std::unique_lock lock(rings_mu_);
   for (auto& ring : rings_) {
     ring->Drain([this](uint64_t key) { policy_->Access(key); });
   }
@@ -74,11 +77,16 @@ void EngineCore::DrainLocked() {
 // ---------------------------------------------------------------------------
 // Waiting
 
+EngineCore::Deadline EngineCore::WaitDeadline() const {
+  return std::chrono::steady_clock::now() +
+         absl::ToChronoNanoseconds(options_.pin_wait_timeout);
+}
+
 bool EngineCore::WaitForChange(BlockSlot* slot, uint64_t seen,
-                               absl::Time deadline) {
+                               Deadline deadline) {
   WaitStripe& stripe =
       stripes_[(reinterpret_cast<uintptr_t>(slot) / 64) % kWaitStripes];
-  absl::MutexLock lock(&stripe.mu);
+  std::unique_lock lock(stripe.mu);
   for (;;) {
     uint64_t w = slot->word.load(std::memory_order_acquire);
     if ((w & ~kWaiters) != (seen & ~kWaiters)) return true;
@@ -87,7 +95,7 @@ bool EngineCore::WaitForChange(BlockSlot* slot, uint64_t seen,
                                           std::memory_order_acq_rel)) {
       continue;
     }
-    if (stripe.cv.WaitWithDeadline(&stripe.mu, deadline)) {
+    if (stripe.cv.wait_until(lock, deadline) == std::cv_status::timeout) {
       w = slot->word.load(std::memory_order_acquire);
       return (w & ~kWaiters) != (seen & ~kWaiters);
     }
@@ -98,8 +106,8 @@ void EngineCore::Wake(BlockSlot* slot) {
   slot->word.fetch_and(~kWaiters, std::memory_order_acq_rel);
   WaitStripe& stripe =
       stripes_[(reinterpret_cast<uintptr_t>(slot) / 64) % kWaitStripes];
-  absl::MutexLock lock(&stripe.mu);
-  stripe.cv.SignalAll();
+  std::unique_lock lock(stripe.mu);
+  stripe.cv.notify_all();
 }
 
 void EngineCore::Publish(BlockSlot* slot, uint64_t desired) {
@@ -143,9 +151,9 @@ absl::StatusOr<strata::Pin> EngineCore::Pin(const Tensor& tensor,
   if (ABSL_PREDICT_TRUE(StateOf(w) == kResident && !(w & kExclusive))) {
     uint64_t desired = 0;
     if (access == Access::kRead) {
-      if (Pins(w) != kPinMask) desired = w + 1;
+      if (Pins(w) != kPinMask) desired = (w + 1) & ~kPrefetched;
     } else if (Pins(w) == 0) {
-      desired = ((w | kExclusive | kDirty) + 1) + kVersionOne;
+      desired = (((w | kExclusive | kDirty) + 1) + kVersionOne) & ~kPrefetched;
     }
     if (desired != 0 &&
         slot->word.compare_exchange_strong(w, desired,
@@ -173,7 +181,7 @@ absl::StatusOr<strata::Pin> EngineCore::PinGated(const Tensor& tensor,
 }
 
 void EngineCore::SetGate(uint32_t bit, bool on) {
-  absl::MutexLock lock(&catalog_mu_);
+  std::unique_lock lock(catalog_mu_);
   gate_ = on ? (gate_ | bit) : (gate_ & ~bit);
   for (const auto& ts : by_id_) {
     if (on) {
@@ -189,7 +197,7 @@ absl::StatusOr<strata::Pin> EngineCore::PinSlow(TensorState* ts,
                                                 ThreadRing* ring,
                                                 int64_t start_ns) {
   BlockSlot* slot = &ts->slots[block];
-  const absl::Time deadline = absl::Now() + options_.pin_wait_timeout;
+  const Deadline deadline = WaitDeadline();
   for (;;) {
     if (ts->dropped()) {
       return absl::NotFoundError(absl::StrCat(
@@ -207,9 +215,10 @@ absl::StatusOr<strata::Pin> EngineCore::PinSlow(TensorState* ts,
                   BlockName(ts, block), " has ", kPinMask,
                   " read pins, the most a block can hold; release some"));
             }
-            desired = w + 1;
+            desired = (w + 1) & ~kPrefetched;
           } else if (Pins(w) == 0) {
-            desired = ((w | kExclusive | kDirty) + 1) + kVersionOne;
+            desired = (((w | kExclusive | kDirty) + 1) + kVersionOne) &
+                      ~kPrefetched;
           }
         }
         if (desired != 0) {
@@ -271,7 +280,7 @@ absl::StatusOr<strata::Pin> EngineCore::PinSlow(TensorState* ts,
       host_bytes_in_.fetch_add(ts->BlockSize(block), std::memory_order_relaxed);
     }
     {
-      absl::MutexLock lock(&policy_mu_);
+      std::unique_lock lock(policy_mu_);
       DrainLocked();
       policy_->Insert(ts->Key(block));
     }
@@ -309,7 +318,7 @@ absl::StatusOr<Frame> EngineCore::AllocateFrame(uint64_t bytes) {
       "filling the tier; raise EngineOptions::host.capacity_bytes");
 }
 
-bool EngineCore::TryClaim(uint64_t key, Victim* out) {
+bool EngineCore::TryClaim(uint64_t key, bool take_prefetched, Victim* out) {
   std::shared_ptr<TensorState> ts = TensorById(static_cast<uint32_t>(key >> 32));
   if (ts == nullptr) return false;
   const uint64_t block = key & 0xFFFFFFFFu;
@@ -317,6 +326,8 @@ bool EngineCore::TryClaim(uint64_t key, Victim* out) {
   BlockSlot* slot = &ts->slots[block];
   uint64_t w = slot->word.load(std::memory_order_acquire);
   if (StateOf(w) != kResident || Pins(w) != 0 || (w & kExclusive)) return false;
+  if ((w & kPrefetched) && !take_prefetched) return false;
+  if ((w & kDirty) && nvme_ == nullptr) return false;  // nowhere to write it
   const uint64_t evicting = WithState(w, kEvicting);
   if (!slot->word.compare_exchange_strong(w, evicting,
                                           std::memory_order_acquire)) {
@@ -328,14 +339,21 @@ bool EngineCore::TryClaim(uint64_t key, Victim* out) {
 
 std::vector<EngineCore::Victim> EngineCore::ClaimVictims(size_t count) {
   std::vector<Victim> victims;
-  absl::MutexLock lock(&policy_mu_);
+  std::unique_lock lock(policy_mu_);
   DrainLocked();
-  while (victims.size() < count) {
-    Victim v;
-    std::optional<uint64_t> key =
-        policy_->Evict([&](uint64_t k) { return TryClaim(k, &v); });
-    if (!key) break;
-    victims.push_back(v);
+  // Blocks prefetched for a pin that has not come yet go only when nothing
+  // else can.
+  for (int pass = 0; pass < 2 && victims.empty(); ++pass) {
+    while (victims.size() < count) {
+      Victim v;
+      std::optional<uint64_t> key = policy_->Evict(
+          [&](uint64_t k) { return TryClaim(k, pass == 1, &v); });
+      if (!key) break;
+      victims.push_back(v);
+      // Batches only serve to keep the write-back queue deep: a clean
+      // victim frees its frame at once, so stop there.
+      if (!(v.word & kDirty)) break;
+    }
   }
   return victims;
 }
@@ -344,9 +362,11 @@ absl::Status EngineCore::EvictSome(size_t count) {
   std::vector<Victim> victims = ClaimVictims(count);
   if (victims.empty()) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "tier host: every frame (", host_->capacity(),
-        " bytes) is pinned or being moved; release pins or raise "
-        "EngineOptions::host.capacity_bytes"));
+        "tier host: every frame (", host_->capacity(), " bytes) is pinned",
+        nvme_ == nullptr ? ", dirty (no lower tier is configured)" : "",
+        " or being moved; release pins",
+        nvme_ == nullptr ? ", enable EngineOptions::nvme" : "",
+        " or raise EngineOptions::host.capacity_bytes"));
   }
   std::vector<Victim> dirty;
   for (const Victim& v : victims) {
@@ -386,12 +406,12 @@ absl::Status EngineCore::EvictSome(size_t count) {
                       .data = v.slot->data});
     v.slot->data = nullptr;
     Publish(v.slot,
-            WithState(v.slot->word.load() & ~(kDirty | kPinMask), kAbsent));
+            WithState(v.slot->word.load() & ~(kDirty | kPinMask | kPrefetched), kAbsent));
     evictions_.fetch_add(1, std::memory_order_relaxed);
     ++freed;
   }
   if (!restored.empty()) {
-    absl::MutexLock lock(&policy_mu_);
+    std::unique_lock lock(policy_mu_);
     for (uint64_t key : restored) policy_->Insert(key);
   }
   return freed > 0 ? absl::OkStatus() : first_error;
@@ -425,7 +445,7 @@ void EngineCore::WriteBack(std::span<const Victim> items,
   }
   if (batch.empty()) return;
   {
-    absl::MutexLock lock(&latch.mu);
+    std::unique_lock lock(latch.mu);
     latch.pending = static_cast<int>(batch.size());
   }
   absl::Status submitted = nvme_->Submit(batch);
@@ -468,7 +488,7 @@ absl::Status EngineCore::FillFrame(TensorState* ts, uint64_t block,
   t.on_done = &Latch::OnDone;
   t.user = &latch;
   {
-    absl::MutexLock lock(&latch.mu);
+    std::unique_lock lock(latch.mu);
     latch.pending = 1;
   }
   Transfer* batch[1] = {&t};
@@ -483,8 +503,8 @@ absl::Status EngineCore::FillFrame(TensorState* ts, uint64_t block,
 absl::Status EngineCore::Flush(const Tensor& tensor) {
   STRATA_ASSIGN_OR_RETURN(TensorState * ts, CheckTensor(tensor));
   if (nvme_ == nullptr) return absl::OkStatus();  // host is the lowest tier
-  absl::MutexLock flush_lock(&ts->flush_mu);
-  const absl::Time deadline = absl::Now() + options_.pin_wait_timeout;
+  std::unique_lock flush_lock(ts->flush_mu);
+  const Deadline deadline = WaitDeadline();
   constexpr size_t kBatch = 64;
   absl::Status first_error;
   for (uint64_t begin = 0; begin < ts->num_blocks; begin += kBatch) {
@@ -545,7 +565,7 @@ absl::Status EngineCore::FlushAll() {
   STRATA_RETURN_IF_ERROR(CheckOpen());
   std::vector<std::shared_ptr<TensorState>> all;
   {
-    absl::MutexLock lock(&catalog_mu_);
+    std::unique_lock lock(catalog_mu_);
     for (auto& [name, ts] : by_name_) all.push_back(ts);
   }
   absl::Status first_error;
@@ -571,9 +591,9 @@ struct EngineCore::AsyncLoad {
 };
 
 void PrefetchState::Done(const absl::Status& status) {
-  absl::MutexLock lock(&mu);
+  std::unique_lock lock(mu);
   if (!status.ok() && first_error.ok()) first_error = status;
-  if (--pending == 0) cv.SignalAll();
+  if (--pending == 0) cv.notify_all();
 }
 
 absl::StatusOr<PrefetchHandle> EngineCore::Prefetch(const Tensor& tensor,
@@ -595,7 +615,7 @@ absl::StatusOr<PrefetchHandle> EngineCore::Prefetch(const Tensor& tensor,
     job.blocks.emplace_back(tensor.state_, b);
   }
   {
-    absl::MutexLock lock(&handle.state_->mu);
+    std::unique_lock lock(handle.state_->mu);
     handle.state_->pending = job.blocks.size();
   }
   if (job.blocks.empty()) return handle;
@@ -604,20 +624,17 @@ absl::StatusOr<PrefetchHandle> EngineCore::Prefetch(const Tensor& tensor,
 }
 
 void EngineCore::Enqueue(MoverJob job) {
-  absl::MutexLock lock(&mover_mu_);
+  std::unique_lock lock(mover_mu_);
   jobs_.push_back(std::move(job));
+  mover_cv_.notify_all();
 }
 
 void EngineCore::MoverLoop() {
   for (;;) {
     MoverJob job;
     {
-      absl::MutexLock lock(&mover_mu_);
-      mover_mu_.Await(absl::Condition(
-          +[](EngineCore* c) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-            return c->stop_mover_ || !c->jobs_.empty();
-          },
-          this));
+      std::unique_lock lock(mover_mu_);
+      mover_cv_.wait(lock, [this] { return stop_mover_ || !jobs_.empty(); });
       if (jobs_.empty()) return;  // stopping, nothing left
       job = std::move(jobs_.front());
       jobs_.pop_front();
@@ -636,7 +653,7 @@ void EngineCore::RunMoverJob(MoverJob& job) {
     std::vector<Transfer*> batch;
     for (AsyncLoad* load : reads) batch.push_back(&load->transfer);
     {
-      absl::MutexLock lock(&mover_mu_);
+      std::unique_lock lock(mover_mu_);
       async_in_flight_ += reads.size();
     }
     absl::Status s = nvme_->Submit(batch);
@@ -671,7 +688,7 @@ void EngineCore::RunMoverJob(MoverJob& job) {
     if (version == 0) {
       std::memset(frame->data, 0, ts->BlockSize(block));
       {
-        absl::MutexLock lock(&mover_mu_);
+        std::unique_lock lock(mover_mu_);
         ++async_in_flight_;
       }
       FinishAsyncLoad(load, absl::OkStatus());
@@ -679,7 +696,7 @@ void EngineCore::RunMoverJob(MoverJob& job) {
     }
     if (!slot->nvme.valid() || slot->nvme_version != version) {
       {
-        absl::MutexLock lock(&mover_mu_);
+        std::unique_lock lock(mover_mu_);
         ++async_in_flight_;
       }
       FinishAsyncLoad(load, absl::DataLossError(absl::StrCat(
@@ -715,18 +732,18 @@ void EngineCore::FinishAsyncLoad(AsyncLoad* load, absl::Status status) {
     host_bytes_in_.fetch_add(ts->BlockSize(load->block),
                              std::memory_order_relaxed);
     {
-      absl::MutexLock lock(&policy_mu_);
+      std::unique_lock lock(policy_mu_);
       policy_->Insert(ts->Key(load->block));
     }
-    Publish(slot, WithState(slot->word.load(), kResident));
+    Publish(slot, WithState(slot->word.load(), kResident) | kPrefetched);
   } else {
     host_->Free(load->frame);
     Publish(slot, WithState(slot->word.load(), kAbsent));
   }
   if (load->prefetch) load->prefetch->Done(status);
   delete load;
-  absl::MutexLock lock(&mover_mu_);
-  --async_in_flight_;
+  std::unique_lock lock(mover_mu_);
+  if (--async_in_flight_ == 0) mover_cv_.notify_all();
 }
 
 // ---------------------------------------------------------------------------
@@ -736,7 +753,7 @@ absl::Status EngineCore::BeginStep() {
   STRATA_RETURN_IF_ERROR(CheckOpen());
   std::vector<std::pair<std::shared_ptr<TensorState>, uint64_t>> first;
   {
-    absl::MutexLock lock(&step_mu_);
+    std::unique_lock lock(step_mu_);
     if (in_step_) {
       return absl::FailedPreconditionError(
           "BeginStep called twice without EndStep; call EndStep first");
@@ -755,7 +772,7 @@ absl::Status EngineCore::BeginStep() {
 absl::Status EngineCore::EndStep() {
   STRATA_RETURN_IF_ERROR(CheckOpen());
   {
-    absl::MutexLock lock(&step_mu_);
+    std::unique_lock lock(step_mu_);
     if (!in_step_) {
       return absl::FailedPreconditionError(
           "EndStep called without BeginStep; call BeginStep first");
@@ -764,7 +781,7 @@ absl::Status EngineCore::EndStep() {
     recording_ = false;
   }
   SetGate(TensorState::kGateStep, false);
-  absl::MutexLock lock(&policy_mu_);
+  std::unique_lock lock(policy_mu_);
   DrainLocked();
   policy_->OnStepBoundary();
   return absl::OkStatus();
@@ -773,7 +790,7 @@ absl::Status EngineCore::EndStep() {
 void EngineCore::OnStepPin(TensorState* ts, uint64_t block) {
   MoverJob job;
   {
-    absl::MutexLock lock(&step_mu_);
+    std::unique_lock lock(step_mu_);
     if (!in_step_) return;
     if (recording_) {
       plan_.emplace_back(TensorById(ts->id), block);

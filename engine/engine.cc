@@ -63,18 +63,14 @@ absl::Status PrefetchHandle::Wait() const {
   if (state_ == nullptr) {
     return absl::FailedPreconditionError("empty PrefetchHandle");
   }
-  absl::MutexLock lock(&state_->mu);
-  state_->mu.Await(absl::Condition(
-      +[](internal::PrefetchState* s) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-        return s->pending == 0;
-      },
-      state_.get()));
+  std::unique_lock lock(state_->mu);
+  state_->cv.wait(lock, [this] { return state_->pending == 0; });
   return state_->first_error;
 }
 
 bool PrefetchHandle::done() const {
   if (state_ == nullptr) return true;
-  absl::MutexLock lock(&state_->mu);
+  std::unique_lock lock(state_->mu);
   return state_->pending == 0;
 }
 
@@ -243,14 +239,14 @@ EngineCore::~EngineCore() {
     // Release builds: shut down anyway; the live pins now dangle.
     closed_.store(true);
     {
-      absl::MutexLock lock(&mover_mu_);
+      std::unique_lock lock(mover_mu_);
       stop_mover_ = true;
+      mover_cv_.notify_all();
     }
     if (mover_.joinable()) mover_.join();
   }
-  absl::MutexLock lock(&mover_mu_);
-  mover_mu_.Await(absl::Condition(
-      +[](uint64_t* n) { return *n == 0; }, &async_in_flight_));
+  std::unique_lock lock(mover_mu_);
+  mover_cv_.wait(lock, [this] { return async_in_flight_ == 0; });
 }
 
 void EngineCore::Log(std::string_view message) const { options_.log(message); }
@@ -356,7 +352,7 @@ absl::StatusOr<Tensor> EngineCore::CreateTensor(std::string_view name_view,
         "tensor '", name, "' would have ", blocks,
         " blocks; the limit is 2^32-1: use larger block_bytes"));
   }
-  absl::MutexLock lock(&catalog_mu_);
+  std::unique_lock lock(catalog_mu_);
   if (by_name_.contains(name)) {
     return absl::AlreadyExistsError(absl::StrCat(
         "tensor '", name, "' already exists; open it with OpenTensor or drop it"));
@@ -390,7 +386,7 @@ absl::StatusOr<Tensor> EngineCore::CreateTensor(std::string_view name_view,
 absl::StatusOr<Tensor> EngineCore::OpenTensor(std::string_view name_view) {
   STRATA_RETURN_IF_ERROR(CheckOpen());
   const std::string name(name_view);
-  absl::MutexLock lock(&catalog_mu_);
+  std::unique_lock lock(catalog_mu_);
   auto it = by_name_.find(name);
   if (it == by_name_.end()) {
     return absl::NotFoundError(absl::StrCat(
@@ -410,15 +406,15 @@ absl::StatusOr<Tensor> EngineCore::OpenTensor(std::string_view name_view) {
 }
 
 std::shared_ptr<TensorState> EngineCore::TensorById(uint32_t id) const {
-  absl::MutexLock lock(&catalog_mu_);
+  std::unique_lock lock(catalog_mu_);
   if (id >= by_id_.size()) return nullptr;
   return by_id_[id];
 }
 
 absl::Status EngineCore::DropTensor(const Tensor& tensor) {
   STRATA_ASSIGN_OR_RETURN(TensorState * ts, CheckTensor(tensor));
-  absl::MutexLock flush_lock(&ts->flush_mu);
-  const absl::Time deadline = absl::Now() + options_.pin_wait_timeout;
+  std::unique_lock flush_lock(ts->flush_mu);
+  const Deadline deadline = WaitDeadline();
   // Claim every block (absent or resident and unpinned -> evicting) so that
   // nothing loads or pins it while its frames are given back.
   uint64_t claimed = 0;
@@ -458,7 +454,7 @@ absl::Status EngineCore::DropTensor(const Tensor& tensor) {
   }
   ts->gate.fetch_or(TensorState::kGateDropped, std::memory_order_acq_rel);
   {
-    absl::MutexLock lock(&policy_mu_);
+    std::unique_lock lock(policy_mu_);
     DrainLocked();
     for (uint64_t b = 0; b < ts->num_blocks; ++b) {
       if (ts->slots[b].data != nullptr) policy_->Erase(ts->Key(b));
@@ -477,7 +473,7 @@ absl::Status EngineCore::DropTensor(const Tensor& tensor) {
     }
     Publish(slot, slot->word.load());  // wake anyone still waiting
   }
-  absl::MutexLock lock(&catalog_mu_);
+  std::unique_lock lock(catalog_mu_);
   by_name_.erase(ts->name);
   return absl::OkStatus();
 }
@@ -495,7 +491,7 @@ EngineStats EngineCore::GetStats() const {
   host.write_backs = write_backs_.load(std::memory_order_relaxed);
   std::array<uint64_t, LatencyHistogram::kBuckets> hit_counts{}, miss_counts{};
   {
-    absl::MutexLock lock(&rings_mu_);
+    std::unique_lock lock(rings_mu_);
     for (const auto& ring : rings_) {
       host.hits += ring->head.load(std::memory_order_relaxed);
       host.misses += ring->misses.load(std::memory_order_relaxed);
@@ -506,7 +502,7 @@ EngineStats EngineCore::GetStats() const {
   stats.pin_hit_latency = LatencyHistogram::Summarize(hit_counts);
   stats.pin_miss_latency = LatencyHistogram::Summarize(miss_counts);
   {
-    absl::MutexLock lock(&catalog_mu_);
+    std::unique_lock lock(catalog_mu_);
     for (const auto& ts : by_id_) {
       if (ts->dropped()) continue;
       for (uint64_t b = 0; b < ts->num_blocks; ++b) {
@@ -530,14 +526,14 @@ EngineStats EngineCore::GetStats() const {
 
 absl::Status EngineCore::Close() {
   if (closed_.exchange(true)) {
-    absl::MutexLock lock(&mover_mu_);
+    std::unique_lock lock(mover_mu_);
     if (stop_mover_) return absl::OkStatus();  // closed before
   }
   // Gate new pins first, then look for live ones, so none slips between.
   SetGate(TensorState::kGateClosed, true);
   absl::Status pinned;
   {
-    absl::MutexLock lock(&catalog_mu_);
+    std::unique_lock lock(catalog_mu_);
     for (const auto& ts : by_id_) {
       if (ts->dropped() || !pinned.ok()) continue;
       for (uint64_t b = 0; b < ts->num_blocks; ++b) {
@@ -556,13 +552,13 @@ absl::Status EngineCore::Close() {
     return pinned;
   }
   {
-    absl::MutexLock lock(&mover_mu_);
+    std::unique_lock lock(mover_mu_);
     stop_mover_ = true;
+    mover_cv_.notify_all();
   }
   if (mover_.joinable()) mover_.join();
-  absl::MutexLock lock(&mover_mu_);
-  mover_mu_.Await(absl::Condition(
-      +[](uint64_t* n) { return *n == 0; }, &async_in_flight_));
+  std::unique_lock lock(mover_mu_);
+  mover_cv_.wait(lock, [this] { return async_in_flight_ == 0; });
   return absl::OkStatus();
 }
 

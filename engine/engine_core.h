@@ -8,6 +8,7 @@
 //   bits  0..15  pin count              bit 16  exclusive (a write pin)
 //   bit  17      dirty                  bits 18..19  absent/loading/resident/evicting
 //   bit  20      someone waits on this word
+//   bit  21      prefetched and not pinned yet
 //   bits 32..63  version (bumped by every write pin)
 //
 // A resident pin is one load and one CAS on that word. Whoever moves the word
@@ -20,6 +21,9 @@
 #define STRATA_ENGINE_ENGINE_CORE_H_
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
@@ -33,7 +37,6 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "api/strata/strata.h"
 #include "engine/access_log.h"
 #include "engine/policy/policy.h"
@@ -53,6 +56,9 @@ inline constexpr uint64_t kDirty = uint64_t{1} << 17;
 inline constexpr int kStateShift = 18;
 inline constexpr uint64_t kStateMask = uint64_t{3} << kStateShift;
 inline constexpr uint64_t kWaiters = uint64_t{1} << 20;
+// Loaded by a prefetch and not pinned since: eviction passes it over while
+// it has another choice. The first pin clears it in its CAS.
+inline constexpr uint64_t kPrefetched = uint64_t{1} << 21;
 inline constexpr int kVersionShift = 32;
 inline constexpr uint64_t kVersionOne = uint64_t{1} << kVersionShift;
 
@@ -95,7 +101,7 @@ struct TensorState {
   // reads: the tensor was dropped, the engine closed, or a step is traced.
   static constexpr uint32_t kGateDropped = 1, kGateClosed = 2, kGateStep = 4;
   std::atomic<uint32_t> gate{0};
-  absl::Mutex flush_mu;
+  std::mutex flush_mu;
 
   bool dropped() const {
     return gate.load(std::memory_order_acquire) & kGateDropped;
@@ -114,10 +120,10 @@ inline std::string BlockName(const TensorState* ts, uint64_t block) {
 }
 
 struct PrefetchState {
-  absl::Mutex mu;
-  absl::CondVar cv;
+  std::mutex mu;
   uint64_t pending ABSL_GUARDED_BY(mu) = 0;
   absl::Status first_error ABSL_GUARDED_BY(mu);
+  std::condition_variable cv;
   void Done(const absl::Status& status);
 };
 
@@ -190,7 +196,11 @@ class EngineCore {
   void DrainLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(policy_mu_);
 
   // Waiting on a state word without spinning: returns false at the deadline.
-  bool WaitForChange(BlockSlot* slot, uint64_t seen, absl::Time deadline);
+  // (std::mutex, not absl::Mutex, throughout: Debian's Abseil is not built
+  // for ThreadSanitizer, which then misses absl::Mutex's ordering.)
+  using Deadline = std::chrono::steady_clock::time_point;
+  Deadline WaitDeadline() const;
+  bool WaitForChange(BlockSlot* slot, uint64_t seen, Deadline deadline);
   void Wake(BlockSlot* slot);
   // Moves the word to `desired`, keeping no waiter bit, and wakes waiters.
   void Publish(BlockSlot* slot, uint64_t desired);
@@ -199,7 +209,7 @@ class EngineCore {
   absl::StatusOr<tiers::Frame> AllocateFrame(uint64_t bytes);
   absl::Status EvictSome(size_t count);
   std::vector<Victim> ClaimVictims(size_t count);
-  bool TryClaim(uint64_t key, Victim* out);
+  bool TryClaim(uint64_t key, bool take_prefetched, Victim* out);
   // Writes the blocks' host bytes to the NVMe tier (one batch) and records
   // each acknowledged copy; statuses[i] says how item i fared.
   void WriteBack(std::span<const Victim> items,
@@ -225,22 +235,22 @@ class EngineCore {
   const size_t eviction_batch_;
   std::atomic<bool> closed_{false};
 
-  mutable absl::Mutex catalog_mu_;
+  mutable std::mutex catalog_mu_;
   absl::flat_hash_map<std::string, std::shared_ptr<TensorState>> by_name_
       ABSL_GUARDED_BY(catalog_mu_);
   std::vector<std::shared_ptr<TensorState>> by_id_ ABSL_GUARDED_BY(catalog_mu_);
 
-  absl::Mutex policy_mu_;
+  std::mutex policy_mu_;
   std::unique_ptr<policy::EvictionPolicy> policy_ ABSL_GUARDED_BY(policy_mu_);
 
-  mutable absl::Mutex rings_mu_;
+  mutable std::mutex rings_mu_;
   std::vector<std::unique_ptr<ThreadRing>> rings_ ABSL_GUARDED_BY(rings_mu_);
   absl::flat_hash_map<std::thread::id, ThreadRing*> ring_of_thread_
       ABSL_GUARDED_BY(rings_mu_);
 
   struct WaitStripe {
-    absl::Mutex mu;
-    absl::CondVar cv;
+    std::mutex mu;
+    std::condition_variable cv;
   };
   static constexpr size_t kWaitStripes = 64;
   std::unique_ptr<WaitStripe[]> stripes_;
@@ -252,7 +262,8 @@ class EngineCore {
   std::atomic<uint64_t> host_bytes_out_{0};
 
   // Mover.
-  absl::Mutex mover_mu_;
+  std::mutex mover_mu_;
+  std::condition_variable mover_cv_;  // jobs, stop, async_in_flight_ == 0
   std::deque<MoverJob> jobs_ ABSL_GUARDED_BY(mover_mu_);
   bool stop_mover_ ABSL_GUARDED_BY(mover_mu_) = false;
   uint64_t async_in_flight_ ABSL_GUARDED_BY(mover_mu_) = 0;
@@ -261,7 +272,7 @@ class EngineCore {
   uint32_t gate_ ABSL_GUARDED_BY(catalog_mu_) = 0;  // for new tensors
 
   // Step hints.
-  absl::Mutex step_mu_;
+  std::mutex step_mu_;
   bool in_step_ ABSL_GUARDED_BY(step_mu_) = false;
   bool recording_ ABSL_GUARDED_BY(step_mu_) = false;
   std::vector<std::pair<std::shared_ptr<TensorState>, uint64_t>> plan_

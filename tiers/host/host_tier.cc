@@ -5,9 +5,9 @@
 #include <cerrno>
 #include <cstring>
 #include <map>
+#include <mutex>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "strata_config.h"
 #include "util/errors.h"
 
@@ -19,7 +19,7 @@ namespace strata::tiers {
 
 // Free extents, indexed by offset (to coalesce) and by size (best fit).
 struct HostTier::FreeList {
-  absl::Mutex mu;
+  std::mutex mu;  // not absl::Mutex: see engine_core.h
   std::map<uint64_t, uint64_t> by_offset ABSL_GUARDED_BY(mu);
   std::multimap<uint64_t, uint64_t> by_size ABSL_GUARDED_BY(mu);
 
@@ -143,7 +143,7 @@ absl::StatusOr<std::unique_ptr<HostTier>> HostTier::Create(
 
 HostTier::HostTier(std::byte* base, uint64_t size)
     : Tier("host", size), base_(base), size_(size), free_(new FreeList) {
-  absl::MutexLock lock(&free_->mu);
+  std::lock_guard lock(free_->mu);
   free_->Insert(0, size);
 }
 
@@ -151,7 +151,7 @@ HostTier::~HostTier() { munmap(base_, size_); }
 
 absl::StatusOr<Frame> HostTier::DoAllocate(uint64_t bytes) {
   const uint64_t need = RoundUp(bytes, kFrameAlign);
-  absl::MutexLock lock(&free_->mu);
+  std::lock_guard lock(free_->mu);
   auto it = free_->by_size.lower_bound(need);
   if (it == free_->by_size.end()) {
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -166,7 +166,7 @@ absl::StatusOr<Frame> HostTier::DoAllocate(uint64_t bytes) {
 }
 
 void HostTier::DoFree(const Frame& frame) {
-  absl::MutexLock lock(&free_->mu);
+  std::lock_guard lock(free_->mu);
   uint64_t offset = frame.offset;
   uint64_t bytes = frame.bytes;
   auto next = free_->by_offset.lower_bound(offset);

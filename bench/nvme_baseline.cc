@@ -1,0 +1,304 @@
+#include "bench/nvme_baseline.h"
+
+#include <fcntl.h>
+#include <liburing.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "util/errors.h"
+
+namespace strata::bench {
+namespace {
+
+constexpr uint64_t kAlign = 4096;
+
+struct Closer {
+  int fd;
+  ~Closer() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+struct FreeDeleter {
+  void operator()(std::byte* p) const { std::free(p); }
+};
+
+struct Slot {
+  uint64_t offset = 0;  // of the whole I/O
+  uint64_t len = 0;
+  uint64_t done = 0;
+  uint32_t retries = 0;
+};
+
+absl::Status CheckSizes(uint64_t io_bytes, uint32_t queue_depth) {
+  if (io_bytes == 0 || io_bytes % kAlign != 0 || io_bytes > (1u << 30)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "nvme baseline: I/O size ", io_bytes,
+        " must be a non-zero multiple of 4096 of at most 1 GiB (O_DIRECT)"));
+  }
+  if (queue_depth == 0 || queue_depth > 4096) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "nvme baseline: queue depth ", queue_depth, " must be in [1, 4096]"));
+  }
+  return absl::OkStatus();
+}
+
+// Runs `count` I/Os whose offsets come from `next_offset`, `io_bytes` each,
+// with `queue_depth` in flight.
+absl::StatusOr<RawIoResult> RunRing(const std::string& path, int fd,
+                                    bool write, uint64_t io_bytes,
+                                    uint32_t queue_depth, uint64_t count,
+                                    const std::function<uint64_t()>& next_offset) {
+  io_uring ring;
+  int rc = io_uring_queue_init(queue_depth, &ring, 0);
+  if (rc < 0) return ErrnoStatus(-rc, "nvme baseline: io_uring_queue_init");
+  struct RingCloser {
+    io_uring* r;
+    ~RingCloser() { io_uring_queue_exit(r); }
+  } ring_closer{&ring};
+
+  std::unique_ptr<std::byte, FreeDeleter> buffers(static_cast<std::byte*>(
+      std::aligned_alloc(kAlign, io_bytes * queue_depth)));
+  if (buffers == nullptr) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "nvme baseline: cannot allocate ", io_bytes * queue_depth, " bytes"));
+  }
+  // Pseudo-random contents, so compressing or deduplicating devices do not
+  // flatter the write baseline.
+  {
+    std::mt19937_64 rng(42);
+    auto* words = reinterpret_cast<uint64_t*>(buffers.get());
+    for (uint64_t i = 0; i < io_bytes * queue_depth / 8; ++i) words[i] = rng();
+  }
+  std::vector<iovec> iovecs(queue_depth);
+  for (uint32_t i = 0; i < queue_depth; ++i) {
+    iovecs[i] = {buffers.get() + i * io_bytes, static_cast<size_t>(io_bytes)};
+  }
+  const bool fixed =
+      io_uring_register_buffers(&ring, iovecs.data(), queue_depth) == 0;
+
+  std::vector<Slot> slots(queue_depth);
+  std::vector<uint32_t> idle;
+  for (uint32_t i = 0; i < queue_depth; ++i) idle.push_back(queue_depth - 1 - i);
+  auto prep = [&](uint32_t i) {
+    Slot& s = slots[i];
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring);  // never null: <= depth
+    std::byte* buf = buffers.get() + i * io_bytes + s.done;
+    const unsigned len = static_cast<unsigned>(s.len - s.done);
+    const uint64_t off = s.offset + s.done;
+    if (write) {
+      if (fixed) io_uring_prep_write_fixed(sqe, fd, buf, len, off, static_cast<int>(i));
+      else io_uring_prep_write(sqe, fd, buf, len, off);
+    } else {
+      if (fixed) io_uring_prep_read_fixed(sqe, fd, buf, len, off, static_cast<int>(i));
+      else io_uring_prep_read(sqe, fd, buf, len, off);
+    }
+    io_uring_sqe_set_data64(sqe, i);
+  };
+
+  RawIoResult result;
+  result.fixed_buffers = fixed;
+  uint64_t issued = 0, completed = 0;
+  uint32_t in_flight = 0;
+  // The first error; once set, nothing new is issued and the loop drains
+  // what is in flight (the kernel must be done with the buffers before they
+  // are freed).
+  absl::Status error;
+  const auto start = std::chrono::steady_clock::now();
+  while ((error.ok() && completed < count) || in_flight > 0) {
+    bool prepared = false;
+    while (error.ok() && !idle.empty() && issued < count) {
+      const uint32_t i = idle.back();
+      idle.pop_back();
+      slots[i] = {.offset = next_offset(), .len = io_bytes, .done = 0};
+      prep(i);
+      prepared = true;
+      ++issued;
+      ++in_flight;
+    }
+    if (prepared) {
+      rc = io_uring_submit(&ring);
+      if (rc < 0 && rc != -EINTR && rc != -EAGAIN) {
+        // Prepared SQEs stay in the ring; exiting it cancels them.
+        return ErrnoStatus(-rc, "nvme baseline: io_uring_submit");
+      }
+    }
+    io_uring_cqe* cqe;
+    rc = io_uring_wait_cqe(&ring, &cqe);
+    if (rc == -EINTR) continue;
+    if (rc < 0) return ErrnoStatus(-rc, "nvme baseline: io_uring_wait_cqe");
+    bool resubmit = false;
+    unsigned head, seen = 0;
+    io_uring_for_each_cqe(&ring, head, cqe) {
+      ++seen;
+      const uint32_t i = static_cast<uint32_t>(io_uring_cqe_get_data64(cqe));
+      Slot& s = slots[i];
+      const int res = cqe->res;
+      const uint64_t at = s.offset + s.done;
+      absl::Status failed;
+      if (res == -EAGAIN || res == -EINTR) {
+        if (++s.retries <= 16) {
+          prep(i);
+          resubmit = true;
+          continue;
+        }
+        failed = ErrnoStatus(-res, absl::StrCat("nvme baseline: ", path,
+                                                " offset ", at, ", 16 retries"));
+      } else if (res < 0) {
+        failed = ErrnoStatus(-res, absl::StrCat("nvme baseline: ",
+                                                write ? "write" : "read", " of ",
+                                                path, " at offset ", at));
+      } else if (res == 0) {
+        failed = absl::OutOfRangeError(absl::StrCat(
+            "nvme baseline: ", path, " ends before offset ", at,
+            "; write it first (RawSequentialWrite)"));
+      } else {
+        s.done += static_cast<uint64_t>(res);
+        if (s.done < s.len) {
+          // Short: the rest, from an aligned offset (O_DIRECT); bounded.
+          s.done = s.done / kAlign * kAlign;
+          if (s.offset + s.done > at || ++s.retries <= 16) {
+            prep(i);
+            resubmit = true;
+            continue;
+          }
+          failed = absl::DataLossError(absl::StrCat(
+              "nvme baseline: ", path, " keeps returning short I/O at offset ",
+              at));
+        } else {
+          result.bytes += s.len;
+          ++result.ops;
+          ++completed;
+        }
+      }
+      if (!failed.ok() && error.ok()) error = failed;
+      --in_flight;
+      idle.push_back(i);
+    }
+    io_uring_cq_advance(&ring, seen);
+    if (resubmit) {
+      rc = io_uring_submit(&ring);
+      if (rc < 0 && rc != -EINTR && rc != -EAGAIN) {
+        return ErrnoStatus(-rc, "nvme baseline: io_uring_submit");
+      }
+    }
+  }
+  if (!error.ok()) return error;
+  result.seconds = std::chrono::duration<double>(
+                       std::chrono::steady_clock::now() - start)
+                       .count();
+  return result;
+}
+
+absl::StatusOr<int> OpenDirect(const std::string& path, int flags) {
+  int fd = ::open(path.c_str(), flags | O_DIRECT | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    return ErrnoStatus(errno, absl::StrCat("nvme baseline: cannot open ", path,
+                                           " with O_DIRECT"));
+  }
+  return fd;
+}
+
+absl::StatusOr<uint64_t> FileSize(const std::string& path, int fd) {
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    return ErrnoStatus(errno, absl::StrCat("nvme baseline: fstat ", path));
+  }
+  return static_cast<uint64_t>(st.st_size);
+}
+
+}  // namespace
+
+absl::StatusOr<RawIoResult> RawSequentialWrite(const std::string& path,
+                                               uint64_t block_bytes,
+                                               uint32_t queue_depth,
+                                               uint64_t total_bytes) {
+  if (absl::Status s = CheckSizes(block_bytes, queue_depth); !s.ok()) return s;
+  if (total_bytes == 0 || total_bytes % block_bytes != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "nvme baseline: total ", total_bytes,
+        " must be a non-zero multiple of the block size ", block_bytes));
+  }
+  absl::StatusOr<int> fd = OpenDirect(path, O_RDWR | O_CREAT | O_TRUNC);
+  if (!fd.ok()) return fd.status();
+  Closer closer{*fd};
+  if (::fallocate(*fd, 0, 0, static_cast<off_t>(total_bytes)) != 0 &&
+      errno != EOPNOTSUPP) {
+    return ErrnoStatus(errno, absl::StrCat("nvme baseline: fallocate ", path,
+                                           " to ", total_bytes, " bytes"));
+  }
+  uint64_t next = 0;
+  return RunRing(path, *fd, /*write=*/true, block_bytes, queue_depth,
+                 total_bytes / block_bytes, [&] {
+                   const uint64_t at = next;
+                   next += block_bytes;
+                   return at;
+                 });
+}
+
+absl::StatusOr<RawIoResult> RawSequentialRead(const std::string& path,
+                                              uint64_t block_bytes,
+                                              uint32_t queue_depth,
+                                              uint64_t total_bytes) {
+  if (absl::Status s = CheckSizes(block_bytes, queue_depth); !s.ok()) return s;
+  if (total_bytes == 0 || total_bytes % block_bytes != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "nvme baseline: total ", total_bytes,
+        " must be a non-zero multiple of the block size ", block_bytes));
+  }
+  absl::StatusOr<int> fd = OpenDirect(path, O_RDONLY);
+  if (!fd.ok()) return fd.status();
+  Closer closer{*fd};
+  absl::StatusOr<uint64_t> size = FileSize(path, *fd);
+  if (!size.ok()) return size.status();
+  if (*size < total_bytes) {
+    return absl::OutOfRangeError(absl::StrCat(
+        "nvme baseline: ", path, " has ", *size, " bytes, fewer than the ",
+        total_bytes, " to read; write it first (RawSequentialWrite)"));
+  }
+  uint64_t next = 0;
+  return RunRing(path, *fd, /*write=*/false, block_bytes, queue_depth,
+                 total_bytes / block_bytes, [&] {
+                   const uint64_t at = next;
+                   next += block_bytes;
+                   return at;
+                 });
+}
+
+absl::StatusOr<RawIoResult> RawRandomRead(const std::string& path,
+                                          uint64_t io_bytes,
+                                          uint32_t queue_depth, uint64_t count,
+                                          uint64_t seed) {
+  if (absl::Status s = CheckSizes(io_bytes, queue_depth); !s.ok()) return s;
+  if (count == 0) {
+    return absl::InvalidArgumentError("nvme baseline: count must be > 0");
+  }
+  absl::StatusOr<int> fd = OpenDirect(path, O_RDONLY);
+  if (!fd.ok()) return fd.status();
+  Closer closer{*fd};
+  absl::StatusOr<uint64_t> size = FileSize(path, *fd);
+  if (!size.ok()) return size.status();
+  const uint64_t slots = *size / io_bytes;
+  if (slots == 0) {
+    return absl::OutOfRangeError(absl::StrCat(
+        "nvme baseline: ", path, " has ", *size, " bytes, less than one I/O of ",
+        io_bytes, "; write it first (RawSequentialWrite)"));
+  }
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<uint64_t> pick(0, slots - 1);
+  return RunRing(path, *fd, /*write=*/false, io_bytes, queue_depth, count,
+                 [&] { return pick(rng) * io_bytes; });
+}
+
+}  // namespace strata::bench

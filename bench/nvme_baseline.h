@@ -1,0 +1,64 @@
+// Raw io_uring + O_DIRECT baselines for the NVMe benchmarks: what the device
+// (and file system) gives with nothing of Strata in the way. Each function
+// opens the file itself with O_DIRECT, sets up one ring of `queue_depth`
+// entries, keeps `queue_depth` I/Os in flight from 4096-aligned buffers
+// (registered as fixed buffers when the kernel lets it, plain otherwise),
+// checks every completion (short I/O resubmits the rest; an error or an
+// unexpected end of file is a Status naming the file, offset and errno) and
+// times only the I/O loop, not the setup.
+//
+// Example:
+//   auto w = RawSequentialWrite("/data/raw.bin", 1 << 20, 32, 1ull << 30);
+//   if (!w.ok()) return w.status();
+//   auto r = RawSequentialRead("/data/raw.bin", 1 << 20, 32, 1ull << 30);
+//   double gbps = r->bytes_per_second() / 1e9;
+//
+// Not thread-safe per call: each call is self-contained; calls on different
+// files may run in parallel.
+#ifndef STRATA_BENCH_NVME_BASELINE_H_
+#define STRATA_BENCH_NVME_BASELINE_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace strata::bench {
+
+struct RawIoResult {
+  uint64_t ops = 0;     // I/Os completed (as asked, not counting resubmits)
+  uint64_t bytes = 0;   // bytes moved
+  double seconds = 0;   // wall time of the I/O loop
+  bool fixed_buffers = false;  // whether registered buffers were used
+  double bytes_per_second() const { return seconds > 0 ? bytes / seconds : 0; }
+  double ops_per_second() const { return seconds > 0 ? ops / seconds : 0; }
+};
+
+// Creates (or truncates) `path`, preallocates `total_bytes` (fallocate, not
+// timed, so the measurement matches the tier's preallocated file), and writes
+// it front to back in I/Os of `block_bytes`. `block_bytes` must be a
+// multiple of 4096 and `total_bytes` a multiple of `block_bytes`
+// (kInvalidArgument otherwise).
+absl::StatusOr<RawIoResult> RawSequentialWrite(const std::string& path,
+                                               uint64_t block_bytes,
+                                               uint32_t queue_depth,
+                                               uint64_t total_bytes);
+
+// Reads the first `total_bytes` of `path` front to back in I/Os of
+// `block_bytes` (same alignment rules). kOutOfRange if the file is shorter.
+absl::StatusOr<RawIoResult> RawSequentialRead(const std::string& path,
+                                              uint64_t block_bytes,
+                                              uint32_t queue_depth,
+                                              uint64_t total_bytes);
+
+// `count` reads of `io_bytes` at uniformly random `io_bytes`-aligned offsets
+// of `path` (the whole file), from a generator seeded with `seed`.
+absl::StatusOr<RawIoResult> RawRandomRead(const std::string& path,
+                                          uint64_t io_bytes = 64 << 10,
+                                          uint32_t queue_depth = 32,
+                                          uint64_t count = 4096,
+                                          uint64_t seed = 1);
+
+}  // namespace strata::bench
+
+#endif  // STRATA_BENCH_NVME_BASELINE_H_

@@ -1,0 +1,690 @@
+// NvmeTier: an extent allocator over one O_DIRECT block file, and transfers
+// through an IoBackend (io_uring), reaped by one completion thread.
+//
+// Locks: `alloc_mu_` guards the extent allocator (Allocate/Free, any thread).
+// `mu_` guards the submission side of the backend and the in-flight
+// accounting; it is never held while on_done runs or while a checksum is
+// computed. (std::mutex rather than absl::Mutex: the system Abseil is not
+// built for ThreadSanitizer, which then cannot see its synchronization.) Ops in flight never exceed queue_depth, so the completion queue
+// (2 x queue_depth) can never overflow.
+#include "tiers/nvme/nvme_tier.h"
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "tiers/nvme/io_backend.h"
+#include "util/checksum.h"
+#include "util/errors.h"
+#include "util/status_macros.h"
+
+namespace strata::tiers {
+namespace {
+
+constexpr uint64_t kHostAlign = 4096;
+constexpr uint64_t kPreallocChunk = uint64_t{256} << 20;
+constexpr uint64_t kMaxIoBytes = uint64_t{1} << 30;       // one SQE
+constexpr uint64_t kMaxRegisteredBuffer = uint64_t{1} << 30;
+constexpr uint32_t kMaxQueueDepth = 32768;                  // IORING_MAX_ENTRIES
+constexpr uint32_t kMaxRetries = 16;
+constexpr uint64_t kStopToken = ~uint64_t{0};
+constexpr absl::Duration kShutdownDeadline = absl::Seconds(30);
+constexpr char kPathAdvice[] =
+    "set EngineOptions::nvme.path to a writable directory";
+
+uint64_t RoundUp(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
+uint64_t RoundDown(uint64_t x, uint64_t a) { return x / a * a; }
+
+absl::Status WithCode(absl::StatusCode code, const absl::Status& s) {
+  return absl::Status(code, s.message());
+}
+
+using Lock = std::unique_lock<std::mutex>;
+
+// One transfer in the tier's hands.
+struct Op {
+  Transfer* t = nullptr;
+  uint64_t total = 0;     // bytes to move: host.size() rounded up to io_align
+  uint64_t done = 0;      // bytes moved so far, from the start
+  uint64_t issued = 0;    // where the piece in flight starts
+  uint32_t retries = 0;
+  absl::Status status;    // set when finished with an error
+};
+
+class NvmeTier final : public Tier {
+ public:
+  NvmeTier(const NvmeConfig& config, std::string file, int fd,
+           std::unique_ptr<IoBackend> backend, uint64_t io_align,
+           uint64_t mem_align)
+      : Tier("nvme", config.capacity_bytes),
+        config_(config),
+        file_(std::move(file)),
+        fd_(fd),
+        backend_(std::move(backend)),
+        io_align_(io_align),
+        mem_align_(std::max(mem_align, kHostAlign)),
+        frame_align_(std::max(io_align, kHostAlign)) {}
+
+  ~NvmeTier() override {
+    {
+      Lock lock(mu_);
+      stopping_ = true;
+      auto idle = [this] { return in_flight_ == 0 && deferred_.empty(); };
+      if (!cv_.wait_for(lock, absl::ToChronoSeconds(kShutdownDeadline),
+                        idle)) {
+        Log(absl::StrCat("tier nvme: ", in_flight_ + deferred_.size(),
+                         " transfers on ", file_, " did not complete within ",
+                         absl::FormatDuration(kShutdownDeadline),
+                         " of shutdown; cancelling them"));
+      }
+      // Wakes the completion thread at once (it also polls stop_ every
+      // second).
+      stop_.store(true);
+      if (backend_->Prepare(IoOp{.kind = IoOp::Kind::kNop,
+                                 .user_data = kStopToken})) {
+        (void)backend_->Submit();
+      }
+    }
+    if (completer_.joinable()) completer_.join();
+    // Whatever is left never completed: close the ring (the kernel cancels
+    // and waits for its requests), then fail those transfers.
+    backend_.reset();
+    std::vector<Op*> left;
+    {
+      Lock lock(mu_);
+      left.assign(live_.begin(), live_.end());
+      live_.clear();
+      deferred_.clear();
+    }
+    for (Op* op : left) {
+      Transfer* t = op->t;
+      delete op;
+      t->status = absl::DeadlineExceededError(absl::StrCat(
+          "tier nvme: a transfer on ", file_,
+          " did not complete before the tier shut down"));
+      t->on_done(t);
+    }
+    // The ring's teardown is deferred in the kernel and its registered-file
+    // reference can keep this open file (and so its lock) alive a while:
+    // drop the lock now, so a new engine can open the directory at once.
+    ::flock(fd_, LOCK_UN);
+    ::close(fd_);
+  }
+
+  bool addressable() const override { return false; }
+
+  absl::Status Start() {
+    if (config_.register_buffers) {
+      Lock lock(mu_);
+      absl::Status s = backend_->RegisterFile();
+      if (!s.ok()) {
+        Log(absl::StrCat(s.message(),
+                         "; the nvme tier goes on with a plain file descriptor"));
+      }
+    }
+    completer_ = std::thread([this] { CompletionLoop(); });
+    // Read by DoSubmit, which can only run after MakeNvmeTier returned.
+    completer_id_ = completer_.get_id();
+    return absl::OkStatus();
+  }
+
+  absl::Status RegisterHostMemory(std::span<std::byte> arena) override {
+    if (!config_.register_buffers || arena.empty()) return absl::OkStatus();
+    std::vector<iovec> iovecs;
+    for (uint64_t at = 0; at < arena.size(); at += kMaxRegisteredBuffer) {
+      iovecs.push_back(
+          {arena.data() + at,
+           static_cast<size_t>(std::min<uint64_t>(kMaxRegisteredBuffer,
+                                                  arena.size() - at))});
+    }
+    Lock lock(mu_);
+    // The kernel's buffer table must not change under an operation.
+    cv_.wait(lock, [this] { return in_flight_ == 0; });
+    if (!regions_.empty()) {
+      backend_->UnregisterBuffers();
+      regions_.clear();
+    }
+    absl::Status s = backend_->RegisterBuffers(iovecs);
+    if (!s.ok()) {
+      absl::Status out(s.code(),
+                       absl::StrCat(s.message(), " for ", arena.size(),
+                                    " bytes of host memory; raise "
+                                    "RLIMIT_MEMLOCK (ulimit -l) or grant "
+                                    "CAP_IPC_LOCK; the nvme tier goes on with "
+                                    "unregistered buffers (slower)"));
+      // Not logged here: the caller (the engine's tier factory) logs the
+      // returned status once.
+      return out;
+    }
+    regions_ = std::move(iovecs);
+    return absl::OkStatus();
+  }
+
+ private:
+  // ---------------------------------------------------------------- frames
+
+  absl::StatusOr<Frame> DoAllocate(uint64_t bytes) override {
+    const uint64_t size = RoundUp(bytes, frame_align_);
+    std::lock_guard<std::mutex> lock(alloc_mu_);
+    if (auto it = free_.find(size); it != free_.end()) {
+      const uint64_t offset = it->second.back();
+      it->second.pop_back();
+      if (it->second.empty()) free_.erase(it);
+      return Frame{.offset = offset, .bytes = size};
+    }
+    absl::Status grow;
+    if (size <= config_.capacity_bytes &&
+        bump_ <= config_.capacity_bytes - size) {
+      grow = Preallocate(bump_ + size);
+      if (grow.ok()) {
+        const uint64_t offset = bump_;
+        bump_ += size;
+        return Frame{.offset = offset, .bytes = size};
+      }
+      if (grow.code() != absl::StatusCode::kResourceExhausted) return grow;
+    }
+    // Carve the frame out of the smallest larger free extent.
+    if (auto it = free_.upper_bound(size); it != free_.end()) {
+      const uint64_t extent = it->first;
+      const uint64_t offset = it->second.back();
+      it->second.pop_back();
+      if (it->second.empty()) free_.erase(it);
+      free_[extent - size].push_back(offset + size);
+      return Frame{.offset = offset, .bytes = size};
+    }
+    if (!grow.ok()) return grow;
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "tier nvme: ", config_.path, " is full (", bump_, " of ",
+        config_.capacity_bytes, " bytes handed out, no free extent of ", size,
+        " bytes); free space or raise EngineOptions::nvme.capacity_bytes"));
+  }
+
+  void DoFree(const Frame& frame) override {
+    std::lock_guard<std::mutex> lock(alloc_mu_);
+    free_[frame.bytes].push_back(frame.offset);
+  }
+
+  // Grows the preallocated part of the file to at least `end` bytes.
+  // Needs alloc_mu_.
+  absl::Status Preallocate(uint64_t end) {
+    if (end <= prealloc_end_) return absl::OkStatus();
+    const uint64_t chunk_end = std::min(
+        config_.capacity_bytes, std::max(end, prealloc_end_ + kPreallocChunk));
+    for (uint64_t target : {chunk_end, end}) {
+      int rc;
+      do {
+        rc = ::fallocate(fd_, 0, static_cast<off_t>(prealloc_end_),
+                         static_cast<off_t>(target - prealloc_end_));
+      } while (rc != 0 && errno == EINTR);
+      if (rc == 0) {
+        prealloc_end_ = target;
+        return absl::OkStatus();
+      }
+      const int err = errno;
+      if (err == EOPNOTSUPP) {
+        // No fallocate here: grow the file sparsely; a full file system then
+        // shows up as ENOSPC on the write, which reports kResourceExhausted.
+        if (::ftruncate(fd_, static_cast<off_t>(target)) != 0) {
+          return ErrnoStatus(errno, absl::StrCat("tier nvme: cannot grow ",
+                                                 file_, " to ", target,
+                                                 " bytes"));
+        }
+        prealloc_end_ = target;
+        return absl::OkStatus();
+      }
+      if (err == ENOSPC || err == EDQUOT || err == EFBIG) {
+        if (target != end) continue;  // try again with just what is needed
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "tier nvme: ", config_.path, " is full (growing ", file_, " to ",
+            end, " bytes failed: ", ErrnoStatus(err, "fallocate").message(),
+            "); free space or raise EngineOptions::nvme.capacity_bytes"));
+      }
+      return ErrnoStatus(err, absl::StrCat("tier nvme: cannot preallocate ",
+                                           file_, " up to ", target, " bytes"));
+    }
+    return absl::InternalError("tier nvme: unreachable");
+  }
+
+  // ------------------------------------------------------------- transfers
+
+  absl::Status DoSubmit(std::span<Transfer* const> batch) override {
+    for (const Transfer* t : batch) {
+      const Frame& f = t->frame;
+      if (f.offset % frame_align_ != 0 || f.bytes % frame_align_ != 0 ||
+          f.offset > config_.capacity_bytes ||
+          f.bytes > config_.capacity_bytes - f.offset) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "tier nvme: frame at offset ", f.offset, " of ", f.bytes,
+            " bytes is not a frame of ", file_));
+      }
+      if (!t->host.empty() &&
+          reinterpret_cast<uintptr_t>(t->host.data()) % mem_align_ != 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "tier nvme: host memory at ",
+            absl::Hex(reinterpret_cast<uintptr_t>(t->host.data())),
+            " is not ", mem_align_, "-byte aligned, as O_DIRECT needs"));
+      }
+    }
+    const bool on_completer = std::this_thread::get_id() == completer_id_;
+    std::vector<Op*> ops;
+    ops.reserve(batch.size());
+    for (Transfer* t : batch) {
+      if (t->op == Transfer::Op::kWrite) {
+        t->checksum = BlockChecksum(t->host, t->key.tensor_id, t->key.block,
+                                    t->key.version);
+      }
+      ops.push_back(new Op{.t = t, .total = RoundUp(t->host.size(), io_align_)});
+    }
+
+    Lock lock(mu_);
+    if (stopping_) {
+      for (Op* op : ops) delete op;
+      return absl::FailedPreconditionError(
+          "tier nvme: the tier is shutting down; no new transfers");
+    }
+    for (Op* op : ops) live_.insert(op);
+    bool prepared = false;
+    for (Op* op : ops) {
+      if (on_completer) {
+        // The completion thread must not wait for itself: over the queue
+        // depth, ops wait in deferred_ until it frees slots.
+        if (in_flight_ >= config_.queue_depth || !deferred_.empty()) {
+          deferred_.push_back(op);
+          continue;
+        }
+      } else if (in_flight_ >= config_.queue_depth) {
+        if (prepared) FlushLocked(lock);
+        prepared = false;
+        cv_.wait(lock, [this] { return in_flight_ < config_.queue_depth; });
+      }
+      ++in_flight_;
+      if (PrepareLocked(op, lock)) {
+        prepared = true;
+      } else {
+        --in_flight_;
+        deferred_.push_back(op);
+      }
+    }
+    if (prepared || needs_flush_) FlushLocked(lock);
+    return absl::OkStatus();
+  }
+
+  // Needs mu_.
+  int BufferIndex(const void* buf, uint64_t len) const {
+    const auto p = reinterpret_cast<uintptr_t>(buf);
+    for (size_t i = 0; i < regions_.size(); ++i) {
+      const auto base = reinterpret_cast<uintptr_t>(regions_[i].iov_base);
+      if (p >= base && p - base <= regions_[i].iov_len &&
+          len <= regions_[i].iov_len - (p - base)) {
+        return static_cast<int>(i);
+      }
+    }
+    return -1;
+  }
+
+  // Queues the next piece of `op` (from op->done). False when the queue
+  // stays full even after a flush (the op then waits in deferred_).
+  bool PrepareLocked(Op* op, Lock& lock) {
+    Transfer* t = op->t;
+    IoOp io{.user_data = reinterpret_cast<uint64_t>(op)};
+    op->issued = op->done;
+    if (op->total > 0) {
+      const uint64_t len = std::min(op->total - op->done, kMaxIoBytes);
+      io.kind = t->op == Transfer::Op::kWrite ? IoOp::Kind::kWrite
+                                              : IoOp::Kind::kRead;
+      io.buf = t->host.data() + op->done;
+      io.len = static_cast<uint32_t>(len);
+      io.offset = t->frame.offset + op->done;
+      io.buf_index = BufferIndex(io.buf, len);
+    }
+    if (backend_->Prepare(io)) return true;
+    FlushLocked(lock);
+    return backend_->Prepare(io);
+  }
+
+  // One io_uring_submit for everything prepared. Transient failures are
+  // retried briefly; after that the prepared ops stay in the ring and the
+  // completion thread keeps trying (nothing is dropped, nothing is lost).
+  void FlushLocked(Lock& lock) {
+    absl::Status s;
+    for (int attempt = 0; attempt < 8; ++attempt) {
+      absl::StatusOr<uint32_t> n = backend_->Submit();
+      if (n.ok()) {
+        needs_flush_ = false;
+        return;
+      }
+      s = n.status();
+      if (s.code() != absl::StatusCode::kUnavailable) break;
+      lock.unlock();
+      absl::SleepFor(absl::Microseconds(100 << attempt));
+      lock.lock();
+    }
+    needs_flush_ = true;
+    if (!logged_flush_failure_.exchange(true)) {
+      Log(absl::StrCat(s.message(), "; tier nvme keeps retrying the submission"));
+    }
+  }
+
+  std::string Describe(const Op& op) const {
+    const Transfer& t = *op.t;
+    return absl::StrCat("tier nvme: ",
+                        t.op == Transfer::Op::kWrite ? "write" : "read",
+                        " of tensor ", t.key.tensor_id, " block ", t.key.block,
+                        " version ", t.key.version, " (", t.host.size(),
+                        " bytes) at ", file_, " offset ",
+                        t.frame.offset + op.issued);
+  }
+
+  // Decides what a completion means for its op: true when the op is
+  // finished (op->status says how), false when it was queued again.
+  bool HandleLocked(Op* op, int32_t res, Lock& lock) {
+    const bool is_read = op->t->op == Transfer::Op::kRead;
+    auto retry = [&] {
+      if (!PrepareLocked(op, lock)) {
+        --in_flight_;
+        deferred_.push_front(op);
+      }
+      requeued_ = true;
+      return false;
+    };
+    if (res < 0) {
+      const int err = -res;
+      if (err == EAGAIN || err == EINTR) {
+        if (++op->retries <= kMaxRetries) return retry();
+        op->status = ErrnoStatus(
+            err, absl::StrCat(Describe(*op), " failed ", op->retries,
+                              " times in a row"),
+            "the device is overloaded; try again later");
+        return true;
+      }
+      std::string_view advice;
+      if (err == ENOSPC || err == EDQUOT) {
+        advice = "free space or lower EngineOptions::nvme.capacity_bytes";
+      } else if (err == EIO) {
+        advice = "the device reported an I/O error; check the kernel log";
+      }
+      op->status = ErrnoStatus(err, Describe(*op), advice);
+      return true;
+    }
+    if (op->total == 0) return true;  // a zero-length transfer's NOP
+    if (res == 0) {
+      if (is_read) {
+        op->status = absl::DataLossError(absl::StrCat(
+            Describe(*op), " hit the end of the file: ", file_,
+            " is truncated; the bytes on disk are lost"));
+        return true;
+      }
+      if (++op->retries <= kMaxRetries) return retry();
+      op->status = absl::InternalError(absl::StrCat(
+          Describe(*op), " wrote 0 bytes ", op->retries, " times in a row"));
+      return true;
+    }
+    const uint64_t end = op->issued + static_cast<uint64_t>(res);
+    if (end >= op->total || (is_read && end >= op->t->host.size())) {
+      op->done = op->total;
+      return true;
+    }
+    // A short transfer: go on from the last aligned byte (O_DIRECT offsets
+    // must stay aligned; moving a few bytes twice is harmless).
+    const uint64_t next = RoundDown(end, io_align_);
+    if (next <= op->issued && ++op->retries > kMaxRetries) {
+      op->status =
+          is_read ? absl::DataLossError(absl::StrCat(
+                        Describe(*op), " stops after ", res, " bytes: ",
+                        file_, " is truncated; the bytes on disk are lost"))
+                  : absl::InternalError(absl::StrCat(
+                        Describe(*op), " keeps writing only ", res,
+                        " bytes (short write, no progress after ",
+                        kMaxRetries, " retries)"));
+      return true;
+    }
+    op->done = std::max(next, op->issued);
+    return retry();
+  }
+
+  void Finish(Op* op) {
+    Transfer* t = op->t;
+    absl::Status status = std::move(op->status);
+    if (status.ok() && t->op == Transfer::Op::kRead) {
+      const uint64_t sum = BlockChecksum(t->host, t->key.tensor_id,
+                                         t->key.block, t->key.version);
+      if (sum != t->checksum) {
+        status = absl::DataLossError(absl::StrCat(
+            "tier nvme: checksum mismatch for tensor ", t->key.tensor_id,
+            " block ", t->key.block, " version ", t->key.version, " at ",
+            file_, " offset ", t->frame.offset,
+            ": the bytes on disk are corrupt"));
+      }
+    }
+    delete op;
+    t->status = std::move(status);
+    t->on_done(t);
+  }
+
+  void CompletionLoop() {
+    pthread_setname_np(pthread_self(), "strata-nvme");
+    std::vector<IoCompletion> cqes;
+    std::vector<Op*> finished;
+    bool stop = false;
+    while (!stop) {
+      cqes.clear();
+      finished.clear();
+      bool pending;
+      {
+        // Ops that found the queue full (or a failed io_uring_submit) go
+        // out as soon as there is room.
+        Lock lock(mu_);
+        requeued_ = false;
+        DrainDeferredLocked(lock);
+        if (requeued_ || needs_flush_) FlushLocked(lock);
+        pending = needs_flush_ || !deferred_.empty();
+      }
+      absl::Status reaped = backend_->Reap(
+          cqes, pending ? absl::Milliseconds(10) : absl::Seconds(1));
+      if (!reaped.ok()) {
+        if (!logged_reap_failure_.exchange(true)) Log(reaped.message());
+        absl::SleepFor(absl::Milliseconds(1));  // never spin on an error
+      }
+      {
+        Lock lock(mu_);
+        requeued_ = false;
+        for (const IoCompletion& c : cqes) {
+          if (c.user_data == kStopToken) continue;
+          Op* op = reinterpret_cast<Op*>(c.user_data);
+          if (HandleLocked(op, c.res, lock)) {
+            --in_flight_;
+            live_.erase(op);
+            finished.push_back(op);
+          }
+        }
+        DrainDeferredLocked(lock);
+        if (requeued_ || needs_flush_) FlushLocked(lock);
+        if (!finished.empty()) cv_.notify_all();  // room, or idle
+        // The destructor sets stop_ once nothing is in flight (or it gave
+        // up waiting); the transfers finished here still get their on_done.
+        stop = stop_.load();
+      }
+      for (Op* op : finished) Finish(op);
+    }
+  }
+
+  void DrainDeferredLocked(Lock& lock) {
+    while (!deferred_.empty() && in_flight_ < config_.queue_depth) {
+      Op* op = deferred_.front();
+      ++in_flight_;
+      if (!PrepareLocked(op, lock)) {
+        --in_flight_;
+        return;
+      }
+      deferred_.pop_front();
+      requeued_ = true;
+    }
+  }
+
+  void Log(std::string_view message) const {
+    if (config_.log) config_.log(message);
+  }
+  // Abseil here is built with its own string_view (not std::string_view).
+  void Log(const std::string& message) const {
+    Log(std::string_view(message));
+  }
+  void Log(absl::string_view message) const {
+    Log(std::string_view(message.data(), message.size()));
+  }
+
+  const NvmeConfig config_;
+  const std::string file_;
+  const int fd_;
+  std::unique_ptr<IoBackend> backend_;
+  const uint64_t io_align_;     // O_DIRECT offset/length alignment
+  const uint64_t mem_align_;    // O_DIRECT memory alignment (>= 4096)
+  const uint64_t frame_align_;  // frame offsets and sizes
+
+  std::mutex alloc_mu_;  // guards the allocator: free_, bump_, prealloc_end_
+  std::map<uint64_t, std::vector<uint64_t>> free_;  // size -> offsets
+  uint64_t bump_ = 0;
+  uint64_t prealloc_end_ = 0;
+
+  std::mutex mu_;  // guards everything below up to stop_
+  std::condition_variable cv_;  // in_flight_ went down
+  uint32_t in_flight_ = 0;      // ops handed to the backend
+  std::deque<Op*> deferred_;    // ops waiting for room (or a flush)
+  absl::flat_hash_set<Op*> live_;  // every op not yet finished
+  std::vector<iovec> regions_;  // registered buffers, by index
+  bool stopping_ = false;
+  bool needs_flush_ = false;    // prepared ops an io_uring_submit refused
+  bool requeued_ = false;
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> logged_flush_failure_{false};
+  std::atomic<bool> logged_reap_failure_{false};
+
+  std::thread completer_;
+  std::thread::id completer_id_;
+};
+
+// mkdir of the last component; ENOTDIR is a precondition failure.
+absl::Status MakeDirectory(const std::string& path) {
+  if (::mkdir(path.c_str(), 0755) == 0) return absl::OkStatus();
+  const int err = errno;
+  if (err == EEXIST) {
+    struct stat st;
+    if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+      return absl::OkStatus();
+    }
+    return absl::FailedPreconditionError(absl::StrCat(
+        "tier nvme: cannot create ", path,
+        ": it exists and is not a directory (ENOTDIR); ", kPathAdvice));
+  }
+  absl::Status s =
+      ErrnoStatus(err, absl::StrCat("tier nvme: cannot create ", path),
+                  kPathAdvice);
+  if (err == ENOTDIR) return WithCode(absl::StatusCode::kFailedPrecondition, s);
+  return s;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Tier>> MakeNvmeTier(
+    const NvmeConfig& config, std::unique_ptr<IoBackend> backend) {
+  if (config.path.empty()) {
+    return absl::InvalidArgumentError(
+        "tier nvme: EngineOptions::nvme.path is empty; set it to a writable "
+        "directory");
+  }
+  if (config.capacity_bytes == 0) {
+    return absl::InvalidArgumentError(
+        "tier nvme: EngineOptions::nvme.capacity_bytes is 0; give the nvme "
+        "tier some space");
+  }
+  if (config.queue_depth == 0 || config.queue_depth > kMaxQueueDepth) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tier nvme: EngineOptions::nvme.queue_depth is ", config.queue_depth,
+        "; it must be between 1 and ", kMaxQueueDepth));
+  }
+  STRATA_RETURN_IF_ERROR(MakeDirectory(config.path));
+  std::string file = absl::StrCat(
+      config.path, "/",
+      absl::string_view(kNvmeBlockFile.data(), kNvmeBlockFile.size()));
+
+  // Not O_TRUNC: the file may belong to a running engine until the lock says
+  // otherwise.
+  int fd = ::open(file.c_str(), O_RDWR | O_CREAT | O_DIRECT | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    const int err = errno;
+    if (err == EINVAL) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "tier nvme: cannot open ", file,
+          " with O_DIRECT (EINVAL): the file system under ", config.path,
+          " does not support direct I/O; set EngineOptions::nvme.path to a "
+          "directory on ext4, xfs or tmpfs (Linux >= 6.6)"));
+    }
+    absl::Status s = ErrnoStatus(
+        err, absl::StrCat("tier nvme: cannot open ", file), kPathAdvice);
+    if (err == ENOTDIR) return WithCode(absl::StatusCode::kFailedPrecondition, s);
+    return s;
+  }
+  auto fail = [fd](absl::Status s) {
+    ::close(fd);
+    return s;
+  };
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    if (err == EWOULDBLOCK) {
+      return fail(absl::FailedPreconditionError(absl::StrCat(
+          "tier nvme: ", config.path, " is in use by another engine (", file,
+          " is locked); give each engine its own EngineOptions::nvme.path")));
+    }
+    return fail(ErrnoStatus(err, absl::StrCat("tier nvme: cannot lock ", file)));
+  }
+  if (::ftruncate(fd, 0) != 0) {
+    return fail(ErrnoStatus(errno, absl::StrCat("tier nvme: cannot truncate ",
+                                                file),
+                            kPathAdvice));
+  }
+
+  uint64_t io_align = 4096, mem_align = 4096;
+  struct statx stx;
+  if (::statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &stx) == 0 &&
+      (stx.stx_mask & STATX_DIOALIGN) != 0) {
+    if (stx.stx_dio_offset_align == 0) {
+      return fail(absl::FailedPreconditionError(absl::StrCat(
+          "tier nvme: ", file, " does not support O_DIRECT (statx reports no "
+          "direct I/O alignment); set EngineOptions::nvme.path to a directory "
+          "on ext4, xfs or tmpfs (Linux >= 6.6)")));
+    }
+    io_align = stx.stx_dio_offset_align;
+    mem_align = stx.stx_dio_mem_align;
+  }
+
+  if (backend == nullptr) backend = MakeUringBackend();
+  absl::Status opened = backend->Open(fd, config.queue_depth);
+  if (!opened.ok()) {
+    backend.reset();
+    return fail(opened);
+  }
+  auto tier = std::make_unique<NvmeTier>(config, std::move(file), fd,
+                                         std::move(backend), io_align,
+                                         mem_align);
+  STRATA_RETURN_IF_ERROR(tier->Start());
+  return std::unique_ptr<Tier>(std::move(tier));
+}
+
+}  // namespace strata::tiers
