@@ -184,6 +184,7 @@ void EngineCore::SetGate(uint32_t bit, bool on) {
   std::unique_lock lock(catalog_mu_);
   gate_ = on ? (gate_ | bit) : (gate_ & ~bit);
   for (const auto& ts : by_id_) {
+    if (ts == nullptr) continue;
     if (on) {
       ts->gate.fetch_or(bit, std::memory_order_acq_rel);
     } else {
@@ -264,6 +265,7 @@ absl::StatusOr<strata::Pin> EngineCore::PinSlow(TensorState* ts,
     const uint64_t version = VersionOf(w);
     absl::Status status;
     absl::StatusOr<Frame> frame = AllocateFrame(ts->frame_bytes);
+    if (frame.ok()) TransitBegin();
     if (frame.ok() && access != Access::kOverwrite) {
       status = FillFrame(ts, block, slot, version, frame->data);
       if (!status.ok()) host_->Free(*frame);
@@ -272,6 +274,7 @@ absl::StatusOr<strata::Pin> EngineCore::PinSlow(TensorState* ts,
     }
     if (!status.ok()) {
       Publish(slot, WithState(slot->word.load() & ~kWaiters, kAbsent));
+      if (frame.ok()) TransitEnd();
       return status;
     }
     slot->data = frame->data;
@@ -289,6 +292,7 @@ absl::StatusOr<strata::Pin> EngineCore::PinSlow(TensorState* ts,
       resident = (resident | kExclusive | kDirty) + kVersionOne;
     }
     Publish(slot, resident);
+    TransitEnd();
     Bump(ring->misses);
     ring->miss_latency.Record(NowNanos() - start_ns);
     return MakePin(ts, block, slot, access);
@@ -306,19 +310,43 @@ void EngineCore::Unpin(BlockSlot* slot, Access access) {
 // Frames, eviction, write-back
 
 absl::StatusOr<Frame> EngineCore::AllocateFrame(uint64_t bytes) {
-  // Bounded: every round either gets a frame or evicts at least one block;
-  // the bound only matters when other threads keep taking what we free.
-  for (int round = 0; round < 10000; ++round) {
+  const Deadline deadline = WaitDeadline();
+  // Bounded: every round either gets a frame, evicts a block, or waits for a
+  // frame in transit; the bound only matters when other threads keep taking
+  // what we free.
+  for (int round = 0; round < 100000; ++round) {
+    const uint64_t epoch = space_epoch_.load(std::memory_order_acquire);
     absl::StatusOr<Frame> frame = host_->Allocate(bytes);
     if (frame.ok() || !absl::IsResourceExhausted(frame.status())) return frame;
-    STRATA_RETURN_IF_ERROR(EvictSome(eviction_batch_));
+    absl::Status evicted = EvictSome(eviction_batch_);
+    if (evicted.ok()) continue;
+    if (!absl::IsResourceExhausted(evicted) ||
+        frames_in_transit_.load(std::memory_order_acquire) <= 0) {
+      return evicted;
+    }
+    if (!WaitForSpace(epoch, deadline)) return evicted;
   }
   return absl::ResourceExhaustedError(
       "tier host: could not find a free frame while other threads kept "
       "filling the tier; raise EngineOptions::host.capacity_bytes");
 }
 
-bool EngineCore::TryClaim(uint64_t key, bool take_prefetched, Victim* out) {
+void EngineCore::TransitEnd() {
+  frames_in_transit_.fetch_sub(1, std::memory_order_acq_rel);
+  std::lock_guard lock(space_mu_);
+  space_epoch_.fetch_add(1, std::memory_order_acq_rel);
+  space_cv_.notify_all();
+}
+
+bool EngineCore::WaitForSpace(uint64_t seen_epoch, Deadline deadline) {
+  std::unique_lock lock(space_mu_);
+  return space_cv_.wait_until(lock, deadline, [&] {
+    return space_epoch_.load(std::memory_order_acquire) != seen_epoch;
+  });
+}
+
+bool EngineCore::TryClaim(uint64_t key, bool take_prefetched, bool clean_only,
+                          Victim* out) {
   std::shared_ptr<TensorState> ts = TensorById(static_cast<uint32_t>(key >> 32));
   if (ts == nullptr) return false;
   const uint64_t block = key & 0xFFFFFFFFu;
@@ -327,17 +355,19 @@ bool EngineCore::TryClaim(uint64_t key, bool take_prefetched, Victim* out) {
   uint64_t w = slot->word.load(std::memory_order_acquire);
   if (StateOf(w) != kResident || Pins(w) != 0 || (w & kExclusive)) return false;
   if ((w & kPrefetched) && !take_prefetched) return false;
-  if ((w & kDirty) && nvme_ == nullptr) return false;  // nowhere to write it
+  if ((w & kDirty) && (clean_only || nvme_ == nullptr)) return false;
   const uint64_t evicting = WithState(w, kEvicting);
   if (!slot->word.compare_exchange_strong(w, evicting,
                                           std::memory_order_acquire)) {
     return false;
   }
   *out = Victim{ts.get(), block, slot, evicting};
+  TransitBegin();
   return true;
 }
 
-std::vector<EngineCore::Victim> EngineCore::ClaimVictims(size_t count) {
+std::vector<EngineCore::Victim> EngineCore::ClaimVictims(size_t count,
+                                                        bool clean_only) {
   std::vector<Victim> victims;
   std::unique_lock lock(policy_mu_);
   DrainLocked();
@@ -347,7 +377,7 @@ std::vector<EngineCore::Victim> EngineCore::ClaimVictims(size_t count) {
     while (victims.size() < count) {
       Victim v;
       std::optional<uint64_t> key = policy_->Evict(
-          [&](uint64_t k) { return TryClaim(k, pass == 1, &v); });
+          [&](uint64_t k) { return TryClaim(k, pass == 1, clean_only, &v); });
       if (!key) break;
       victims.push_back(v);
       // Batches only serve to keep the write-back queue deep: a clean
@@ -359,7 +389,7 @@ std::vector<EngineCore::Victim> EngineCore::ClaimVictims(size_t count) {
 }
 
 absl::Status EngineCore::EvictSome(size_t count) {
-  std::vector<Victim> victims = ClaimVictims(count);
+  std::vector<Victim> victims = ClaimVictims(count, /*clean_only=*/false);
   if (victims.empty()) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "tier host: every frame (", host_->capacity(), " bytes) is pinned",
@@ -398,6 +428,7 @@ absl::Status EngineCore::EvictSome(size_t count) {
       if (first_error.ok()) first_error = status;
       restored.push_back(v.tensor->Key(v.block));
       Publish(v.slot, WithState(v.slot->word.load(), kResident));
+      TransitEnd();
       continue;
     }
     if (v.word & kDirty) write_backs_.fetch_add(1, std::memory_order_relaxed);
@@ -408,13 +439,32 @@ absl::Status EngineCore::EvictSome(size_t count) {
     Publish(v.slot,
             WithState(v.slot->word.load() & ~(kDirty | kPinMask | kPrefetched), kAbsent));
     evictions_.fetch_add(1, std::memory_order_relaxed);
+    TransitEnd();
     ++freed;
   }
   if (!restored.empty()) {
     std::unique_lock lock(policy_mu_);
     for (uint64_t key : restored) policy_->Insert(key);
   }
-  return freed > 0 ? absl::OkStatus() : first_error;
+  if (freed > 0) return absl::OkStatus();
+  if (absl::IsResourceExhausted(first_error)) {
+    // The lower tier is full: clean copies can still go, at no cost.
+    std::vector<Victim> clean = ClaimVictims(1, /*clean_only=*/true);
+    if (!clean.empty()) {
+      const Victim& v = clean.front();
+      host_->Free(Frame{.offset = v.slot->host_offset,
+                        .bytes = v.tensor->frame_bytes,
+                        .data = v.slot->data});
+      v.slot->data = nullptr;
+      Publish(v.slot, WithState(v.slot->word.load() &
+                                    ~(kDirty | kPinMask | kPrefetched),
+                                kAbsent));
+      evictions_.fetch_add(1, std::memory_order_relaxed);
+      TransitEnd();
+      return absl::OkStatus();
+    }
+  }
+  return first_error;
 }
 
 void EngineCore::WriteBack(std::span<const Victim> items,
@@ -684,6 +734,7 @@ void EngineCore::RunMoverJob(MoverJob& job) {
       finish(frame.status());
       continue;
     }
+    TransitBegin();
     auto* load = new AsyncLoad{{}, this, ts, block, *frame, job.prefetch};
     if (version == 0) {
       std::memset(frame->data, 0, ts->BlockSize(block));
@@ -740,6 +791,7 @@ void EngineCore::FinishAsyncLoad(AsyncLoad* load, absl::Status status) {
     host_->Free(load->frame);
     Publish(slot, WithState(slot->word.load(), kAbsent));
   }
+  TransitEnd();
   if (load->prefetch) load->prefetch->Done(status);
   delete load;
   std::unique_lock lock(mover_mu_);

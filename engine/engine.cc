@@ -1,6 +1,7 @@
 // strata::Engine and its handles: option validation, the catalog, statistics
 // and shutdown. The block paths live in core.cc.
 #include <cstdio>
+#include <new>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
@@ -368,7 +369,15 @@ absl::StatusOr<Tensor> EngineCore::CreateTensor(std::string_view name_view,
   ts->block_bytes = block_bytes;
   ts->size_bytes = bytes;
   ts->frame_bytes = block_bytes;  // a multiple of 4096 already
-  ts->slots.reset(new BlockSlot[blocks]);
+  ts->slots.reset(new (std::nothrow) BlockSlot[blocks]);
+  if (ts->slots == nullptr) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "tensor '", name, "': no memory for the table of its ", blocks,
+        " blocks (", blocks * sizeof(BlockSlot),
+        " bytes); use larger block_bytes"));
+  }
+  ts->spec = spec;
+  ts->spec.block_bytes = block_bytes;
   ts->gate.store(gate_, std::memory_order_release);
   by_id_.push_back(ts);
   by_name_.emplace(ts->name, ts);
@@ -399,9 +408,7 @@ absl::StatusOr<Tensor> EngineCore::OpenTensor(std::string_view name_view) {
   t.num_blocks_ = ts.num_blocks;
   t.block_bytes_ = ts.block_bytes;
   t.size_bytes_ = ts.size_bytes;
-  t.spec_.block_bytes = ts.block_bytes;
-  t.spec_.dtype = DType::kU8;
-  t.spec_.shape = {static_cast<int64_t>(ts.size_bytes)};
+  t.spec_ = ts.spec;
   return t;
 }
 
@@ -475,6 +482,9 @@ absl::Status EngineCore::DropTensor(const Tensor& tensor) {
   }
   std::unique_lock lock(catalog_mu_);
   by_name_.erase(ts->name);
+  // The state lives on while handles or mover jobs hold it; the engine
+  // forgets it (its id is never reused).
+  by_id_[ts->id].reset();
   return absl::OkStatus();
 }
 
@@ -504,7 +514,7 @@ EngineStats EngineCore::GetStats() const {
   {
     std::unique_lock lock(catalog_mu_);
     for (const auto& ts : by_id_) {
-      if (ts->dropped()) continue;
+      if (ts == nullptr || ts->dropped()) continue;
       for (uint64_t b = 0; b < ts->num_blocks; ++b) {
         if (word::Pins(ts->slots[b].word.load(std::memory_order_relaxed)) != 0) {
           host.pinned_bytes += ts->frame_bytes;
@@ -535,7 +545,7 @@ absl::Status EngineCore::Close() {
   {
     std::unique_lock lock(catalog_mu_);
     for (const auto& ts : by_id_) {
-      if (ts->dropped() || !pinned.ok()) continue;
+      if (ts == nullptr || ts->dropped() || !pinned.ok()) continue;
       for (uint64_t b = 0; b < ts->num_blocks; ++b) {
         if (word::Pins(ts->slots[b].word.load()) != 0) {
           pinned = absl::FailedPreconditionError(absl::StrCat(

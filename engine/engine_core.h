@@ -92,6 +92,7 @@ struct TensorState {
   EngineCore* core = nullptr;
   uint32_t id = 0;
   std::string name;
+  TensorSpec spec;  // as created, block_bytes filled in
   uint64_t num_blocks = 0;
   uint64_t block_bytes = 0;
   uint64_t size_bytes = 0;
@@ -207,9 +208,18 @@ class EngineCore {
 
   // Loading and eviction.
   absl::StatusOr<tiers::Frame> AllocateFrame(uint64_t bytes);
+  // Frees at least one frame (writing dirty victims back), or says why not.
   absl::Status EvictSome(size_t count);
-  std::vector<Victim> ClaimVictims(size_t count);
-  bool TryClaim(uint64_t key, bool take_prefetched, Victim* out);
+  // `clean_only`: refuse dirty blocks (the lower tier cannot take them).
+  std::vector<Victim> ClaimVictims(size_t count, bool clean_only);
+  bool TryClaim(uint64_t key, bool take_prefetched, bool clean_only,
+                Victim* out);
+  // Frames held by a block in transit (a load that has its frame, or an
+  // eviction that has claimed one) come back soon: a thread that found
+  // nothing to evict waits for them instead of failing.
+  void TransitBegin() { frames_in_transit_.fetch_add(1); }
+  void TransitEnd();
+  bool WaitForSpace(uint64_t seen_epoch, Deadline deadline);
   // Writes the blocks' host bytes to the NVMe tier (one batch) and records
   // each acknowledged copy; statuses[i] says how item i fared.
   void WriteBack(std::span<const Victim> items,
@@ -254,6 +264,11 @@ class EngineCore {
   };
   static constexpr size_t kWaitStripes = 64;
   std::unique_ptr<WaitStripe[]> stripes_;
+
+  std::atomic<int64_t> frames_in_transit_{0};
+  std::mutex space_mu_;
+  std::condition_variable space_cv_;
+  std::atomic<uint64_t> space_epoch_{0};
 
   // Engine-wide counters of the slow paths.
   std::atomic<uint64_t> evictions_{0};
