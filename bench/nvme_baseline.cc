@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <liburing.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -30,8 +31,12 @@ struct Closer {
   }
 };
 
-struct FreeDeleter {
-  void operator()(std::byte* p) const { std::free(p); }
+// The buffers are mapped the way the engine maps its host arena (anonymous,
+// transparent huge pages): a device's DMA cost depends on how many pages an
+// I/O spans, so a baseline on 4 KiB pages would not be the same I/O.
+struct Unmapper {
+  size_t bytes;
+  void operator()(std::byte* p) const { ::munmap(p, bytes); }
 };
 
 struct Slot {
@@ -68,12 +73,16 @@ absl::StatusOr<RawIoResult> RunRing(const std::string& path, int fd,
     ~RingCloser() { io_uring_queue_exit(r); }
   } ring_closer{&ring};
 
-  std::unique_ptr<std::byte, FreeDeleter> buffers(static_cast<std::byte*>(
-      std::aligned_alloc(kAlign, io_bytes * queue_depth)));
-  if (buffers == nullptr) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "nvme baseline: cannot allocate ", io_bytes * queue_depth, " bytes"));
+  const size_t buffer_bytes = io_bytes * queue_depth;
+  void* mapped = ::mmap(nullptr, buffer_bytes, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mapped == MAP_FAILED) {
+    return ErrnoStatus(errno, absl::StrCat("nvme baseline: cannot map ",
+                                           buffer_bytes, " bytes"));
   }
+  (void)::madvise(mapped, buffer_bytes, MADV_HUGEPAGE);
+  std::unique_ptr<std::byte, Unmapper> buffers(static_cast<std::byte*>(mapped),
+                                               Unmapper{buffer_bytes});
   // Pseudo-random contents, so compressing or deduplicating devices do not
   // flatter the write baseline.
   {

@@ -161,6 +161,7 @@ absl::StatusOr<strata::Pin> EngineCore::Pin(const Tensor& tensor,
                                            std::memory_order_relaxed)) {
       ring->Record(ts->Key(block));  // also counts the hit
       if (timed) ring->hit_latency.Record(NowNanos() - start);
+      if (ABSL_PREDICT_FALSE(w & kPrefetched)) OnPrefetchedHit(ts, block);
       return MakePin(ts, block, slot, access);
     }
   }
@@ -225,6 +226,7 @@ absl::StatusOr<strata::Pin> EngineCore::PinSlow(TensorState* ts,
         if (desired != 0) {
           if (slot->word.compare_exchange_weak(w, desired,
                                                std::memory_order_acquire)) {
+            if (w & kPrefetched) OnPrefetchedHit(ts, block);
             ring->Record(ts->Key(block));
             ring->hit_latency.Record(NowNanos() - start_ns);
             return MakePin(ts, block, slot, access);
@@ -263,6 +265,7 @@ absl::StatusOr<strata::Pin> EngineCore::PinSlow(TensorState* ts,
       continue;
     }
     const uint64_t version = VersionOf(w);
+    OnDemandMiss(ts, block);
     absl::Status status;
     absl::StatusOr<Frame> frame = AllocateFrame(ts->frame_bytes);
     if (frame.ok()) TransitBegin();
@@ -796,6 +799,43 @@ void EngineCore::FinishAsyncLoad(AsyncLoad* load, absl::Status status) {
   delete load;
   std::unique_lock lock(mover_mu_);
   if (--async_in_flight_ == 0) mover_cv_.notify_all();
+}
+
+// ---------------------------------------------------------------------------
+// Sequential readahead
+
+void EngineCore::OnDemandMiss(TensorState* ts, uint64_t block) {
+  if (readahead_window_ == 0) return;
+  const uint64_t previous = ts->last_sequential.exchange(block);
+  if (previous + 1 != block) {
+    ts->readahead_to.store(0);
+    return;
+  }
+  const uint64_t to = ts->readahead_to.load();
+  if (to > block + 1) return;  // a window is already on its way
+  ExtendReadahead(ts, block + 1, to, readahead_window_);
+}
+
+void EngineCore::OnPrefetchedHit(TensorState* ts, uint64_t block) {
+  ts->last_sequential.store(block);
+  const uint64_t to = ts->readahead_to.load();
+  if (to == 0 || to >= ts->num_blocks) return;
+  // Slide on when the reader is half a window from the end of it.
+  if (block + readahead_window_ / 2 + 1 < to) return;
+  ExtendReadahead(ts, to, to, std::max<size_t>(readahead_window_ / 2, 1));
+}
+
+void EngineCore::ExtendReadahead(TensorState* ts, uint64_t from,
+                                 uint64_t expected_to, uint64_t count) {
+  const uint64_t end = std::min(ts->num_blocks, from + count);
+  if (from >= end) return;
+  // One thread extends a window at a time; others find it moved on.
+  if (!ts->readahead_to.compare_exchange_strong(expected_to, end)) return;
+  std::shared_ptr<TensorState> owner = TensorById(ts->id);
+  if (owner == nullptr) return;  // dropped meanwhile
+  MoverJob job;
+  for (uint64_t b = from; b < end; ++b) job.blocks.emplace_back(owner, b);
+  Enqueue(std::move(job));
 }
 
 // ---------------------------------------------------------------------------

@@ -127,6 +127,10 @@ absl::Status ValidateOptions(const EngineOptions& o) {
     return bad("policy '", o.policy, "' is unknown; use one of: ",
                absl::StrJoin(names, ", "));
   }
+  if (o.readahead_blocks < -1) {
+    return bad("readahead_blocks ", o.readahead_blocks,
+               " is invalid; use -1 (automatic), 0 (off) or a block count");
+  }
   if (o.pin_wait_timeout <= absl::ZeroDuration()) {
     return bad("pin_wait_timeout must be positive");
   }
@@ -228,8 +232,12 @@ EngineCore::EngineCore(EngineOptions options,
           32)),
       policy_(std::move(policy)),
       stripes_(new WaitStripe[kWaitStripes]) {
-  lookahead_ = std::clamp<size_t>(
-      options_.host.capacity_bytes / options_.default_block_bytes / 4, 1, 64);
+  const size_t frames = options_.host.capacity_bytes / options_.default_block_bytes;
+  lookahead_ = std::clamp<size_t>(frames / 4, 1, 64);
+  readahead_window_ =
+      options_.readahead_blocks >= 0
+          ? std::min<size_t>(options_.readahead_blocks, frames / 2)
+          : std::clamp<size_t>(frames / 8, 1, 32);
   mover_ = std::thread([this] { MoverLoop(); });
 }
 

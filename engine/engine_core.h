@@ -102,6 +102,11 @@ struct TensorState {
   // reads: the tensor was dropped, the engine closed, or a step is traced.
   static constexpr uint32_t kGateDropped = 1, kGateClosed = 2, kGateStep = 4;
   std::atomic<uint32_t> gate{0};
+  // Sequential readahead: the last block a demand miss or a first pin of a
+  // prefetched block touched, and the end of the blocks already asked for
+  // (0: not reading ahead).
+  std::atomic<uint64_t> last_sequential{~uint64_t{0}};
+  std::atomic<uint64_t> readahead_to{0};
   std::mutex flush_mu;
 
   bool dropped() const {
@@ -236,6 +241,13 @@ class EngineCore {
   void FinishAsyncLoad(AsyncLoad* load, absl::Status status);
 
   void OnStepPin(TensorState* ts, uint64_t block);
+  // Sequential readahead, like a file system's: a demand miss right after
+  // the previous one starts a window of `readahead_window_` blocks on the
+  // mover; the first pin of a block it brought slides the window on.
+  void OnDemandMiss(TensorState* ts, uint64_t block);
+  void OnPrefetchedHit(TensorState* ts, uint64_t block);
+  void ExtendReadahead(TensorState* ts, uint64_t from, uint64_t expected_to,
+                       uint64_t count);
   std::shared_ptr<TensorState> TensorById(uint32_t id) const;
 
   const EngineOptions options_;
@@ -295,6 +307,7 @@ class EngineCore {
   uint64_t step_pos_ ABSL_GUARDED_BY(step_mu_) = 0;
   uint64_t prefetched_to_ ABSL_GUARDED_BY(step_mu_) = 0;
   size_t lookahead_ = 16;
+  size_t readahead_window_ = 8;
 };
 
 }  // namespace strata::internal

@@ -147,7 +147,10 @@ INSTANTIATE_TEST_SUITE_P(
                   "pin_wait_timeout"},
         BadOption{"BadNumaNode",
                   [](EngineOptions& o) { o.host.numa_node = -2; },
-                  "host.numa_node"}),
+                  "host.numa_node"},
+        BadOption{"BadReadahead",
+                  [](EngineOptions& o) { o.readahead_blocks = -2; },
+                  "readahead_blocks"}),
     [](const ::testing::TestParamInfo<BadOption>& info) {
       return std::string(info.param.name);
     });
@@ -828,8 +831,15 @@ TEST_F(EngineApiTest, DroppedPrefetchHandleIsHarmless) {
   ASSERT_OK(e->Close());  // waits for the transfers in flight
 }
 
+// Readahead is off where the counts must be exact: it turns sequential
+// misses into hits (SequentialReadaheadTurnsMissesIntoHits covers it).
+EngineOptions NoReadahead(EngineOptions o) {
+  o.readahead_blocks = 0;
+  return o;
+}
+
 TEST_F(EngineApiTest, StatsAreExactForASingleThread) {
-  ASSERT_OK_AND_ASSIGN(auto e, OpenSmall(Options()));
+  ASSERT_OK_AND_ASSIGN(auto e, OpenSmall(NoReadahead(Options())));
   EngineStats s = e->GetStats();
   const TierStats& h0 = s.tier(Tier::kHost);
   EXPECT_TRUE(h0.present);
@@ -870,8 +880,37 @@ TEST_F(EngineApiTest, StatsAreExactForASingleThread) {
   EXPECT_LE(s.pin_miss_latency.p50_us, s.pin_miss_latency.max_us);
 }
 
+TEST_F(EngineApiTest, SequentialReadaheadTurnsMissesIntoHits) {
+  for (int readahead : {0, 8}) {
+    SCOPED_TRACE(readahead);
+    EngineOptions o = Options();
+    o.readahead_blocks = readahead;
+    o.nvme.path = dir_.Sub("nvme-readahead-" + std::to_string(readahead));
+    ASSERT_OK_AND_ASSIGN(auto e, OpenSmall(std::move(o)));
+    const uint64_t n = 4 * kFrames;
+    ASSERT_OK_AND_ASSIGN(Tensor t, e->CreateTensor("t", BlocksSpec(n)));
+    for (uint64_t b = 0; b < n; ++b) WriteBlock(*e, t, b, 1);
+    ASSERT_OK(e->Flush(t));
+    const EngineStats before = e->GetStats();
+    for (uint64_t b = 0; b < n; ++b) ExpectBlock(*e, t, b, 1);
+    const EngineStats after = e->GetStats();
+    const uint64_t misses = after.tier(Tier::kHost).misses -
+                            before.tier(Tier::kHost).misses;
+    const uint64_t hits = after.tier(Tier::kHost).hits -
+                          before.tier(Tier::kHost).hits;
+    EXPECT_EQ(hits + misses, n);
+    if (readahead == 0) {
+      EXPECT_GE(misses, n - kFrames);  // at best the resident tail hits
+    } else {
+      // The window runs ahead of the reader: only its first blocks (and any
+      // it overtook) miss.
+      EXPECT_LT(misses, n / 4) << "hits " << hits;
+    }
+  }
+}
+
 TEST_F(EngineApiTest, StatsStayConsistentUnderEviction) {
-  ASSERT_OK_AND_ASSIGN(auto e, OpenSmall(Options()));
+  ASSERT_OK_AND_ASSIGN(auto e, OpenSmall(NoReadahead(Options())));
   const uint64_t n = 3 * kFrames;
   ASSERT_OK_AND_ASSIGN(Tensor t, e->CreateTensor("t", BlocksSpec(n)));
   for (uint64_t b = 0; b < n; ++b) WriteBlock(*e, t, b, 1);  // n misses

@@ -63,6 +63,10 @@ EngineOptions FaultOptions(const std::string& dir, uint64_t host = kHost) {
   // A hang shows up as kDeadlineExceeded well inside the test timeout.
   o.pin_wait_timeout = absl::Seconds(10);
   o.policy = "lru";
+  // Each injected fault must reach the demand pin that meets it; readahead
+  // would take some of them on the mover, where no caller waits
+  // (ReadaheadFaultsReachTheDemandPin covers that path).
+  o.readahead_blocks = 0;
   return o;
 }
 
@@ -326,6 +330,41 @@ TEST(EngineFaultMiscTest, RefusedBufferRegistrationFallsBackAndLogsOnce) {
 // holds Encode(block, seq) in every word; a granted write pin moves seq by
 // one. A failed write-back must leave its block dirty and resident (invariant
 // 4), so after the faults stop every block's seq equals its granted writes.
+
+// Readahead is speculative: when its reads fail, the reader's own pin loads
+// the block again and gets the error itself (never a hang, never wrong bytes),
+// and once the device recovers every block reads back intact.
+TEST(EngineFaultMiscTest, ReadaheadFaultsReachTheDemandPin) {
+  TempDir dir;
+  auto faults = std::make_shared<FaultInjector>();
+  EngineOptions o = FaultOptions(dir.Sub("nvme"));
+  o.readahead_blocks = 4;
+  ASSERT_OK_AND_ASSIGN(auto e, testing::OpenWithBackend(
+                                   o, tiers::MakeFaultInjectingBackend(faults)));
+  ASSERT_OK_AND_ASSIGN(Tensor t, e->CreateTensor("t", BlocksSpec(kBlocks)));
+  for (uint64_t b = 0; b < kBlocks; ++b) {
+    ASSERT_OK_AND_ASSIGN(Pin p, e->Pin(t, b, Tier::kHost, Access::kWrite));
+    FillPattern(p.bytes(), Seed(1, b, 1));
+  }
+  ASSERT_OK(e->Flush(t));
+  faults->Arm(FaultOps::kRead, 1, Fault::kEio, /*until_cleared=*/true);
+  uint64_t failed = 0;
+  for (uint64_t b = 0; b < kFrames; ++b) {  // blocks long evicted
+    auto pin = e->Pin(t, b, Tier::kHost, Access::kRead);
+    if (!pin.ok()) {
+      EXPECT_EQ(pin.status().code(), StatusCode::kInternal) << pin.status();
+      ++failed;
+      continue;
+    }
+    EXPECT_EQ(FirstPatternMismatch(pin->bytes(), Seed(1, b, 1)), -1);
+  }
+  EXPECT_EQ(failed, kFrames) << "every read failed, so every pin must have";
+  faults->Clear();
+  for (uint64_t b = 0; b < kBlocks; ++b) {
+    ASSERT_OK_AND_ASSIGN(Pin p, e->Pin(t, b, Tier::kHost, Access::kRead));
+    EXPECT_EQ(FirstPatternMismatch(p.bytes(), Seed(1, b, 1)), -1) << "block " << b;
+  }
+}
 
 TEST(EngineFaultConcurrencyTest, IntermittentFaultsLoseNoAcknowledgedWrite) {
 #if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)

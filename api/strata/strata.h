@@ -118,6 +118,11 @@ struct EngineOptions {
   NvmeTierOptions nvme;
   // Block size for tensors whose spec leaves it 0: a multiple of 4096.
   uint64_t default_block_bytes = uint64_t{2} << 20;
+  // Sequential readahead: when demand misses of a tensor come in block order,
+  // the engine loads this many blocks ahead of the reader on its mover
+  // thread. -1: automatic (1/8 of the host tier's blocks, at most 32);
+  // 0: off.
+  int readahead_blocks = -1;
   // Eviction policy: "default" (frequency-aware), "lru", "lfu" or "hinted"
   // (evicts by predicted next use, learned from recorded steps).
   std::string policy = "default";
