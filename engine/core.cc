@@ -265,7 +265,8 @@ absl::StatusOr<strata::Pin> EngineCore::PinSlow(TensorState* ts,
       continue;
     }
     const uint64_t version = VersionOf(w);
-    OnDemandMiss(ts, block);
+    // An overwrite reads nothing, so it asks nothing of readahead either.
+    if (access != Access::kOverwrite) OnDemandMiss(ts, block);
     absl::Status status;
     absl::StatusOr<Frame> frame = AllocateFrame(ts->frame_bytes);
     if (frame.ok()) TransitBegin();
