@@ -7,7 +7,9 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <deque>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -60,11 +62,15 @@ absl::Status CheckSizes(uint64_t io_bytes, uint32_t queue_depth) {
 }
 
 // Runs `count` I/Os whose offsets come from `next_offset`, `io_bytes` each,
-// with `queue_depth` in flight.
+// with `queue_depth` in flight, from buffers covering `memory_bytes` (at least
+// one buffer per I/O in flight), taken in turn.
 absl::StatusOr<RawIoResult> RunRing(const std::string& path, int fd,
                                     bool write, uint64_t io_bytes,
                                     uint32_t queue_depth, uint64_t count,
+                                    uint64_t memory_bytes,
                                     const std::function<uint64_t()>& next_offset) {
+  const uint32_t buffer_count = static_cast<uint32_t>(
+      std::max<uint64_t>(queue_depth, std::min<uint64_t>(memory_bytes / io_bytes, 1024)));
   io_uring ring;
   int rc = io_uring_queue_init(queue_depth, &ring, 0);
   if (rc < 0) return ErrnoStatus(-rc, "nvme baseline: io_uring_queue_init");
@@ -73,7 +79,7 @@ absl::StatusOr<RawIoResult> RunRing(const std::string& path, int fd,
     ~RingCloser() { io_uring_queue_exit(r); }
   } ring_closer{&ring};
 
-  const size_t buffer_bytes = io_bytes * queue_depth;
+  const size_t buffer_bytes = io_bytes * buffer_count;
   void* mapped = ::mmap(nullptr, buffer_bytes, PROT_READ | PROT_WRITE,
                         MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (mapped == MAP_FAILED) {
@@ -88,29 +94,34 @@ absl::StatusOr<RawIoResult> RunRing(const std::string& path, int fd,
   {
     std::mt19937_64 rng(42);
     auto* words = reinterpret_cast<uint64_t*>(buffers.get());
-    for (uint64_t i = 0; i < io_bytes * queue_depth / 8; ++i) words[i] = rng();
+    for (uint64_t i = 0; i < buffer_bytes / 8; ++i) words[i] = rng();
   }
-  std::vector<iovec> iovecs(queue_depth);
-  for (uint32_t i = 0; i < queue_depth; ++i) {
+  std::vector<iovec> iovecs(buffer_count);
+  for (uint32_t i = 0; i < buffer_count; ++i) {
     iovecs[i] = {buffers.get() + i * io_bytes, static_cast<size_t>(io_bytes)};
   }
   const bool fixed =
-      io_uring_register_buffers(&ring, iovecs.data(), queue_depth) == 0;
+      io_uring_register_buffers(&ring, iovecs.data(), buffer_count) == 0;
 
   std::vector<Slot> slots(queue_depth);
   std::vector<uint32_t> idle;
   for (uint32_t i = 0; i < queue_depth; ++i) idle.push_back(queue_depth - 1 - i);
+  // Buffers in turn, oldest returned first, so the I/O walks all the memory.
+  std::deque<uint32_t> free_buffers;
+  for (uint32_t i = 0; i < buffer_count; ++i) free_buffers.push_back(i);
+  std::vector<uint32_t> buffer_of(queue_depth, 0);
   auto prep = [&](uint32_t i) {
     Slot& s = slots[i];
     io_uring_sqe* sqe = io_uring_get_sqe(&ring);  // never null: <= depth
-    std::byte* buf = buffers.get() + i * io_bytes + s.done;
+    const uint32_t b = buffer_of[i];
+    std::byte* buf = buffers.get() + b * io_bytes + s.done;
     const unsigned len = static_cast<unsigned>(s.len - s.done);
     const uint64_t off = s.offset + s.done;
     if (write) {
-      if (fixed) io_uring_prep_write_fixed(sqe, fd, buf, len, off, static_cast<int>(i));
+      if (fixed) io_uring_prep_write_fixed(sqe, fd, buf, len, off, static_cast<int>(b));
       else io_uring_prep_write(sqe, fd, buf, len, off);
     } else {
-      if (fixed) io_uring_prep_read_fixed(sqe, fd, buf, len, off, static_cast<int>(i));
+      if (fixed) io_uring_prep_read_fixed(sqe, fd, buf, len, off, static_cast<int>(b));
       else io_uring_prep_read(sqe, fd, buf, len, off);
     }
     io_uring_sqe_set_data64(sqe, i);
@@ -131,6 +142,8 @@ absl::StatusOr<RawIoResult> RunRing(const std::string& path, int fd,
       const uint32_t i = idle.back();
       idle.pop_back();
       slots[i] = {.offset = next_offset(), .len = io_bytes, .done = 0};
+      buffer_of[i] = free_buffers.front();
+      free_buffers.pop_front();
       prep(i);
       prepared = true;
       ++issued;
@@ -194,6 +207,7 @@ absl::StatusOr<RawIoResult> RunRing(const std::string& path, int fd,
       if (!failed.ok() && error.ok()) error = failed;
       --in_flight;
       idle.push_back(i);
+      free_buffers.push_back(buffer_of[i]);
     }
     io_uring_cq_advance(&ring, seen);
     if (resubmit) {
@@ -232,14 +246,18 @@ absl::StatusOr<uint64_t> FileSize(const std::string& path, int fd) {
 absl::StatusOr<RawIoResult> RawSequentialWrite(const std::string& path,
                                                uint64_t block_bytes,
                                                uint32_t queue_depth,
-                                               uint64_t total_bytes) {
+                                               uint64_t total_bytes,
+                                               uint64_t memory_bytes) {
   if (absl::Status s = CheckSizes(block_bytes, queue_depth); !s.ok()) return s;
   if (total_bytes == 0 || total_bytes % block_bytes != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "nvme baseline: total ", total_bytes,
         " must be a non-zero multiple of the block size ", block_bytes));
   }
-  absl::StatusOr<int> fd = OpenDirect(path, O_RDWR | O_CREAT | O_TRUNC);
+  // No O_TRUNC: an existing file is overwritten in place, as the engine
+  // rewrites its extents (a fresh, preallocated extent costs the file system
+  // a conversion on its first write, a rewrite does not).
+  absl::StatusOr<int> fd = OpenDirect(path, O_RDWR | O_CREAT);
   if (!fd.ok()) return fd.status();
   Closer closer{*fd};
   if (::fallocate(*fd, 0, 0, static_cast<off_t>(total_bytes)) != 0 &&
@@ -249,7 +267,7 @@ absl::StatusOr<RawIoResult> RawSequentialWrite(const std::string& path,
   }
   uint64_t next = 0;
   return RunRing(path, *fd, /*write=*/true, block_bytes, queue_depth,
-                 total_bytes / block_bytes, [&] {
+                 total_bytes / block_bytes, memory_bytes, [&] {
                    const uint64_t at = next;
                    next += block_bytes;
                    return at;
@@ -259,7 +277,8 @@ absl::StatusOr<RawIoResult> RawSequentialWrite(const std::string& path,
 absl::StatusOr<RawIoResult> RawSequentialRead(const std::string& path,
                                               uint64_t block_bytes,
                                               uint32_t queue_depth,
-                                              uint64_t total_bytes) {
+                                              uint64_t total_bytes,
+                                              uint64_t memory_bytes) {
   if (absl::Status s = CheckSizes(block_bytes, queue_depth); !s.ok()) return s;
   if (total_bytes == 0 || total_bytes % block_bytes != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -278,7 +297,7 @@ absl::StatusOr<RawIoResult> RawSequentialRead(const std::string& path,
   }
   uint64_t next = 0;
   return RunRing(path, *fd, /*write=*/false, block_bytes, queue_depth,
-                 total_bytes / block_bytes, [&] {
+                 total_bytes / block_bytes, memory_bytes, [&] {
                    const uint64_t at = next;
                    next += block_bytes;
                    return at;
@@ -288,7 +307,7 @@ absl::StatusOr<RawIoResult> RawSequentialRead(const std::string& path,
 absl::StatusOr<RawIoResult> RawRandomRead(const std::string& path,
                                           uint64_t io_bytes,
                                           uint32_t queue_depth, uint64_t count,
-                                          uint64_t seed) {
+                                          uint64_t seed, uint64_t memory_bytes) {
   if (absl::Status s = CheckSizes(io_bytes, queue_depth); !s.ok()) return s;
   if (count == 0) {
     return absl::InvalidArgumentError("nvme baseline: count must be > 0");
@@ -307,7 +326,7 @@ absl::StatusOr<RawIoResult> RawRandomRead(const std::string& path,
   std::mt19937_64 rng(seed);
   std::uniform_int_distribution<uint64_t> pick(0, slots - 1);
   return RunRing(path, *fd, /*write=*/false, io_bytes, queue_depth, count,
-                 [&] { return pick(rng) * io_bytes; });
+                 memory_bytes, [&] { return pick(rng) * io_bytes; });
 }
 
 }  // namespace strata::bench

@@ -13,6 +13,12 @@
 //   auto r = RawSequentialRead("/data/raw.bin", 1 << 20, 32, 1ull << 30);
 //   double gbps = r->bytes_per_second() / 1e9;
 //
+// `memory_bytes` is how much memory the I/O streams through (0: one buffer
+// per I/O in flight). A storage engine reads into and writes from its whole
+// cache, not a few hot buffers; benchmarks pass the engine's host tier size
+// so that both sides touch the same amount of memory (on virtualized disks
+// the copy behind a DMA is faster from buffers that stay in the CPU cache).
+//
 // Not thread-safe per call: each call is self-contained; calls on different
 // files may run in parallel.
 #ifndef STRATA_BENCH_NVME_BASELINE_H_
@@ -34,22 +40,25 @@ struct RawIoResult {
   double ops_per_second() const { return seconds > 0 ? ops / seconds : 0; }
 };
 
-// Creates (or truncates) `path`, preallocates `total_bytes` (fallocate, not
-// timed, so the measurement matches the tier's preallocated file), and writes
-// it front to back in I/Os of `block_bytes`. `block_bytes` must be a
-// multiple of 4096 and `total_bytes` a multiple of `block_bytes`
+// Creates `path` if it is missing, preallocates `total_bytes` (fallocate,
+// not timed, so the measurement matches the tier's preallocated file), and
+// writes it front to back in I/Os of `block_bytes`; an existing file is
+// overwritten in place (not truncated), like the tier's extents. `block_bytes`
+// must be a multiple of 4096 and `total_bytes` a multiple of `block_bytes`
 // (kInvalidArgument otherwise).
 absl::StatusOr<RawIoResult> RawSequentialWrite(const std::string& path,
                                                uint64_t block_bytes,
                                                uint32_t queue_depth,
-                                               uint64_t total_bytes);
+                                               uint64_t total_bytes,
+                                               uint64_t memory_bytes = 0);
 
 // Reads the first `total_bytes` of `path` front to back in I/Os of
 // `block_bytes` (same alignment rules). kOutOfRange if the file is shorter.
 absl::StatusOr<RawIoResult> RawSequentialRead(const std::string& path,
                                               uint64_t block_bytes,
                                               uint32_t queue_depth,
-                                              uint64_t total_bytes);
+                                              uint64_t total_bytes,
+                                              uint64_t memory_bytes = 0);
 
 // `count` reads of `io_bytes` at uniformly random `io_bytes`-aligned offsets
 // of `path` (the whole file), from a generator seeded with `seed`.
@@ -57,7 +66,8 @@ absl::StatusOr<RawIoResult> RawRandomRead(const std::string& path,
                                           uint64_t io_bytes = 64 << 10,
                                           uint32_t queue_depth = 32,
                                           uint64_t count = 4096,
-                                          uint64_t seed = 1);
+                                          uint64_t seed = 1,
+                                          uint64_t memory_bytes = 0);
 
 }  // namespace strata::bench
 

@@ -265,8 +265,9 @@ absl::StatusOr<strata::Pin> EngineCore::PinSlow(TensorState* ts,
       continue;
     }
     const uint64_t version = VersionOf(w);
-    // An overwrite reads nothing, so it asks nothing of readahead either.
-    if (access != Access::kOverwrite) OnDemandMiss(ts, block);
+    // Readahead follows reads from the lower tier: an overwrite reads
+    // nothing, and a block never written is zeros, not I/O.
+    if (access != Access::kOverwrite && version != 0) OnDemandMiss(ts, block);
     absl::Status status;
     absl::StatusOr<Frame> frame = AllocateFrame(ts->frame_bytes);
     if (frame.ok()) TransitBegin();
@@ -315,24 +316,79 @@ void EngineCore::Unpin(BlockSlot* slot, Access access) {
 
 absl::StatusOr<Frame> EngineCore::AllocateFrame(uint64_t bytes) {
   const Deadline deadline = WaitDeadline();
-  // Bounded: every round either gets a frame, evicts a block, or waits for a
-  // frame in transit; the bound only matters when other threads keep taking
-  // what we free.
+  // Bounded: every round gets a frame, frees or starts freeing one, or waits
+  // for a frame in transit; the bound only matters when other threads keep
+  // taking what this one frees.
   for (int round = 0; round < 100000; ++round) {
     const uint64_t epoch = space_epoch_.load(std::memory_order_acquire);
     absl::StatusOr<Frame> frame = host_->Allocate(bytes);
     if (frame.ok() || !absl::IsResourceExhausted(frame.status())) return frame;
-    absl::Status evicted = EvictSome(eviction_batch_);
-    if (evicted.ok()) continue;
-    if (!absl::IsResourceExhausted(evicted) ||
-        frames_in_transit_.load(std::memory_order_acquire) <= 0) {
-      return evicted;
+    STRATA_RETURN_IF_ERROR(TakeWriteBackError());
+    const int64_t in_flight =
+        writebacks_in_flight_.load(std::memory_order_acquire);
+    const bool in_transit =
+        frames_in_transit_.load(std::memory_order_acquire) > 0;
+    // Enough write-backs under way: wait for one. (A write-back's frame is
+    // in transit until it is freed, so with nothing in transit the count is
+    // about to drop and eviction is worth a try.)
+    if (in_flight >= static_cast<int64_t>(max_writebacks_) && in_transit) {
+      if (!WaitForSpace(epoch, deadline)) break;
+      continue;
     }
-    if (!WaitForSpace(epoch, deadline)) return evicted;
+    const size_t want = in_flight < static_cast<int64_t>(max_writebacks_)
+                            ? max_writebacks_ - static_cast<size_t>(in_flight)
+                            : 1;
+    EvictResult evicted = EvictSome(want);
+    if (evicted.freed > 0) continue;
+    if (evicted.started == 0 &&
+        frames_in_transit_.load(std::memory_order_acquire) <= 0) {
+      // Eviction said why it could not help (all pinned, lower tier full).
+      return evicted.error.ok()
+                 ? absl::ResourceExhaustedError(
+                       "tier host: no frame could be freed; release pins or "
+                       "raise EngineOptions::host.capacity_bytes")
+                 : evicted.error;
+    }
+    if (!WaitForSpace(epoch, deadline)) break;
+  }
+  if (std::chrono::steady_clock::now() >= deadline) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        "tier host: no frame came free within ",
+        absl::FormatDuration(options_.pin_wait_timeout),
+        " while blocks were being written back; the lower tier may be "
+        "stalled"));
   }
   return absl::ResourceExhaustedError(
       "tier host: could not find a free frame while other threads kept "
       "filling the tier; raise EngineOptions::host.capacity_bytes");
+}
+
+void EngineCore::SetWriteBackError(uint64_t key, const absl::Status& status) {
+  std::lock_guard lock(space_mu_);
+  writeback_errors_[key] = status;
+  has_writeback_errors_.store(true, std::memory_order_release);
+}
+
+void EngineCore::ClearWriteBackError(uint64_t key) {
+  if (!has_writeback_errors_.load(std::memory_order_acquire)) return;
+  std::lock_guard lock(space_mu_);
+  writeback_errors_.erase(key);
+  has_writeback_errors_.store(!writeback_errors_.empty(),
+                              std::memory_order_release);
+}
+
+absl::Status EngineCore::TakeWriteBackError() {
+  if (!has_writeback_errors_.load(std::memory_order_acquire)) {
+    return absl::OkStatus();
+  }
+  std::lock_guard lock(space_mu_);
+  if (writeback_errors_.empty()) return absl::OkStatus();
+  auto it = writeback_errors_.begin();
+  absl::Status error = std::move(it->second);
+  writeback_errors_.erase(it);
+  has_writeback_errors_.store(!writeback_errors_.empty(),
+                              std::memory_order_release);
+  return error;
 }
 
 void EngineCore::TransitEnd() {
@@ -365,7 +421,7 @@ bool EngineCore::TryClaim(uint64_t key, bool take_prefetched, bool clean_only,
                                           std::memory_order_acquire)) {
     return false;
   }
-  *out = Victim{ts.get(), block, slot, evicting};
+  *out = Victim{ts.get(), block, slot, evicting, std::move(ts)};
   TransitBegin();
   return true;
 }
@@ -392,83 +448,141 @@ std::vector<EngineCore::Victim> EngineCore::ClaimVictims(size_t count,
   return victims;
 }
 
-absl::Status EngineCore::EvictSome(size_t count) {
+EngineCore::EvictResult EngineCore::EvictSome(size_t count) {
+  EvictResult result;
   std::vector<Victim> victims = ClaimVictims(count, /*clean_only=*/false);
   if (victims.empty()) {
-    return absl::ResourceExhaustedError(absl::StrCat(
+    result.error = absl::ResourceExhaustedError(absl::StrCat(
         "tier host: every frame (", host_->capacity(), " bytes) is pinned",
         nvme_ == nullptr ? ", dirty (no lower tier is configured)" : "",
         " or being moved; release pins",
         nvme_ == nullptr ? ", enable EngineOptions::nvme" : "",
         " or raise EngineOptions::host.capacity_bytes"));
+    return result;
   }
   std::vector<Victim> dirty;
   for (const Victim& v : victims) {
-    if (v.word & kDirty) dirty.push_back(v);
-  }
-  std::vector<absl::Status> statuses(dirty.size());
-  if (!dirty.empty()) {
-    if (nvme_ == nullptr) {
-      for (auto& s : statuses) {
-        s = absl::ResourceExhaustedError(
-            "tier host is full of dirty blocks and no lower tier is "
-            "configured; enable EngineOptions::nvme or raise "
-            "EngineOptions::host.capacity_bytes");
-      }
+    if (v.word & kDirty) {
+      dirty.push_back(v);  // TryClaim refuses dirty blocks without NVMe
     } else {
-      WriteBack(dirty, statuses);
+      DropVictim(v);
+      ++result.freed;
     }
   }
-  absl::Status first_error;
-  size_t freed = 0;
-  size_t d = 0;
-  std::vector<uint64_t> restored;
-  for (const Victim& v : victims) {
-    absl::Status status;
-    if (v.word & kDirty) status = statuses[d++];
-    if (!status.ok()) {
-      // Invariant 4: a copy the lower tier did not acknowledge stays dirty
-      // and resident; the error goes to the caller who needed the space.
-      if (first_error.ok()) first_error = status;
-      restored.push_back(v.tensor->Key(v.block));
-      Publish(v.slot, WithState(v.slot->word.load(), kResident));
-      TransitEnd();
-      continue;
-    }
-    if (v.word & kDirty) write_backs_.fetch_add(1, std::memory_order_relaxed);
-    host_->Free(Frame{.offset = v.slot->host_offset,
-                      .bytes = v.tensor->frame_bytes,
-                      .data = v.slot->data});
-    v.slot->data = nullptr;
-    Publish(v.slot,
-            WithState(v.slot->word.load() & ~(kDirty | kPinMask | kPrefetched), kAbsent));
-    evictions_.fetch_add(1, std::memory_order_relaxed);
-    TransitEnd();
-    ++freed;
-  }
-  if (!restored.empty()) {
-    std::unique_lock lock(policy_mu_);
-    for (uint64_t key : restored) policy_->Insert(key);
-  }
-  if (freed > 0) return absl::OkStatus();
-  if (absl::IsResourceExhausted(first_error)) {
+  if (!dirty.empty()) result.started = StartWriteBack(dirty, &result.error);
+  if (result.freed == 0 && result.started == 0 &&
+      absl::IsResourceExhausted(result.error)) {
     // The lower tier is full: clean copies can still go, at no cost.
     std::vector<Victim> clean = ClaimVictims(1, /*clean_only=*/true);
     if (!clean.empty()) {
-      const Victim& v = clean.front();
-      host_->Free(Frame{.offset = v.slot->host_offset,
-                        .bytes = v.tensor->frame_bytes,
-                        .data = v.slot->data});
-      v.slot->data = nullptr;
-      Publish(v.slot, WithState(v.slot->word.load() &
-                                    ~(kDirty | kPinMask | kPrefetched),
-                                kAbsent));
-      evictions_.fetch_add(1, std::memory_order_relaxed);
-      TransitEnd();
-      return absl::OkStatus();
+      DropVictim(clean.front());
+      result.freed = 1;
     }
   }
-  return first_error;
+  return result;
+}
+
+void EngineCore::DropVictim(const Victim& v) {
+  host_->Free(Frame{.offset = v.slot->host_offset,
+                    .bytes = v.tensor->frame_bytes,
+                    .data = v.slot->data});
+  v.slot->data = nullptr;
+  Publish(v.slot, WithState(v.slot->word.load() &
+                                ~(kDirty | kPinMask | kPrefetched),
+                            kAbsent));
+  evictions_.fetch_add(1, std::memory_order_relaxed);
+  TransitEnd();
+}
+
+void EngineCore::RestoreVictim(const Victim& v) {
+  // Invariant 4: a copy the lower tier did not acknowledge stays dirty and
+  // resident.
+  {
+    std::unique_lock lock(policy_mu_);
+    policy_->Insert(v.tensor->Key(v.block));
+  }
+  Publish(v.slot, WithState(v.slot->word.load(), kResident));
+  TransitEnd();
+}
+
+struct EngineCore::AsyncWriteBack {
+  Transfer transfer;
+  EngineCore* core;
+  Victim victim;
+};
+
+size_t EngineCore::StartWriteBack(std::vector<Victim>& dirty,
+                                  absl::Status* error) {
+  std::vector<AsyncWriteBack*> started;
+  std::vector<Transfer*> batch;
+  for (Victim& v : dirty) {
+    BlockSlot* slot = v.slot;
+    if (!slot->nvme.valid()) {
+      absl::StatusOr<Frame> extent = nvme_->Allocate(v.tensor->frame_bytes);
+      if (!extent.ok()) {
+        if (error->ok()) *error = extent.status();
+        RestoreVictim(v);
+        continue;
+      }
+      slot->nvme = *extent;
+      slot->nvme_version = 0;
+    }
+    auto* wb = new AsyncWriteBack{{}, this, std::move(v)};
+    Transfer& t = wb->transfer;
+    t.op = Transfer::Op::kWrite;
+    t.key = {wb->victim.tensor->id, wb->victim.block, VersionOf(wb->victim.word)};
+    t.frame = slot->nvme;
+    t.host = {slot->data, wb->victim.tensor->BlockSize(wb->victim.block)};
+    t.on_done = &EngineCore::OnWriteBackDone;
+    t.user = wb;
+    started.push_back(wb);
+    batch.push_back(&t);
+  }
+  if (batch.empty()) return 0;
+  writebacks_in_flight_.fetch_add(static_cast<int64_t>(batch.size()));
+  {
+    std::unique_lock lock(mover_mu_);  // Close waits for these too
+    async_in_flight_ += batch.size();
+  }
+  absl::Status submitted = nvme_->Submit(batch);
+  if (submitted.ok()) return batch.size();
+  if (error->ok()) *error = submitted;
+  for (AsyncWriteBack* wb : started) {
+    wb->transfer.status = submitted;
+    OnWriteBackDone(&wb->transfer);
+  }
+  return 0;
+}
+
+void EngineCore::OnWriteBackDone(Transfer* t) {
+  auto* wb = static_cast<AsyncWriteBack*>(t->user);
+  EngineCore* core = wb->core;
+  const Victim& v = wb->victim;
+  if (t->status.ok()) {
+    v.slot->nvme_checksum = t->checksum;
+    v.slot->nvme_version = t->key.version;
+    core->host_bytes_out_.fetch_add(t->host.size(), std::memory_order_relaxed);
+    core->write_backs_.fetch_add(1, std::memory_order_relaxed);
+    core->ClearWriteBackError(v.tensor->Key(v.block));
+    core->DropVictim(v);
+  } else {
+    core->SetWriteBackError(v.tensor->Key(v.block), t->status);
+    core->RestoreVictim(v);
+    // Logged at the 1st, 2nd, 4th, 8th, ... failure: a dying device must
+    // not flood the log.
+    const uint64_t n = core->nvme_errors_.fetch_add(1) + 1;
+    if ((n & (n - 1)) == 0) {
+      core->Log(absl::StrCat("strata: write-back failed (", n,
+                             " NVMe errors so far), the block stays dirty in "
+                             "host memory and will be written again: ",
+                             t->status.ToString()));
+    }
+  }
+  delete wb;
+  // Last: a snapshot that sees no write-back in flight sees its counters.
+  core->writebacks_in_flight_.fetch_sub(1, std::memory_order_release);
+  std::unique_lock lock(core->mover_mu_);
+  if (--core->async_in_flight_ == 0) core->mover_cv_.notify_all();
 }
 
 void EngineCore::WriteBack(std::span<const Victim> items,
@@ -548,6 +662,7 @@ absl::Status EngineCore::FillFrame(TensorState* ts, uint64_t block,
   Transfer* batch[1] = {&t};
   STRATA_RETURN_IF_ERROR(nvme_->Submit(batch));
   latch.Wait();
+  if (!t.status.ok()) nvme_errors_.fetch_add(1, std::memory_order_relaxed);
   return t.status;
 }
 
@@ -604,10 +719,12 @@ absl::Status EngineCore::Flush(const Tensor& tensor) {
     WriteBack(held, statuses);
     for (size_t i = 0; i < held.size(); ++i) {
       if (statuses[i].ok()) {
+        ClearWriteBackError(ts->Key(held[i].block));
         held[i].slot->word.fetch_and(~kDirty, std::memory_order_acq_rel);
         write_backs_.fetch_add(1, std::memory_order_relaxed);
-      } else if (first_error.ok()) {
-        first_error = statuses[i];
+      } else {
+        nvme_errors_.fetch_add(1, std::memory_order_relaxed);
+        if (first_error.ok()) first_error = statuses[i];
       }
       Unpin(held[i].slot, Access::kRead);
     }
@@ -794,6 +911,9 @@ void EngineCore::FinishAsyncLoad(AsyncLoad* load, absl::Status status) {
   } else {
     host_->Free(load->frame);
     Publish(slot, WithState(slot->word.load(), kAbsent));
+    if (!absl::IsCancelled(status)) {
+      nvme_errors_.fetch_add(1, std::memory_order_relaxed);
+    }
   }
   TransitEnd();
   if (load->prefetch) load->prefetch->Done(status);

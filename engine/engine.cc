@@ -225,15 +225,13 @@ EngineCore::EngineCore(EngineOptions options,
       uid_(engine_uids.fetch_add(1)),
       host_(std::move(host)),
       nvme_(std::move(nvme)),
-      // Write-back goes in batches so that the NVMe queue is deep, at the cost
-      // of evicting a few blocks early: 1/16 of the frames, 1..32.
-      eviction_batch_(std::clamp<size_t>(
-          options_.host.capacity_bytes / options_.default_block_bytes / 16, 1,
-          32)),
       policy_(std::move(policy)),
       stripes_(new WaitStripe[kWaitStripes]) {
   const size_t frames = options_.host.capacity_bytes / options_.default_block_bytes;
   lookahead_ = std::clamp<size_t>(frames / 4, 1, 64);
+  // Write-backs in flight at once: deep enough to keep the NVMe queue busy,
+  // shallow enough not to evict a big share of the cache early.
+  max_writebacks_ = std::clamp<size_t>(frames / 4, 1, options_.nvme.queue_depth);
   readahead_window_ =
       options_.readahead_blocks >= 0
           ? std::min<size_t>(options_.readahead_blocks, frames / 2)
@@ -501,6 +499,8 @@ EngineStats EngineCore::GetStats() const {
   for (int i = 0; i < kNumTiers; ++i) stats.tiers[i].tier = static_cast<Tier>(i);
   TierStats& host = stats.tiers[static_cast<int>(Tier::kHost)];
   host.present = true;
+  host.write_backs_in_flight = static_cast<uint64_t>(std::max<int64_t>(
+      writebacks_in_flight_.load(std::memory_order_acquire), 0));
   host.capacity_bytes = host_->capacity();
   host.used_bytes = host_->used();
   host.bytes_in = host_bytes_in_.load(std::memory_order_relaxed);
@@ -537,7 +537,7 @@ EngineStats EngineCore::GetStats() const {
     nvme.used_bytes = nvme_->used();
     nvme.bytes_in = nvme_->bytes_in();
     nvme.bytes_out = nvme_->bytes_out();
-    nvme.hits = host.misses;  // every host miss of a written block reads NVMe
+    nvme.errors = nvme_errors_.load(std::memory_order_relaxed);
   }
   return stats;
 }

@@ -172,7 +172,15 @@ class EngineCore {
     uint64_t block;
     BlockSlot* slot;
     uint64_t word;  // the word as claimed (state evicting)
+    std::shared_ptr<TensorState> owner = nullptr;  // keeps `tensor` alive
   };
+  // What one round of eviction did.
+  struct EvictResult {
+    size_t freed = 0;    // frames free now (clean victims)
+    size_t started = 0;  // dirty victims whose write-back is under way
+    absl::Status error;  // why nothing could be freed or started
+  };
+  struct AsyncWriteBack;
   struct MoverJob {
     std::vector<std::pair<std::shared_ptr<TensorState>, uint64_t>> blocks;
     std::shared_ptr<PrefetchState> prefetch;  // may be null
@@ -213,8 +221,21 @@ class EngineCore {
 
   // Loading and eviction.
   absl::StatusOr<tiers::Frame> AllocateFrame(uint64_t bytes);
-  // Frees at least one frame (writing dirty victims back), or says why not.
-  absl::Status EvictSome(size_t count);
+  // Claims up to `count` victims: clean ones are dropped at once, dirty ones
+  // start their write-back, and their frames come back when the lower tier
+  // acknowledges (OnWriteBackDone). Many write-backs stay in flight, so the
+  // NVMe queue stays deep while the caller goes on.
+  EvictResult EvictSome(size_t count);
+  void DropVictim(const Victim& v);
+  void RestoreVictim(const Victim& v);
+  size_t StartWriteBack(std::vector<Victim>& dirty, absl::Status* error);
+  static void OnWriteBackDone(tiers::Transfer* t);
+  // A failed asynchronous write-back's error waits here, by block, for the
+  // next caller that needs space (invariant 4: the error reaches who needed
+  // the space). A later acknowledged write of that block withdraws it.
+  void SetWriteBackError(uint64_t key, const absl::Status& status);
+  void ClearWriteBackError(uint64_t key);
+  absl::Status TakeWriteBackError();
   // `clean_only`: refuse dirty blocks (the lower tier cannot take them).
   std::vector<Victim> ClaimVictims(size_t count, bool clean_only);
   bool TryClaim(uint64_t key, bool take_prefetched, bool clean_only,
@@ -254,7 +275,6 @@ class EngineCore {
   const uint64_t uid_;  // tells this engine's thread rings from others'
   std::unique_ptr<tiers::HostTier> host_;
   std::unique_ptr<tiers::Tier> nvme_;
-  const size_t eviction_batch_;
   std::atomic<bool> closed_{false};
 
   mutable std::mutex catalog_mu_;
@@ -278,12 +298,18 @@ class EngineCore {
   std::unique_ptr<WaitStripe[]> stripes_;
 
   std::atomic<int64_t> frames_in_transit_{0};
+  std::atomic<int64_t> writebacks_in_flight_{0};
+  size_t max_writebacks_ = 8;
+  absl::flat_hash_map<uint64_t, absl::Status> writeback_errors_
+      ABSL_GUARDED_BY(space_mu_);
+  std::atomic<bool> has_writeback_errors_{false};
   std::mutex space_mu_;
   std::condition_variable space_cv_;
   std::atomic<uint64_t> space_epoch_{0};
 
   // Engine-wide counters of the slow paths.
   std::atomic<uint64_t> evictions_{0};
+  std::atomic<uint64_t> nvme_errors_{0};
   std::atomic<uint64_t> write_backs_{0};
   std::atomic<uint64_t> host_bytes_in_{0};
   std::atomic<uint64_t> host_bytes_out_{0};

@@ -914,7 +914,14 @@ TEST_F(EngineApiTest, StatsStayConsistentUnderEviction) {
   const uint64_t n = 3 * kFrames;
   ASSERT_OK_AND_ASSIGN(Tensor t, e->CreateTensor("t", BlocksSpec(n)));
   for (uint64_t b = 0; b < n; ++b) WriteBlock(*e, t, b, 1);  // n misses
-  const EngineStats s = e->GetStats();
+  // Write-backs run asynchronously: take the snapshot once none is in flight
+  // (bounded: each one completes or fails within pin_wait_timeout).
+  EngineStats s = e->GetStats();
+  for (int i = 0; i < 1000000 && s.tier(Tier::kHost).write_backs_in_flight > 0; ++i) {
+    std::this_thread::yield();
+    s = e->GetStats();
+  }
+  ASSERT_EQ(s.tier(Tier::kHost).write_backs_in_flight, 0u);
   const TierStats& h = s.tier(Tier::kHost);
   EXPECT_EQ(h.misses, n);
   EXPECT_EQ(h.hits, 0u);

@@ -98,6 +98,10 @@ struct FaultCase {
 struct RunResult {
   uint64_t injected = 0;
   std::vector<absl::Status> errors;  // every non-OK status a call returned
+  // Failed transfers the engine counted. A background write-back that fails
+  // and is later redone successfully reaches no caller (nobody waits for
+  // it): it must show here, and in the log.
+  uint64_t io_errors = 0;
 };
 
 class EngineFaultTest : public ::testing::TestWithParam<FaultCase> {
@@ -193,6 +197,7 @@ class EngineFaultTest : public ::testing::TestWithParam<FaultCase> {
     }
     for (uint64_t b = 0; b < kBlocks; ++b) read(b, "under faults");
     result->injected = faults->injected() - injected_before;
+    result->io_errors = engine->GetStats().tier(Tier::kNvme).errors;
     faults->Clear();
 
     // The faults are over: everything acknowledged must be there.
@@ -236,9 +241,9 @@ TEST_P(EngineFaultTest, EveryNthOperationFails) {
     ++runs_with_fault;
     if (!r.errors.empty()) ++runs_with_error;
     if (must_surface) {
-      EXPECT_FALSE(r.errors.empty())
+      EXPECT_TRUE(!r.errors.empty() || r.io_errors > 0)
           << "N=" << nth << ": an injected " << FaultName(c.fault)
-          << " reached no caller";
+          << " reached no caller and was not counted";
     }
     if (::testing::Test::HasFailure()) {
       ADD_FAILURE() << "stopping at N=" << nth << " after the first failure";

@@ -274,6 +274,14 @@ struct TierStats {
   uint64_t bytes_out = 0;      // bytes read out of this tier
   uint64_t evictions = 0;      // copies dropped to make room
   uint64_t write_backs = 0;    // dirty copies written to the next tier down
+  // Transfers of this tier that failed (I/O errors, checksum mismatches). A
+  // failed background write-back is retried by a later eviction or Flush;
+  // it is counted here and logged even when no caller saw it.
+  uint64_t errors = 0;
+  // Write-backs submitted and not yet acknowledged (host tier). Read it
+  // first: when it is 0, the counters above include every write-back that
+  // finished before this snapshot.
+  uint64_t write_backs_in_flight = 0;
 };
 
 struct EngineStats {

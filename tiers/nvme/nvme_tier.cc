@@ -283,6 +283,27 @@ class NvmeTier final : public Tier {
             " is not ", mem_align_, "-byte aligned, as O_DIRECT needs"));
       }
     }
+    // Checksumming a write reads all its bytes: submit in chunks of about
+    // kChecksumChunk bytes, so the first I/O starts after one chunk's
+    // checksums rather than the whole batch's (a 32-block flush of 2 MiB
+    // blocks otherwise waits ~6 ms on a DRAM-bound hash before any I/O).
+    size_t begin = 0;
+    while (begin < batch.size()) {
+      size_t end = begin;
+      uint64_t bytes = 0;
+      while (end < batch.size() && (end == begin || bytes < kChecksumChunk)) {
+        if (batch[end]->op == Transfer::Op::kWrite) bytes += batch[end]->host.size();
+        ++end;
+      }
+      STRATA_RETURN_IF_ERROR(SubmitChunk(batch.subspan(begin, end - begin)));
+      begin = end;
+    }
+    return absl::OkStatus();
+  }
+
+  static constexpr uint64_t kChecksumChunk = uint64_t{1} << 20;
+
+  absl::Status SubmitChunk(std::span<Transfer* const> batch) {
     const bool on_completer = std::this_thread::get_id() == completer_id_;
     std::vector<Op*> ops;
     ops.reserve(batch.size());
