@@ -265,9 +265,10 @@ absl::StatusOr<strata::Pin> EngineCore::PinSlow(TensorState* ts,
       continue;
     }
     const uint64_t version = VersionOf(w);
-    // Readahead follows reads from the lower tier: an overwrite reads
-    // nothing, and a block never written is zeros, not I/O.
-    if (access != Access::kOverwrite && version != 0) OnDemandMiss(ts, block);
+    // An overwrite reads nothing, so it asks nothing of readahead. A block
+    // never written reads as zeros, but reading ahead there still pays: the
+    // mover finds (and frees) the frames while the caller computes.
+    if (access != Access::kOverwrite) OnDemandMiss(ts, block);
     absl::Status status;
     absl::StatusOr<Frame> frame = AllocateFrame(ts->frame_bytes);
     if (frame.ok()) TransitBegin();
@@ -322,7 +323,11 @@ absl::StatusOr<Frame> EngineCore::AllocateFrame(uint64_t bytes) {
   for (int round = 0; round < 100000; ++round) {
     const uint64_t epoch = space_epoch_.load(std::memory_order_acquire);
     absl::StatusOr<Frame> frame = host_->Allocate(bytes);
-    if (frame.ok() || !absl::IsResourceExhausted(frame.status())) return frame;
+    if (frame.ok()) {
+      EvictAhead();
+      return frame;
+    }
+    if (!absl::IsResourceExhausted(frame.status())) return frame;
     STRATA_RETURN_IF_ERROR(TakeWriteBackError());
     const int64_t in_flight =
         writebacks_in_flight_.load(std::memory_order_acquire);
@@ -361,6 +366,16 @@ absl::StatusOr<Frame> EngineCore::AllocateFrame(uint64_t bytes) {
   return absl::ResourceExhaustedError(
       "tier host: could not find a free frame while other threads kept "
       "filling the tier; raise EngineOptions::host.capacity_bytes");
+}
+
+void EngineCore::EvictAhead() {
+  // Keep a reserve of free frames, refilled by write-backs started before
+  // anyone waits for them: a thread that misses then finds a frame at once
+  // instead of waiting for the device.
+  if (host_->capacity() - host_->used() >= reserve_bytes_) return;
+  const int64_t in_flight = writebacks_in_flight_.load(std::memory_order_acquire);
+  if (in_flight >= static_cast<int64_t>(max_writebacks_)) return;
+  (void)EvictSome(max_writebacks_ - static_cast<size_t>(in_flight));
 }
 
 void EngineCore::SetWriteBackError(uint64_t key, const absl::Status& status) {

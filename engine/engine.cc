@@ -231,7 +231,8 @@ EngineCore::EngineCore(EngineOptions options,
   lookahead_ = std::clamp<size_t>(frames / 4, 1, 64);
   // Write-backs in flight at once: deep enough to keep the NVMe queue busy,
   // shallow enough not to evict a big share of the cache early.
-  max_writebacks_ = std::clamp<size_t>(frames / 4, 1, options_.nvme.queue_depth);
+  max_writebacks_ = std::clamp<size_t>(frames / 8, 1, options_.nvme.queue_depth);
+  reserve_bytes_ = nvme_ == nullptr ? 0 : max_writebacks_ * options_.default_block_bytes;
   readahead_window_ =
       options_.readahead_blocks >= 0
           ? std::min<size_t>(options_.readahead_blocks, frames / 2)

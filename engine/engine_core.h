@@ -226,6 +226,8 @@ class EngineCore {
   // acknowledges (OnWriteBackDone). Many write-backs stay in flight, so the
   // NVMe queue stays deep while the caller goes on.
   EvictResult EvictSome(size_t count);
+  // After an allocation: starts write-backs early when free frames run low.
+  void EvictAhead();
   void DropVictim(const Victim& v);
   void RestoreVictim(const Victim& v);
   size_t StartWriteBack(std::vector<Victim>& dirty, absl::Status* error);
@@ -300,6 +302,7 @@ class EngineCore {
   std::atomic<int64_t> frames_in_transit_{0};
   std::atomic<int64_t> writebacks_in_flight_{0};
   size_t max_writebacks_ = 8;
+  uint64_t reserve_bytes_ = 0;  // free host bytes EvictAhead keeps
   absl::flat_hash_map<uint64_t, absl::Status> writeback_errors_
       ABSL_GUARDED_BY(space_mu_);
   std::atomic<bool> has_writeback_errors_{false};
