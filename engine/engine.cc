@@ -246,13 +246,18 @@ EngineCore::~EngineCore() {
   if (!closed.ok()) {
     // Release builds: shut down anyway; the live pins now dangle.
     closed_.store(true);
-    {
-      std::unique_lock lock(mover_mu_);
-      stop_mover_ = true;
-      mover_cv_.notify_all();
-    }
-    if (mover_.joinable()) mover_.join();
+    StopMover();
   }
+}
+
+void EngineCore::StopMover() {
+  {
+    std::unique_lock lock(mover_mu_);
+    stop_mover_ = true;
+    mover_cv_.notify_all();
+  }
+  if (mover_.joinable()) mover_.join();
+  // Loads and write-backs still in flight call back into the engine.
   std::unique_lock lock(mover_mu_);
   mover_cv_.wait(lock, [this] { return async_in_flight_ == 0; });
 }
@@ -570,14 +575,7 @@ absl::Status EngineCore::Close() {
     closed_.store(false);
     return pinned;
   }
-  {
-    std::unique_lock lock(mover_mu_);
-    stop_mover_ = true;
-    mover_cv_.notify_all();
-  }
-  if (mover_.joinable()) mover_.join();
-  std::unique_lock lock(mover_mu_);
-  mover_cv_.wait(lock, [this] { return async_in_flight_ == 0; });
+  StopMover();
   return absl::OkStatus();
 }
 

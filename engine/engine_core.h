@@ -258,6 +258,8 @@ class EngineCore {
 
   // The mover thread: prefetches along Prefetch requests and step plans.
   void MoverLoop();
+  // Stops the mover and waits for every asynchronous load and write-back.
+  void StopMover();
   void RunMoverJob(MoverJob& job);
   void Enqueue(MoverJob job);
   static void OnAsyncLoadDone(tiers::Transfer* t);

@@ -17,6 +17,7 @@
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/nvme_test_util.h"
 #include "tiers/nvme/fault_backend.h"
 #include "tiers/nvme/io_backend.h"
 #include "tiers/nvme/nvme_tier.h"
@@ -26,68 +27,12 @@ namespace {
 
 using ::testing::HasSubstr;
 
-std::string Str(absl::string_view s) { return std::string(s.data(), s.size()); }
-
-class TempDir {
- public:
-  TempDir() {
-    char name[] = "/tmp/strata-nvme-fault-XXXXXX";
-    char* made = ::mkdtemp(name);
-    EXPECT_NE(made, nullptr) << std::strerror(errno);
-    path_ = made != nullptr ? made : "/tmp";
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
-
-class Latch {
- public:
-  explicit Latch(int count) : count_(count) {}
-  void CountDown() {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (--count_ <= 0) cv_.notify_all();
-  }
-  bool Wait(absl::Duration timeout = absl::Seconds(20)) {
-    std::unique_lock<std::mutex> lock(mu_);
-    return cv_.wait_for(lock, absl::ToChronoMilliseconds(timeout),
-                        [this] { return count_ <= 0; });
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  int count_;
-};
-
-struct Job {
-  Transfer t;
-  std::atomic<int> calls{0};
-  Latch* latch = nullptr;
-};
-
-void OnDone(Transfer* t) {
-  Job* job = static_cast<Job*>(t->user);
-  job->calls.fetch_add(1);
-  job->latch->CountDown();
-}
-
-// Pseudo-random bytes, 8 at a time (splitmix64: fast and seedable).
-void Fill(std::byte* p, size_t n, uint64_t seed) {
-  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
-  for (size_t i = 0; i < n; i += 8) {
-    uint64_t z = (x += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    std::memcpy(p + i, &z, std::min<size_t>(8, n - i));
-  }
-}
+using test::Fill;
+using test::Job;
+using test::Latch;
+using test::OnDone;
+using test::Str;
+using test::TempDir;
 
 // 32 blocks on one tier whose backend injects faults. Sizes mix blocks of at
 // least 8 KiB (a kShort fault really shortens the I/O) and small ones (the
