@@ -864,7 +864,14 @@ void EngineCore::RunMoverJob(MoverJob& job) {
       continue;
     }
     const uint64_t version = VersionOf(w);
-    absl::StatusOr<Frame> frame = AllocateFrame(ts->frame_bytes);
+    absl::StatusOr<Frame> frame = host_->Allocate(ts->frame_bytes);
+    if (!frame.ok()) {
+      // Finding a frame may wait for frames in transit, and the reads
+      // gathered so far hold some: they must be on their way first, or the
+      // mover would wait for itself.
+      submit_reads();
+      frame = AllocateFrame(ts->frame_bytes);
+    }
     if (!frame.ok()) {
       Publish(slot, WithState(slot->word.load(), kAbsent));
       finish(frame.status());

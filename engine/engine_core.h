@@ -248,8 +248,9 @@ class EngineCore {
   void TransitBegin() { frames_in_transit_.fetch_add(1); }
   void TransitEnd();
   bool WaitForSpace(uint64_t seen_epoch, Deadline deadline);
-  // Writes the blocks' host bytes to the NVMe tier (one batch) and records
-  // each acknowledged copy; statuses[i] says how item i fared.
+  // Flush's synchronous path: writes the blocks' host bytes to the NVMe tier
+  // (one batch), waits, and records each acknowledged copy; statuses[i] says
+  // how item i fared. (Eviction writes back asynchronously: StartWriteBack.)
   void WriteBack(std::span<const Victim> items,
                  std::vector<absl::Status>& statuses);
   absl::Status FillFrame(TensorState* ts, uint64_t block, BlockSlot* slot,

@@ -268,8 +268,8 @@ struct TierStats {
   uint64_t capacity_bytes = 0;
   uint64_t used_bytes = 0;
   uint64_t pinned_bytes = 0;   // host: bytes of blocks with a live pin
-  uint64_t hits = 0;           // pins served by a resident copy
-  uint64_t misses = 0;         // pins that had to load the copy
+  uint64_t hits = 0;           // host: pins served by a resident copy
+  uint64_t misses = 0;         // host: pins that had to load the copy
   uint64_t bytes_in = 0;       // bytes written into this tier
   uint64_t bytes_out = 0;      // bytes read out of this tier
   uint64_t evictions = 0;      // copies dropped to make room
