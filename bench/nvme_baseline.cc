@@ -224,6 +224,15 @@ absl::StatusOr<RawIoResult> RunRing(const std::string& path, int fd,
   return result;
 }
 
+// Offsets 0, block, 2 * block, ...
+std::function<uint64_t()> SequentialOffsets(uint64_t block_bytes) {
+  return [next = uint64_t{0}, block_bytes]() mutable {
+    const uint64_t at = next;
+    next += block_bytes;
+    return at;
+  };
+}
+
 absl::StatusOr<int> OpenDirect(const std::string& path, int flags) {
   int fd = ::open(path.c_str(), flags | O_DIRECT | O_CLOEXEC, 0644);
   if (fd < 0) {
@@ -265,13 +274,9 @@ absl::StatusOr<RawIoResult> RawSequentialWrite(const std::string& path,
     return ErrnoStatus(errno, absl::StrCat("nvme baseline: fallocate ", path,
                                            " to ", total_bytes, " bytes"));
   }
-  uint64_t next = 0;
   return RunRing(path, *fd, /*write=*/true, block_bytes, queue_depth,
-                 total_bytes / block_bytes, memory_bytes, [&] {
-                   const uint64_t at = next;
-                   next += block_bytes;
-                   return at;
-                 });
+                 total_bytes / block_bytes, memory_bytes,
+                 SequentialOffsets(block_bytes));
 }
 
 absl::StatusOr<RawIoResult> RawSequentialRead(const std::string& path,
@@ -295,13 +300,9 @@ absl::StatusOr<RawIoResult> RawSequentialRead(const std::string& path,
         "nvme baseline: ", path, " has ", *size, " bytes, fewer than the ",
         total_bytes, " to read; write it first (RawSequentialWrite)"));
   }
-  uint64_t next = 0;
   return RunRing(path, *fd, /*write=*/false, block_bytes, queue_depth,
-                 total_bytes / block_bytes, memory_bytes, [&] {
-                   const uint64_t at = next;
-                   next += block_bytes;
-                   return at;
-                 });
+                 total_bytes / block_bytes, memory_bytes,
+                 SequentialOffsets(block_bytes));
 }
 
 absl::StatusOr<RawIoResult> RawRandomRead(const std::string& path,
