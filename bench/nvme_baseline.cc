@@ -61,6 +61,18 @@ absl::Status CheckSizes(uint64_t io_bytes, uint32_t queue_depth) {
   return absl::OkStatus();
 }
 
+// CheckSizes, and `total_bytes` is a non-zero whole number of blocks.
+absl::Status CheckSequential(uint64_t block_bytes, uint32_t queue_depth,
+                             uint64_t total_bytes) {
+  if (absl::Status s = CheckSizes(block_bytes, queue_depth); !s.ok()) return s;
+  if (total_bytes == 0 || total_bytes % block_bytes != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "nvme baseline: total ", total_bytes,
+        " must be a non-zero multiple of the block size ", block_bytes));
+  }
+  return absl::OkStatus();
+}
+
 // Runs `count` I/Os whose offsets come from `next_offset`, `io_bytes` each,
 // with `queue_depth` in flight, from buffers covering `memory_bytes` (at least
 // one buffer per I/O in flight), taken in turn.
@@ -257,11 +269,9 @@ absl::StatusOr<RawIoResult> RawSequentialWrite(const std::string& path,
                                                uint32_t queue_depth,
                                                uint64_t total_bytes,
                                                uint64_t memory_bytes) {
-  if (absl::Status s = CheckSizes(block_bytes, queue_depth); !s.ok()) return s;
-  if (total_bytes == 0 || total_bytes % block_bytes != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "nvme baseline: total ", total_bytes,
-        " must be a non-zero multiple of the block size ", block_bytes));
+  if (absl::Status s = CheckSequential(block_bytes, queue_depth, total_bytes);
+      !s.ok()) {
+    return s;
   }
   // No O_TRUNC: an existing file is overwritten in place, as the engine
   // rewrites its extents (a fresh, preallocated extent costs the file system
@@ -284,11 +294,9 @@ absl::StatusOr<RawIoResult> RawSequentialRead(const std::string& path,
                                               uint32_t queue_depth,
                                               uint64_t total_bytes,
                                               uint64_t memory_bytes) {
-  if (absl::Status s = CheckSizes(block_bytes, queue_depth); !s.ok()) return s;
-  if (total_bytes == 0 || total_bytes % block_bytes != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "nvme baseline: total ", total_bytes,
-        " must be a non-zero multiple of the block size ", block_bytes));
+  if (absl::Status s = CheckSequential(block_bytes, queue_depth, total_bytes);
+      !s.ok()) {
+    return s;
   }
   absl::StatusOr<int> fd = OpenDirect(path, O_RDONLY);
   if (!fd.ok()) return fd.status();

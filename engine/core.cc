@@ -375,6 +375,9 @@ void EngineCore::EvictAhead() {
   if (host_->capacity() - host_->used() >= reserve_bytes_) return;
   const int64_t in_flight = writebacks_in_flight_.load(std::memory_order_acquire);
   if (in_flight >= static_cast<int64_t>(max_writebacks_)) return;
+  // Speculative: when nothing can go now, the caller that next needs a
+  // frame finds out itself; failed write-backs started here leave their
+  // error for it (SetWriteBackError).
   (void)EvictSome(max_writebacks_ - static_cast<size_t>(in_flight));
 }
 

@@ -132,6 +132,20 @@ class EngineStressTest : public ::testing::Test {
     }
   }
 
+  static TensorSpec Blocks(uint64_t blocks) {
+    return {.dtype = DType::kU8, .shape = {static_cast<int64_t>(blocks * kBlock)}};
+  }
+
+  // Starts `count` random pinners, seeded seed, seed + 1, ...
+  static void StartWorkers(std::vector<std::thread>& threads, Engine& e,
+                           const Tensor& t, Shared& sh, int count,
+                           uint64_t seed, int write_percent) {
+    for (int i = 0; i < count; ++i) {
+      threads.emplace_back(Worker, std::ref(e), std::cref(t), std::ref(sh),
+                           seed + i, kOpsPerThread, write_percent);
+    }
+  }
+
   void ExpectClean(Shared& sh) {
     absl::MutexLock lock(&sh.mu);
     EXPECT_EQ(sh.bad_bytes.load(), 0u) << sh.first_error;
@@ -146,14 +160,10 @@ class EngineStressTest : public ::testing::Test {
 TEST_F(EngineStressTest, RandomPinsOverFourTimesTheHostTier) {
   ASSERT_OK_AND_ASSIGN(auto e, Engine::Open(Options()));
   const uint64_t n = 4 * kFrames;
-  ASSERT_OK_AND_ASSIGN(Tensor t, e->CreateTensor("t", {.dtype = DType::kU8,
-                                                       .shape = {static_cast<int64_t>(n * kBlock)}}));
+  ASSERT_OK_AND_ASSIGN(Tensor t, e->CreateTensor("t", Blocks(n)));
   Shared sh(n);
   std::vector<std::thread> threads;
-  for (int i = 0; i < kThreads; ++i) {
-    threads.emplace_back(Worker, std::ref(*e), std::cref(t), std::ref(sh),
-                         uint64_t{1000} + i, kOpsPerThread, 30);
-  }
+  StartWorkers(threads, *e, t, sh, kThreads, 1000, 30);
   for (auto& th : threads) th.join();
   ExpectClean(sh);
   const EngineStats s = e->GetStats();
@@ -170,14 +180,10 @@ TEST_F(EngineStressTest, RandomPinsOverFourTimesTheHostTier) {
 TEST_F(EngineStressTest, PrefetchFlushAndStatsDuringPins) {
   ASSERT_OK_AND_ASSIGN(auto e, Engine::Open(Options()));
   const uint64_t n = 4 * kFrames;
-  ASSERT_OK_AND_ASSIGN(Tensor t, e->CreateTensor("t", {.dtype = DType::kU8,
-                                                       .shape = {static_cast<int64_t>(n * kBlock)}}));
+  ASSERT_OK_AND_ASSIGN(Tensor t, e->CreateTensor("t", Blocks(n)));
   Shared sh(n);
   std::vector<std::thread> threads;
-  for (int i = 0; i < kThreads - 1; ++i) {
-    threads.emplace_back(Worker, std::ref(*e), std::cref(t), std::ref(sh),
-                         uint64_t{2000} + i, kOpsPerThread, 40);
-  }
+  StartWorkers(threads, *e, t, sh, kThreads - 1, 2000, 40);
   // A prefetcher over random ranges; a flusher that also reads the stats.
   threads.emplace_back([&] {
     Rng rng{77};
@@ -215,8 +221,7 @@ TEST_F(EngineStressTest, PrefetchFlushAndStatsDuringPins) {
   CheckFinal(*e, t, sh);
   // Everything acknowledged survives a flush and a full eviction cycle.
   ASSERT_OK(e->FlushAll());
-  ASSERT_OK_AND_ASSIGN(Tensor other, e->CreateTensor("other", {.dtype = DType::kU8,
-                                                               .shape = {static_cast<int64_t>(2 * kFrames * kBlock)}}));
+  ASSERT_OK_AND_ASSIGN(Tensor other, e->CreateTensor("other", Blocks(2 * kFrames)));
   for (uint64_t b = 0; b < other.num_blocks(); ++b) {
     ASSERT_OK(e->Pin(other, b, Tier::kHost, Access::kWrite));
   }
@@ -228,14 +233,10 @@ TEST_F(EngineStressTest, HotBlocksWriteHeavy) {
   ASSERT_OK_AND_ASSIGN(auto e, Engine::Open(Options()));
   // Four blocks, everyone on them, half writes: exclusivity under contention
   // (a torn block would show as mixed words).
-  ASSERT_OK_AND_ASSIGN(Tensor t, e->CreateTensor("hot", {.dtype = DType::kU8,
-                                                         .shape = {static_cast<int64_t>(4 * kBlock)}}));
+  ASSERT_OK_AND_ASSIGN(Tensor t, e->CreateTensor("hot", Blocks(4)));
   Shared sh(4);
   std::vector<std::thread> threads;
-  for (int i = 0; i < kThreads; ++i) {
-    threads.emplace_back(Worker, std::ref(*e), std::cref(t), std::ref(sh),
-                         uint64_t{3000} + i, kOpsPerThread, 50);
-  }
+  StartWorkers(threads, *e, t, sh, kThreads, 3000, 50);
   for (auto& th : threads) th.join();
   ExpectClean(sh);
   CheckFinal(*e, t, sh);
@@ -245,19 +246,14 @@ TEST_F(EngineStressTest, HotBlocksWriteHeavy) {
 TEST_F(EngineStressTest, CreateAndDropWhileOthersPin) {
   ASSERT_OK_AND_ASSIGN(auto e, Engine::Open(Options()));
   const uint64_t n = 2 * kFrames;
-  ASSERT_OK_AND_ASSIGN(Tensor t, e->CreateTensor("t", {.dtype = DType::kU8,
-                                                       .shape = {static_cast<int64_t>(n * kBlock)}}));
+  ASSERT_OK_AND_ASSIGN(Tensor t, e->CreateTensor("t", Blocks(n)));
   Shared sh(n);
   std::vector<std::thread> threads;
-  for (int i = 0; i < kThreads - 1; ++i) {
-    threads.emplace_back(Worker, std::ref(*e), std::cref(t), std::ref(sh),
-                         uint64_t{4000} + i, kOpsPerThread, 30);
-  }
+  StartWorkers(threads, *e, t, sh, kThreads - 1, 4000, 30);
   threads.emplace_back([&] {
     for (int i = 0; i < kOpsPerThread / 20; ++i) {
       const std::string name = "tmp" + std::to_string(i % 3);
-      auto tmp = e->CreateTensor(name, {.dtype = DType::kU8,
-                                        .shape = {static_cast<int64_t>(kFrames / 2 * kBlock)}});
+      auto tmp = e->CreateTensor(name, Blocks(kFrames / 2));
       if (!tmp.ok()) {
         sh.Error(sh.other_errors, "CreateTensor: " + tmp.status().ToString());
         continue;
@@ -286,8 +282,7 @@ TEST_F(EngineStressTest, StepsFromOneThreadWhileOthersPin) {
   o.policy = "hinted";
   ASSERT_OK_AND_ASSIGN(auto e, Engine::Open(std::move(o)));
   const uint64_t n = 4 * kFrames;
-  ASSERT_OK_AND_ASSIGN(Tensor t, e->CreateTensor("t", {.dtype = DType::kU8,
-                                                       .shape = {static_cast<int64_t>(n * kBlock)}}));
+  ASSERT_OK_AND_ASSIGN(Tensor t, e->CreateTensor("t", Blocks(n)));
   Shared sh(n);
   std::vector<std::thread> threads;
   // The step driver: every step pins the same sequence (a sweep), so the
@@ -316,10 +311,7 @@ TEST_F(EngineStressTest, StepsFromOneThreadWhileOthersPin) {
       }
     }
   });
-  for (int i = 0; i < kThreads - 1; ++i) {
-    threads.emplace_back(Worker, std::ref(*e), std::cref(t), std::ref(sh),
-                         uint64_t{5000} + i, kOpsPerThread, 30);
-  }
+  StartWorkers(threads, *e, t, sh, kThreads - 1, 5000, 30);
   for (auto& th : threads) th.join();
   ExpectClean(sh);
   CheckFinal(*e, t, sh);
