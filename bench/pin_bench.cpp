@@ -35,7 +35,7 @@ Fixture& SharedEngine() {
     strata::EngineOptions options;
     options.host.capacity_bytes = 16 << 20;
     options.default_block_bytes = 64 << 10;
-    options.nvme.enabled = false;
+    options.tiers = {strata::Tier::kHost};
     auto engine = strata::Engine::Open(options);
     if (!engine.ok()) {
       std::fprintf(stderr, "pin_bench: %s\n", std::string(engine.status().message()).c_str());

@@ -1,5 +1,5 @@
-// Hooks for tests and benchmarks that must inject faults below the engine.
-// Not part of the public API.
+// Hooks for tests and benchmarks that must inject faults below the engine or
+// run it over tiers of their own. Not part of the public API.
 #ifndef STRATA_ENGINE_TESTING_H_
 #define STRATA_ENGINE_TESTING_H_
 
@@ -7,10 +7,7 @@
 
 #include "absl/status/statusor.h"
 #include "api/strata/strata.h"
-
-namespace strata::tiers {
-class IoBackend;
-}
+#include "engine/engine_core.h"
 
 namespace strata::testing {
 
@@ -18,6 +15,13 @@ namespace strata::testing {
 // (for example a fault-injecting wrapper of the io_uring backend).
 absl::StatusOr<std::unique_ptr<Engine>> OpenWithBackend(
     EngineOptions options, std::unique_ptr<tiers::IoBackend> nvme_backend);
+
+// Engine::Open, with the tiers in `overrides.tiers` used for their kinds
+// (which `options.tiers` must name) instead of the ones the engine builds:
+// a test tier in the shm slot is a pinnable tier, in the remote slot a tier
+// that holds copies only. The host tier cannot be replaced.
+absl::StatusOr<std::unique_ptr<Engine>> OpenWithTiers(
+    EngineOptions options, internal::TierOverrides overrides);
 
 }  // namespace strata::testing
 

@@ -1,40 +1,77 @@
 #include "engine/tier_factory.h"
 
 #include "absl/strings/str_cat.h"
+#include "util/strings.h"
+#include "tiers/host/host_tier.h"
 #include "tiers/nvme/io_backend.h"
 #include "tiers/nvme/nvme_tier.h"
 #include "util/status_macros.h"
 
 namespace strata::internal {
+namespace {
 
-absl::StatusOr<TierSet> BuildTiers(
-    const EngineOptions& options,
-    std::unique_ptr<tiers::IoBackend> nvme_backend) {
-  TierSet set;
-  STRATA_ASSIGN_OR_RETURN(
-      set.host, tiers::HostTier::Create({.capacity_bytes = options.host.capacity_bytes,
-                                         .numa_node = options.host.numa_node,
-                                         .huge_pages = options.host.huge_pages,
-                                         .log = options.log}));
-  if (options.nvme.enabled) {
-    tiers::NvmeConfig config;
-    config.path = options.nvme.path;
-    config.capacity_bytes = options.nvme.capacity_bytes;
-    config.queue_depth = options.nvme.queue_depth;
-    config.register_buffers = options.nvme.register_buffers;
-    config.log = options.log;
-    STRATA_ASSIGN_OR_RETURN(set.nvme,
-                            tiers::MakeNvmeTier(config, std::move(nvme_backend)));
-    if (options.nvme.register_buffers) {
-      absl::Status registered = set.nvme->RegisterHostMemory(set.host->arena());
-      if (!registered.ok() && options.log) {
-        options.log(absl::StrCat(
-            "strata: host arena not registered with io_uring (", registered.message(),
-            "); NVMe I/O goes on with unregistered buffers"));
-      }
+absl::StatusOr<std::unique_ptr<tiers::Tier>> Build(
+    Tier kind, const EngineOptions& options,
+    std::unique_ptr<tiers::IoBackend>& nvme_backend) {
+  switch (kind) {
+    case Tier::kHost: {
+      STRATA_ASSIGN_OR_RETURN(
+          auto host, tiers::HostTier::Create({.capacity_bytes = options.host.capacity_bytes,
+                                              .numa_node = options.host.numa_node,
+                                              .huge_pages = options.host.huge_pages,
+                                              .log = options.log}));
+      return std::unique_ptr<tiers::Tier>(std::move(host));
+    }
+    case Tier::kNvme: {
+      tiers::NvmeConfig config;
+      config.path = options.nvme.path;
+      config.capacity_bytes = options.nvme.capacity_bytes;
+      config.queue_depth = options.nvme.queue_depth;
+      config.register_buffers = options.nvme.register_buffers;
+      config.log = options.log;
+      return tiers::MakeNvmeTier(config, std::move(nvme_backend));
+    }
+    default:
+      return absl::UnimplementedError(absl::StrCat(
+          "tier ", Sv(TierName(kind)), " is not built in this version of Strata; "
+          "leave it out of EngineOptions::tiers"));
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<TierChain>> BuildChain(
+    const EngineOptions& options, TierOverrides overrides) {
+  if (overrides.tiers.contains(Tier::kHost)) {
+    return absl::InvalidArgumentError(
+        "the host tier cannot be replaced: it is the engine's staging arena");
+  }
+  std::vector<ChainLink> links;
+  for (Tier kind : options.tiers) {
+    ChainLink link{.kind = kind};
+    if (auto it = overrides.tiers.find(kind); it != overrides.tiers.end()) {
+      link.tier = std::move(it->second);
+    } else {
+      STRATA_ASSIGN_OR_RETURN(link.tier,
+                              Build(kind, options, overrides.nvme_backend));
+    }
+    links.push_back(std::move(link));
+  }
+  auto chain = std::make_unique<TierChain>(std::move(links));
+  tiers::Tier& host = chain->tier(chain->host());
+  for (int pos = 0; pos < chain->size(); ++pos) {
+    if (pos == chain->host()) continue;
+    if (chain->kind(pos) == Tier::kNvme && !options.nvme.register_buffers) continue;
+    absl::Status registered =
+        chain->tier(pos).RegisterHostMemory(static_cast<tiers::HostTier&>(host).arena());
+    if (!registered.ok() && options.log) {
+      options.log(absl::StrCat(
+          "strata: host arena not registered with tier ", Sv(TierName(chain->kind(pos))),
+          " (", registered.message(), "); its transfers go on with unregistered "
+          "buffers"));
     }
   }
-  return set;
+  return chain;
 }
 
 }  // namespace strata::internal

@@ -7,23 +7,18 @@
 
 #include "absl/status/statusor.h"
 #include "api/strata/strata.h"
-#include "tiers/host/host_tier.h"
-#include "tiers/tier.h"
-
-namespace strata::tiers {
-class IoBackend;
-}
+#include "engine/chain.h"
+#include "engine/engine_core.h"
 
 namespace strata::internal {
 
-struct TierSet {
-  std::unique_ptr<tiers::HostTier> host;
-  std::unique_ptr<tiers::Tier> nvme;  // null when disabled
-};
-
-// `nvme_backend` null: the real io_uring backend.
-absl::StatusOr<TierSet> BuildTiers(const EngineOptions& options,
-                                   std::unique_ptr<tiers::IoBackend> nvme_backend);
+// Builds the chain `options.tiers` names, taking the tiers `overrides`
+// holds instead of building those kinds, and registers the host arena with
+// every other tier's DMA engine (a refusal is logged once, then the tier
+// goes on unregistered). kUnimplemented for a kind this version cannot
+// build.
+absl::StatusOr<std::unique_ptr<TierChain>> BuildChain(
+    const EngineOptions& options, TierOverrides overrides);
 
 }  // namespace strata::internal
 

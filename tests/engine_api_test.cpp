@@ -214,7 +214,7 @@ TEST_F(EngineApiTest, SecondEngineOnSameDirectoryIsRefused) {
 
 TEST_F(EngineApiTest, HostOnlyEngineIgnoresNvmeFields) {
   EngineOptions o = Options();
-  o.nvme.enabled = false;
+  o.tiers = {Tier::kHost};
   o.nvme.path = "";
   o.nvme.capacity_bytes = 0;
   o.nvme.queue_depth = 0;
@@ -1052,7 +1052,7 @@ TEST_F(EngineApiTest, StepPlanSurvivesDroppedTensor) {
 
 TEST_F(EngineApiTest, HostOnlyFullOfDirtyBlocksIsResourceExhausted) {
   EngineOptions o = Options();
-  o.nvme.enabled = false;
+  o.tiers = {Tier::kHost};
   ASSERT_OK_AND_ASSIGN(auto e, OpenSmall(std::move(o)));
   ASSERT_OK_AND_ASSIGN(Tensor t, e->CreateTensor("t", BlocksSpec(kFrames + 4)));
   for (uint64_t b = 0; b < kFrames; ++b) WriteBlock(*e, t, b, 1);
@@ -1074,7 +1074,7 @@ TEST_F(EngineApiTest, HostOnlyFullOfDirtyBlocksIsResourceExhausted) {
 
 TEST_F(EngineApiTest, HostOnlyEvictsCleanBlocks) {
   EngineOptions o = Options();
-  o.nvme.enabled = false;
+  o.tiers = {Tier::kHost};
   ASSERT_OK_AND_ASSIGN(auto e, OpenSmall(std::move(o)));
   ASSERT_OK_AND_ASSIGN(Tensor dirty, e->CreateTensor("d", BlocksSpec(kFrames / 2)));
   for (uint64_t b = 0; b < dirty.num_blocks(); ++b) WriteBlock(*e, dirty, b, 1);

@@ -200,8 +200,14 @@ class EngineFaultTest : public ::testing::TestWithParam<FaultCase> {
     result->io_errors = engine->GetStats().tier(Tier::kNvme).errors;
     faults->Clear();
 
-    // The faults are over: everything acknowledged must be there.
+    // The faults are over. The first FlushAll reports, once, the
+    // background write-backs that failed meanwhile (with the fault's code),
+    // and writes every dirty block down; the next one has nothing to report.
+    if (absl::Status s = engine->FlushAll(); !s.ok()) {
+      note(s, "FlushAll after the faults", 0);
+    }
     ASSERT_OK(engine->FlushAll());
+    // Everything acknowledged must be there.
     for (uint64_t b = 0; b < kBlocks; ++b) {
       auto pin = engine->Pin(t, b, Tier::kHost, Access::kRead);
       ASSERT_TRUE(pin.ok()) << "N=" << nth << " after Clear: block " << b
@@ -441,6 +447,12 @@ TEST(EngineFaultConcurrencyTest, IntermittentFaultsLoseNoAcknowledgedWrite) {
   }
   EXPECT_GT(faults->injected(), 0u);
   EXPECT_GT(errors.load(), 0u) << "no injected fault reached a caller";
+  // The first FlushAll may report background write-backs that failed (once).
+  if (absl::Status s = engine->FlushAll(); !s.ok()) {
+    EXPECT_TRUE(s.code() == StatusCode::kInternal ||
+                s.code() == StatusCode::kResourceExhausted)
+        << s;
+  }
   ASSERT_OK(engine->FlushAll());
   for (int pass = 0; pass < 2; ++pass) {  // resident, then reloaded
     for (uint64_t b = 0; b < kBlocks; ++b) {

@@ -111,7 +111,6 @@ inline EngineOptions SmallOptions(const std::string& nvme_dir,
   o.host.capacity_bytes = host_bytes;
   o.host.huge_pages = false;
   o.default_block_bytes = block_bytes;
-  o.nvme.enabled = true;
   o.nvme.path = nvme_dir;
   o.nvme.capacity_bytes = 64 * kMiB;
   o.nvme.queue_depth = 16;

@@ -1,8 +1,9 @@
 // Strata: an embeddable storage engine that pages tensor blocks between tiers.
 //
 // A trainer opens one `Engine`, creates tensors, and pins the block it computes
-// on in the tier it needs; the engine moves blocks between host RAM and NVMe
-// (and, later, GPU, shared memory and remote tiers) behind its back.
+// on in the tier it needs; the engine moves blocks along its chain of tiers
+// (host RAM and NVMe today; GPU, shared memory and remote tiers plug into the
+// same chain) behind its back.
 //
 //   auto engine = strata::Engine::Open({});
 //   auto t = (*engine)->CreateTensor("layer3.w", {.dtype = strata::DType::kF32,
@@ -36,22 +37,24 @@
 namespace strata {
 
 namespace internal {
+class Catalog;
 class EngineCore;
 struct TensorState;
-struct BlockSlot;
 struct PrefetchState;
-// How Pin's inline unpin changes a block's state word (engine/engine_core.h
+// How Pin's inline unpin changes a copy's state word (engine/copy_state.h
 // holds the layout and checks these against it).
 inline constexpr uint64_t kUnpinRead = 1;
 inline constexpr uint64_t kUnpinWrite = (uint64_t{1} << 16) + 1;
 inline constexpr uint64_t kWaitersBit = uint64_t{1} << 20;
 }  // namespace internal
 
-// Where a copy of a block can live, fastest first.
+// Where a copy of a block can live, fastest first. gpu, host and shm are
+// pinnable (a pin hands out their memory); remote and nvme hold copies only.
 enum class Tier : uint8_t { kGpu, kHost, kShm, kRemote, kNvme };
 inline constexpr int kNumTiers = 5;
 
-// "gpu", "host", "shm", "remote" or "nvme".
+// "gpu", "host", "shm", "remote" or "nvme" ("unknown" for a value outside
+// the enum).
 std::string_view TierName(Tier tier);
 
 // How a pin uses its block. `kRead` pins are shared; a `kWrite` pin is
@@ -96,10 +99,8 @@ struct HostTierOptions {
 };
 
 struct NvmeTierOptions {
-  // false: no NVMe tier; the host tier is then the lowest tier and a full host
-  // tier whose blocks are all dirty cannot evict (kResourceExhausted).
-  bool enabled = true;
-  // Directory for the block file; created if missing. Must be writable.
+  // Directory for the block file; created, with its parents, if missing.
+  // Must be writable.
   std::string path = "./strata-data";
   // Most bytes the block file may grow to (space is preallocated in chunks).
   uint64_t capacity_bytes = uint64_t{64} << 30;
@@ -114,8 +115,18 @@ struct NvmeTierOptions {
 // The one validated value that configures an engine. `Engine::Open` returns
 // kInvalidArgument naming the field for every bad value.
 struct EngineOptions {
+  // The tier chain, fastest first: the tiers that take part, in the order a
+  // block moves down through them when evicted. Each tier at most once, in
+  // the order of the Tier enum, and kHost always (every copy between two
+  // tiers that cannot talk directly stages through host memory). A dirty
+  // block evicted from a tier is written to the first lower tier that takes
+  // it; a miss loads from the nearest tier holding the block.
+  //   {Tier::kHost, Tier::kNvme}   host RAM over an NVMe block file (default)
+  //   {Tier::kHost}                host only: dirty blocks cannot be evicted
+  // Tiers not built into this version (gpu, shm, remote) are kUnimplemented.
+  std::vector<Tier> tiers = {Tier::kHost, Tier::kNvme};
   HostTierOptions host;
-  NvmeTierOptions nvme;
+  NvmeTierOptions nvme;  // read when `tiers` holds kNvme
   // Block size for tensors whose spec leaves it 0: a multiple of 4096.
   uint64_t default_block_bytes = uint64_t{2} << 20;
   // Sequential readahead: when demand misses of a tensor come in block order,
@@ -129,6 +140,10 @@ struct EngineOptions {
   // How long a pin waits for a conflicting pin (a write pin held by another
   // thread, or read pins when asking to write) before kDeadlineExceeded.
   absl::Duration pin_wait_timeout = absl::Seconds(30);
+  // How long a caller waits for one transfer of a tier (a load, a Flush's
+  // write) before kDeadlineExceeded. The transfer's frame stays reserved
+  // until the device answers; Close waits this long for transfers in flight.
+  absl::Duration io_timeout = absl::Seconds(30);
   // Where the engine reports rare events (fallbacks, repeated I/O retries).
   // Empty: standard error.
   std::function<void(std::string_view)> log;
@@ -148,6 +163,7 @@ class Tensor {
   uint64_t block_size(uint64_t block) const;
 
  private:
+  friend class internal::Catalog;
   friend class internal::EngineCore;
   std::shared_ptr<internal::TensorState> state_;
   std::string name_;
@@ -294,9 +310,11 @@ struct EngineStats {
 
 class Engine {
  public:
-  // Validates `options`, reserves the host arena, opens the NVMe directory.
-  // Errors: kInvalidArgument (a bad field, named), kPermissionDenied /
-  // kNotFound (NVMe path), kResourceExhausted (arena cannot be reserved).
+  // Validates `options`, builds the tier chain (reserves the host arena,
+  // opens the NVMe directory). Errors: kInvalidArgument (a bad field, named),
+  // kUnimplemented (a tier not built into this version), kPermissionDenied /
+  // kNotFound / kFailedPrecondition (NVMe path), kResourceExhausted (arena
+  // cannot be reserved).
   static absl::StatusOr<std::unique_ptr<Engine>> Open(EngineOptions options);
 
   // Closes on destruction. Live pins at destruction are a caller bug
@@ -307,50 +325,67 @@ class Engine {
 
   // Creates a tensor; its blocks read as zeros until written.
   // Errors: kInvalidArgument (empty/too long name, empty/zero/negative/
-  // overflowing shape, bad block size), kAlreadyExists, kFailedPrecondition
-  // (engine closed).
+  // overflowing shape, unknown dtype, bad block size), kAlreadyExists,
+  // kFailedPrecondition (engine closed).
   absl::StatusOr<Tensor> CreateTensor(std::string_view name,
                                       const TensorSpec& spec);
   // Finds a tensor by name. kNotFound if there is none.
   absl::StatusOr<Tensor> OpenTensor(std::string_view name);
-  // Forgets a tensor and frees its copies. kFailedPrecondition while any of
-  // its blocks is pinned; kNotFound if unknown or already dropped.
+  // Forgets a tensor and frees its copies in every tier, with the errors of
+  // its background write-backs. kFailedPrecondition while any of its blocks
+  // is pinned (nothing is dropped then); kNotFound if unknown, already
+  // dropped, or being dropped by another thread. Pins, Prefetch and Flush of
+  // the tensor racing with it return OK or kNotFound, without waiting.
   absl::Status DropTensor(const Tensor& tensor);
 
-  // Pins block `block` of `tensor` in `tier`, loading it if needed; blocks
-  // until the copy is there. Only kHost is pinnable in this build.
+  // Pins block `block` of `tensor` in `tier` (a pinnable tier of the chain),
+  // loading it from the nearest tier that holds it if needed; blocks until
+  // the copy is there. A write pin first drops the block's copies in other
+  // pinnable tiers.
   // Errors: kNotFound (dropped tensor), kOutOfRange (block),
-  // kInvalidArgument/kUnimplemented (tier), kResourceExhausted (every frame of
-  // the tier is pinned, or the lower tier is full), kDeadlineExceeded
-  // (conflicting pin held past `pin_wait_timeout`), kDataLoss (checksum),
-  // kUnavailable/kInternal (I/O errors, with the errno).
+  // kInvalidArgument (a tier or access value outside its enum, a tier that
+  // is not pinnable or not in EngineOptions::tiers), kUnimplemented (a tier
+  // not built into this version), kResourceExhausted (every frame of the
+  // tier is pinned, or the lower tiers are full), kDeadlineExceeded (a
+  // conflicting pin held past `pin_wait_timeout`, or a transfer not done
+  // within `io_timeout`), kDataLoss (checksum), kUnavailable/kInternal (I/O
+  // errors, with the errno), kFailedPrecondition (engine closed or closing).
   // The hot path (resident copy) is a load and a CAS.
   absl::StatusOr<strata::Pin> Pin(const Tensor& tensor, uint64_t block,
                                   Tier tier, Access access);
 
-  // Starts bringing `range` of `tensor` into `tier` without pinning; returns
-  // at once. Blocks that do not fit (every frame pinned) fail the handle
-  // with kResourceExhausted.
+  // Starts bringing `range` of `tensor` into `tier` (pinnable) without
+  // pinning; returns at once. Blocks that do not fit (every frame pinned)
+  // fail the handle with kResourceExhausted; blocks still queued when the
+  // engine closes fail it with kFailedPrecondition.
   absl::StatusOr<PrefetchHandle> Prefetch(const Tensor& tensor,
                                           BlockRange range, Tier tier);
 
   // Writes every dirty block of `tensor` to the lowest tier and waits for the
-  // acknowledgement. kFailedPrecondition if a block is pinned for writing.
+  // acknowledgements. Returns the first error, a background write-back of the
+  // tensor that failed since the last Flush included (each such error is
+  // returned once). kFailedPrecondition if a block is pinned for writing.
   absl::Status Flush(const Tensor& tensor);
   // Flushes every tensor.
   absl::Status FlushAll();
 
   // Access hints. The pins between the first BeginStep() and EndStep() are
-  // recorded as the step's plan; in later steps the engine prefetches ahead
-  // along the plan, and the "hinted" policy evicts by predicted next use.
-  // Call from the thread that drives the step.
+  // recorded as the step's plan, each pinning thread's in its own order; in
+  // later steps the engine prefetches ahead along each thread's plan, and
+  // the "hinted" policy evicts by predicted next use. Pins during a step
+  // take no lock shared by all threads.
   absl::Status BeginStep();
   absl::Status EndStep();
 
   EngineStats GetStats() const;
 
-  // Refuses further calls (kFailedPrecondition). kFailedPrecondition if any
-  // pin is live (close nothing then). Idempotent once it succeeded.
+  // A barrier: once it returns OK, no pin is granted, no load or write-back
+  // runs and nothing is queued any more; later calls return
+  // kFailedPrecondition. Calls in progress when it starts return
+  // kFailedPrecondition (or finish, if they were done); it waits for
+  // transfers in flight (up to io_timeout: kDeadlineExceeded then, the
+  // engine stays closed). kFailedPrecondition if any pin is live (close
+  // nothing then). Idempotent once it succeeded.
   absl::Status Close();
 
   const EngineOptions& options() const;

@@ -1,0 +1,623 @@
+#include "engine/engine_core.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "absl/base/optimization.h"
+#include "absl/strings/str_cat.h"
+#include "util/strings.h"
+#include "engine/block_ops.h"
+#include "engine/catalog.h"
+#include "engine/chain.h"
+#include "engine/loader.h"
+#include "engine/mover.h"
+#include "engine/prefetch_state.h"
+#include "engine/residency.h"
+#include "engine/stats.h"
+#include "engine/steps.h"
+#include "engine/write_back.h"
+#include "util/status_macros.h"
+
+namespace strata::internal {
+namespace {
+
+using S = CopyState;
+
+int64_t NowNanos() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             Clock::now().time_since_epoch())
+      .count();
+}
+
+// Engine ids only tell one engine's thread states from another's; they are
+// never reused, so a stale thread-local cache can never match a new engine.
+std::atomic<uint64_t> engine_uids{1};
+
+bool IsValid(Tier tier) { return static_cast<uint8_t>(tier) < kNumTiers; }
+bool IsValid(Access access) {
+  return access == Access::kRead || access == Access::kWrite ||
+         access == Access::kOverwrite;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Pin: the hot path
+
+absl::StatusOr<strata::Pin> EngineCore::Pin(const Tensor& tensor,
+                                            uint64_t block, Tier tier,
+                                            Access access) {
+  TensorState* ts = tensor.state_.get();
+  const int pos = pin_pos_[static_cast<uint8_t>(tier)];
+  if (ABSL_PREDICT_FALSE(ts == nullptr || ts->core != this || pos < 0 ||
+                         block >= ts->num_blocks || !IsValid(access))) {
+    return PinRefused(tensor, block, tier, access);
+  }
+  ThreadState& thread = *stats_->Local();
+  ThreadRing& ring = *thread.rings[pos];
+  // One hit in 64 is timed, so that the hot path rarely reads a clock.
+  const bool timed = (ring.head.load(std::memory_order_relaxed) & 63) == 0;
+  const int64_t start = timed ? NowNanos() : 0;
+  CopySlot& slot = ts->copy(pos, block);
+  uint64_t w = slot.word.load(std::memory_order_acquire);
+  const uint64_t desired =
+      access == Access::kRead ? S(w).ReadPinned() : S(w).WritePinned();
+  if (ABSL_PREDICT_TRUE(desired != 0) &&
+      slot.word.compare_exchange_strong(w, desired, std::memory_order_seq_cst,
+                                        std::memory_order_relaxed)) {
+    // The gate is read after the CAS: Close and DropTensor set it before
+    // they look for pins, so either they see this pin or it sees the gate.
+    if (ABSL_PREDICT_FALSE(ts->gate.load(std::memory_order_seq_cst) != 0)) {
+      return PassGate(*ts, block, pos, access, thread, w, start);
+    }
+    ring.Record(ts->Key(block));  // also counts the hit
+    if (timed) ring.hit_latency.Record(NowNanos() - start);
+    if (ABSL_PREDICT_FALSE(S(w).prefetched())) {
+      mover_->OnPrefetchedHit(*ts, block, pos);
+    }
+    return MakePin(*ts, block, pos, access);
+  }
+  return PinSlow(tensor, block, pos, access, thread, timed ? start : NowNanos());
+}
+
+strata::Pin EngineCore::MakePin(TensorState& ts, uint64_t block, int pos,
+                                Access access) {
+  CopySlot& slot = ts.copy(pos, block);
+  strata::Pin pin;
+  pin.core_ = this;
+  pin.word_ = &slot.word;
+  pin.data_ = slot.frame.data;
+  pin.size_ = ts.BlockSize(block);
+  pin.block_ = block;
+  pin.tier_ = chain_->kind(pos);
+  pin.access_ = access == Access::kOverwrite ? Access::kWrite : access;
+  return pin;
+}
+
+void EngineCore::Unpin(CopySlot& slot, Access access) {
+  const uint64_t old = slot.word.fetch_sub(
+      access == Access::kRead ? kUnpinRead : kUnpinWrite,
+      std::memory_order_release);
+  if (S(old).has_waiters()) waits_.Wake(slot.word);
+}
+
+absl::StatusOr<strata::Pin> EngineCore::PassGate(TensorState& ts,
+                                                 uint64_t block, int pos,
+                                                 Access access,
+                                                 ThreadState& thread,
+                                                 uint64_t seen,
+                                                 int64_t start_ns) {
+  const uint32_t gate = ts.gate.load(std::memory_order_seq_cst);
+  if (gate & (TensorState::kGateDropped | TensorState::kGateDropping)) {
+    Unpin(ts.copy(pos, block), access);
+    return absl::NotFoundError(absl::StrCat(
+        "tensor '", ts.name, "' was dropped; open or create it again"));
+  }
+  if (gate & TensorState::kGateClosed) {
+    Unpin(ts.copy(pos, block), access);
+    return Lifecycle::ClosedError();
+  }
+  return Grant(ts, block, pos, access, thread, /*hit=*/true, seen, start_ns);
+}
+
+strata::Pin EngineCore::Grant(TensorState& ts, uint64_t block, int pos,
+                              Access access, ThreadState& thread, bool hit,
+                              uint64_t seen, int64_t start_ns) {
+  ThreadRing& ring = *thread.rings[pos];
+  if (hit) {
+    ring.Record(ts.Key(block));
+    ring.hit_latency.Record(NowNanos() - start_ns);
+    if (S(seen).prefetched()) mover_->OnPrefetchedHit(ts, block, pos);
+  } else {
+    Bump(ring.misses);
+    ring.miss_latency.Record(NowNanos() - start_ns);
+  }
+  if (ts.gate.load(std::memory_order_acquire) & TensorState::kGateStep) {
+    steps_->OnPin(thread, ts, block, pos);
+  }
+  return MakePin(ts, block, pos, access);
+}
+
+// ---------------------------------------------------------------------------
+// Pin: refusals and the slow path
+
+absl::StatusOr<strata::Pin> EngineCore::PinRefused(const Tensor& tensor,
+                                                   uint64_t block, Tier tier,
+                                                   Access access) const {
+  STRATA_RETURN_IF_ERROR(life_.CheckOpen());
+  STRATA_ASSIGN_OR_RETURN(TensorState * ts, catalog_->Check(tensor));
+  if (!IsValid(tier)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tier value ", static_cast<int>(tier),
+        " is not a strata::Tier; use Tier::kGpu, kHost, kShm, kRemote or kNvme"));
+  }
+  if (!IsValid(access)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "access value ", static_cast<int>(access),
+        " is not a strata::Access; use Access::kRead, kWrite or kOverwrite"));
+  }
+  if (block >= ts->num_blocks) {
+    return absl::OutOfRangeError(absl::StrCat(
+        "block ", block, " is out of range: tensor '", ts->name, "' has ",
+        ts->num_blocks, " blocks"));
+  }
+  if (!TierChain::IsPinnableKind(tier)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tier ", Sv(TierName(tier)), " is not pinnable (it holds copies only); pin "
+        "in Tier::kHost, and the engine loads the block from ", Sv(TierName(tier))));
+  }
+  if (chain_->position(tier) < 0) {
+    if (tier != Tier::kHost) {
+      return absl::UnimplementedError(absl::StrCat(
+          "tier ", Sv(TierName(tier)), " is not built in this version of Strata "
+          "(or not in EngineOptions::tiers); pin in Tier::kHost"));
+    }
+  }
+  return absl::InternalError("pin refused for no known reason");
+}
+
+absl::StatusOr<strata::Pin> EngineCore::PinSlow(const Tensor& tensor,
+                                                uint64_t block, int pos,
+                                                Access access,
+                                                ThreadState& thread,
+                                                int64_t start_ns) {
+  Lifecycle::Scope scope(life_);
+  TensorState& ts = *tensor.state_;
+  const Deadline deadline =
+      Clock::now() + absl::ToChronoNanoseconds(options_.pin_wait_timeout);
+  CopySlot& slot = ts.copy(pos, block);
+  for (;;) {
+    STRATA_RETURN_IF_ERROR(Interrupted(parts_, ts));
+    const uint64_t w = slot.word.load(std::memory_order_acquire);
+    MaybePin pin;
+    switch (S(w).state()) {
+      case S::kResident:
+        pin = PinResident(ts, block, pos, access, w, deadline, thread, start_ns);
+        break;
+      case S::kLoading:
+      case S::kEvicting:
+        pin = PinInTransit(ts, block, pos, w, deadline);
+        break;
+      case S::kAbsent:
+        pin = PinAbsent(tensor, block, pos, access, w, deadline, thread, start_ns);
+        break;
+    }
+    if (!pin.ok()) return pin.status();
+    if (pin->has_value()) return std::move(**pin);
+  }
+}
+
+EngineCore::MaybePin EngineCore::PinResident(TensorState& ts, uint64_t block,
+                                             int pos, Access access,
+                                             uint64_t seen, Deadline deadline,
+                                             ThreadState& thread,
+                                             int64_t start_ns) {
+  CopySlot& slot = ts.copy(pos, block);
+  const S state(seen);
+  const uint64_t desired =
+      access == Access::kRead ? state.ReadPinned() : state.WritePinned();
+  if (desired != 0) {
+    uint64_t w = seen;
+    if (!slot.word.compare_exchange_strong(w, desired, std::memory_order_seq_cst)) {
+      return std::nullopt;
+    }
+    return Grant(ts, block, pos, access, thread, /*hit=*/true, seen, start_ns);
+  }
+  if (access == Access::kRead && !state.exclusive() &&
+      state.pins() == S::kPinMask) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        BlockName(ts, block), " has ", S::kPinMask,
+        " read pins, the most a block can hold; release some"));
+  }
+  if (access != Access::kRead && state.idle() && state.shared()) {
+    absl::StatusOr<bool> pinned = MakeSoleAndPin(parts_, ts, block, pos, deadline);
+    if (!pinned.ok()) return pinned.status();
+    if (!*pinned) return std::nullopt;
+    return Grant(ts, block, pos, access, thread, /*hit=*/true, seen, start_ns);
+  }
+  // A conflicting pin: wait for it to go.
+  if (!waits_.WaitForChange(slot.word, seen, deadline)) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        BlockName(ts, block), " stayed pinned ",
+        state.exclusive() ? "for writing" : "for reading", " for ",
+        absl::FormatDuration(options_.pin_wait_timeout),
+        "; release the conflicting pin (a thread cannot hold a read pin and "
+        "ask for a write pin of the same block) or raise "
+        "EngineOptions::pin_wait_timeout"));
+  }
+  return std::nullopt;
+}
+
+EngineCore::MaybePin EngineCore::PinInTransit(TensorState& ts, uint64_t block,
+                                              int pos, uint64_t seen,
+                                              Deadline deadline) {
+  CopySlot& slot = ts.copy(pos, block);
+  if (std::shared_ptr<Loader::Op> op = loader_->Find(slot)) {
+    STRATA_RETURN_IF_ERROR(loader_->AwaitOther(*op, deadline));
+    return std::nullopt;
+  }
+  if (!waits_.WaitForChange(slot.word, seen, deadline)) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        BlockName(ts, block), " is still being moved after ",
+        absl::FormatDuration(options_.pin_wait_timeout),
+        "; the tier below may be stalled"));
+  }
+  return std::nullopt;
+}
+
+EngineCore::MaybePin EngineCore::PinAbsent(const Tensor& tensor,
+                                           uint64_t block, int pos,
+                                           Access access, uint64_t seen,
+                                           Deadline deadline,
+                                           ThreadState& thread,
+                                           int64_t start_ns) {
+  TensorState& ts = *tensor.state_;
+  std::atomic<uint64_t>& word = ts.copy(pos, block).word;
+  const uint64_t loading = S(seen).Loading();
+  uint64_t w = seen;
+  if (loading == 0 ||
+      !word.compare_exchange_strong(w, loading, std::memory_order_acq_rel)) {
+    return std::nullopt;
+  }
+  // An overwrite reads nothing, so it asks nothing of readahead.
+  if (access != Access::kOverwrite) mover_->OnDemandMiss(ts, block, pos);
+  const Loader::Want want = access == Access::kRead    ? Loader::Want::kRead
+                            : access == Access::kWrite ? Loader::Want::kWrite
+                                                       : Loader::Want::kOverwrite;
+  std::shared_ptr<Loader::Op> op =
+      loader_->Start(tensor.state_, block, pos, want, /*speculative=*/false,
+                     nullptr, deadline, nullptr);
+  const Loader::Outcome outcome = loader_->AwaitOwn(*op, deadline);
+  if (!outcome.status.ok()) return outcome.status;
+  if (!outcome.granted) return std::nullopt;  // a write waits for MakeSole
+  return Grant(ts, block, pos, access, thread, /*hit=*/false, 0, start_ns);
+}
+
+// ---------------------------------------------------------------------------
+// Prefetch, Flush, steps
+
+absl::StatusOr<PrefetchHandle> EngineCore::Prefetch(const Tensor& tensor,
+                                                    BlockRange range,
+                                                    Tier tier) {
+  Lifecycle::Scope scope(life_);
+  STRATA_RETURN_IF_ERROR(life_.CheckOpen());
+  STRATA_ASSIGN_OR_RETURN(TensorState * ts, catalog_->Check(tensor));
+  const int pos = pin_pos_[static_cast<uint8_t>(tier)];
+  if (pos < 0) return PinRefused(tensor, 0, tier, Access::kRead).status();
+  const uint64_t end = std::min(range.end, ts->num_blocks);
+  if (range.begin > end || range.begin >= ts->num_blocks) {
+    return absl::OutOfRangeError(absl::StrCat(
+        "prefetch range [", range.begin, ", ", range.end, ") of tensor '",
+        ts->name, "' is outside its ", ts->num_blocks, " blocks"));
+  }
+  PrefetchHandle handle;
+  handle.state_ = std::make_shared<PrefetchState>();
+  {
+    std::lock_guard lock(handle.state_->mu);
+    handle.state_->pending = end - range.begin;
+  }
+  if (end > range.begin) {
+    mover_->Prefetch(tensor.state_, range.begin, end, pos, handle.state_);
+  }
+  return handle;
+}
+
+absl::Status EngineCore::Flush(const Tensor& tensor) {
+  Lifecycle::Scope scope(life_);
+  STRATA_RETURN_IF_ERROR(life_.CheckOpen());
+  STRATA_RETURN_IF_ERROR(catalog_->Check(tensor).status());
+  return write_backs_->Flush(tensor.state_);
+}
+
+absl::Status EngineCore::FlushAll() {
+  Lifecycle::Scope scope(life_);
+  STRATA_RETURN_IF_ERROR(life_.CheckOpen());
+  absl::Status first;
+  for (const auto& ts : catalog_->All()) {
+    if (ts->dropped()) continue;
+    absl::Status s = write_backs_->Flush(ts);
+    if (!s.ok() && !absl::IsNotFound(s) && first.ok()) first = s;
+  }
+  return first;
+}
+
+absl::Status EngineCore::BeginStep() {
+  Lifecycle::Scope scope(life_);
+  STRATA_RETURN_IF_ERROR(life_.CheckOpen());
+  return steps_->Begin();
+}
+
+absl::Status EngineCore::EndStep() {
+  Lifecycle::Scope scope(life_);
+  STRATA_RETURN_IF_ERROR(life_.CheckOpen());
+  return steps_->End();
+}
+
+// ---------------------------------------------------------------------------
+// Tensors
+
+absl::StatusOr<Tensor> EngineCore::CreateTensor(std::string_view name,
+                                                const TensorSpec& spec) {
+  STRATA_RETURN_IF_ERROR(life_.CheckOpen());
+  return catalog_->Create(name, spec);
+}
+
+absl::StatusOr<Tensor> EngineCore::OpenTensor(std::string_view name) {
+  STRATA_RETURN_IF_ERROR(life_.CheckOpen());
+  return catalog_->Open(name);
+}
+
+absl::Status EngineCore::DropTensor(const Tensor& tensor) {
+  Lifecycle::Scope scope(life_);
+  STRATA_RETURN_IF_ERROR(life_.CheckOpen());
+  STRATA_ASSIGN_OR_RETURN(TensorState * ts, catalog_->Check(tensor));
+  // One drop at a time; pins, Prefetch and Flush see the tensor gone from
+  // here on.
+  uint32_t gate = ts->gate.load(std::memory_order_acquire);
+  do {
+    if (gate & (TensorState::kGateDropping | TensorState::kGateDropped)) {
+      return absl::NotFoundError(absl::StrCat(
+          "tensor '", ts->name, "' was dropped; create it again"));
+    }
+  } while (!ts->gate.compare_exchange_weak(
+      gate, gate | TensorState::kGateDropping, std::memory_order_seq_cst));
+  std::lock_guard flush_lock(ts->flush_mu);  // a Flush in progress ends first
+  std::vector<uint64_t> claimed;
+  if (absl::Status s = ClaimEveryCopy(*ts, claimed); !s.ok()) {
+    RollBackClaims(*ts, claimed);
+    ts->gate.fetch_and(~TensorState::kGateDropping, std::memory_order_seq_cst);
+    return s;
+  }
+  ts->gate.fetch_or(TensorState::kGateDropped, std::memory_order_seq_cst);
+  ForgetEveryCopy(*ts);
+  (void)ts->TakeWriteBackErrors();
+  catalog_->Forget(*ts);
+  return absl::OkStatus();
+}
+
+absl::Status EngineCore::ClaimEveryCopy(TensorState& ts,
+                                        std::vector<uint64_t>& claimed) {
+  const Deadline deadline =
+      Clock::now() + absl::ToChronoNanoseconds(options_.io_timeout);
+  claimed.reserve(ts.num_blocks * ts.chain_size);
+  for (uint64_t b = 0; b < ts.num_blocks; ++b) {
+    for (int pos = 0; pos < ts.chain_size; ++pos) {
+      std::atomic<uint64_t>& word = ts.copy(pos, b).word;
+      for (;;) {
+        uint64_t w = word.load(std::memory_order_acquire);
+        const S state(w);
+        if (state.state() == S::kAbsent || state.idle()) {
+          if (word.compare_exchange_weak(w, state.With(S::kEvicting),
+                                         std::memory_order_acq_rel)) {
+            claimed.push_back(w & ~S::kWaiters);
+            break;
+          }
+          continue;
+        }
+        if (state.resident()) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              BlockName(ts, b), " is pinned; release its pins before DropTensor"));
+        }
+        // Loading or being written back: its transfer ends soon.
+        if (!waits_.WaitForChange(word, w, deadline)) {
+          return absl::DeadlineExceededError(absl::StrCat(
+              BlockName(ts, b), " stayed in transit for io_timeout during "
+              "DropTensor; the device may be stalled"));
+        }
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+void EngineCore::RollBackClaims(TensorState& ts,
+                                const std::vector<uint64_t>& claimed) {
+  for (size_t i = 0; i < claimed.size(); ++i) {
+    const uint64_t b = i / ts.chain_size;
+    const int pos = static_cast<int>(i % ts.chain_size);
+    waits_.Publish(ts.copy(pos, b).word, claimed[i]);
+  }
+}
+
+void EngineCore::ForgetEveryCopy(TensorState& ts) {
+  for (int pos = 0; pos < ts.chain_size; ++pos) {
+    Residency& tier = *residency_[pos];
+    for (uint64_t b = 0; b < ts.num_blocks; ++b) {
+      CopySlot& slot = ts.copy(pos, b);
+      if (slot.frame.valid()) tier.Erase(ts.Key(b));
+      {
+        LatchGuard latch(ts.record(b).latch, waits_);
+        FreeCopyLocked(parts_, ts, b, pos);  // wakes anyone still waiting
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Close and statistics
+
+void EngineCore::Interrupt() {
+  waits_.Interrupt();
+  loader_->Interrupt();
+  for (auto& tier : residency_) tier->Interrupt();
+}
+
+absl::Status EngineCore::FindLivePin() const {
+  for (const auto& ts : catalog_->All()) {
+    if (ts->dropped()) continue;
+    for (int pos = 0; pos < ts->chain_size; ++pos) {
+      if (!chain_->pinnable(pos)) continue;
+      for (uint64_t b = 0; b < ts->num_blocks; ++b) {
+        if (Load(ts->copy(pos, b).word).pins() != 0) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              BlockName(*ts, b), " is still pinned in tier ",
+              Sv(TierName(chain_->kind(pos))),
+              "; release every Pin before Close"));
+        }
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status EngineCore::Close() {
+  std::lock_guard close_lock(close_mu_);
+  if (closed_) return absl::OkStatus();
+  life_.BeginClose();
+  catalog_->SetGate(TensorState::kGateClosed, true);
+  life_.WaitForCalls([this] { Interrupt(); }, 0);
+  mover_->Pause();
+  const Deadline deadline =
+      Clock::now() + absl::ToChronoNanoseconds(options_.io_timeout);
+  if (!life_.WaitForTransfers(deadline)) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        life_.async_in_flight(), " transfers did not complete within "
+        "EngineOptions::io_timeout (", absl::FormatDuration(options_.io_timeout),
+        "); the engine is closed, and destroying it waits for them"));
+  }
+  if (absl::Status pinned = FindLivePin(); !pinned.ok()) {
+    catalog_->SetGate(TensorState::kGateClosed, false);
+    life_.CancelClose();
+    mover_->Resume();
+    return pinned;
+  }
+  mover_->Stop();
+  closed_ = true;
+  return absl::OkStatus();
+}
+
+void EngineCore::FillTierStats(int pos, TierStats& out) const {
+  const tiers::Tier& tier = chain_->tier(pos);
+  const TierCounters& c = stats_->tier(pos);
+  out.present = true;
+  out.capacity_bytes = tier.capacity();
+  out.used_bytes = tier.used();
+  out.bytes_in = c.bytes_in.load(std::memory_order_relaxed);
+  out.bytes_out = c.bytes_out.load(std::memory_order_relaxed);
+  out.evictions = c.evictions.load(std::memory_order_relaxed);
+  out.write_backs = c.write_backs.load(std::memory_order_relaxed);
+  out.errors = c.errors.load(std::memory_order_relaxed);
+  out.write_backs_in_flight = static_cast<uint64_t>(std::max<int64_t>(
+      c.write_backs_in_flight.load(std::memory_order_acquire), 0));
+}
+
+EngineStats EngineCore::GetStats() const {
+  EngineStats stats;
+  for (int i = 0; i < kNumTiers; ++i) stats.tiers[i].tier = static_cast<Tier>(i);
+  std::array<uint64_t, LatencyHistogram::kBuckets> hit_lat{}, miss_lat{};
+  // In-flight counts first: a snapshot that sees none sees the counters of
+  // every write-back that finished before it.
+  for (int pos = 0; pos < chain_->size(); ++pos) {
+    TierStats& out = stats.tiers[static_cast<int>(chain_->kind(pos))];
+    FillTierStats(pos, out);
+    if (chain_->pinnable(pos)) {
+      stats_->SumRings(pos, &out.hits, &out.misses, &hit_lat, &miss_lat);
+    }
+  }
+  for (const auto& ts : catalog_->All()) {
+    if (ts->dropped()) continue;
+    for (int pos = 0; pos < ts->chain_size; ++pos) {
+      if (!chain_->pinnable(pos)) continue;
+      TierStats& out = stats.tiers[static_cast<int>(chain_->kind(pos))];
+      for (uint64_t b = 0; b < ts->num_blocks; ++b) {
+        if (Load(ts->copy(pos, b).word, std::memory_order_relaxed).pins() != 0) {
+          out.pinned_bytes += (ts->BlockSize(b) + 4095) / 4096 * 4096;
+        }
+      }
+    }
+  }
+  stats.pin_hit_latency = LatencyHistogram::Summarize(hit_lat);
+  stats.pin_miss_latency = LatencyHistogram::Summarize(miss_lat);
+  return stats;
+}
+
+// ---------------------------------------------------------------------------
+// Construction and destruction
+
+EngineCore::EngineCore(EngineOptions options, std::unique_ptr<TierChain> chain)
+    : options_(std::move(options)),
+      uid_(engine_uids.fetch_add(1)),
+      life_(options_.log),
+      chain_(std::move(chain)) {
+  pin_pos_.fill(-1);
+  for (int pos = 0; pos < chain_->size(); ++pos) {
+    if (chain_->pinnable(pos)) {
+      pin_pos_[static_cast<uint8_t>(chain_->kind(pos))] = static_cast<int8_t>(pos);
+    }
+  }
+}
+
+absl::Status EngineCore::Build() {
+  parts_.options = &options_;
+  parts_.chain = chain_.get();
+  parts_.waits = &waits_;
+  parts_.life = &life_;
+  parts_.residency = &residency_;
+  std::vector<int> pinnable;
+  for (int pos = 0; pos < chain_->size(); ++pos) {
+    if (chain_->pinnable(pos)) pinnable.push_back(pos);
+  }
+  catalog_ = std::make_unique<Catalog>(parts_, this);
+  parts_.catalog = catalog_.get();
+  stats_ = std::make_unique<Stats>(uid_, std::move(pinnable), chain_->size());
+  parts_.stats = stats_.get();
+  for (int pos = 0; pos < chain_->size(); ++pos) {
+    std::unique_ptr<policy::EvictionPolicy> policy;
+    if (pos != chain_->lowest() || chain_->pinnable(pos)) {
+      const size_t frames = std::max<uint64_t>(
+          chain_->tier(pos).capacity() / options_.default_block_bytes, 1);
+      STRATA_ASSIGN_OR_RETURN(policy, policy::MakePolicy(options_.policy, frames));
+    }
+    residency_.push_back(std::make_unique<Residency>(parts_, pos, std::move(policy)));
+  }
+  write_backs_ = std::make_unique<WriteBacks>(parts_);
+  parts_.write_backs = write_backs_.get();
+  loader_ = std::make_unique<Loader>(parts_);
+  parts_.loader = loader_.get();
+  const uint64_t host_frames = std::max<uint64_t>(
+      chain_->tier(chain_->host()).capacity() / options_.default_block_bytes, 1);
+  steps_ = std::make_unique<Steps>(parts_, std::clamp<uint64_t>(host_frames / 4, 1, 64));
+  parts_.steps = steps_.get();
+  mover_ = std::make_unique<Mover>(parts_);
+  parts_.mover = mover_.get();
+  return absl::OkStatus();
+}
+
+EngineCore::~EngineCore() {
+  const absl::Status closed = Close();
+  ABSL_ASSERT(!absl::IsFailedPrecondition(closed) &&
+              "an engine was destroyed with live pins");
+  if (!closed.ok()) {
+    // Live pins (release builds: they now dangle), or transfers that did not
+    // finish in time: shut down anyway.
+    life_.BeginClose();
+    life_.WaitForCalls([this] { Interrupt(); }, 0);
+  }
+  if (mover_ != nullptr) mover_->Stop();
+  // Tiers complete whatever is still in flight when they are destroyed
+  // (failing it); the parts those completions call into are still here.
+  chain_->Shutdown();
+  life_.WaitForTransfers(Clock::now() + std::chrono::hours(1));
+}
+
+}  // namespace strata::internal

@@ -1,0 +1,323 @@
+#include "engine/loader.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "util/strings.h"
+#include "engine/chain.h"
+#include "engine/lifecycle.h"
+#include "engine/residency.h"
+#include "engine/stats.h"
+#include "engine/prefetch_state.h"
+
+namespace strata::internal {
+
+using S = CopyState;
+
+struct Loader::Op {
+  Loader* loader = nullptr;
+  std::shared_ptr<TensorState> ts;
+  uint64_t block = 0;
+  int pos = -1;
+  Want want = Want::kNone;
+  bool speculative = false;
+  std::shared_ptr<PrefetchState> prefetch;
+  uint64_t bytes = 0;
+  tiers::Frame frame;
+  bool holds_frame = false;
+  bool read_bytes = false;  // bytes were copied or zero-filled (not overwrite)
+  Source source;
+  Clock::time_point copy_started;
+  std::shared_ptr<Op> self;  // alive until Finish
+
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  absl::Status status;
+  bool owner_waiting = false;  // a pin may be granted in the published word
+  bool granted = false;
+
+  CopySlot& slot() const { return ts->copy(pos, block); }
+};
+
+std::shared_ptr<Loader::Op> Loader::Start(
+    std::shared_ptr<TensorState> ts, uint64_t block, int pos, Want want,
+    bool speculative, std::shared_ptr<PrefetchState> prefetch,
+    Deadline deadline, CopyBatch* batch) {
+  auto op = std::make_shared<Op>();
+  op->loader = this;
+  op->block = block;
+  op->pos = pos;
+  op->want = want;
+  op->speculative = speculative;
+  op->prefetch = std::move(prefetch);
+  op->bytes = ts->BlockSize(block);
+  op->ts = std::move(ts);
+  op->owner_waiting = want != Want::kNone;
+  op->self = op;
+  {
+    std::lock_guard lock(mu_);
+    loading_[&op->slot()] = op;
+  }
+  parts_.life->AsyncBegin();
+  if (absl::Status s = ReserveFrame(*op, deadline, batch); !s.ok()) {
+    Complete(*op, s);
+    return op;
+  }
+  if (want == Want::kOverwrite && PublishOverwrite(*op)) return op;
+  absl::StatusOr<Source> source = PickSource(*op, deadline);
+  if (!source.ok()) {
+    Complete(*op, source.status());
+    return op;
+  }
+  op->source = *source;
+  op->read_bytes = true;
+  if (source->kind == Source::kZeros) {
+    // A block never written reads as zeros, also in a reused frame.
+    std::memset(op->frame.data, 0, op->bytes);
+    Complete(*op, absl::OkStatus());
+    return op;
+  }
+  StartCopy(op, batch);
+  return op;
+}
+
+absl::Status Loader::ReserveFrame(Op& op, Deadline deadline, CopyBatch* batch) {
+  Residency& tier = parts_.tier(op.pos);
+  absl::StatusOr<tiers::Frame> frame = tier.TryAllocate(op.bytes);
+  if (!frame.ok()) {
+    // Finding a frame may wait for frames in transit, and the copies
+    // gathered in `batch` hold some: they must be on their way first, or
+    // the caller would wait for itself.
+    if (batch != nullptr) batch->Submit();
+    frame = tier.Allocate(op.bytes, deadline);
+  }
+  if (!frame.ok()) return frame.status();
+  if (!parts_.chain->host_data(op.pos)) {
+    tier.Free(*frame);
+    return absl::UnimplementedError(absl::StrCat(
+        "tier ", Sv(TierName(parts_.chain->kind(op.pos))),
+        ": loading into a pinnable tier without host-addressable frames is "
+        "not built yet"));
+  }
+  op.frame = *frame;
+  op.holds_frame = true;
+  tier.TransitBegin();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Source> Loader::PickSource(Op& op, Deadline deadline) {
+  TensorState& ts = *op.ts;
+  for (;;) {
+    if (absl::Status s = Interrupted(parts_, ts); !s.ok()) return s;
+    Source source;
+    uint64_t version = 0;
+    {
+      LatchGuard latch(ts.record(op.block).latch, *parts_.waits);
+      source = ChooseSource(parts_, ts, op.block, op.pos);
+      version = ts.record(op.block).version;
+    }
+    if (source.kind == Source::kCopy || source.kind == Source::kZeros) {
+      return source;
+    }
+    if (source.kind == Source::kLost) {
+      return absl::DataLossError(absl::StrCat(
+          BlockName(ts, op.block), " version ", version,
+          " has no copy in any tier (internal error: please report it)"));
+    }
+    CopySlot& waited = ts.copy(source.pos, op.block);
+    if (!parts_.waits->WaitForChange(waited.word, source.seen, deadline)) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          BlockName(ts, op.block), ": its copy in tier ",
+          Sv(TierName(parts_.chain->kind(source.pos))),
+          " stayed pinned for writing or in transit for ",
+          absl::FormatDuration(parts_.options->pin_wait_timeout),
+          "; release the write pin (a thread cannot hold a write pin of a "
+          "block in one tier and pin it in another) or raise "
+          "EngineOptions::pin_wait_timeout"));
+    }
+  }
+}
+
+void Loader::StartCopy(const std::shared_ptr<Op>& op, CopyBatch* batch) {
+  CopyJob job;
+  job.src = op->source.pos;
+  job.src_frame = op->source.frame;
+  job.src_checksum = op->source.checksum;
+  job.dst = op->pos;
+  job.dst_frame = op->frame;
+  job.key = {op->ts->id, op->block, op->source.version};
+  job.bytes = op->bytes;
+  job.done = &Loader::OnCopied;
+  job.user = op.get();
+  op->copy_started = Clock::now();
+  if (batch != nullptr) {
+    batch->Add(job);
+  } else {
+    internal::StartCopy(*parts_.chain, job);
+  }
+}
+
+bool Loader::PublishOverwrite(Op& op) {
+  TensorState& ts = *op.ts;
+  {
+    LatchGuard latch(ts.record(op.block).latch, *parts_.waits);
+    // Reading nothing is right only if no other copy must be invalidated
+    // first; else the new copy loads like any other, then MakeSoleAndPin.
+    if (NeedsShared(parts_, ts, op.block, op.pos)) return false;
+    CopySlot& slot = op.slot();
+    slot.frame = op.frame;
+    slot.version = ts.record(op.block).version;
+    slot.checksum = 0;
+    uint64_t word = S::Resident(0);
+    {
+      std::lock_guard lock(op.mu);
+      if (op.owner_waiting) {
+        word |= 1 | S::kExclusive | S::kDirty | S::kNew;
+        op.granted = true;
+      }
+    }
+    parts_.waits->Publish(slot.word, word);
+  }
+  Finish(op, absl::OkStatus());
+  return true;
+}
+
+void Loader::OnCopied(void* user, const CopyResult& result) {
+  Op& op = *static_cast<Op*>(user);
+  Loader& self = *op.loader;
+  ReleaseSource(self.parts_, *op.ts, op.block, op.source.pos);
+  if (result.status.ok()) {
+    self.parts_.stats->tier(op.source.pos).bytes_out.fetch_add(
+        op.bytes, std::memory_order_relaxed);
+  } else if (result.failed_pos >= 0) {
+    self.parts_.stats->tier(result.failed_pos).errors.fetch_add(
+        1, std::memory_order_relaxed);
+  }
+  self.Complete(op, result.status);
+}
+
+void Loader::Complete(Op& op, absl::Status status) {
+  {
+    LatchGuard latch(op.ts->record(op.block).latch, *parts_.waits);
+    if (status.ok()) {
+      PublishLocked(op);
+    } else {
+      op.slot().frame = op.frame;
+      FreeCopyLocked(parts_, *op.ts, op.block, op.pos);
+    }
+  }
+  Finish(op, status);
+}
+
+void Loader::PublishLocked(Op& op) {
+  TensorState& ts = *op.ts;
+  CopySlot& slot = op.slot();
+  slot.frame = op.frame;
+  slot.version = op.source.version;
+  slot.checksum = 0;
+  uint64_t flags = 0;
+  if (op.source.kind == Source::kCopy && op.source.moves_dirty) {
+    // The lowest holder of the newest bytes is now this copy.
+    std::atomic<uint64_t>& src = ts.copy(op.source.pos, op.block).word;
+    if (S(src.fetch_and(~S::kDirty, std::memory_order_acq_rel)).dirty()) {
+      flags |= S::kDirty;
+    }
+  }
+  if (NeedsShared(parts_, ts, op.block, op.pos)) flags |= S::kShared;
+  {
+    std::lock_guard lock(op.mu);
+    if (op.owner_waiting && op.want == Want::kRead) {
+      flags += 1;
+      op.granted = true;
+    } else if (op.owner_waiting && op.want != Want::kNone &&
+               (flags & S::kShared) == 0) {
+      flags |= 1 | S::kExclusive | S::kDirty | S::kNew;
+      op.granted = true;
+    }
+  }
+  if (!op.granted && op.speculative) flags |= S::kPrefetched;
+  parts_.waits->Publish(slot.word, S::Resident(flags));
+}
+
+void Loader::Finish(Op& op, const absl::Status& status) {
+  Residency& tier = parts_.tier(op.pos);
+  if (status.ok()) {
+    tier.Insert(op.ts->Key(op.block));
+    if (op.read_bytes) {
+      parts_.stats->tier(op.pos).bytes_in.fetch_add(op.bytes,
+                                                    std::memory_order_relaxed);
+    }
+  }
+  if (op.holds_frame) tier.TransitEnd();
+  {
+    std::lock_guard lock(mu_);
+    auto it = loading_.find(&op.slot());
+    if (it != loading_.end() && it->second.get() == &op) loading_.erase(it);
+  }
+  {
+    std::lock_guard lock(op.mu);
+    op.done = true;
+    op.status = status;
+    op.cv.notify_all();
+  }
+  if (op.prefetch != nullptr) op.prefetch->Done(status);
+  std::shared_ptr<Op> self = std::move(op.self);
+  parts_.life->AsyncEnd();
+}
+
+absl::Status Loader::Timeout(const Op& op) const {
+  return absl::DeadlineExceededError(absl::StrCat(
+      "tier ", Sv(TierName(parts_.chain->kind(op.source.pos >= 0 ? op.source.pos : op.pos))),
+      ": loading ", BlockName(*op.ts, op.block), " into tier ",
+      Sv(TierName(parts_.chain->kind(op.pos))),
+      " did not complete within EngineOptions::io_timeout (",
+      absl::FormatDuration(parts_.options->io_timeout),
+      "); its frame stays reserved until the device answers; the device may "
+      "be stalled"));
+}
+
+Loader::Outcome Loader::AwaitOwn(Op& op, Deadline deadline) {
+  const Deadline io = Clock::now() + absl::ToChronoNanoseconds(parts_.options->io_timeout);
+  const Deadline until = std::min(deadline, io);
+  std::unique_lock lock(op.mu);
+  op.cv.wait_until(lock, until, [&] { return op.done || parts_.life->closing(); });
+  if (op.done) return {op.status, op.granted};
+  op.owner_waiting = false;  // the load goes on without this pinner
+  if (parts_.life->closing()) return {Lifecycle::ClosedError(), false};
+  return {Timeout(op), false};
+}
+
+std::shared_ptr<Loader::Op> Loader::Find(const CopySlot& slot) {
+  std::lock_guard lock(mu_);
+  auto it = loading_.find(&slot);
+  return it == loading_.end() ? nullptr : it->second;
+}
+
+absl::Status Loader::AwaitOther(Op& op, Deadline deadline) {
+  const Deadline io = Clock::now() + absl::ToChronoNanoseconds(parts_.options->io_timeout);
+  const Deadline until = std::min(deadline, io);
+  std::unique_lock lock(op.mu);
+  op.cv.wait_until(lock, until, [&] { return op.done || parts_.life->closing(); });
+  if (op.done) {
+    // A demand load's error reaches every waiter; a speculative one's
+    // waiters load again themselves.
+    return op.speculative ? absl::OkStatus() : op.status;
+  }
+  if (parts_.life->closing()) return Lifecycle::ClosedError();
+  return Timeout(op);
+}
+
+void Loader::Interrupt() {
+  std::vector<std::shared_ptr<Op>> ops;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [slot, op] : loading_) ops.push_back(op);
+  }
+  for (const auto& op : ops) {
+    std::lock_guard lock(op->mu);
+    op->cv.notify_all();
+  }
+}
+
+}  // namespace strata::internal

@@ -1,0 +1,182 @@
+#include "engine/mover.h"
+
+#include <algorithm>
+#include <pthread.h>
+
+#include "absl/strings/str_cat.h"
+#include "engine/catalog.h"
+#include "engine/chain.h"
+#include "engine/copier.h"
+#include "engine/lifecycle.h"
+#include "engine/loader.h"
+#include "engine/prefetch_state.h"
+
+namespace strata::internal {
+
+Mover::Mover(EngineParts& parts) : parts_(parts) {
+  thread_ = std::thread([this] { Loop(); });
+}
+
+void Mover::Prefetch(std::shared_ptr<TensorState> ts, uint64_t begin,
+                     uint64_t end, int pos,
+                     std::shared_ptr<PrefetchState> prefetch) {
+  Job job;
+  job.prefetch = std::move(prefetch);
+  for (uint64_t b = begin; b < end; ++b) {
+    job.entries.push_back({ts, ts->Key(b), pos});
+  }
+  Enqueue(std::move(job));
+}
+
+void Mover::PrefetchPlan(std::vector<PlanEntry> entries) {
+  Job job;
+  for (const PlanEntry& e : entries) job.entries.push_back({nullptr, e.key, e.pos});
+  Enqueue(std::move(job));
+}
+
+void Mover::Enqueue(Job job) {
+  if (job.entries.empty()) return;
+  {
+    std::lock_guard lock(mu_);
+    if (!stop_) {
+      jobs_.push_back(std::move(job));
+      cv_.notify_all();
+      return;
+    }
+  }
+  for (size_t i = 0; i < job.entries.size() && job.prefetch; ++i) {
+    job.prefetch->Done(Lifecycle::ClosedError());
+  }
+}
+
+void Mover::Loop() {
+  pthread_setname_np(pthread_self(), "strata-mover");
+  for (;;) {
+    Job job;
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [this] { return stop_ || (!paused_ && !jobs_.empty()); });
+      if (stop_) return;
+      job = std::move(jobs_.front());
+      jobs_.pop_front();
+      running_ = true;
+    }
+    Run(job);
+    std::lock_guard lock(mu_);
+    running_ = false;
+    cv_.notify_all();
+  }
+}
+
+void Mover::Pause() {
+  std::unique_lock lock(mu_);
+  paused_ = true;
+  cv_.wait(lock, [this] { return !running_; });
+}
+
+void Mover::Resume() {
+  std::lock_guard lock(mu_);
+  paused_ = false;
+  cv_.notify_all();
+}
+
+void Mover::Run(Job& job) {
+  auto finish = [&job](const absl::Status& s) {
+    if (job.prefetch) job.prefetch->Done(s);
+  };
+  const Deadline deadline =
+      Clock::now() + absl::ToChronoNanoseconds(parts_.options->pin_wait_timeout);
+  CopyBatch batch(*parts_.chain);
+  for (Entry& e : job.entries) {
+    if (e.ts == nullptr) e.ts = parts_.catalog->Find(static_cast<uint32_t>(e.key >> 32));
+    const uint64_t block = e.key & 0xFFFFFFFFu;
+    if (parts_.life->closing()) {
+      finish(Lifecycle::ClosedError());
+      continue;
+    }
+    if (e.ts == nullptr || e.ts->dropped() || block >= e.ts->num_blocks) {
+      finish(absl::NotFoundError("prefetch of a dropped tensor: cancelled"));
+      continue;
+    }
+    std::atomic<uint64_t>& word = e.ts->copy(e.pos, block).word;
+    uint64_t w = word.load(std::memory_order_acquire);
+    const uint64_t loading = CopyState(w).Loading();
+    if (loading == 0 ||
+        !word.compare_exchange_strong(w, loading, std::memory_order_acq_rel)) {
+      finish(absl::OkStatus());  // already there, or on its way
+      continue;
+    }
+    parts_.loader->Start(e.ts, block, e.pos, Loader::Want::kNone,
+                         /*speculative=*/true, job.prefetch, deadline, &batch);
+    if (batch.pending() >= std::max<uint32_t>(parts_.options->nvme.queue_depth, 1)) {
+      batch.Submit();
+    }
+  }
+}
+
+void Mover::Stop() {
+  std::deque<Job> left;
+  {
+    std::lock_guard lock(mu_);
+    if (stop_ && !thread_.joinable()) return;
+    stop_ = true;
+    cv_.notify_all();
+  }
+  if (thread_.joinable()) thread_.join();
+  {
+    std::lock_guard lock(mu_);
+    left.swap(jobs_);
+  }
+  for (Job& job : left) {
+    for (size_t i = 0; i < job.entries.size() && job.prefetch; ++i) {
+      job.prefetch->Done(Lifecycle::ClosedError());
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Sequential readahead
+
+uint64_t Mover::Window(int pos) const {
+  const uint64_t frames = std::max<uint64_t>(
+      parts_.chain->tier(pos).capacity() / parts_.options->default_block_bytes, 1);
+  const int option = parts_.options->readahead_blocks;
+  return option >= 0 ? std::min<uint64_t>(option, frames / 2)
+                     : std::clamp<uint64_t>(frames / 8, 1, 32);
+}
+
+void Mover::OnDemandMiss(TensorState& ts, uint64_t block, int pos) {
+  const uint64_t window = Window(pos);
+  if (window == 0) return;
+  const uint64_t previous = ts.last_sequential.exchange(block);
+  if (previous + 1 != block) {
+    ts.readahead_to.store(0);
+    return;
+  }
+  const uint64_t to = ts.readahead_to.load();
+  if (to > block + 1) return;  // a window is already on its way
+  ExtendReadahead(ts, block + 1, to, window, pos);
+}
+
+void Mover::OnPrefetchedHit(TensorState& ts, uint64_t block, int pos) {
+  const uint64_t window = Window(pos);
+  ts.last_sequential.store(block);
+  const uint64_t to = ts.readahead_to.load();
+  if (window == 0 || to == 0 || to >= ts.num_blocks) return;
+  // Slide on when the reader is half a window from the end of it.
+  if (block + window / 2 + 1 < to) return;
+  ExtendReadahead(ts, to, to, std::max<uint64_t>(window / 2, 1), pos);
+}
+
+void Mover::ExtendReadahead(TensorState& ts, uint64_t from,
+                            uint64_t expected_to, uint64_t count, int pos) {
+  const uint64_t end = std::min(ts.num_blocks, from + count);
+  if (from >= end) return;
+  // One thread extends a window at a time; others find it moved on.
+  if (!ts.readahead_to.compare_exchange_strong(expected_to, end)) return;
+  std::shared_ptr<TensorState> owner = parts_.catalog->Find(ts.id);
+  if (owner == nullptr) return;  // dropped meanwhile
+  Prefetch(std::move(owner), from, end, pos, nullptr);
+}
+
+}  // namespace strata::internal

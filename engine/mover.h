@@ -1,0 +1,89 @@
+// The mover: one background thread that loads blocks nobody waits for yet
+// — Prefetch requests, step plans replayed ahead of the trainer, and
+// sequential readahead — through the same load path as a pin (loader.h).
+// The loads of one job go to each tier as one batch (one io_uring
+// submission for many small blocks).
+//
+// Sequential readahead, like a file system's: a demand miss right after the
+// previous one in the same tensor starts a window of blocks on the mover;
+// the first pin of a block it brought (the prefetched bit, cleared by that
+// pin's CAS) slides the window on. Readahead is speculative: a reader whose
+// block failed to arrive loads it again itself and gets the error itself.
+//
+// Threads: Enqueue-side calls are thread-safe; the jobs run on the mover's
+// own thread.
+#ifndef STRATA_ENGINE_MOVER_H_
+#define STRATA_ENGINE_MOVER_H_
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "engine/block_table.h"
+#include "engine/parts.h"
+#include "engine/stats.h"
+
+namespace strata::internal {
+
+struct PrefetchState;
+
+class Mover {
+ public:
+  explicit Mover(EngineParts& parts);
+  ~Mover() { Stop(); }
+  Mover(const Mover&) = delete;
+  Mover& operator=(const Mover&) = delete;
+
+  // Queues blocks [begin, end) of `ts` for tier `pos`; each one counts
+  // `prefetch` down when it arrived or failed.
+  void Prefetch(std::shared_ptr<TensorState> ts, uint64_t begin, uint64_t end,
+                int pos, std::shared_ptr<PrefetchState> prefetch);
+  // Queues step plan entries (tensors are looked up on the mover thread).
+  void PrefetchPlan(std::vector<PlanEntry> entries);
+
+  void OnDemandMiss(TensorState& ts, uint64_t block, int pos);
+  void OnPrefetchedHit(TensorState& ts, uint64_t block, int pos);
+
+  // Stops taking jobs and waits for the one running to end (Close, before
+  // it looks for live pins); Resume undoes it.
+  void Pause();
+  void Resume();
+  // Stops the thread; jobs still queued fail their handles
+  // (kFailedPrecondition: the engine closed). Idempotent.
+  void Stop();
+
+ private:
+  struct Entry {
+    std::shared_ptr<TensorState> ts;  // null: look up key's tensor
+    uint64_t key = 0;                 // tensor id << 32 | block
+    int pos = 0;
+  };
+  struct Job {
+    std::vector<Entry> entries;
+    std::shared_ptr<PrefetchState> prefetch;  // may be null
+  };
+
+  void Enqueue(Job job);
+  void Loop();
+  void Run(Job& job);
+  void ExtendReadahead(TensorState& ts, uint64_t from, uint64_t expected_to,
+                       uint64_t count, int pos);
+  uint64_t Window(int pos) const;
+
+  EngineParts& parts_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Job> jobs_;
+  bool stop_ = false;
+  bool paused_ = false;
+  bool running_ = false;  // a job is running
+  std::thread thread_;
+};
+
+}  // namespace strata::internal
+
+#endif  // STRATA_ENGINE_MOVER_H_

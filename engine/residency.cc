@@ -1,0 +1,320 @@
+#include "engine/residency.h"
+
+#include <algorithm>
+#include <optional>
+
+#include "absl/strings/str_cat.h"
+#include "util/strings.h"
+#include "engine/block_ops.h"
+#include "engine/catalog.h"
+#include "engine/chain.h"
+#include "engine/copier.h"
+#include "engine/lifecycle.h"
+#include "engine/stats.h"
+#include "engine/write_back.h"
+#include "util/status_macros.h"
+
+namespace strata::internal {
+namespace {
+
+using S = CopyState;
+
+// A caller stops waiting for write-backs after this many failed while it
+// waited: a device that keeps failing must not keep a pin busy until its
+// deadline (the errors go to the blocks' tensors all the same).
+constexpr uint64_t kMaxFailuresPerAllocation = 4;
+
+}  // namespace
+
+Residency::Residency(EngineParts& parts, int pos,
+                     std::unique_ptr<policy::EvictionPolicy> policy)
+    : parts_(parts),
+      pos_(pos),
+      tier_(parts.chain->tier(pos)),
+      policy_(std::move(policy)) {
+  const uint64_t frames = std::max<uint64_t>(
+      tier_.capacity() / parts.options->default_block_bytes, 1);
+  // Write-backs in flight at once: deep enough to keep the lower tier busy,
+  // shallow enough not to evict a big share of the cache early.
+  max_write_backs_ = std::clamp<size_t>(
+      frames / 8, 1, std::max<uint32_t>(parts.options->nvme.queue_depth, 1));
+  const bool has_lower = pos < parts.chain->lowest();
+  reserve_bytes_ = evicts() && has_lower
+                       ? max_write_backs_ * parts.options->default_block_bytes
+                       : 0;
+}
+
+std::string Residency::NoRoomMessage() const {
+  const bool has_lower = pos_ < parts_.chain->lowest();
+  const absl::string_view name = Sv(TierName(parts_.chain->kind(pos_)));
+  return absl::StrCat(
+      "tier ", name, ": every frame (", tier_.capacity(), " bytes) is pinned",
+      has_lower ? "" : ", dirty (no lower tier is configured)",
+      " or being moved; release pins",
+      has_lower ? "" : ", add a lower tier to EngineOptions::tiers",
+      " or raise the tier's capacity",
+      name == "host" ? " (EngineOptions::host.capacity_bytes)" : "");
+}
+
+absl::StatusOr<tiers::Frame> Residency::Allocate(uint64_t bytes,
+                                                 Deadline deadline) {
+  if (!evicts()) return AllocateNow(bytes);
+  const uint64_t failures_before = failures_.load(std::memory_order_acquire);
+  // Bounded: every round gets a frame, frees or starts freeing one, or
+  // waits for a frame in transit; the bound only matters when other threads
+  // keep taking what this one frees.
+  for (int round = 0; round < 100000; ++round) {
+    const uint64_t epoch = space_epoch_.load(std::memory_order_acquire);
+    absl::StatusOr<tiers::Frame> frame = tier_.Allocate(bytes);
+    if (frame.ok()) {
+      EvictAhead();
+      return frame;
+    }
+    if (!absl::IsResourceExhausted(frame.status())) return frame;
+    STRATA_RETURN_IF_ERROR(parts_.life->CheckOpen());
+    if (failures_.load(std::memory_order_acquire) - failures_before >=
+        kMaxFailuresPerAllocation) {
+      return WhyNoFrame({}, failures_before);
+    }
+    const int64_t in_flight = victims_in_flight_.load(std::memory_order_acquire);
+    if (in_flight >= static_cast<int64_t>(max_write_backs_)) {
+      if (!WaitForSpace(epoch, deadline)) break;
+      continue;
+    }
+    EvictResult evicted = EvictSome(max_write_backs_ - in_flight, false);
+    if (evicted.freed > 0) continue;
+    if (evicted.started == 0 && in_transit_.load(std::memory_order_acquire) <= 0) {
+      return WhyNoFrame(evicted, failures_before);
+    }
+    if (!WaitForSpace(epoch, deadline)) break;
+  }
+  if (Clock::now() >= deadline) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        "tier ", Sv(TierName(parts_.chain->kind(pos_))), ": no frame came free within ",
+        absl::FormatDuration(parts_.options->pin_wait_timeout),
+        " while blocks were being moved; the tier below may be stalled"));
+  }
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "tier ", Sv(TierName(parts_.chain->kind(pos_))),
+      ": could not find a free frame while other threads kept filling the "
+      "tier; raise its capacity"));
+}
+
+absl::StatusOr<tiers::Frame> Residency::WhyNoFrame(
+    const EvictResult& evicted, uint64_t failures_before) const {
+  if (failures_.load(std::memory_order_acquire) != failures_before) {
+    absl::Status last;
+    {
+      std::lock_guard lock(space_mu_);
+      last = last_failure_;
+    }
+    return absl::Status(
+        last.code(),
+        absl::StrCat("tier ", Sv(TierName(parts_.chain->kind(pos_))),
+                     ": no frame could be freed because writing dirty blocks "
+                     "down keeps failing (the blocks stay dirty, their "
+                     "tensors' next Flush reports it): ",
+                     last.message()));
+  }
+  if (!evicted.error.ok()) return evicted.error;
+  return absl::ResourceExhaustedError(NoRoomMessage());
+}
+
+absl::StatusOr<tiers::Frame> Residency::TryAllocate(uint64_t bytes) {
+  absl::StatusOr<tiers::Frame> frame = tier_.Allocate(bytes);
+  if (frame.ok()) EvictAhead();
+  return frame;
+}
+
+absl::StatusOr<tiers::Frame> Residency::AllocateNow(uint64_t bytes) {
+  absl::StatusOr<tiers::Frame> frame = tier_.Allocate(bytes);
+  if (frame.ok() || !evicts() || !absl::IsResourceExhausted(frame.status())) {
+    return frame;
+  }
+  // Clean copies go at no cost; dirty ones start their way down, for a
+  // later demotion to find room.
+  EvictResult evicted = EvictSome(std::max<size_t>(max_write_backs_ / 2, 1), false);
+  if (evicted.freed > 0) {
+    absl::StatusOr<tiers::Frame> again = tier_.Allocate(bytes);
+    if (again.ok()) return again;
+  }
+  return frame;
+}
+
+void Residency::Free(const tiers::Frame& frame) {
+  tier_.Free(frame);
+  NotifySpace();
+}
+
+Residency::EvictResult Residency::EvictSome(size_t count, bool clean_only) {
+  EvictResult result;
+  std::vector<Victim> victims = ClaimVictims(count, clean_only);
+  if (victims.empty()) {
+    result.error = absl::ResourceExhaustedError(NoRoomMessage());
+    return result;
+  }
+  TierCounters& counters = parts_.stats->tier(pos_);
+  {
+    CopyBatch batch(*parts_.chain);
+    for (const Victim& v : victims) {
+      if (!v.dirty) {
+        DropClaimed(parts_, *v.ts, v.block, pos_);
+        counters.evictions.fetch_add(1, std::memory_order_relaxed);
+        ++result.freed;
+        continue;
+      }
+      victims_in_flight_.fetch_add(1, std::memory_order_acq_rel);
+      in_transit_.fetch_add(1, std::memory_order_acq_rel);
+      absl::Status s = parts_.write_backs->StartEviction(v.ts, v.block, pos_, batch);
+      if (s.ok()) {
+        ++result.started;
+        continue;
+      }
+      victims_in_flight_.fetch_sub(1, std::memory_order_acq_rel);
+      in_transit_.fetch_sub(1, std::memory_order_acq_rel);
+      Restore(v);
+      if (result.error.ok()) result.error = s;
+    }
+  }  // the batch is submitted here
+  if (result.freed == 0 && result.started == 0 && !clean_only &&
+      absl::IsResourceExhausted(result.error)) {
+    // The tiers below are full: clean copies can still go, at no cost.
+    EvictResult clean = EvictSome(1, true);
+    result.freed = clean.freed;
+  }
+  return result;
+}
+
+std::vector<Residency::Victim> Residency::ClaimVictims(size_t count,
+                                                       bool clean_only) {
+  std::vector<Victim> victims;
+  std::lock_guard lock(policy_mu_);
+  DrainLocked();
+  // Blocks prefetched for a pin that has not come yet go only when nothing
+  // else can.
+  for (int pass = 0; pass < 2 && victims.empty(); ++pass) {
+    while (victims.size() < count) {
+      Victim v;
+      std::optional<uint64_t> key = policy_->Evict(
+          [&](uint64_t k) { return TryClaim(k, pass == 1, clean_only, &v); });
+      if (!key) break;
+      victims.push_back(std::move(v));
+      // Batches only keep the write-back queue deep: a clean victim frees
+      // its frame at once, so stop there.
+      if (!victims.back().dirty) break;
+    }
+  }
+  return victims;
+}
+
+bool Residency::TryClaim(uint64_t key, bool take_prefetched, bool clean_only,
+                         Victim* out) {
+  std::shared_ptr<TensorState> ts =
+      parts_.catalog->Find(static_cast<uint32_t>(key >> 32));
+  if (ts == nullptr) return false;
+  const uint64_t block = key & 0xFFFFFFFFu;
+  if (block >= ts->num_blocks) return false;
+  std::atomic<uint64_t>& word = ts->copy(pos_, block).word;
+  uint64_t w = word.load(std::memory_order_acquire);
+  const S state(w);
+  if (state.prefetched() && !take_prefetched) return false;
+  if (state.dirty() && (clean_only || pos_ == parts_.chain->lowest())) {
+    return false;
+  }
+  const uint64_t claimed = state.Claimed();
+  if (claimed == 0 ||
+      !word.compare_exchange_strong(w, claimed, std::memory_order_acq_rel)) {
+    return false;
+  }
+  *out = Victim{std::move(ts), block, S(claimed).dirty()};
+  return true;
+}
+
+void Residency::Restore(const Victim& v) {
+  // Invariant 4: a copy no lower tier took stays dirty and resident.
+  std::atomic<uint64_t>& word = v.ts->copy(pos_, v.block).word;
+  uint64_t w = word.load(std::memory_order_acquire);
+  while (!word.compare_exchange_weak(w, S(w).With(S::kResident) & ~S::kWaiters,
+                                     std::memory_order_acq_rel)) {
+  }
+  if (S(w).has_waiters()) parts_.waits->Wake(word);
+  Insert(v.ts->Key(v.block));
+}
+
+void Residency::EvictAhead() {
+  // Keep a reserve of free space, refilled by write-backs started before
+  // anyone waits for them: a thread that misses then finds a frame at once
+  // instead of waiting for the device.
+  if (reserve_bytes_ == 0 || tier_.capacity() - tier_.used() >= reserve_bytes_) {
+    return;
+  }
+  const int64_t in_flight = victims_in_flight_.load(std::memory_order_acquire);
+  if (in_flight >= static_cast<int64_t>(max_write_backs_)) return;
+  // Speculative: failed write-backs started here park their errors on their
+  // tensors, for the next Flush.
+  (void)EvictSome(max_write_backs_ - static_cast<size_t>(in_flight), false);
+}
+
+void Residency::Insert(uint64_t key) {
+  if (!evicts()) return;
+  std::lock_guard lock(policy_mu_);
+  DrainLocked();
+  policy_->Insert(key);
+}
+
+void Residency::Erase(uint64_t key) {
+  if (!evicts()) return;
+  std::lock_guard lock(policy_mu_);
+  policy_->Erase(key);
+}
+
+void Residency::Access(uint64_t key) {
+  if (!evicts()) return;
+  std::lock_guard lock(policy_mu_);
+  policy_->Access(key);
+}
+
+void Residency::OnStepBoundary() {
+  if (!evicts()) return;
+  std::lock_guard lock(policy_mu_);
+  DrainLocked();
+  policy_->OnStepBoundary();
+}
+
+void Residency::DrainLocked() {
+  if (!parts_.chain->pinnable(pos_)) return;  // no rings: no hot path here
+  parts_.stats->ForEachThread([this](ThreadState& t) {
+    t.rings[pos_]->Drain([this](uint64_t key) { policy_->Access(key); });
+  });
+}
+
+void Residency::TransitEnd() {
+  in_transit_.fetch_sub(1, std::memory_order_acq_rel);
+  NotifySpace();
+}
+
+void Residency::VictimWrittenBack(bool ok, const absl::Status& error) {
+  if (!ok) {
+    std::lock_guard lock(space_mu_);
+    last_failure_ = error;
+    failures_.fetch_add(1, std::memory_order_acq_rel);
+  }
+  victims_in_flight_.fetch_sub(1, std::memory_order_acq_rel);
+  TransitEnd();
+}
+
+void Residency::NotifySpace() {
+  std::lock_guard lock(space_mu_);
+  space_epoch_.fetch_add(1, std::memory_order_acq_rel);
+  space_cv_.notify_all();
+}
+
+bool Residency::WaitForSpace(uint64_t seen_epoch, Deadline deadline) {
+  std::unique_lock lock(space_mu_);
+  return space_cv_.wait_until(lock, deadline, [&] {
+    return space_epoch_.load(std::memory_order_acquire) != seen_epoch ||
+           parts_.life->closing();
+  });
+}
+
+}  // namespace strata::internal

@@ -1,0 +1,126 @@
+// Residency of one tier: its frames, its eviction policy and its evictions.
+//
+// A tier's frames are handed out by the tier itself (tiers/tier.h); this
+// class adds what the engine needs around them: when a tier is full, its
+// policy names unpinned victims; a clean victim is dropped at once, a dirty
+// one is written back to the first lower tier that accepts it
+// (write_back.h), and its frame comes free when that tier acknowledged the
+// bytes. Many write-backs stay in flight, so the lower tier's queue stays
+// deep while the caller goes on; after an allocation, write-backs start
+// early when free space runs low (evict ahead).
+//
+// The lowest tier of the chain has no policy and never evicts: it holds
+// every block written out; when it is full, demotions into it fail with
+// kResourceExhausted.
+//
+// Threads: thread-safe. The policy mutex is taken on slow paths only, never
+// under a block latch; eviction claims a victim by CAS without a latch.
+#ifndef STRATA_ENGINE_RESIDENCY_H_
+#define STRATA_ENGINE_RESIDENCY_H_
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <span>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/parts.h"
+#include "engine/policy/policy.h"
+#include "engine/wait_table.h"
+#include "tiers/tier.h"
+
+namespace strata::internal {
+
+class CopyBatch;
+struct TensorState;
+
+class Residency {
+ public:
+  // `policy` null: the lowest tier (no eviction).
+  Residency(EngineParts& parts, int pos,
+            std::unique_ptr<policy::EvictionPolicy> policy);
+
+  int pos() const { return pos_; }
+  bool evicts() const { return policy_ != nullptr; }
+
+  // A frame of at least `bytes`: evicts and waits for write-backs in flight
+  // until `deadline`. kResourceExhausted when nothing can be freed (every
+  // copy pinned or being moved, or the tiers below are full); the error of
+  // the write-backs when they keep failing; kDeadlineExceeded when frames
+  // in flight did not come back in time; kFailedPrecondition when closing.
+  absl::StatusOr<tiers::Frame> Allocate(uint64_t bytes, Deadline deadline);
+  // A frame if one is free now (then evicts ahead); no eviction, no wait.
+  absl::StatusOr<tiers::Frame> TryAllocate(uint64_t bytes);
+  // A frame now or never (a demotion into this tier falls through to the
+  // next one instead of waiting): drops clean victims, starts write-backs
+  // of dirty ones for later, and gives up.
+  absl::StatusOr<tiers::Frame> AllocateNow(uint64_t bytes);
+  // Gives a frame back and wakes whoever waits for space.
+  void Free(const tiers::Frame& frame);
+
+  // Policy bookkeeping. Never under a latch.
+  void Insert(uint64_t key);
+  void Erase(uint64_t key);
+  void Access(uint64_t key);
+  void OnStepBoundary();
+
+  // A frame is held by a load into this tier (Begin) until the copy is
+  // published or the load failed (End): a thread that finds nothing to
+  // evict waits for such frames instead of failing.
+  void TransitBegin() { in_transit_.fetch_add(1, std::memory_order_acq_rel); }
+  void TransitEnd();
+  // A write-back of one of this tier's victims finished.
+  void VictimWrittenBack(bool ok, const absl::Status& error);
+  // Wakes threads waiting for space (Close: they look at the engine again).
+  void Interrupt() { NotifySpace(); }
+
+ private:
+  struct Victim {
+    std::shared_ptr<TensorState> ts;
+    uint64_t block = 0;
+    bool dirty = false;
+  };
+  struct EvictResult {
+    size_t freed = 0;    // frames free now (clean victims)
+    size_t started = 0;  // dirty victims whose write-back is under way
+    absl::Status error;  // why nothing could be freed or started
+  };
+
+  absl::StatusOr<tiers::Frame> WhyNoFrame(const EvictResult& evicted,
+                                          uint64_t failures_before) const;
+  EvictResult EvictSome(size_t count, bool clean_only);
+  std::vector<Victim> ClaimVictims(size_t count, bool clean_only);
+  bool TryClaim(uint64_t key, bool take_prefetched, bool clean_only,
+                Victim* out);
+  void Restore(const Victim& v);
+  void EvictAhead();
+  void DrainLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(policy_mu_);
+  void NotifySpace();
+  bool WaitForSpace(uint64_t seen_epoch, Deadline deadline);
+  std::string NoRoomMessage() const;
+
+  EngineParts& parts_;
+  const int pos_;
+  tiers::Tier& tier_;
+  std::mutex policy_mu_;
+  std::unique_ptr<policy::EvictionPolicy> policy_ ABSL_GUARDED_BY(policy_mu_);
+
+  std::atomic<int64_t> in_transit_{0};       // load frames + victims in flight
+  std::atomic<int64_t> victims_in_flight_{0};
+  size_t max_write_backs_ = 8;
+  uint64_t reserve_bytes_ = 0;  // free bytes evict-ahead keeps
+
+  mutable std::mutex space_mu_;
+  std::condition_variable space_cv_;
+  std::atomic<uint64_t> space_epoch_{0};
+  std::atomic<uint64_t> failures_{0};  // failed write-backs of victims
+  absl::Status last_failure_ ABSL_GUARDED_BY(space_mu_);
+};
+
+}  // namespace strata::internal
+
+#endif  // STRATA_ENGINE_RESIDENCY_H_

@@ -1,0 +1,79 @@
+// The one write-back path: a dirty copy's bytes go to a lower tier, for
+// eviction (the copy is dropped once the lower tier acknowledged them), for
+// evict-ahead (the same, started early), and for Flush (the copy stays and
+// turns clean once the lowest tier acknowledged them).
+//
+// Invariant 4 (DESIGN.md): a dirty copy is dropped only after the lower tier
+// acknowledged its bytes and their checksum. A failed write-back leaves it
+// dirty and resident; an eviction's error is parked on the tensor for its
+// next Flush (never handed to an unrelated caller), a Flush's error is
+// returned by that Flush.
+//
+// Threads: thread-safe. Completions run on the lower tier's completion
+// thread (or the submitter's, for synchronous tiers).
+#ifndef STRATA_ENGINE_WRITE_BACK_H_
+#define STRATA_ENGINE_WRITE_BACK_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/block_table.h"
+#include "engine/copier.h"
+#include "engine/parts.h"
+#include "engine/wait_table.h"
+
+namespace strata::internal {
+
+struct WriteBackOp;
+
+class WriteBacks {
+ public:
+  explicit WriteBacks(EngineParts& parts) : parts_(parts) {}
+
+  // Eviction: copy `src` of `block` is claimed by the caller (evicting) and
+  // dirty. Writes it to the first lower tier that accepts it, falling
+  // through to the next on kResourceExhausted. Non-OK: nothing started (no
+  // lower tier took it); the caller puts the copy back.
+  absl::Status StartEviction(std::shared_ptr<TensorState> ts, uint64_t block,
+                             int src, CopyBatch& batch);
+
+  // Writes every dirty block of `ts` to the lowest tier and waits for the
+  // acknowledgements (each within io_timeout). Returns the first error: a
+  // background write-back of the tensor that failed since the last Flush,
+  // else this Flush's own. kFailedPrecondition for a block pinned for
+  // writing.
+  absl::Status Flush(const std::shared_ptr<TensorState>& ts);
+
+ private:
+  friend struct WriteBackOp;
+  enum class Mode { kEvict, kFlush };
+
+  // Under the latch: gives the source's bytes their version and claims the
+  // target copy in tier `dst`. False when that copy is busy (`seen` set).
+  bool ClaimTarget(WriteBackOp& op, int dst, uint64_t* seen);
+  void ReleaseTarget(WriteBackOp& op);
+  // Frame, claim and copy for one target tier; kResourceExhausted lets an
+  // eviction try the next tier.
+  absl::Status StartTo(const std::shared_ptr<WriteBackOp>& op, int dst,
+                       CopyBatch& batch, uint64_t* busy_seen);
+  static void OnCopied(void* user, const CopyResult& result);
+  void Complete(WriteBackOp& op, const CopyResult& result);
+  void CompleteLocked(WriteBackOp& op, const CopyResult& result);
+  void Account(WriteBackOp& op, const CopyResult& result);
+
+  // Flush helpers.
+  absl::Status HoldDirtyCopy(TensorState& ts, uint64_t block, Deadline deadline,
+                             int* held_pos);
+  absl::Status FlushBatch(const std::shared_ptr<TensorState>& ts,
+                          uint64_t begin, uint64_t end);
+
+  EngineParts& parts_;
+  std::atomic<uint64_t> logged_failures_{0};
+};
+
+}  // namespace strata::internal
+
+#endif  // STRATA_ENGINE_WRITE_BACK_H_
