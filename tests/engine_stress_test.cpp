@@ -9,6 +9,12 @@
 //     granted for it: no write was lost or applied twice, across evictions,
 //     reloads, prefetches and flushes.
 //
+// Every test runs over three chains: host -> nvme; host -> remote -> nvme
+// with a test tier in the remote slot (asynchronous, no host-addressable
+// frames: copies to and from NVMe stage through host memory); and
+// host -> shm -> remote -> nvme, where the workers pin in host and shm at
+// random (write pins exclusive across both tiers).
+//
 // Sized for 2 cores under TSan (a few hundred ops per thread there).
 #include <atomic>
 #include <cstdint>
@@ -19,7 +25,9 @@
 #include <vector>
 
 #include "api/strata/strata.h"
+#include "engine/testing.h"
 #include "gtest/gtest.h"
+#include "tests/test_tier.h"
 #include "tests/test_util.h"
 
 namespace strata {
@@ -73,9 +81,17 @@ struct Shared {
   }
 };
 
-// One worker: random pins over `t`, writes with probability write_pct%.
+// The chain a test runs over, and the tiers its workers pin in.
+struct ChainCase {
+  const char* name;
+  std::vector<Tier> tiers;
+  std::vector<Tier> pin_in;
+};
+
+// One worker: random pins over `t` in the tiers of `pin_in`, writes with
+// probability write_pct%.
 void Worker(Engine& e, const Tensor& t, Shared& sh, uint64_t seed, int ops,
-            int write_pct) {
+            int write_pct, const std::vector<Tier>& pin_in) {
   Rng rng{seed};
   std::vector<uint64_t> last_seen(t.num_blocks(), 0);
   for (int i = 0; i < ops; ++i) {
@@ -84,7 +100,8 @@ void Worker(Engine& e, const Tensor& t, Shared& sh, uint64_t seed, int ops,
     const uint64_t b = rng.Below(4) != 0 ? rng.Below(std::max<uint64_t>(n / 4, 1))
                                          : rng.Below(n);
     const bool write = rng.Below(100) < static_cast<uint64_t>(write_pct);
-    auto pin = e.Pin(t, b, Tier::kHost, write ? Access::kWrite : Access::kRead);
+    const Tier tier = pin_in[rng.Below(pin_in.size())];
+    auto pin = e.Pin(t, b, tier, write ? Access::kWrite : Access::kRead);
     if (!pin.ok()) {
       sh.Error(sh.pin_errors, "pin of block " + std::to_string(b) + ": " +
                                   pin.status().ToString());
@@ -111,15 +128,33 @@ void Worker(Engine& e, const Tensor& t, Shared& sh, uint64_t seed, int ops,
   }
 }
 
-class EngineStressTest : public ::testing::Test {
+class EngineStressTest : public ::testing::TestWithParam<ChainCase> {
  protected:
   void SetUp() override { ASSERT_TRUE(dir_.ok()); }
 
   EngineOptions Options() {
     EngineOptions o = test::SmallOptions(dir_.Sub("nvme"), kHost, kBlock);
     o.pin_wait_timeout = absl::Seconds(60);
+    o.tiers = GetParam().tiers;
     return o;
   }
+
+  // Opens the engine of the chain; the shm and remote slots get test tiers
+  // of half the host tier (so that they too evict).
+  absl::StatusOr<std::unique_ptr<Engine>> Open(EngineOptions o) {
+    internal::TierOverrides overrides;
+    for (Tier kind : o.tiers) {
+      if (kind != Tier::kShm && kind != Tier::kRemote) continue;
+      test::TestTierConfig config{.capacity_bytes = kHost / 2,
+                                  .host_data = kind == Tier::kShm,
+                                  .asynchronous = kind == Tier::kRemote,
+                                  .delay = absl::Microseconds(20)};
+      overrides.tiers[kind] =
+          test::MakeTestTier(config, std::make_shared<test::TestTierControl>());
+    }
+    return testing::OpenWithTiers(std::move(o), std::move(overrides));
+  }
+  const std::vector<Tier>& PinIn() const { return GetParam().pin_in; }
 
   // Every block's final seq equals its granted write pins.
   void CheckFinal(Engine& e, const Tensor& t, Shared& sh) {
@@ -137,12 +172,13 @@ class EngineStressTest : public ::testing::Test {
   }
 
   // Starts `count` random pinners, seeded seed, seed + 1, ...
-  static void StartWorkers(std::vector<std::thread>& threads, Engine& e,
-                           const Tensor& t, Shared& sh, int count,
-                           uint64_t seed, int write_percent) {
+  void StartWorkers(std::vector<std::thread>& threads, Engine& e,
+                    const Tensor& t, Shared& sh, int count, uint64_t seed,
+                    int write_percent) {
     for (int i = 0; i < count; ++i) {
       threads.emplace_back(Worker, std::ref(e), std::cref(t), std::ref(sh),
-                           seed + i, kOpsPerThread, write_percent);
+                           seed + i, kOpsPerThread, write_percent,
+                           std::cref(PinIn()));
     }
   }
 
@@ -157,8 +193,8 @@ class EngineStressTest : public ::testing::Test {
   TempDir dir_;
 };
 
-TEST_F(EngineStressTest, RandomPinsOverFourTimesTheHostTier) {
-  ASSERT_OK_AND_ASSIGN(auto e, Engine::Open(Options()));
+TEST_P(EngineStressTest, RandomPinsOverFourTimesTheHostTier) {
+  ASSERT_OK_AND_ASSIGN(auto e, Open(Options()));
   const uint64_t n = 4 * kFrames;
   ASSERT_OK_AND_ASSIGN(Tensor t, e->CreateTensor("t", Blocks(n)));
   Shared sh(n);
@@ -169,16 +205,19 @@ TEST_F(EngineStressTest, RandomPinsOverFourTimesTheHostTier) {
   const EngineStats s = e->GetStats();
   EXPECT_GT(s.tier(Tier::kHost).evictions, 0u);
   EXPECT_GT(s.tier(Tier::kHost).write_backs, 0u);
-  EXPECT_EQ(s.tier(Tier::kHost).hits + s.tier(Tier::kHost).misses,
-            static_cast<uint64_t>(kThreads) * kOpsPerThread);
-  EXPECT_EQ(s.tier(Tier::kHost).pinned_bytes, 0u);
+  uint64_t pins = 0;
+  for (Tier tier : PinIn()) {
+    pins += s.tier(tier).hits + s.tier(tier).misses;
+    EXPECT_EQ(s.tier(tier).pinned_bytes, 0u) << TierName(tier);
+  }
+  EXPECT_EQ(pins, static_cast<uint64_t>(kThreads) * kOpsPerThread);
   CheckFinal(*e, t, sh);
   ASSERT_OK(e->FlushAll());
   ASSERT_OK(e->Close());
 }
 
-TEST_F(EngineStressTest, PrefetchFlushAndStatsDuringPins) {
-  ASSERT_OK_AND_ASSIGN(auto e, Engine::Open(Options()));
+TEST_P(EngineStressTest, PrefetchFlushAndStatsDuringPins) {
+  ASSERT_OK_AND_ASSIGN(auto e, Open(Options()));
   const uint64_t n = 4 * kFrames;
   ASSERT_OK_AND_ASSIGN(Tensor t, e->CreateTensor("t", Blocks(n)));
   Shared sh(n);
@@ -229,8 +268,8 @@ TEST_F(EngineStressTest, PrefetchFlushAndStatsDuringPins) {
   ASSERT_OK(e->Close());
 }
 
-TEST_F(EngineStressTest, HotBlocksWriteHeavy) {
-  ASSERT_OK_AND_ASSIGN(auto e, Engine::Open(Options()));
+TEST_P(EngineStressTest, HotBlocksWriteHeavy) {
+  ASSERT_OK_AND_ASSIGN(auto e, Open(Options()));
   // Four blocks, everyone on them, half writes: exclusivity under contention
   // (a torn block would show as mixed words).
   ASSERT_OK_AND_ASSIGN(Tensor t, e->CreateTensor("hot", Blocks(4)));
@@ -243,8 +282,8 @@ TEST_F(EngineStressTest, HotBlocksWriteHeavy) {
   ASSERT_OK(e->Close());
 }
 
-TEST_F(EngineStressTest, CreateAndDropWhileOthersPin) {
-  ASSERT_OK_AND_ASSIGN(auto e, Engine::Open(Options()));
+TEST_P(EngineStressTest, CreateAndDropWhileOthersPin) {
+  ASSERT_OK_AND_ASSIGN(auto e, Open(Options()));
   const uint64_t n = 2 * kFrames;
   ASSERT_OK_AND_ASSIGN(Tensor t, e->CreateTensor("t", Blocks(n)));
   Shared sh(n);
@@ -277,10 +316,10 @@ TEST_F(EngineStressTest, CreateAndDropWhileOthersPin) {
   ASSERT_OK(e->Close());
 }
 
-TEST_F(EngineStressTest, StepsFromOneThreadWhileOthersPin) {
+TEST_P(EngineStressTest, StepsFromOneThreadWhileOthersPin) {
   EngineOptions o = Options();
   o.policy = "hinted";
-  ASSERT_OK_AND_ASSIGN(auto e, Engine::Open(std::move(o)));
+  ASSERT_OK_AND_ASSIGN(auto e, Open(std::move(o)));
   const uint64_t n = 4 * kFrames;
   ASSERT_OK_AND_ASSIGN(Tensor t, e->CreateTensor("t", Blocks(n)));
   Shared sh(n);
@@ -317,6 +356,19 @@ TEST_F(EngineStressTest, StepsFromOneThreadWhileOthersPin) {
   CheckFinal(*e, t, sh);
   ASSERT_OK(e->Close());
 }
+
+INSTANTIATE_TEST_SUITE_P(
+    Chains, EngineStressTest,
+    ::testing::Values(
+        ChainCase{"HostNvme", {Tier::kHost, Tier::kNvme}, {Tier::kHost}},
+        ChainCase{"HostRemoteNvme", {Tier::kHost, Tier::kRemote, Tier::kNvme},
+                  {Tier::kHost}},
+        ChainCase{"HostShmRemoteNvme",
+                  {Tier::kHost, Tier::kShm, Tier::kRemote, Tier::kNvme},
+                  {Tier::kHost, Tier::kShm}}),
+    [](const ::testing::TestParamInfo<ChainCase>& info) {
+      return std::string(info.param.name);
+    });
 
 }  // namespace
 }  // namespace strata

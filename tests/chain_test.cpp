@@ -1,0 +1,333 @@
+// The tier chain with three and four tiers, built from test tiers
+// (tests/test_tier.h) in the shm, remote and gpu slots: demotion to the
+// first lower tier that takes a block, fall-through when it is full, loads
+// from the nearest tier holding the block, Flush to the lowest tier, pins in
+// two pinnable tiers, errors of a middle tier, io_timeout, and a full lowest
+// tier failing fast.
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "api/strata/strata.h"
+#include "engine/testing.h"
+#include "gtest/gtest.h"
+#include "tests/test_tier.h"
+#include "tests/test_util.h"
+
+namespace strata {
+namespace {
+
+using ::absl::StatusCode;
+using test::FillPattern;
+using test::FirstNonZero;
+using test::FirstPatternMismatch;
+using test::kKiB;
+using test::kMiB;
+using test::Seed;
+using test::TempDir;
+using test::TestOps;
+using test::TestTierConfig;
+using test::TestTierControl;
+
+constexpr uint64_t kBlock = 64 * kKiB;
+
+TensorSpec Blocks(uint64_t n) {
+  return {.dtype = DType::kU8, .shape = {static_cast<int64_t>(n * kBlock)},
+          .block_bytes = kBlock};
+}
+
+// An engine over `tiers`, with test tiers of `test_blocks` blocks in every
+// slot other than host and nvme; controls[kind] steers each one.
+struct Chain {
+  std::unique_ptr<Engine> engine;
+  std::map<Tier, std::shared_ptr<TestTierControl>> controls;
+  TestTierControl& control(Tier kind) { return *controls.at(kind); }
+};
+
+absl::StatusOr<Chain> OpenChain(const std::string& nvme_dir,
+                                std::vector<Tier> tiers, uint64_t host_blocks,
+                                uint64_t test_blocks,
+                                bool asynchronous = false,
+                                EngineOptions base = {}) {
+  EngineOptions o = test::SmallOptions(nvme_dir, host_blocks * kBlock, kBlock);
+  o.tiers = std::move(tiers);
+  o.policy = "lru";
+  o.readahead_blocks = 0;
+  o.io_timeout = base.io_timeout;
+  Chain chain;
+  internal::TierOverrides overrides;
+  for (Tier kind : o.tiers) {
+    if (kind == Tier::kHost || kind == Tier::kNvme) continue;
+    auto control = std::make_shared<TestTierControl>();
+    TestTierConfig config{.capacity_bytes = test_blocks * kBlock,
+                          .host_data = kind != Tier::kRemote,
+                          .asynchronous = asynchronous,
+                          .delay = absl::Microseconds(asynchronous ? 50 : 0)};
+    overrides.tiers[kind] = test::MakeTestTier(config, control);
+    chain.controls[kind] = control;
+  }
+  auto engine = testing::OpenWithTiers(std::move(o), std::move(overrides));
+  if (!engine.ok()) return engine.status();
+  chain.engine = std::move(engine).value();
+  return chain;
+}
+
+class ChainTest : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_TRUE(dir_.ok()); }
+  std::string Nvme() const { return dir_.Sub("nvme"); }
+
+  static void Write(Engine& e, const Tensor& t, uint64_t b, uint64_t v,
+                    Tier tier = Tier::kHost) {
+    auto pin = e.Pin(t, b, tier, Access::kWrite);
+    ASSERT_TRUE(pin.ok()) << "block " << b << ": " << pin.status();
+    FillPattern(pin->bytes(), Seed(1, b, v));
+  }
+  static void Expect(Engine& e, const Tensor& t, uint64_t b, uint64_t v,
+                     Tier tier = Tier::kHost) {
+    auto pin = e.Pin(t, b, tier, Access::kRead);
+    ASSERT_TRUE(pin.ok()) << "block " << b << ": " << pin.status();
+    EXPECT_EQ(v == 0 ? FirstNonZero(pin->bytes())
+                     : FirstPatternMismatch(pin->bytes(), Seed(1, b, v)),
+              -1)
+        << "block " << b << " version " << v << " in tier " << TierName(tier);
+  }
+  static TierStats Of(Engine& e, Tier t) { return e.GetStats().tier(t); }
+
+  TempDir dir_;
+};
+
+TEST_F(ChainTest, OpenRefusesBadChains) {
+  EngineOptions o = test::SmallOptions(Nvme());
+  o.tiers = {};
+  EXPECT_STATUS(Engine::Open(o), StatusCode::kInvalidArgument);
+  o.tiers = {Tier::kNvme, Tier::kHost};
+  EXPECT_STATUS(Engine::Open(o), StatusCode::kInvalidArgument);
+  o.tiers = {Tier::kHost, Tier::kHost};
+  EXPECT_STATUS(Engine::Open(o), StatusCode::kInvalidArgument);
+  o.tiers = {Tier::kNvme};
+  EXPECT_STATUS(Engine::Open(o), StatusCode::kInvalidArgument);
+  o.tiers = {Tier::kHost, static_cast<Tier>(9)};
+  EXPECT_STATUS(Engine::Open(o), StatusCode::kInvalidArgument);
+  o.tiers = {Tier::kHost, Tier::kRemote, Tier::kNvme};
+  EXPECT_STATUS(Engine::Open(o), StatusCode::kUnimplemented);
+  o.tiers = {Tier::kGpu, Tier::kHost};
+  EXPECT_STATUS(Engine::Open(o), StatusCode::kUnimplemented);
+}
+
+TEST_F(ChainTest, DirtyVictimsDemoteToTheMiddleTierAndLoadFromThere) {
+  ASSERT_OK_AND_ASSIGN(Chain c, OpenChain(Nvme(), {Tier::kHost, Tier::kRemote, Tier::kNvme},
+                                          /*host_blocks=*/8, /*test_blocks=*/16));
+  Engine& e = *c.engine;
+  ASSERT_OK_AND_ASSIGN(Tensor t, e.CreateTensor("t", Blocks(12)));
+  for (uint64_t b = 0; b < 12; ++b) Write(e, t, b, 1);
+  // Four host-fulls of room below: every victim fits in the remote tier, so
+  // nothing reached NVMe yet.
+  EXPECT_GE(Of(e, Tier::kRemote).bytes_in, 4 * kBlock);
+  EXPECT_EQ(Of(e, Tier::kNvme).bytes_in, 0u);
+  EXPECT_GE(Of(e, Tier::kHost).write_backs, 4u);
+  // Block 0 was demoted: it comes back from the remote tier, not NVMe.
+  const TierStats remote_before = Of(e, Tier::kRemote);
+  Expect(e, t, 0, 1);
+  EXPECT_EQ(Of(e, Tier::kRemote).bytes_out, remote_before.bytes_out + kBlock);
+  EXPECT_EQ(Of(e, Tier::kNvme).bytes_out, 0u);
+  for (uint64_t b = 0; b < 12; ++b) Expect(e, t, b, 1);
+  EXPECT_GT(c.control(Tier::kRemote).writes(), 0u);
+}
+
+TEST_F(ChainTest, AFullMiddleTierFallsThroughToNvme) {
+  ASSERT_OK_AND_ASSIGN(Chain c, OpenChain(Nvme(), {Tier::kHost, Tier::kRemote, Tier::kNvme},
+                                          8, 16));
+  Engine& e = *c.engine;
+  c.control(Tier::kRemote).FailAllocations(true);
+  ASSERT_OK_AND_ASSIGN(Tensor t, e.CreateTensor("t", Blocks(24)));
+  for (uint64_t b = 0; b < 24; ++b) Write(e, t, b, 1);
+  EXPECT_EQ(Of(e, Tier::kRemote).bytes_in, 0u);
+  EXPECT_GE(Of(e, Tier::kNvme).bytes_in, 16 * kBlock);
+  for (uint64_t b = 0; b < 24; ++b) Expect(e, t, b, 1);
+  // Room again: later victims go to the remote tier first.
+  c.control(Tier::kRemote).FailAllocations(false);
+  for (uint64_t b = 0; b < 24; ++b) Write(e, t, b, 2);
+  EXPECT_GT(Of(e, Tier::kRemote).bytes_in, 0u);
+  for (uint64_t b = 0; b < 24; ++b) Expect(e, t, b, 2);
+}
+
+TEST_F(ChainTest, MiddleTierEvictsItsOwnVictimsToNvme) {
+  // The remote tier holds 4 blocks: pushing 24 through an 8-block host tier
+  // makes it evict its dirty copies down to NVMe (staged through host
+  // memory: neither of them has host-addressable frames).
+  ASSERT_OK_AND_ASSIGN(Chain c, OpenChain(Nvme(), {Tier::kHost, Tier::kRemote, Tier::kNvme},
+                                          8, 4));
+  Engine& e = *c.engine;
+  ASSERT_OK_AND_ASSIGN(Tensor t, e.CreateTensor("t", Blocks(24)));
+  for (int round = 1; round <= 3; ++round) {
+    for (uint64_t b = 0; b < 24; ++b) Write(e, t, b, round);
+    for (uint64_t b = 0; b < 24; ++b) Expect(e, t, b, round);
+  }
+  const TierStats remote = Of(e, Tier::kRemote);
+  EXPECT_GT(remote.write_backs, 0u) << "the remote tier never wrote down";
+  EXPECT_GT(Of(e, Tier::kNvme).bytes_in, 0u);
+  EXPECT_LE(remote.used_bytes, remote.capacity_bytes);
+}
+
+TEST_F(ChainTest, FlushWritesToTheLowestTier) {
+  ASSERT_OK_AND_ASSIGN(Chain c, OpenChain(Nvme(), {Tier::kHost, Tier::kRemote, Tier::kNvme},
+                                          8, 16));
+  Engine& e = *c.engine;
+  ASSERT_OK_AND_ASSIGN(Tensor t, e.CreateTensor("t", Blocks(12)));
+  for (uint64_t b = 0; b < 12; ++b) Write(e, t, b, 1);
+  ASSERT_OK(e.Flush(t));
+  // Every block reached NVMe: the 8 still in host and the 4 in the remote
+  // tier (written down from there, staged through host memory).
+  EXPECT_EQ(Of(e, Tier::kNvme).bytes_in, 12 * kBlock);
+  ASSERT_OK(e.Flush(t));  // nothing dirty is left
+  EXPECT_EQ(Of(e, Tier::kNvme).bytes_in, 12 * kBlock);
+  for (uint64_t b = 0; b < 12; ++b) Expect(e, t, b, 1);
+}
+
+TEST_F(ChainTest, FailedWriteToTheMiddleTierKeepsTheBlockAndReachesFlush) {
+  ASSERT_OK_AND_ASSIGN(Chain c, OpenChain(Nvme(), {Tier::kHost, Tier::kRemote, Tier::kNvme},
+                                          8, 16));
+  Engine& e = *c.engine;
+  ASSERT_OK_AND_ASSIGN(Tensor t, e.CreateTensor("t", Blocks(12)));
+  c.control(Tier::kRemote).FailNth(TestOps::kWrite, 1,
+                                   absl::UnavailableError("test: link down"));
+  for (uint64_t b = 0; b < 12; ++b) Write(e, t, b, 1);  // all pins succeed
+  EXPECT_EQ(c.control(Tier::kRemote).injected(), 1u);
+  EXPECT_EQ(Of(e, Tier::kRemote).errors, 1u);
+  const absl::Status flushed = e.Flush(t);
+  EXPECT_EQ(flushed.code(), StatusCode::kUnavailable) << flushed;
+  EXPECT_NE(flushed.message().find("link down"), std::string_view::npos) << flushed;
+  ASSERT_OK(e.Flush(t));  // reported once
+  for (uint64_t b = 0; b < 12; ++b) Expect(e, t, b, 1);
+}
+
+TEST_F(ChainTest, ReadFailureOfTheMiddleTierReachesThePin) {
+  ASSERT_OK_AND_ASSIGN(Chain c, OpenChain(Nvme(), {Tier::kHost, Tier::kRemote, Tier::kNvme},
+                                          8, 16));
+  Engine& e = *c.engine;
+  ASSERT_OK_AND_ASSIGN(Tensor t, e.CreateTensor("t", Blocks(12)));
+  for (uint64_t b = 0; b < 12; ++b) Write(e, t, b, 1);
+  c.control(Tier::kRemote).FailNth(TestOps::kRead, 1,
+                                   absl::UnavailableError("test: link down"));
+  EXPECT_STATUS(e.Pin(t, 0, Tier::kHost, Access::kRead), StatusCode::kUnavailable);
+  // The copy is still there: the next pin reads it.
+  for (uint64_t b = 0; b < 12; ++b) Expect(e, t, b, 1);
+}
+
+TEST_F(ChainTest, PinsInTwoPinnableTiersSeeOneBlock) {
+  ASSERT_OK_AND_ASSIGN(
+      Chain c, OpenChain(Nvme(), {Tier::kHost, Tier::kShm, Tier::kRemote, Tier::kNvme},
+                         8, 16));
+  Engine& e = *c.engine;
+  ASSERT_OK_AND_ASSIGN(Tensor t, e.CreateTensor("t", Blocks(4)));
+  Write(e, t, 0, 1, Tier::kHost);
+  Expect(e, t, 0, 1, Tier::kShm);   // a second copy, loaded from host
+  Expect(e, t, 0, 1, Tier::kHost);
+  Write(e, t, 0, 2, Tier::kShm);    // drops the host copy first
+  Expect(e, t, 0, 2, Tier::kHost);
+  Write(e, t, 0, 3, Tier::kHost);
+  Expect(e, t, 0, 3, Tier::kShm);
+  // Never-written blocks read zeros in both.
+  Expect(e, t, 3, 0, Tier::kShm);
+  Expect(e, t, 3, 0, Tier::kHost);
+  // Pins of a tier that holds copies only are refused.
+  EXPECT_STATUS(e.Pin(t, 0, Tier::kRemote, Access::kRead),
+                StatusCode::kInvalidArgument);
+}
+
+TEST_F(ChainTest, WritePinWaitsForReadPinsInAnotherTier) {
+  ASSERT_OK_AND_ASSIGN(
+      Chain c, OpenChain(Nvme(), {Tier::kHost, Tier::kShm, Tier::kNvme}, 8, 16));
+  Engine& e = *c.engine;
+  ASSERT_OK_AND_ASSIGN(Tensor t, e.CreateTensor("t", Blocks(2)));
+  Write(e, t, 0, 1, Tier::kHost);
+  ASSERT_OK_AND_ASSIGN(Pin reader, e.Pin(t, 0, Tier::kShm, Access::kRead));
+  std::atomic<bool> granted{false};
+  std::thread writer([&] {
+    auto pin = e.Pin(t, 0, Tier::kHost, Access::kWrite);
+    EXPECT_TRUE(pin.ok()) << pin.status();
+    granted.store(true);
+    if (pin.ok()) FillPattern(pin->bytes(), Seed(1, 0, 2));
+  });
+  // The writer cannot have its pin while the shm copy is read-pinned.
+  for (int i = 0; i < 20; ++i) {
+    EXPECT_FALSE(granted.load());
+    std::this_thread::yield();
+  }
+  EXPECT_EQ(FirstPatternMismatch(reader.bytes(), Seed(1, 0, 1)), -1);
+  ASSERT_OK(reader.Release());
+  writer.join();
+  EXPECT_TRUE(granted.load());
+  Expect(e, t, 0, 2, Tier::kShm);
+}
+
+TEST_F(ChainTest, GpuSlotAboveHostDemotesIntoHost) {
+  ASSERT_OK_AND_ASSIGN(Chain c, OpenChain(Nvme(), {Tier::kGpu, Tier::kHost, Tier::kNvme},
+                                          /*host_blocks=*/16, /*test_blocks=*/4));
+  Engine& e = *c.engine;
+  ASSERT_OK_AND_ASSIGN(Tensor t, e.CreateTensor("t", Blocks(32)));
+  // Write through the 4-block gpu tier: its dirty victims go to host, whose
+  // victims go to NVMe.
+  for (uint64_t b = 0; b < 32; ++b) Write(e, t, b, 1, Tier::kGpu);
+  EXPECT_GT(Of(e, Tier::kGpu).write_backs, 0u);
+  EXPECT_GT(Of(e, Tier::kNvme).bytes_in, 0u);
+  for (uint64_t b = 0; b < 32; ++b) Expect(e, t, b, 1, Tier::kHost);
+  for (uint64_t b = 0; b < 32; b += 3) Expect(e, t, b, 1, Tier::kGpu);
+  ASSERT_OK(e.Flush(t));
+  for (uint64_t b = 0; b < 32; ++b) Expect(e, t, b, 1, Tier::kGpu);
+}
+
+TEST_F(ChainTest, StalledLoadTimesOutAndKeepsItsFrame) {
+  EngineOptions base;
+  base.io_timeout = absl::Milliseconds(200);
+  ASSERT_OK_AND_ASSIGN(Chain c, OpenChain(Nvme(), {Tier::kHost, Tier::kRemote},
+                                          4, 16, /*asynchronous=*/false, base));
+  Engine& e = *c.engine;
+  ASSERT_OK_AND_ASSIGN(Tensor t, e.CreateTensor("t", Blocks(8)));
+  for (uint64_t b = 0; b < 8; ++b) Write(e, t, b, 1);  // 0..3 now only below
+  c.control(Tier::kRemote).HoldCompletions(TestOps::kRead);
+  const uint64_t used_before = Of(e, Tier::kHost).used_bytes;
+  auto pin = e.Pin(t, 0, Tier::kHost, Access::kRead);
+  EXPECT_EQ(pin.status().code(), StatusCode::kDeadlineExceeded) << pin.status();
+  EXPECT_NE(pin.status().message().find("io_timeout"), std::string_view::npos);
+  EXPECT_EQ(c.control(Tier::kRemote).held(), 1u);
+  // The frame stays reserved (quarantined) until the completion comes.
+  EXPECT_GE(Of(e, Tier::kHost).used_bytes, used_before);
+  c.control(Tier::kRemote).ReleaseHeld();
+  for (uint64_t b = 0; b < 8; ++b) Expect(e, t, b, 1);
+}
+
+TEST_F(ChainTest, AFullLowestTierFailsFast) {
+  // host (4 blocks) over a remote tier of 2 blocks and nothing below it:
+  // once both are full of dirty blocks, a miss must fail at once, asking the
+  // remote tier for a frame a bounded number of times.
+  ASSERT_OK_AND_ASSIGN(Chain c, OpenChain(Nvme(), {Tier::kHost, Tier::kRemote}, 4, 2));
+  Engine& e = *c.engine;
+  ASSERT_OK_AND_ASSIGN(Tensor t, e.CreateTensor("t", Blocks(12)));
+  for (uint64_t b = 0; b < 6; ++b) Write(e, t, b, 1);
+  for (int i = 0; i < 5; ++i) {
+    const uint64_t before = c.control(Tier::kRemote).allocations();
+    EXPECT_STATUS(e.Pin(t, 6 + i, Tier::kHost, Access::kWrite),
+                  StatusCode::kResourceExhausted);
+    EXPECT_LE(c.control(Tier::kRemote).allocations() - before, 2u * 4)
+        << "a failing miss asked the full tier below for a frame too often";
+  }
+  // Nothing was lost: the blocks in host read back; those only in the
+  // remote tier need a host frame that only an eviction into the full tier
+  // could free, so they are refused, not wrong.
+  for (uint64_t b = 0; b < 6; ++b) {
+    auto pin = e.Pin(t, b, Tier::kHost, Access::kRead);
+    if (!pin.ok()) {
+      EXPECT_EQ(pin.status().code(), StatusCode::kResourceExhausted) << pin.status();
+      continue;
+    }
+    EXPECT_EQ(FirstPatternMismatch(pin->bytes(), Seed(1, b, 1)), -1) << b;
+  }
+  EXPECT_EQ(Of(e, Tier::kHost).used_bytes, 4 * kBlock);
+}
+
+}  // namespace
+}  // namespace strata
