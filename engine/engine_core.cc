@@ -517,6 +517,7 @@ void EngineCore::FillTierStats(int pos, TierStats& out) const {
   out.evictions = c.evictions.load(std::memory_order_relaxed);
   out.write_backs = c.write_backs.load(std::memory_order_relaxed);
   out.errors = c.errors.load(std::memory_order_relaxed);
+  out.speculative_errors = c.speculative_errors.load(std::memory_order_relaxed);
   out.write_backs_in_flight = static_cast<uint64_t>(std::max<int64_t>(
       c.write_backs_in_flight.load(std::memory_order_acquire), 0));
 }

@@ -191,8 +191,12 @@ void Loader::OnCopied(void* user, const CopyResult& result) {
     self.parts_.stats->tier(op.source.pos).bytes_out.fetch_add(
         op.bytes, std::memory_order_relaxed);
   } else if (result.failed_pos >= 0) {
-    self.parts_.stats->tier(result.failed_pos).errors.fetch_add(
-        1, std::memory_order_relaxed);
+    TierCounters& failed = self.parts_.stats->tier(result.failed_pos);
+    failed.errors.fetch_add(1, std::memory_order_relaxed);
+    // Nobody waits for this one: a pin that needs the block loads it again.
+    if (op.speculative && op.prefetch == nullptr) {
+      failed.speculative_errors.fetch_add(1, std::memory_order_relaxed);
+    }
   }
   self.Complete(op, result.status);
 }

@@ -30,6 +30,7 @@ struct TierCounters {
   std::atomic<uint64_t> evictions{0};    // copies dropped to make room
   std::atomic<uint64_t> write_backs{0};  // dirty copies acknowledged below
   std::atomic<uint64_t> errors{0};       // failed transfers of this tier
+  std::atomic<uint64_t> speculative_errors{0};  // of which nobody waited for
   std::atomic<int64_t> write_backs_in_flight{0};
 };
 

@@ -286,15 +286,21 @@ struct TierStats {
   uint64_t pinned_bytes = 0;   // host: bytes of blocks with a live pin
   uint64_t hits = 0;           // host: pins served by a resident copy
   uint64_t misses = 0;         // host: pins that had to load the copy
-  uint64_t bytes_in = 0;       // bytes written into this tier
-  uint64_t bytes_out = 0;      // bytes read out of this tier
+  uint64_t bytes_in = 0;       // bytes copied into this tier
+  uint64_t bytes_out = 0;      // bytes copied out of this tier
   uint64_t evictions = 0;      // copies dropped to make room
-  uint64_t write_backs = 0;    // dirty copies written to the next tier down
-  // Transfers of this tier that failed (I/O errors, checksum mismatches). A
-  // failed background write-back is retried by a later eviction or Flush;
-  // it is counted here and logged even when no caller saw it.
+  uint64_t write_backs = 0;    // dirty copies acknowledged by a lower tier
+  // Transfers of this tier that failed (I/O errors, checksum mismatches).
+  // Each one reaches a caller: the pin or Prefetch that waited for it, or,
+  // for a background write-back, the next Flush of the block's tensor
+  // (the block stays dirty and is written again) — except the speculative
+  // loads counted below.
   uint64_t errors = 0;
-  // Write-backs submitted and not yet acknowledged (host tier). Read it
+  // Of `errors`: loads nobody waited for (readahead, step plans) that
+  // failed; a pin that needs the block loads it again and gets its own
+  // result.
+  uint64_t speculative_errors = 0;
+  // Write-backs from this tier submitted and not yet acknowledged. Read it
   // first: when it is 0, the counters above include every write-back that
   // finished before this snapshot.
   uint64_t write_backs_in_flight = 0;
