@@ -133,9 +133,63 @@ bool NeedsShared(const EngineParts& parts, TensorState& ts, uint64_t block,
   return false;
 }
 
+namespace {
+
+// Under the latch, for a write pin of copy `pos`: drops every other pinnable
+// copy and clears the dirty mark of lower ones (returned in `dirty_moves`:
+// the mark must move to `pos`, which holds the same bytes). Stops at the
+// first copy it must wait for (`wait_pos`, `wait_seen`).
+void InvalidateOthersLocked(EngineParts& parts, TensorState& ts,
+                            uint64_t block, int pos, std::vector<int>& dropped,
+                            bool* dirty_moves, int* wait_pos,
+                            uint64_t* wait_seen) {
+  for (int i = 0; i < ts.chain_size; ++i) {
+    if (i == pos) continue;
+    CopySlot& slot = ts.copy(i, block);
+    uint64_t w = slot.word.load(std::memory_order_acquire);
+    if (!parts.chain->pinnable(i)) {
+      if (S(w).dirty()) {
+        slot.word.fetch_and(~S::kDirty, std::memory_order_acq_rel);
+        *dirty_moves = true;
+      }
+      continue;
+    }
+    if (S(w).state() == S::kAbsent) continue;
+    const uint64_t claimed = S(w).Claimed();
+    if (claimed == 0 || !slot.word.compare_exchange_strong(w, claimed)) {
+      *wait_pos = i;
+      *wait_seen = w;
+      return;
+    }
+    *dirty_moves |= S(claimed).dirty();
+    FreeCopyLocked(parts, ts, block, i);
+    dropped.push_back(i);
+  }
+}
+
+// Under the latch: turns this thread's read pin of `word` into the write
+// pin, if it is the only pin. False (pin kept) otherwise.
+bool UpgradeLocked(std::atomic<uint64_t>& word, uint64_t* seen) {
+  uint64_t w = word.load(std::memory_order_acquire);
+  for (;;) {
+    if (S(w).pins() != 1 || S(w).exclusive()) {
+      *seen = w;
+      return false;
+    }
+    const uint64_t desired =
+        (w | S::kExclusive | S::kDirty | S::kNew) & ~S::kPrefetched;
+    if (word.compare_exchange_weak(w, desired, std::memory_order_acq_rel)) {
+      return true;
+    }
+  }
+}
+
+}  // namespace
+
 absl::StatusOr<bool> MakeSoleAndPin(EngineParts& parts, TensorState& ts,
                                     uint64_t block, int pos,
                                     Deadline deadline) {
+  CopySlot& own = ts.copy(pos, block);
   for (;;) {
     if (absl::Status s = Interrupted(parts, ts); !s.ok()) return s;
     std::vector<int> dropped;
@@ -144,52 +198,23 @@ absl::StatusOr<bool> MakeSoleAndPin(EngineParts& parts, TensorState& ts,
     bool granted = false;
     {
       LatchGuard latch(ts.record(block).latch, *parts.waits);
-      CopySlot& own = ts.copy(pos, block);
-      if (!Load(own.word).resident()) return false;
+      // Held by a read pin from here on, so that eviction cannot take the
+      // copy while the dirty mark moves onto it.
+      uint64_t held = 0;
+      if (!HoldForCopy(own.word, &held)) return false;
       bool dirty_moves = false;
-      for (int i = 0; i < ts.chain_size && wait_pos < 0; ++i) {
-        if (i == pos) continue;
-        CopySlot& slot = ts.copy(i, block);
-        uint64_t w = slot.word.load(std::memory_order_acquire);
-        if (!parts.chain->pinnable(i)) {
-          // A lower copy's bytes are about to go stale: the dirty mark (and
-          // the duty to write the newest bytes back) moves to this copy,
-          // which holds the same bytes.
-          if (S(w).dirty()) {
-            slot.word.fetch_and(~S::kDirty, std::memory_order_acq_rel);
-            dirty_moves = true;
-          }
-          continue;
-        }
-        if (S(w).state() == S::kAbsent) continue;
-        const uint64_t claimed = S(w).Claimed();
-        if (claimed == 0 || !slot.word.compare_exchange_strong(w, claimed)) {
-          wait_pos = i;
-          wait_seen = w;
-          break;
-        }
-        dirty_moves |= S(claimed).dirty();
-        FreeCopyLocked(parts, ts, block, i);
-        dropped.push_back(i);
-      }
+      InvalidateOthersLocked(parts, ts, block, pos, dropped, &dirty_moves,
+                             &wait_pos, &wait_seen);
+      if (dirty_moves) own.word.fetch_or(S::kDirty, std::memory_order_acq_rel);
       if (wait_pos < 0) {
-        if (dirty_moves) own.word.fetch_or(S::kDirty, std::memory_order_acq_rel);
         own.word.fetch_and(~S::kShared, std::memory_order_acq_rel);
-        uint64_t w = own.word.load(std::memory_order_acquire);
-        for (;;) {
-          const uint64_t desired = S(w).WritePinned();
-          if (desired == 0) break;  // read pins came, or it was claimed
-          if (own.word.compare_exchange_weak(w, desired,
-                                             std::memory_order_acq_rel)) {
-            granted = true;
-            break;
-          }
-        }
+        granted = UpgradeLocked(own.word, &wait_seen);
         if (!granted) {
-          wait_pos = pos;
-          wait_seen = w;
+          wait_pos = pos;  // read pins of this copy: wait for them to go
+          --wait_seen;     // without this thread's, released below
         }
       }
+      if (!granted) ReleaseSource(parts, ts, block, pos);
     }
     for (int i : dropped) parts.tier(i).Erase(ts.Key(block));
     if (granted) return true;

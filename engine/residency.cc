@@ -83,6 +83,12 @@ absl::StatusOr<tiers::Frame> Residency::Allocate(uint64_t bytes,
     }
     EvictResult evicted = EvictSome(max_write_backs_ - in_flight, false);
     if (evicted.freed > 0) continue;
+    if (evicted.started == 0 && evicted.busy > 0) {
+      // A victim's copy below is in the middle of its own move (it ends
+      // within a transfer): look again shortly.
+      WaitForSpace(epoch, std::min(deadline, Clock::now() + std::chrono::milliseconds(1)));
+      continue;
+    }
     if (evicted.started == 0 && in_transit_.load(std::memory_order_acquire) <= 0) {
       return WhyNoFrame(evicted, failures_before);
     }
@@ -173,7 +179,11 @@ Residency::EvictResult Residency::EvictSome(size_t count, bool clean_only) {
       victims_in_flight_.fetch_sub(1, std::memory_order_acq_rel);
       in_transit_.fetch_sub(1, std::memory_order_acq_rel);
       Restore(v);
-      if (result.error.ok()) result.error = s;
+      if (absl::IsAborted(s)) {  // the copy below is busy: try again soon
+        ++result.busy;
+      } else if (result.error.ok()) {
+        result.error = s;
+      }
     }
   }  // the batch is submitted here
   if (result.freed == 0 && result.started == 0 && !clean_only &&

@@ -87,6 +87,7 @@ class Residency {
   struct EvictResult {
     size_t freed = 0;    // frames free now (clean victims)
     size_t started = 0;  // dirty victims whose write-back is under way
+    size_t busy = 0;     // dirty victims whose target copy was being moved
     absl::Status error;  // why nothing could be freed or started
   };
 

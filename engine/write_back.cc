@@ -66,7 +66,7 @@ absl::Status WriteBacks::StartTo(const std::shared_ptr<WriteBackOp>& op,
                                  int dst, CopyBatch& batch,
                                  uint64_t* busy_seen) {
   if (!ClaimTarget(*op, dst, busy_seen)) {
-    return absl::UnavailableError(absl::StrCat(
+    return absl::AbortedError(absl::StrCat(
         BlockName(*op->ts, op->block), " is being moved in tier ",
         Sv(TierName(parts_.chain->kind(dst)))));
   }
@@ -114,7 +114,7 @@ absl::Status WriteBacks::StartEviction(std::shared_ptr<TensorState> ts,
     last = StartTo(op, dst, batch, &seen);
     if (last.ok()) return last;
     // Full, or busy with this very block: the next tier down may take it.
-    if (!absl::IsResourceExhausted(last) && !absl::IsUnavailable(last)) break;
+    if (!absl::IsResourceExhausted(last) && !absl::IsAborted(last)) break;
   }
   return last;
 }
@@ -279,7 +279,7 @@ absl::Status WriteBacks::FlushBatch(const std::shared_ptr<TensorState>& ts,
       for (;;) {
         uint64_t seen = 0;
         started = StartTo(op, lowest, batch, &seen);
-        if (!absl::IsUnavailable(started)) break;
+        if (!absl::IsAborted(started)) break;
         // The lowest copy is busy (a write-back of the same bytes): wait.
         batch.Submit();
         if (!parts_.waits->WaitForChange(ts->copy(lowest, b).word, seen, deadline)) {

@@ -35,8 +35,10 @@ class WriteBacks {
 
   // Eviction: copy `src` of `block` is claimed by the caller (evicting) and
   // dirty. Writes it to the first lower tier that accepts it, falling
-  // through to the next on kResourceExhausted. Non-OK: nothing started (no
-  // lower tier took it); the caller puts the copy back.
+  // through to the next on kResourceExhausted or when the block's copy there
+  // is busy. Non-OK: nothing started (no lower tier took it; kAborted: the
+  // copies below were busy being moved, try again soon); the caller puts the
+  // copy back.
   absl::Status StartEviction(std::shared_ptr<TensorState> ts, uint64_t block,
                              int src, CopyBatch& batch);
 
