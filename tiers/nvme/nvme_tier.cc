@@ -5,8 +5,9 @@
 // `mu_` guards the submission side of the backend and the in-flight
 // accounting; it is never held while on_done runs or while a checksum is
 // computed. (std::mutex rather than absl::Mutex: the system Abseil is not
-// built for ThreadSanitizer, which then cannot see its synchronization.) Ops in flight never exceed queue_depth, so the completion queue
-// (2 x queue_depth) can never overflow.
+// built for ThreadSanitizer, which then cannot see its synchronization.) Ops
+// in flight never exceed queue_depth, so the completion queue (2 x
+// queue_depth) can never overflow.
 #include "tiers/nvme/nvme_tier.h"
 
 #include <fcntl.h>
@@ -87,13 +88,23 @@ class NvmeTier final : public Tier {
     {
       Lock lock(mu_);
       stopping_ = true;
-      auto idle = [this] { return in_flight_ == 0 && deferred_.empty(); };
+      // Idle also means no batch is half queued: Submit is all or nothing,
+      // so a batch it took (from an on_done, say) is queued whole first.
+      auto idle = [this] {
+        return in_flight_ == 0 && deferred_.empty() && submitting_ == 0;
+      };
       if (!cv_.wait_for(lock, absl::ToChronoSeconds(kShutdownDeadline),
                         idle)) {
         Log(absl::StrCat("tier nvme: ", in_flight_ + deferred_.size(),
                          " transfers on ", file_, " did not complete within ",
                          absl::FormatDuration(kShutdownDeadline),
                          " of shutdown; cancelling them"));
+        // A submitter waiting for room stops waiting and leaves the rest of
+        // its batch in live_, where it is failed below; none may still be
+        // inside Submit when the backend goes.
+        abandoning_ = true;
+        cv_.notify_all();
+        cv_.wait(lock, [this] { return submitting_ == 0; });
       }
       // Wakes the completion thread at once (it also polls stop_ every
       // second).
@@ -265,6 +276,9 @@ class NvmeTier final : public Tier {
 
   // ------------------------------------------------------------- transfers
 
+  // All or nothing (tiers/tier.h): every check that can refuse the batch
+  // runs before any of it is queued, and once the batch is taken nothing
+  // below can fail; a transfer whose I/O fails reports it through on_done.
   absl::Status DoSubmit(std::span<Transfer* const> batch) override {
     for (const Transfer* t : batch) {
       const Frame& f = t->frame;
@@ -283,50 +297,65 @@ class NvmeTier final : public Tier {
             " is not ", mem_align_, "-byte aligned, as O_DIRECT needs"));
       }
     }
-    // Checksumming a write reads all its bytes: submit in chunks of about
+    if (batch.empty()) return absl::OkStatus();
+    std::vector<Op*> ops;
+    ops.reserve(batch.size());
+    for (Transfer* t : batch) {
+      ops.push_back(new Op{.t = t, .total = RoundUp(t->host.size(), io_align_)});
+    }
+    {
+      Lock lock(mu_);
+      if (stopping_) {
+        for (Op* op : ops) delete op;
+        return absl::FailedPreconditionError(
+            "tier nvme: the tier is shutting down; no new transfers");
+      }
+      // Taken: the destructor now waits until the last chunk is queued, so
+      // a shutdown that starts between two chunks cannot split the batch.
+      ++submitting_;
+    }
+    // Checksumming a write reads all its bytes: queue in chunks of about
     // kChecksumChunk bytes, so the first I/O starts after one chunk's
     // checksums rather than the whole batch's (a 32-block flush of 2 MiB
     // blocks otherwise waits ~6 ms on a DRAM-bound hash before any I/O).
-    size_t begin = 0;
-    while (begin < batch.size()) {
-      size_t end = begin;
+    std::span<Op* const> rest(ops);
+    while (!rest.empty()) {
+      size_t n = 0;
       uint64_t bytes = 0;
-      while (end < batch.size() && (end == begin || bytes < kChecksumChunk)) {
-        if (batch[end]->op == Transfer::Op::kWrite) bytes += batch[end]->host.size();
-        ++end;
+      while (n < rest.size() && (n == 0 || bytes < kChecksumChunk)) {
+        const Transfer* t = rest[n]->t;
+        if (t->op == Transfer::Op::kWrite) bytes += t->host.size();
+        ++n;
       }
-      STRATA_RETURN_IF_ERROR(SubmitChunk(batch.subspan(begin, end - begin)));
-      begin = end;
+      QueueChunk(rest.first(n), /*last=*/n == rest.size());
+      rest = rest.subspan(n);
     }
     return absl::OkStatus();
   }
 
   static constexpr uint64_t kChecksumChunk = uint64_t{1} << 20;
 
-  absl::Status SubmitChunk(std::span<Transfer* const> batch) {
+  // Checksums the writes of `chunk`, then queues all of it. Cannot fail: an
+  // op that finds no room waits for it (or, on the completion thread, which
+  // must not wait for itself, in deferred_). `last` ends the batch's claim
+  // on the destructor's patience (submitting_).
+  void QueueChunk(std::span<Op* const> chunk, bool last) {
     const bool on_completer = std::this_thread::get_id() == completer_id_;
-    std::vector<Op*> ops;
-    ops.reserve(batch.size());
-    for (Transfer* t : batch) {
+    for (Op* op : chunk) {
+      Transfer* t = op->t;
       if (t->op == Transfer::Op::kWrite) {
         t->checksum = BlockChecksum(t->host, t->key.tensor_id, t->key.block,
                                     t->key.version);
       }
-      ops.push_back(new Op{.t = t, .total = RoundUp(t->host.size(), io_align_)});
     }
 
     Lock lock(mu_);
-    if (stopping_) {
-      for (Op* op : ops) delete op;
-      return absl::FailedPreconditionError(
-          "tier nvme: the tier is shutting down; no new transfers");
-    }
-    for (Op* op : ops) live_.insert(op);
+    for (Op* op : chunk) live_.insert(op);
     bool prepared = false;
-    for (Op* op : ops) {
+    for (Op* op : chunk) {
       if (on_completer) {
-        // The completion thread must not wait for itself: over the queue
-        // depth, ops wait in deferred_ until it frees slots.
+        // Over the queue depth, ops wait in deferred_ until the completion
+        // thread frees slots.
         if (in_flight_ >= config_.queue_depth || !deferred_.empty()) {
           deferred_.push_back(op);
           continue;
@@ -334,7 +363,15 @@ class NvmeTier final : public Tier {
       } else if (in_flight_ >= config_.queue_depth) {
         if (prepared) FlushLocked(lock);
         prepared = false;
-        cv_.wait(lock, [this] { return in_flight_ < config_.queue_depth; });
+        cv_.wait(lock, [this] {
+          return in_flight_ < config_.queue_depth || abandoning_;
+        });
+        if (in_flight_ >= config_.queue_depth) {
+          // The destructor gave up waiting for the device; it fails what
+          // is left in live_, this op included.
+          deferred_.push_back(op);
+          continue;
+        }
       }
       ++in_flight_;
       if (PrepareLocked(op, lock)) {
@@ -345,7 +382,7 @@ class NvmeTier final : public Tier {
       }
     }
     if (prepared || needs_flush_) FlushLocked(lock);
-    return absl::OkStatus();
+    if (last && --submitting_ == 0 && stopping_) cv_.notify_all();
   }
 
   // Needs mu_.
@@ -591,6 +628,8 @@ class NvmeTier final : public Tier {
   absl::flat_hash_set<Op*> live_;  // every op not yet finished
   std::vector<iovec> regions_;  // registered buffers, by index
   bool stopping_ = false;
+  bool abandoning_ = false;     // shutdown gave up on the device
+  uint32_t submitting_ = 0;     // batches taken by Submit, not yet all queued
   bool needs_flush_ = false;    // prepared ops an io_uring_submit refused
   bool requeued_ = false;
   std::atomic<bool> stop_{false};
