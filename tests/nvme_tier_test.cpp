@@ -598,11 +598,25 @@ TEST(NvmeTier, RejectsBadConfig) {
       absl::StatusCode::kInvalidArgument);
 }
 
-TEST(NvmeTier, CreatesTheLastComponentOfThePath) {
+TEST(NvmeTier, CreatesThePathWithItsParents) {
   TempDir dir;
-  auto tier = MakeNvmeTier(Config(dir.path() + "/tier", false));
-  ASSERT_TRUE(tier.ok()) << tier.status();
-  EXPECT_TRUE(std::filesystem::exists(dir.path() + "/tier/blocks.strata"));
+  {
+    auto tier = MakeNvmeTier(Config(dir.path() + "/tier", false));
+    ASSERT_TRUE(tier.ok()) << tier.status();
+    EXPECT_TRUE(std::filesystem::exists(dir.path() + "/tier/blocks.strata"));
+  }
+  {
+    auto tier = MakeNvmeTier(Config(dir.path() + "/a/b/c/tier", false));
+    ASSERT_TRUE(tier.ok()) << tier.status();
+    EXPECT_TRUE(
+        std::filesystem::exists(dir.path() + "/a/b/c/tier/blocks.strata"));
+  }
+  {
+    // Existing parents, doubled and trailing slashes.
+    auto tier = MakeNvmeTier(Config(dir.path() + "//a/b//d/e/", false));
+    ASSERT_TRUE(tier.ok()) << tier.status();
+    EXPECT_TRUE(std::filesystem::exists(dir.path() + "/a/b/d/e/blocks.strata"));
+  }
 }
 
 TEST(NvmeTier, BadPathsSayWhatToDo) {
@@ -617,16 +631,36 @@ TEST(NvmeTier, BadPathsSayWhatToDo) {
   EXPECT_THAT(Str(under_file.status().message()),
               HasSubstr("EngineOptions::nvme.path"));
 
+  // A file in the middle of a deeper path: the error names that component,
+  // and nothing is created under it.
+  ASSERT_TRUE(std::filesystem::create_directories(dir.path() + "/x/y"));
+  const std::string middle = dir.path() + "/x/y/f";
+  { std::FILE* f = std::fopen(middle.c_str(), "w"); ASSERT_NE(f, nullptr); std::fclose(f); }
+  auto deep = MakeNvmeTier(Config(middle + "/p/q/tier", false));
+  EXPECT_EQ(deep.status().code(), absl::StatusCode::kFailedPrecondition)
+      << deep.status();
+  EXPECT_THAT(Str(deep.status().message()),
+              HasSubstr("cannot create " + middle + " (a parent of " + middle +
+                        "/p/q/tier)"));
+  EXPECT_THAT(Str(deep.status().message()), HasSubstr("not a directory"));
+  EXPECT_THAT(Str(deep.status().message()),
+              HasSubstr("set EngineOptions::nvme.path to a writable directory"));
+
   auto is_file = MakeNvmeTier(Config(file, false));
   EXPECT_EQ(is_file.status().code(), absl::StatusCode::kFailedPrecondition)
       << is_file.status();
   EXPECT_THAT(Str(is_file.status().message()), HasSubstr("not a directory"));
 
-  auto missing = MakeNvmeTier(Config(dir.path() + "/no/such/dir", false));
+  // A dangling symbolic link where a parent should be.
+  const std::string link = dir.path() + "/dangling";
+  ASSERT_EQ(::symlink((dir.path() + "/nowhere").c_str(), link.c_str()), 0);
+  auto missing = MakeNvmeTier(Config(link + "/tier", false));
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound)
       << missing.status();
+  EXPECT_THAT(Str(missing.status().message()), HasSubstr("dangling"));
   EXPECT_THAT(Str(missing.status().message()), HasSubstr("ENOENT"));
-  EXPECT_THAT(Str(missing.status().message()), HasSubstr("/no/such/dir"));
+  EXPECT_THAT(Str(missing.status().message()),
+              HasSubstr("cannot create " + link + " (a parent of"));
 
   // sysfs refuses new directories even to root.
   auto sys = MakeNvmeTier(Config("/sys/strata-nvme-test", false));
@@ -634,6 +668,12 @@ TEST(NvmeTier, BadPathsSayWhatToDo) {
       << sys.status();
   EXPECT_THAT(Str(sys.status().message()),
               HasSubstr("set EngineOptions::nvme.path to a writable directory"));
+  auto sys_deep = MakeNvmeTier(Config("/sys/strata-nvme-test/a/b", false));
+  EXPECT_EQ(sys_deep.status().code(), absl::StatusCode::kPermissionDenied)
+      << sys_deep.status();
+  EXPECT_THAT(Str(sys_deep.status().message()),
+              HasSubstr("cannot create /sys/strata-nvme-test (a parent of "
+                        "/sys/strata-nvme-test/a/b)"));
 }
 
 TEST(NvmeTier, SecondTierOnTheSameDirectoryIsRefused) {

@@ -640,24 +640,49 @@ class NvmeTier final : public Tier {
   std::thread::id completer_id_;
 };
 
-// mkdir of the last component; ENOTDIR is a precondition failure.
-absl::Status MakeDirectory(const std::string& path) {
-  if (::mkdir(path.c_str(), 0755) == 0) return absl::OkStatus();
-  const int err = errno;
+// Creates `dir` (one component of `path`) unless it is a directory already.
+absl::Status MakeOneDirectory(const std::string& dir, const std::string& path) {
+  const std::string what =
+      dir == path ? absl::StrCat("tier nvme: cannot create ", path)
+                  : absl::StrCat("tier nvme: cannot create ", dir,
+                                 " (a parent of ", path, ")");
+  if (::mkdir(dir.c_str(), 0755) == 0) return absl::OkStatus();
+  int err = errno;
   if (err == EEXIST) {
+    // mkdir says EEXIST before it checks permissions, so an existing
+    // directory we may not write to still passes here; only the last
+    // component has to be writable, and open() says so if it is not.
     struct stat st;
-    if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
-      return absl::OkStatus();
+    if (::stat(dir.c_str(), &st) == 0) {
+      if (S_ISDIR(st.st_mode)) return absl::OkStatus();
+      return absl::FailedPreconditionError(absl::StrCat(
+          what, ": it exists and is not a directory (ENOTDIR); ", kPathAdvice));
     }
-    return absl::FailedPreconditionError(absl::StrCat(
-        "tier nvme: cannot create ", path,
-        ": it exists and is not a directory (ENOTDIR); ", kPathAdvice));
+    err = errno;
+    if (err == ENOENT) {
+      return absl::NotFoundError(absl::StrCat(
+          what, ": it is a dangling symbolic link (ENOENT); ", kPathAdvice));
+    }
   }
-  absl::Status s =
-      ErrnoStatus(err, absl::StrCat("tier nvme: cannot create ", path),
-                  kPathAdvice);
+  absl::Status s = ErrnoStatus(err, what, kPathAdvice);
   if (err == ENOTDIR) return WithCode(absl::StatusCode::kFailedPrecondition, s);
   return s;
+}
+
+// mkdir -p: creates `path` and every missing parent, one component at a
+// time, so an error names the component that failed. ENOTDIR (a file where a
+// directory should be) is a precondition failure, EACCES/EPERM/EROFS
+// kPermissionDenied.
+absl::Status MakeDirectories(const std::string& path) {
+  std::string dir = path;
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+  // Parents first; the root and doubled slashes have nothing to create.
+  for (size_t slash = dir.find('/', 1); slash != std::string::npos;
+       slash = dir.find('/', slash + 1)) {
+    if (dir[slash - 1] == '/') continue;
+    STRATA_RETURN_IF_ERROR(MakeOneDirectory(dir.substr(0, slash), dir));
+  }
+  return MakeOneDirectory(dir, dir);
 }
 
 }  // namespace
@@ -679,7 +704,7 @@ absl::StatusOr<std::unique_ptr<Tier>> MakeNvmeTier(
         "tier nvme: EngineOptions::nvme.queue_depth is ", config.queue_depth,
         "; it must be between 1 and ", kMaxQueueDepth));
   }
-  STRATA_RETURN_IF_ERROR(MakeDirectory(config.path));
+  STRATA_RETURN_IF_ERROR(MakeDirectories(config.path));
   std::string file = absl::StrCat(
       config.path, "/",
       absl::string_view(kNvmeBlockFile.data(), kNvmeBlockFile.size()));

@@ -41,7 +41,7 @@
 namespace strata::tiers {
 
 struct NvmeConfig {
-  std::string path;              // directory; created if missing (mkdir -p semantics for the last component is enough)
+  std::string path;              // directory; created with its parents if missing
   uint64_t capacity_bytes;       // most bytes the block file may grow to
   uint32_t queue_depth;          // io_uring entries
   bool register_buffers;         // try fixed buffers + registered file
@@ -62,11 +62,15 @@ inline constexpr std::string_view kNvmeBlockFile = "blocks.strata";
 // `backend` null = the real io_uring backend; tests pass a fault-injecting
 // wrapper (tiers/nvme/fault_backend.h).
 //
+// The directory is created with its missing parents (mkdir -p); an error
+// names the component that could not be created.
+//
 // Errors: kInvalidArgument (empty path, zero capacity or queue depth, queue
-// depth above 32768); kNotFound / kPermissionDenied / kFailedPrecondition
-// (ENOTDIR) when the directory cannot be created or the file cannot be
-// opened; kFailedPrecondition when the directory is in use, when the file
-// system does not support O_DIRECT, or when io_uring is unusable.
+// depth above 32768); kPermissionDenied (EACCES, EPERM, EROFS), kNotFound
+// (e.g. a dangling symbolic link) or kFailedPrecondition (a component is not
+// a directory: ENOTDIR) when the directory cannot be created or the file
+// cannot be opened; kFailedPrecondition when the directory is in use, when
+// the file system does not support O_DIRECT, or when io_uring is unusable.
 //
 // Frames: Allocate rounds up to the I/O alignment; kResourceExhausted when
 // capacity_bytes is reached or the file system is full. RegisterHostMemory
