@@ -72,8 +72,18 @@ inline constexpr std::string_view kNvmeBlockFile = "blocks.strata";
 // cannot be opened; kFailedPrecondition when the directory is in use, when
 // the file system does not support O_DIRECT, or when io_uring is unusable.
 //
-// Frames: Allocate rounds up to the I/O alignment; kResourceExhausted when
-// capacity_bytes is reached or the file system is full. RegisterHostMemory
+// Frames: each of its own size, rounded up to the I/O alignment, placed by
+// best fit among free extents that merge when they meet, else at the end of
+// the used region. Allocate fails with kResourceExhausted only when no free
+// range of that size is left within capacity_bytes, or the file system is
+// full; it cannot promise a frame whenever the free bytes add up to enough
+// (free space may be in pieces; the message says so). Allocate and Free are
+// O(log n) in the number of free extents, plus a system call now and then:
+// the file is preallocated ahead of use by a fraction of the bytes in frames
+// (so a full disk shows up in Allocate, not in a write), shrinks when frames
+// at its end are freed, and free extents of >= 1 MiB give their disk blocks
+// back once free space holds more than a small fraction of the bytes in
+// frames (fallocate PUNCH_HOLE, where supported). RegisterHostMemory
 // registers the arena as fixed buffers (iovecs of at most 1 GiB); when that
 // fails (e.g. ENOMEM under RLIMIT_MEMLOCK) it returns the error, saying that
 // the tier keeps working with unregistered buffers, which it does; the caller
