@@ -25,7 +25,10 @@
 // thread. on_done runs on the completion thread and may call Submit (transfers
 // that find the queue full then wait inside the tier instead of blocking the
 // completion thread). Destroying the tier waits for every transfer in flight
-// (each still gets its on_done); it must not race with Submit.
+// (each still gets its on_done); it must not race with Submit from other
+// threads. An on_done may still Submit while the tier is being destroyed:
+// like any Submit, that takes the whole batch (which then completes before
+// the destructor returns) or refuses it with kFailedPrecondition.
 #ifndef STRATA_TIERS_NVME_NVME_TIER_H_
 #define STRATA_TIERS_NVME_NVME_TIER_H_
 
