@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <condition_variable>
 #include <cstring>
@@ -25,6 +26,7 @@
 #include "gtest/gtest.h"
 #include "tests/nvme_test_util.h"
 #include "tiers/nvme/fault_backend.h"
+#include "tiers/nvme/io_backend.h"
 #include "util/checksum.h"
 
 namespace strata::tiers {
@@ -315,6 +317,209 @@ TEST(NvmeTier, DestructorCompletesEverythingInFlight) {
   }
 }
 
+// Submit is all-or-nothing (tiers/tier.h). The tier checksums and queues a
+// batch in ~1 MiB chunks, so the decision to take the batch must cover every
+// chunk: here the tier starts shutting down while it queues the first chunk
+// of a batch that an on_done submits, and either every transfer of that batch
+// completes through its on_done, or Submit refuses it and none does.
+//
+// The backend below makes the first io_uring_submit of that batch report
+// EAGAIN (kUnavailable) a few times, once the test thread is on its way into
+// the destructor: the tier drops its lock between those attempts, which lets
+// the destructor in between the first chunk and the later ones.
+class StallingBackend final : public IoBackend {
+ public:
+  struct Control {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool armed = false;      // the next Submit stalls
+    bool stalled = false;    // it did
+    bool resetting = false;  // the test thread is destroying the tier
+    int unavailable_left = 0;
+  };
+
+  explicit StallingBackend(std::shared_ptr<Control> control)
+      : control_(std::move(control)), inner_(MakeUringBackend()) {}
+
+  absl::Status Open(int fd, uint32_t queue_depth) override {
+    return inner_->Open(fd, queue_depth);
+  }
+  absl::Status RegisterFile() override { return inner_->RegisterFile(); }
+  absl::Status RegisterBuffers(std::span<const iovec> buffers) override {
+    return inner_->RegisterBuffers(buffers);
+  }
+  void UnregisterBuffers() override { inner_->UnregisterBuffers(); }
+  bool Prepare(const IoOp& op) override { return inner_->Prepare(op); }
+  absl::StatusOr<uint32_t> Submit() override {
+    {
+      std::unique_lock<std::mutex> lock(control_->mu);
+      if (control_->armed) {
+        control_->armed = false;
+        control_->stalled = true;
+        control_->cv.notify_all();
+        control_->cv.wait_for(lock, std::chrono::seconds(20),
+                              [this] { return control_->resetting; });
+        // The tier retries 8 times, sleeping 0.1, 0.2, ... 6.4 ms without
+        // its lock: 7 refusals leave the destructor ~13 ms to get in.
+        control_->unavailable_left = 6;
+        return absl::UnavailableError("test: io_uring_submit is busy");
+      }
+      if (control_->unavailable_left > 0) {
+        --control_->unavailable_left;
+        return absl::UnavailableError("test: io_uring_submit is busy");
+      }
+    }
+    return inner_->Submit();
+  }
+  absl::Status Reap(std::vector<IoCompletion>& out,
+                    absl::Duration timeout) override {
+    return inner_->Reap(out, timeout);
+  }
+
+ private:
+  std::shared_ptr<Control> control_;
+  std::unique_ptr<IoBackend> inner_;
+};
+
+// What the first transfer's on_done submits: a batch of several checksum
+// chunks.
+struct FollowUp {
+  Tier* tier = nullptr;
+  StallingBackend::Control* control = nullptr;
+  std::vector<Transfer*> batch;
+  absl::Status status = absl::UnknownError("not submitted");
+  std::atomic<bool> submitted{false};
+};
+
+void OnFirstDone(Transfer* t) {
+  FollowUp* f = static_cast<FollowUp*>(t->user);
+  {
+    std::lock_guard<std::mutex> lock(f->control->mu);
+    f->control->armed = true;
+  }
+  f->status = f->tier->Submit(f->batch);
+  f->submitted = true;
+}
+
+TEST(NvmeTier, BatchSubmittedDuringShutdownIsWhollyTakenOrWhollyRefused) {
+  TempDir dir;
+  auto control = std::make_shared<StallingBackend::Control>();
+  auto tier = MakeNvmeTier(Config(dir.path(), false),
+                           std::make_unique<StallingBackend>(control));
+  ASSERT_TRUE(tier.ok()) << tier.status();
+
+  // 12 writes of 256 KiB: three checksum chunks of ~1 MiB.
+  constexpr int kFollowUps = 12;
+  constexpr size_t kBytes = 256 << 10;
+  HostBuffer arena(kFollowUps * kBytes + 4096);
+  Fill(arena.data(), arena.size(), 11);
+  Latch latch(kFollowUps);
+  std::vector<std::unique_ptr<Job>> jobs;
+  FollowUp follow_up{.tier = tier->get(), .control = control.get()};
+  for (int i = 0; i < kFollowUps; ++i) {
+    auto frame = (*tier)->Allocate(kBytes);
+    ASSERT_TRUE(frame.ok()) << frame.status();
+    auto job = std::make_unique<Job>();
+    job->latch = &latch;
+    job->t = {.op = Transfer::Op::kWrite,
+              .key = {5, static_cast<uint64_t>(i), 1},
+              .frame = *frame,
+              .host = {arena.data() + 4096 + i * kBytes, kBytes},
+              .status = absl::UnknownError("not completed"),
+              .on_done = &OnDone,
+              .user = job.get()};
+    follow_up.batch.push_back(&job->t);
+    jobs.push_back(std::move(job));
+  }
+  auto frame = (*tier)->Allocate(4096);
+  ASSERT_TRUE(frame.ok()) << frame.status();
+  Transfer first{.op = Transfer::Op::kWrite,
+                 .key = {5, 100, 1},
+                 .frame = *frame,
+                 .host = {arena.data(), 4096},
+                 .on_done = &OnFirstDone,
+                 .user = &follow_up};
+  Transfer* batch[] = {&first};
+  ASSERT_TRUE((*tier)->Submit(batch).ok());
+
+  {
+    std::unique_lock<std::mutex> lock(control->mu);
+    ASSERT_TRUE(control->cv.wait_for(lock, std::chrono::seconds(20),
+                                     [&] { return control->stalled; }))
+        << "the follow-up batch never reached io_uring_submit";
+    control->resetting = true;
+    control->cv.notify_all();
+  }
+  tier->reset();  // completes or fails everything it took
+
+  ASSERT_TRUE(follow_up.submitted.load());
+  EXPECT_TRUE(first.status.ok()) << first.status;
+  int completed = 0;
+  for (auto& job : jobs) {
+    EXPECT_LE(job->calls.load(), 1);
+    completed += job->calls.load();
+  }
+  if (follow_up.status.ok()) {
+    EXPECT_EQ(completed, kFollowUps)
+        << "Submit took the batch but only " << completed << " of "
+        << kFollowUps << " transfers completed";
+  } else {
+    EXPECT_EQ(completed, 0) << "Submit refused the batch (" << follow_up.status
+                            << ") after " << completed
+                            << " of its transfers had started";
+  }
+}
+
+// A batch whose last transfer is bad is refused before any of it starts.
+TEST(NvmeTier, BatchWithABadLastTransferStartsNothing) {
+  TempDir dir;
+  auto faults = std::make_shared<FaultInjector>();  // never armed: counts ops
+  auto tier = MakeNvmeTier(Config(dir.path(), false),
+                           MakeFaultInjectingBackend(faults));
+  ASSERT_TRUE(tier.ok()) << tier.status();
+  constexpr int kJobs = 12;  // three checksum chunks of 256 KiB writes
+  constexpr size_t kBytes = 256 << 10;
+  HostBuffer arena(kJobs * kBytes + 4096);
+  std::vector<std::unique_ptr<Job>> jobs;
+  std::vector<Transfer*> batch;
+  Latch latch(kJobs);
+  for (int i = 0; i < kJobs; ++i) {
+    auto frame = (*tier)->Allocate(kBytes);
+    ASSERT_TRUE(frame.ok()) << frame.status();
+    auto job = std::make_unique<Job>();
+    job->latch = &latch;
+    job->t = {.op = Transfer::Op::kWrite,
+              .key = {6, static_cast<uint64_t>(i), 1},
+              .frame = *frame,
+              .host = {arena.data() + i * kBytes, kBytes},
+              .on_done = &OnDone,
+              .user = job.get()};
+    batch.push_back(&job->t);
+    jobs.push_back(std::move(job));
+  }
+  for (int bad = 0; bad < 3; ++bad) {
+    Transfer& last = jobs.back()->t;
+    const Transfer saved = last;
+    switch (bad) {
+      case 0:  // host memory not aligned for O_DIRECT
+        last.host = {arena.data() + (kJobs - 1) * kBytes + 512, 4096};
+        break;
+      case 1:  // not a frame of this tier
+        last.frame.offset += 512;
+        break;
+      case 2:  // beyond the tier's capacity
+        last.frame.offset = uint64_t{1} << 40;
+        break;
+    }
+    absl::Status s = (*tier)->Submit(batch);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << bad << ": " << s;
+    last = saved;
+  }
+  EXPECT_EQ(faults->ops_seen(), 0u);
+  EXPECT_EQ((*tier)->bytes_in(), 0u);
+  for (auto& job : jobs) EXPECT_EQ(job->calls.load(), 0);
+}
+
 // ---------------------------------------------------------- frames
 
 TEST(NvmeTier, AllocateUntilFullThenFreeAndReuse) {
@@ -393,11 +598,25 @@ TEST(NvmeTier, RejectsBadConfig) {
       absl::StatusCode::kInvalidArgument);
 }
 
-TEST(NvmeTier, CreatesTheLastComponentOfThePath) {
+TEST(NvmeTier, CreatesThePathWithItsParents) {
   TempDir dir;
-  auto tier = MakeNvmeTier(Config(dir.path() + "/tier", false));
-  ASSERT_TRUE(tier.ok()) << tier.status();
-  EXPECT_TRUE(std::filesystem::exists(dir.path() + "/tier/blocks.strata"));
+  {
+    auto tier = MakeNvmeTier(Config(dir.path() + "/tier", false));
+    ASSERT_TRUE(tier.ok()) << tier.status();
+    EXPECT_TRUE(std::filesystem::exists(dir.path() + "/tier/blocks.strata"));
+  }
+  {
+    auto tier = MakeNvmeTier(Config(dir.path() + "/a/b/c/tier", false));
+    ASSERT_TRUE(tier.ok()) << tier.status();
+    EXPECT_TRUE(
+        std::filesystem::exists(dir.path() + "/a/b/c/tier/blocks.strata"));
+  }
+  {
+    // Existing parents, doubled and trailing slashes.
+    auto tier = MakeNvmeTier(Config(dir.path() + "//a/b//d/e/", false));
+    ASSERT_TRUE(tier.ok()) << tier.status();
+    EXPECT_TRUE(std::filesystem::exists(dir.path() + "/a/b/d/e/blocks.strata"));
+  }
 }
 
 TEST(NvmeTier, BadPathsSayWhatToDo) {
@@ -412,16 +631,36 @@ TEST(NvmeTier, BadPathsSayWhatToDo) {
   EXPECT_THAT(Str(under_file.status().message()),
               HasSubstr("EngineOptions::nvme.path"));
 
+  // A file in the middle of a deeper path: the error names that component,
+  // and nothing is created under it.
+  ASSERT_TRUE(std::filesystem::create_directories(dir.path() + "/x/y"));
+  const std::string middle = dir.path() + "/x/y/f";
+  { std::FILE* f = std::fopen(middle.c_str(), "w"); ASSERT_NE(f, nullptr); std::fclose(f); }
+  auto deep = MakeNvmeTier(Config(middle + "/p/q/tier", false));
+  EXPECT_EQ(deep.status().code(), absl::StatusCode::kFailedPrecondition)
+      << deep.status();
+  EXPECT_THAT(Str(deep.status().message()),
+              HasSubstr("cannot create " + middle + " (a parent of " + middle +
+                        "/p/q/tier)"));
+  EXPECT_THAT(Str(deep.status().message()), HasSubstr("not a directory"));
+  EXPECT_THAT(Str(deep.status().message()),
+              HasSubstr("set EngineOptions::nvme.path to a writable directory"));
+
   auto is_file = MakeNvmeTier(Config(file, false));
   EXPECT_EQ(is_file.status().code(), absl::StatusCode::kFailedPrecondition)
       << is_file.status();
   EXPECT_THAT(Str(is_file.status().message()), HasSubstr("not a directory"));
 
-  auto missing = MakeNvmeTier(Config(dir.path() + "/no/such/dir", false));
+  // A dangling symbolic link where a parent should be.
+  const std::string link = dir.path() + "/dangling";
+  ASSERT_EQ(::symlink((dir.path() + "/nowhere").c_str(), link.c_str()), 0);
+  auto missing = MakeNvmeTier(Config(link + "/tier", false));
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound)
       << missing.status();
+  EXPECT_THAT(Str(missing.status().message()), HasSubstr("dangling"));
   EXPECT_THAT(Str(missing.status().message()), HasSubstr("ENOENT"));
-  EXPECT_THAT(Str(missing.status().message()), HasSubstr("/no/such/dir"));
+  EXPECT_THAT(Str(missing.status().message()),
+              HasSubstr("cannot create " + link + " (a parent of"));
 
   // sysfs refuses new directories even to root.
   auto sys = MakeNvmeTier(Config("/sys/strata-nvme-test", false));
@@ -429,6 +668,12 @@ TEST(NvmeTier, BadPathsSayWhatToDo) {
       << sys.status();
   EXPECT_THAT(Str(sys.status().message()),
               HasSubstr("set EngineOptions::nvme.path to a writable directory"));
+  auto sys_deep = MakeNvmeTier(Config("/sys/strata-nvme-test/a/b", false));
+  EXPECT_EQ(sys_deep.status().code(), absl::StatusCode::kPermissionDenied)
+      << sys_deep.status();
+  EXPECT_THAT(Str(sys_deep.status().message()),
+              HasSubstr("cannot create /sys/strata-nvme-test (a parent of "
+                        "/sys/strata-nvme-test/a/b)"));
 }
 
 TEST(NvmeTier, SecondTierOnTheSameDirectoryIsRefused) {

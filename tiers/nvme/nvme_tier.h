@@ -25,7 +25,10 @@
 // thread. on_done runs on the completion thread and may call Submit (transfers
 // that find the queue full then wait inside the tier instead of blocking the
 // completion thread). Destroying the tier waits for every transfer in flight
-// (each still gets its on_done); it must not race with Submit.
+// (each still gets its on_done); it must not race with Submit from other
+// threads. An on_done may still Submit while the tier is being destroyed:
+// like any Submit, that takes the whole batch (which then completes before
+// the destructor returns) or refuses it with kFailedPrecondition.
 #ifndef STRATA_TIERS_NVME_NVME_TIER_H_
 #define STRATA_TIERS_NVME_NVME_TIER_H_
 
@@ -41,7 +44,7 @@
 namespace strata::tiers {
 
 struct NvmeConfig {
-  std::string path;              // directory; created if missing (mkdir -p semantics for the last component is enough)
+  std::string path;              // directory; created with its parents if missing
   uint64_t capacity_bytes;       // most bytes the block file may grow to
   uint32_t queue_depth;          // io_uring entries
   bool register_buffers;         // try fixed buffers + registered file
@@ -62,14 +65,28 @@ inline constexpr std::string_view kNvmeBlockFile = "blocks.strata";
 // `backend` null = the real io_uring backend; tests pass a fault-injecting
 // wrapper (tiers/nvme/fault_backend.h).
 //
-// Errors: kInvalidArgument (empty path, zero capacity or queue depth, queue
-// depth above 32768); kNotFound / kPermissionDenied / kFailedPrecondition
-// (ENOTDIR) when the directory cannot be created or the file cannot be
-// opened; kFailedPrecondition when the directory is in use, when the file
-// system does not support O_DIRECT, or when io_uring is unusable.
+// The directory is created with its missing parents (mkdir -p); an error
+// names the component that could not be created.
 //
-// Frames: Allocate rounds up to the I/O alignment; kResourceExhausted when
-// capacity_bytes is reached or the file system is full. RegisterHostMemory
+// Errors: kInvalidArgument (empty path, zero capacity or queue depth, queue
+// depth above 32768); kPermissionDenied (EACCES, EPERM, EROFS), kNotFound
+// (e.g. a dangling symbolic link) or kFailedPrecondition (a component is not
+// a directory: ENOTDIR) when the directory cannot be created or the file
+// cannot be opened; kFailedPrecondition when the directory is in use, when
+// the file system does not support O_DIRECT, or when io_uring is unusable.
+//
+// Frames: each of its own size, rounded up to the I/O alignment, placed by
+// best fit among free extents that merge when they meet, else at the end of
+// the used region. Allocate fails with kResourceExhausted only when no free
+// range of that size is left within capacity_bytes, or the file system is
+// full; it cannot promise a frame whenever the free bytes add up to enough
+// (free space may be in pieces; the message says so). Allocate and Free are
+// O(log n) in the number of free extents, plus a system call now and then:
+// the file is preallocated ahead of use by a fraction of the bytes in frames
+// (so a full disk shows up in Allocate, not in a write), shrinks when frames
+// at its end are freed, and free extents of >= 1 MiB give their disk blocks
+// back once free space holds more than a small fraction of the bytes in
+// frames (fallocate PUNCH_HOLE, where supported). RegisterHostMemory
 // registers the arena as fixed buffers (iovecs of at most 1 GiB); when that
 // fails (e.g. ENOMEM under RLIMIT_MEMLOCK) it returns the error, saying that
 // the tier keeps working with unregistered buffers, which it does; the caller
