@@ -468,8 +468,8 @@ TEST(NvmeFault, FailedRegistrationFallsBackAndSaysSo) {
 // kHold: the device performs the operation, but the tier does not see its
 // completion until the test releases it. A held read does not complete (its
 // on_done does not run) however long it is held; once released it completes
-// exactly once, OK, with the bytes that were written. With until_cleared every
-// matching operation is held, and Clear releases them all.
+// exactly once, OK, with the bytes that were written. With until_cleared
+// every matching operation is held, and Clear releases them all.
 TEST(NvmeFault, HeldCompletionsWaitForRelease) {
   TempDir dir;
   auto faults = std::make_shared<FaultInjector>();
@@ -544,7 +544,8 @@ TEST(NvmeFault, HeldCompletionsWaitForRelease) {
   ASSERT_TRUE(run({batch.data(), 1}, Transfer::Op::kRead, &first).ok());
   ASSERT_TRUE(wait_held(1));
   Latch rest(kN - 1);
-  ASSERT_TRUE(run({batch.data() + 1, kN - 1}, Transfer::Op::kRead, &rest).ok());
+  ASSERT_TRUE(
+      run({batch.data() + 1, kN - 1}, Transfer::Op::kRead, &rest).ok());
   ASSERT_TRUE(rest.Wait()) << "reads behind a held one must not wait for it";
   EXPECT_EQ(jobs[0]->calls.load(), 0) << "a held read completed";
   EXPECT_EQ(faults->held(), 1u);
