@@ -84,6 +84,7 @@ const char* FaultName(Fault f) {
     case Fault::kEnospc: return "Enospc";
     case Fault::kShort: return "Short";
     case Fault::kEagain: return "Eagain";
+    case Fault::kHold: return "Hold";
   }
   return "?";
 }
@@ -124,6 +125,8 @@ class EngineFaultTest : public ::testing::TestWithParam<FaultCase> {
         if (!until_cleared) return std::nullopt;
         return c.ops == FaultOps::kRead ? StatusCode::kDataLoss
                                         : StatusCode::kInternal;
+      case Fault::kHold:  // delays a completion, fails nothing
+        return std::nullopt;
     }
     return std::nullopt;
   }

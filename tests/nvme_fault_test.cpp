@@ -465,5 +465,108 @@ TEST(NvmeFault, FailedRegistrationFallsBackAndSaysSo) {
   std::free(arena);
 }
 
+// kHold: the device performs the operation, but the tier does not see its
+// completion until the test releases it. A held read does not complete (its
+// on_done does not run) however long it is held; once released it completes
+// exactly once, OK, with the bytes that were written. With until_cleared
+// every matching operation is held, and Clear releases them all.
+TEST(NvmeFault, HeldCompletionsWaitForRelease) {
+  TempDir dir;
+  auto faults = std::make_shared<FaultInjector>();
+  auto tier = MakeNvmeTier(
+      NvmeConfig{.path = dir.path(),
+                 .capacity_bytes = uint64_t{16} << 20,
+                 .queue_depth = 8,
+                 .register_buffers = true,
+                 .log = nullptr},
+      MakeFaultInjectingBackend(faults));
+  ASSERT_TRUE(tier.ok()) << tier.status();
+  constexpr int kN = 4;
+  constexpr size_t kBytes = 64 << 10;
+  auto* out = static_cast<std::byte*>(std::aligned_alloc(4096, kN * kBytes));
+  auto* in = static_cast<std::byte*>(std::aligned_alloc(4096, kN * kBytes));
+  Fill(out, kN * kBytes, 77);
+  std::memset(in, 0, kN * kBytes);
+  // Polls held() (never a blind sleep): true once `n` completions are held.
+  auto wait_held = [&](uint64_t n) {
+    for (int i = 0; i < 10000 && faults->held() < n; ++i) {
+      absl::SleepFor(absl::Milliseconds(1));
+    }
+    return faults->held() == n;
+  };
+  std::vector<std::unique_ptr<Job>> jobs;
+  std::vector<Transfer*> batch;
+  for (int i = 0; i < kN; ++i) {
+    auto frame = (*tier)->Allocate(kBytes);
+    ASSERT_TRUE(frame.ok()) << frame.status();
+    auto job = std::make_unique<Job>();
+    job->t = {.op = Transfer::Op::kWrite,
+              .key = {9, static_cast<uint64_t>(i), 1},
+              .frame = *frame,
+              .host = {out + i * kBytes, kBytes},
+              .on_done = &OnDone,
+              .user = job.get()};
+    batch.push_back(&job->t);
+    jobs.push_back(std::move(job));
+  }
+  auto run = [&](std::span<Transfer* const> some, Transfer::Op op,
+                 Latch* latch) {
+    for (Transfer* t : some) {
+      Job* job = static_cast<Job*>(t->user);
+      job->t.op = op;
+      job->t.status = absl::UnknownError("not completed");
+      job->calls = 0;
+      job->latch = latch;
+    }
+    return (*tier)->Submit(some);
+  };
+
+  // Every write held until Clear.
+  faults->Arm(FaultOps::kWrite, 1, Fault::kHold, /*until_cleared=*/true);
+  Latch writes(kN);
+  ASSERT_TRUE(run(batch, Transfer::Op::kWrite, &writes).ok());
+  ASSERT_TRUE(wait_held(kN)) << "held " << faults->held() << " of " << kN;
+  // Held: nothing may complete, however long we look.
+  EXPECT_FALSE(writes.Wait(absl::Milliseconds(100)));
+  for (auto& job : jobs) EXPECT_EQ(job->calls.load(), 0);
+  faults->Clear();
+  ASSERT_TRUE(writes.Wait()) << "released writes did not complete";
+  EXPECT_EQ(faults->held(), 0u);
+  for (auto& job : jobs) {
+    EXPECT_EQ(job->calls.load(), 1);
+    EXPECT_TRUE(job->t.status.ok()) << job->t.status;
+  }
+
+  // One read held (the first); the others complete meanwhile.
+  faults->Arm(FaultOps::kRead, 1, Fault::kHold);
+  for (int i = 0; i < kN; ++i) jobs[i]->t.host = {in + i * kBytes, kBytes};
+  Latch first(1);
+  ASSERT_TRUE(run({batch.data(), 1}, Transfer::Op::kRead, &first).ok());
+  ASSERT_TRUE(wait_held(1));
+  Latch rest(kN - 1);
+  ASSERT_TRUE(
+      run({batch.data() + 1, kN - 1}, Transfer::Op::kRead, &rest).ok());
+  ASSERT_TRUE(rest.Wait()) << "reads behind a held one must not wait for it";
+  EXPECT_EQ(jobs[0]->calls.load(), 0) << "a held read completed";
+  EXPECT_EQ(faults->held(), 1u);
+  EXPECT_FALSE(first.Wait(absl::Milliseconds(100)));
+  faults->ReleaseHeld();
+  ASSERT_TRUE(first.Wait()) << "a released read did not complete";
+  EXPECT_EQ(faults->held(), 0u);
+  for (int i = 0; i < kN; ++i) {
+    EXPECT_EQ(jobs[i]->calls.load(), 1) << i;
+    EXPECT_TRUE(jobs[i]->t.status.ok()) << i << ": " << jobs[i]->t.status;
+    EXPECT_EQ(std::memcmp(out + i * kBytes, in + i * kBytes, kBytes), 0) << i;
+  }
+  // Released, not disarmed: the arming was "once", so later reads are free.
+  Latch again(kN);
+  ASSERT_TRUE(run(batch, Transfer::Op::kRead, &again).ok());
+  ASSERT_TRUE(again.Wait());
+  EXPECT_EQ(faults->held(), 0u);
+  tier->reset();  // nothing held: the destructor does not wait
+  std::free(out);
+  std::free(in);
+}
+
 }  // namespace
 }  // namespace strata::tiers

@@ -27,6 +27,61 @@ void FaultInjector::Arm(FaultOps ops, uint64_t nth, Fault fault,
 void FaultInjector::Clear() {
   std::lock_guard<std::mutex> lock(mu_);
   armed_ = false;
+  ReleaseHeldLocked();
+}
+
+void FaultInjector::ReleaseHeld() {
+  std::lock_guard<std::mutex> lock(mu_);
+  ReleaseHeldLocked();
+}
+
+void FaultInjector::ReleaseHeldLocked() {
+  released_.insert(released_.end(), held_.begin(), held_.end());
+  held_.clear();
+  // Marked operations still on the device complete normally when they come.
+  holding_.clear();
+}
+
+uint64_t FaultInjector::held() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return held_.size();
+}
+
+void FaultInjector::BeginHold(uint64_t user_data) {
+  std::lock_guard<std::mutex> lock(mu_);
+  holding_.push_back(user_data);
+}
+
+void FaultInjector::CancelHold(uint64_t user_data) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = std::find(holding_.begin(), holding_.end(), user_data);
+  if (it != holding_.end()) holding_.erase(it);
+}
+
+bool FaultInjector::FilterCompletions(std::vector<IoCompletion>& out,
+                                      size_t first) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!holding_.empty()) {
+    size_t kept = first;
+    for (size_t i = first; i < out.size(); ++i) {
+      auto it = std::find(holding_.begin(), holding_.end(), out[i].user_data);
+      if (it != holding_.end()) {
+        holding_.erase(it);
+        held_.push_back(out[i]);
+      } else {
+        out[kept++] = out[i];
+      }
+    }
+    out.resize(kept);
+  }
+  out.insert(out.end(), released_.begin(), released_.end());
+  released_.clear();
+  return !holding_.empty() || !held_.empty();
+}
+
+bool FaultInjector::HasReleased() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return !released_.empty();
 }
 
 void FaultInjector::FailNextRegisterBuffers(int err) {
@@ -116,6 +171,14 @@ class FaultInjectingBackend final : public IoBackend {
     }
     refused_ = false;
     if (!faulted) return Remember(inner_->Prepare(op), op, false, fault);
+    if (fault == Fault::kHold) {
+      // Marked before the kernel can see the operation, so that its
+      // completion cannot slip past Reap's filter.
+      injector_->BeginHold(op.user_data);
+      if (inner_->Prepare(op)) return true;
+      injector_->CancelHold(op.user_data);
+      return Remember(false, op, true, fault);
+    }
     IoOp replaced = op;
     Rewrite rewrite;
     switch (fault) {
@@ -134,6 +197,8 @@ class FaultInjectingBackend final : public IoBackend {
           replaced.len = std::max(sector_, op.len / 2 / sector_ * sector_);
         }
         return Remember(inner_->Prepare(replaced), op, true, fault);
+      case Fault::kHold:
+        break;  // handled above
     }
     if (!inner_->Prepare(replaced)) return Remember(false, op, true, fault);
     std::lock_guard<std::mutex> lock(mu_);
@@ -146,14 +211,22 @@ class FaultInjectingBackend final : public IoBackend {
   absl::Status Reap(std::vector<IoCompletion>& out,
                     absl::Duration timeout) override {
     const size_t first = out.size();
-    absl::Status status = inner_->Reap(out, timeout);
-    std::lock_guard<std::mutex> lock(mu_);
-    if (rewrites_.empty()) return status;
-    for (size_t i = first; i < out.size(); ++i) {
-      auto it = rewrites_.find(out[i].user_data);
-      if (it == rewrites_.end()) continue;
-      out[i].res = it->second.res;
-      rewrites_.erase(it);
+    absl::Status status;
+    // While completions are held, a release must reach the tier soon: wait
+    // in short slices (only the completion side may touch the ring, so a
+    // release cannot wake the kernel wait itself).
+    const absl::Time deadline = absl::Now() + timeout;
+    for (;;) {
+      const absl::Duration left =
+          injector_->HasReleased()
+              ? absl::ZeroDuration()
+              : std::max(deadline - absl::Now(), absl::ZeroDuration());
+      const bool slicing = holding_or_held_;
+      status = inner_->Reap(out, slicing ? std::min(left, kHoldSlice) : left);
+      if (!status.ok()) break;
+      ApplyRewrites(out, first);
+      holding_or_held_ = injector_->FilterCompletions(out, first);
+      if (out.size() > first || !slicing || absl::Now() >= deadline) break;
     }
     return status;
   }
@@ -170,6 +243,20 @@ class FaultInjectingBackend final : public IoBackend {
     return prepared;
   }
 
+  // Replaces the results of faulted operations in out[first..].
+  void ApplyRewrites(std::vector<IoCompletion>& out, size_t first) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (rewrites_.empty()) return;
+    for (size_t i = first; i < out.size(); ++i) {
+      auto it = rewrites_.find(out[i].user_data);
+      if (it == rewrites_.end()) continue;
+      out[i].res = it->second.res;
+      rewrites_.erase(it);
+    }
+  }
+
+  static constexpr absl::Duration kHoldSlice = absl::Milliseconds(10);
+
   uint32_t sector_ = 4096;  // O_DIRECT granularity of the file
   bool refused_ = false;
   uint64_t refused_user_data_ = 0;
@@ -180,6 +267,10 @@ class FaultInjectingBackend final : public IoBackend {
   std::unique_ptr<IoBackend> inner_;
   std::mutex mu_;  // guards rewrites_ (Prepare and Reap run on two threads)
   absl::flat_hash_map<uint64_t, Rewrite> rewrites_;
+  // Reap only (the completion side): something was marked or held at the
+  // last look, so Reap waits in slices. A hold marked since then is caught
+  // within one full wait, and a release of it within one slice after that.
+  bool holding_or_held_ = false;
 };
 
 }  // namespace
