@@ -285,8 +285,13 @@ Loader::Outcome Loader::AwaitOwn(Op& op, Deadline deadline) {
   const Deadline io = Clock::now() + absl::ToChronoNanoseconds(parts_.options->io_timeout);
   const Deadline until = std::min(deadline, io);
   std::unique_lock lock(op.mu);
-  op.cv.wait_until(lock, until, [&] { return op.done || parts_.life->closing(); });
-  if (op.done) return {op.status, op.granted};
+  op.cv.wait_until(lock, until, [&] {
+    return op.done || op.granted || parts_.life->closing();
+  });
+  // Granted means published with this pinner's pin counted, even if the
+  // load has not finished its bookkeeping yet: the pin is this caller's.
+  if (op.granted) return {absl::OkStatus(), true};
+  if (op.done) return {op.status, false};
   op.owner_waiting = false;  // the load goes on without this pinner
   if (parts_.life->closing()) return {Lifecycle::ClosedError(), false};
   return {Timeout(op), false};
