@@ -16,38 +16,46 @@
 //     (within P/16 when P comes from step boundaries). Predicted next use:
 //     head + P.
 //   - random (embedding rows, anything off the plan): taken as independent
-//     draws, judged by frequency. A key with c accesses among the N random
-//     accesses in the ring is expected back after j = N / c more random
-//     accesses. Random accesses are not spread evenly over a step (embedding
-//     lookups happen in the forward pass only), so j is turned into a time
-//     through the last period: the random access j ahead is predicted at the
-//     time of the one P earlier in the stream, plus P (m periods ahead when
-//     j exceeds the R random accesses of one period). A key with no access
-//     left in the ring has no estimate and goes first.
-// Comparing the two predictions decides between a plan block and an
-// embedding row: with room for every plan block, a row seen once is expected
-// back only after about N random accesses (many periods), so it goes before
-// any plan block, which is back within one period.
+//     draws and judged by frequency. A second ring holds the last W random
+//     accesses (so rows keep a long history even when plan blocks make most
+//     of the stream); a key with c of them, over the ring's span of T
+//     requests, comes back after T / c requests on average, that is after
+//     j = (T / c) * R / P random accesses, R being those of the last period.
+//     Random accesses are not spread evenly over a step (embedding lookups
+//     happen in the forward pass only), so j becomes a time through the last
+//     period: the random access j ahead is predicted at the time of the one
+//     a period earlier, plus P (m periods ahead when j exceeds R). A key
+//     with no access left in the random ring has no estimate and goes first.
+// Comparing the two predictions decides between a plan block and a row.
+// With room for every plan block, a row requested once is expected back
+// only after T requests (many periods), so it goes before any plan block,
+// which is back within one period: hinted never evicts a plan block for a
+// cold row, and manages the rows in the rest of the room as LFU with long
+// counts does. With less room, a row displaces a plan block only when it is
+// expected back sooner than that block's known next use.
 //
 // Periodic keys sit in a tree by predicted next use, random ones in a tree by
 // (count, last access): the fewest accesses, then the least recent, is the
-// furthest of them (every random key shares the same mapping from j to time,
-// and j falls as the count grows). Evict takes the furthest of the two
-// heads, so every operation is O(log n). Refused (pinned) keys are set aside,
-// then filed back.
+// furthest of them (every random key shares the same span and the same
+// mapping from j to time, and j falls as the count grows). Evict takes the
+// furthest of the two heads, so every operation is O(log n). Refused
+// (pinned) keys are set aside, then filed back. No choice depends on key
+// values: renaming keys changes nothing.
 //
 // P comes from OnStepBoundary when the engine knows steps (the length of the
-// last step), otherwise from the stream: every access votes for its distance
-// to the key's last 4 accesses (distances longer than the capacity only; a
-// shorter loop fits in the cache) and P is the most voted distance once it
-// has kMinVotes votes and at least twice those of the current P. Votes are
-// halved every W votes. Changing P rebuilds heads from the ring: O(W + n log n)
-// and rare. Until P is known every key is random: windowed LFU, least recent
-// first among equal counts.
+// last step; the first step counts from the first access), otherwise from
+// the stream: every access votes for its distance to the key's last 4
+// accesses (distances longer than the capacity only; a shorter loop fits in
+// the cache) and P is the most voted distance once it has kMinVotes votes
+// and at least twice those of the current P. Votes are halved every W votes.
+// Changing P rebuilds heads from the ring: O(W + n log n) and rare. Until P
+// is known every key is random: LFU over the random ring, least recent first
+// among equal counts.
 //
-// Memory: the ring (32 bytes * W), the times of the random accesses (8 bytes
-// * W), per-key state for keys with an access in the ring (the ghosts: a key
-// evicted and requested again keeps its count) and the vote table.
+// Memory, all bounded by W: the ring (24 bytes * W), the random ring (16
+// bytes * W), per-key state for resident keys and keys with an access in
+// either ring (the ghosts: a row evicted and requested again keeps its
+// count) and the vote table (distances below W).
 #include <algorithm>
 #include <array>
 #include <bit>
