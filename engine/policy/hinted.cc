@@ -196,13 +196,13 @@ class HintedPolicy final : public EvictionPolicy {
     return period_ != 0 && k.head != kNone ? k.head + period_ : kNone;
   }
 
-  // Expected next use of a random key: j = N / count random accesses ahead,
-  // placed in time by the random accesses of the last period (see the top).
+  // Expected next use of a random key: j = (T / count) * R / P random
+  // accesses ahead, placed in time by the random accesses of the last period
+  // (see the top). kNever without an estimate or before P is known.
   uint64_t RandomNextUse(const KeyState& k) const {
     const uint64_t per_period = random_count_ + 1 - random_window_;
     if (k.count == 0 || period_ == 0 || per_period == 0) return kNever;
-    // Its count covers the random ring's span of time; scaled to the
-    // random accesses of one period, that is j random accesses per access.
+    // T: the span of time the random ring covers (from its oldest access).
     const uint64_t start =
         random_count_ > ring_size_
             ? RandomTime(random_count_ - ring_size_ + 1) - 1
