@@ -12,35 +12,62 @@
 // re-filing), so predictions stay exact without scans.
 //
 // Keys fall in two classes, re-decided at each access:
-//   - periodic: the access came exactly when predicted (within P/16 when P
-//     comes from step boundaries). Predicted next use: head + P.
-//   - random (embedding rows, anything else): next use now + the mean of its
-//     last 64 access gaps, or now + idle/4 when it has been idle far longer
-//     (gone cold). A key seen once has no estimate and goes first, least
-//     recently used first.
+//   - periodic (the step plan): the access came exactly when predicted
+//     (within P/16 when P comes from step boundaries). Predicted next use:
+//     head + P.
+//   - random (embedding rows, anything off the plan): taken as independent
+//     draws and judged by frequency. A second ring holds the last W random
+//     accesses (so rows keep a long history even when plan blocks make most
+//     of the stream); a key with c of them, over the ring's span of T
+//     requests, comes back after T / c requests on average, that is after
+//     j = (T / c) * R / P random accesses, R being those of the last period.
+//     Random accesses are not spread evenly over a step (embedding lookups
+//     happen in the forward pass only), so j becomes a time through the last
+//     period: the random access j ahead is predicted at the time of the one
+//     a period earlier, plus P (m periods ahead when j exceeds R). A key
+//     with no access left in the random ring has no estimate and goes first.
+// Comparing the two predictions decides between a plan block and a row.
+// With room for every plan block, a row requested once is expected back
+// only after T requests (many periods), so it goes before any plan block,
+// which is back within one period: hinted never evicts a plan block for a
+// cold row, and manages the rows in the rest of the room as LFU with long
+// counts does. With less room, a row displaces a plan block only when it is
+// expected back sooner than that block's known next use.
+//
 // Periodic keys sit in a tree by predicted next use, random ones in a tree by
-// gap and one by last access; Evict takes the furthest of the three heads, so
-// every operation is O(log n). Refused (pinned) keys are set aside, then
-// filed back.
+// (count, last access): the fewest accesses, then the least recent, is the
+// furthest of them (every random key shares the same span and the same
+// mapping from j to time, and j falls as the count grows). Evict takes the
+// furthest of the two heads, so every operation is O(log n). Refused
+// (pinned) keys are set aside, then filed back. No choice depends on key
+// values: renaming keys changes nothing.
 //
 // P comes from OnStepBoundary when the engine knows steps (the length of the
-// last step), otherwise from the stream: every access votes for its distance
-// to the key's last 4 accesses (distances longer than the capacity only; a
-// shorter loop fits in the cache) and P is the most voted distance once it
-// has kMinVotes votes and at least twice those of the current P. Votes are
-// halved every W votes. Changing P rebuilds heads from the ring: O(W + n log n)
-// and rare. Until P is known every key is random.
+// last step; the first step counts from the first access), otherwise from
+// the stream: every access votes for its distance to the key's last 4
+// accesses (distances longer than the capacity only; a shorter loop fits in
+// the cache) and P is the most voted distance once it has kMinVotes votes
+// and at least twice those of the current P. Votes are halved every W votes.
+// Changing P rebuilds heads from the ring: O(W + n log n) and rare. Until P
+// is known every key is random: LFU over the random ring, least recent first
+// among equal counts.
 //
-// Memory: the ring (24 bytes * W) plus per-key state for keys seen in it.
+// Memory, all bounded by W: the ring (24 bytes * W), the random ring (16
+// bytes * W), per-key state for resident keys and keys with an access in
+// either ring (the ghosts: a row evicted and requested again keeps its
+// count) and the vote table (distances below W).
 #include <algorithm>
 #include <array>
 #include <bit>
+#include <cmath>
 #include <cstdint>
 #include <iterator>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <set>
 #include <string_view>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -51,16 +78,21 @@ namespace strata::policy {
 namespace {
 
 constexpr uint64_t kNone = 0;  // Times start at 1.
-constexpr uint64_t kUnknown = uint64_t{1} << 62;  // Gap of a key seen once.
+constexpr uint64_t kNever = std::numeric_limits<uint64_t>::max();
 constexpr uint32_t kMinVotes = 16;
 constexpr size_t kRecent = 4;
+constexpr uint64_t kRingPerBlock = 32;
+// Random accesses ahead beyond which a prediction is "never".
+constexpr double kFarAhead = 1e12;
 
 class HintedPolicy final : public EvictionPolicy {
  public:
   explicit HintedPolicy(size_t capacity)
       : capacity_(capacity),
-        ring_size_(std::bit_ceil(std::max<uint64_t>(4096, 32 * capacity))),
-        ring_(ring_size_) {
+        ring_size_(
+            std::bit_ceil(std::max<uint64_t>(4096, kRingPerBlock * capacity))),
+        ring_(ring_size_),
+        random_ring_(ring_size_) {
     keys_.reserve(2 * capacity);
   }
 
@@ -90,6 +122,7 @@ class HintedPolicy final : public EvictionPolicy {
     Unplace(key, it->second);
     it->second.resident = false;
     --resident_;
+    MaybeForgetKey(it);
   }
 
   std::optional<uint64_t> Evict(
@@ -99,11 +132,12 @@ class HintedPolicy final : public EvictionPolicy {
     while (true) {
       const std::optional<uint64_t> key = Furthest();
       if (!key) break;
-      KeyState& k = keys_[*key];
-      Unplace(*key, k);
+      auto it = keys_.find(*key);
+      Unplace(*key, it->second);
       if (try_claim(*key)) {
-        k.resident = false;
+        it->second.resident = false;
         --resident_;
+        MaybeForgetKey(it);
         victim = key;
         break;
       }
@@ -115,9 +149,10 @@ class HintedPolicy final : public EvictionPolicy {
 
   void OnStepBoundary() override {
     by_boundaries_ = true;
-    if (last_boundary_ != kNone && now_ > last_boundary_ &&
-        now_ - last_boundary_ < ring_size_ && now_ - last_boundary_ != period_) {
-      SetPeriod(now_ - last_boundary_);
+    // The first step runs from the first access to the first boundary.
+    const uint64_t start = last_boundary_ == kNone ? 0 : last_boundary_;
+    if (now_ > start && now_ - start < ring_size_ && now_ - start != period_) {
+      SetPeriod(now_ - start);
     }
     last_boundary_ = now_;
   }
@@ -130,13 +165,19 @@ class HintedPolicy final : public EvictionPolicy {
     uint64_t time = kNone;
     uint64_t next = kNone;  // The same key's next access, if any.
   };
+  struct RandomSlot {
+    uint64_t key = 0;
+    uint64_t time = kNone;
+  };
   enum class Where : uint8_t { kNowhere, kPeriodic, kRandom };
   struct KeyState {
     uint64_t head = kNone;     // First access in (now - P, now].
     uint64_t last = kNone;     // Last access.
-    uint64_t gap = kUnknown;   // Mean of the last (up to 64) access gaps.
-    uint32_t gaps = 0;         // Gaps averaged in `gap`, at most 63.
-    uint64_t sort = 0;         // Its key in periodic_ or random_.
+    uint32_t in_ring = 0;      // Accesses in the ring.
+    uint32_t count = 0;        // Random accesses in the random ring.
+    // Its key in periodic_ (predicted next use) or random_ (count, last).
+    uint64_t sort = 0;
+    uint64_t sort_last = 0;
     std::array<uint64_t, kRecent> recent{};  // Last accesses, for votes.
     Where place = Where::kNowhere;
     bool periodic = false;     // Its last access came when predicted.
@@ -144,25 +185,42 @@ class HintedPolicy final : public EvictionPolicy {
   };
 
   Slot& SlotAt(uint64_t time) { return ring_[time & (ring_size_ - 1)]; }
+  RandomSlot& RandomAt(uint64_t index) {
+    return random_ring_[index & (ring_size_ - 1)];
+  }
+  uint64_t RandomTime(uint64_t index) const {
+    return random_ring_[index & (ring_size_ - 1)].time;
+  }
 
   uint64_t Predicted(const KeyState& k) const {
     return period_ != 0 && k.head != kNone ? k.head + period_ : kNone;
   }
 
-  // Expected next use of a key in random_ or lru_: now + its mean gap (its
-  // accesses are taken as memoryless), or now + idle / 4 for a key idle far
-  // beyond its gap (it has probably gone cold).
+  // Expected next use of a random key: j = (T / count) * R / P random
+  // accesses ahead, placed in time by the random accesses of the last period
+  // (see the top). kNever without an estimate or before P is known.
   uint64_t RandomNextUse(const KeyState& k) const {
-    if (k.gap >= kUnknown) return ~uint64_t{0};
-    return now_ + std::max(k.gap, (now_ - k.last) / 4);
+    const uint64_t per_period = random_count_ + 1 - random_window_;
+    if (k.count == 0 || period_ == 0 || per_period == 0) return kNever;
+    // T: the span of time the random ring covers (from its oldest access).
+    const uint64_t start =
+        random_count_ > ring_size_
+            ? RandomTime(random_count_ - ring_size_ + 1) - 1
+            : 0;
+    const double j_real = static_cast<double>(now_ - start) *
+                          static_cast<double>(per_period) /
+                          (static_cast<double>(period_) * k.count);
+    if (!(j_real < kFarAhead)) return kNever;
+    const uint64_t j = std::max<uint64_t>(1, std::ceil(j_real));
+    const uint64_t m = (j + per_period - 1) / per_period;
+    return RandomTime(random_count_ + j - m * per_period) + m * period_;
   }
 
   void Unplace(uint64_t key, KeyState& k) {
     if (k.place == Where::kPeriodic) {
       periodic_.erase({k.sort, key});
     } else if (k.place == Where::kRandom) {
-      random_.erase({k.sort, key});
-      lru_.erase({k.last, key});
+      random_.erase({k.sort, k.sort_last, key});
     }
     k.place = Where::kNowhere;
   }
@@ -176,37 +234,24 @@ class HintedPolicy final : public EvictionPolicy {
       k.sort = Predicted(k);
       periodic_.insert({k.sort, key});
     } else {
-      // Largest gap first; among equal gaps (unknown), least recent first.
       k.place = Where::kRandom;
-      k.sort = std::min(k.gap, kUnknown);
-      random_.insert({k.sort, key});
-      lru_.insert({k.last, key});
+      k.sort = k.count;
+      k.sort_last = k.last;
+      random_.insert({k.sort, k.sort_last, key});
     }
   }
 
   // The resident key with the furthest expected next use, if any.
   std::optional<uint64_t> Furthest() const {
-    std::optional<uint64_t> best;
-    uint64_t best_use = 0;
-    auto consider = [&](uint64_t key, uint64_t use) {
-      if (!best || use > best_use) {
-        best = key;
-        best_use = use;
-      }
-    };
-    // Least recently used random key first: it wins ties among unknowns.
-    if (!lru_.empty()) {
-      const uint64_t key = lru_.begin()->second;
-      consider(key, RandomNextUse(keys_.find(key)->second));
+    if (random_.empty() && periodic_.empty()) return std::nullopt;
+    if (periodic_.empty()) return std::get<2>(*random_.begin());
+    if (random_.empty()) return periodic_.rbegin()->second;
+    const uint64_t random_key = std::get<2>(*random_.begin());
+    if (RandomNextUse(keys_.find(random_key)->second) >=
+        periodic_.rbegin()->first) {
+      return random_key;
     }
-    if (!random_.empty()) {
-      const uint64_t key = random_.rbegin()->second;
-      consider(key, RandomNextUse(keys_.find(key)->second));
-    }
-    if (!periodic_.empty()) {
-      consider(periodic_.rbegin()->second, periodic_.rbegin()->first);
-    }
-    return best;
+    return periodic_.rbegin()->second;
   }
 
   void Record(uint64_t key) {
@@ -218,29 +263,28 @@ class HintedPolicy final : public EvictionPolicy {
       came_true = predicted != kNone && predicted + tolerance >= t &&
                   t + tolerance >= predicted;
     }
-    // The slot about to be reused: forget keys with no access left in the
-    // ring that are not resident.
-    if (Slot& old = SlotAt(t); old.time != kNone) {
-      if (auto it = keys_.find(old.key); it != keys_.end()) {
-        if (it->second.head == old.time) it->second.head = old.next;
-        if (it->second.last == old.time && !it->second.resident) {
-          keys_.erase(it);
-        }
-      }
-    }
+    Forget(SlotAt(t));
     if (period_ != 0) {
       while (edge_ + period_ < t) Expire(++edge_);
+      while (random_window_ <= random_count_ &&
+             RandomTime(random_window_) + period_ <= t) {
+        ++random_window_;
+      }
     }
     SlotAt(t) = Slot{key, t, kNone};
+    if (!came_true) {
+      ++random_count_;
+      if (random_count_ > ring_size_) ForgetRandom(RandomAt(random_count_));
+      RandomAt(random_count_) = RandomSlot{key, t};
+    }
     KeyState& k = keys_[key];
     Unplace(key, k);  // Its sort keys change below; the caller re-places it.
-    if (k.last != kNone) {
-      if (SlotAt(k.last).time == k.last) SlotAt(k.last).next = t;
-      const uint64_t gap = t - k.last;
-      k.gap = k.gaps == 0 ? gap : (k.gap * k.gaps + gap) / (k.gaps + 1);
-      k.gaps = std::min<uint32_t>(k.gaps + 1, 63);
+    if (k.last != kNone && SlotAt(k.last).time == k.last) {
+      SlotAt(k.last).next = t;
     }
     k.last = t;
+    ++k.in_ring;
+    if (!came_true) ++k.count;
     k.periodic = came_true;
     if (period_ != 0 && k.head == kNone) k.head = t;
     uint64_t vote[kRecent];
@@ -254,6 +298,36 @@ class HintedPolicy final : public EvictionPolicy {
     k.recent[0] = t;
     // Voting may rebuild every key's state; `k` is not used after it.
     for (size_t i = 0; i < votes; ++i) Vote(vote[i]);
+  }
+
+  // The access in `old` leaves the ring.
+  void Forget(const Slot& old) {
+    if (old.time == kNone) return;
+    auto it = keys_.find(old.key);
+    if (it == keys_.end()) return;
+    KeyState& k = it->second;
+    if (k.head == old.time) k.head = old.next;
+    --k.in_ring;
+    MaybeForgetKey(it);
+  }
+
+  // The random access in `old` leaves the random ring: its key's count
+  // falls, so it is re-filed.
+  void ForgetRandom(const RandomSlot& old) {
+    auto it = keys_.find(old.key);
+    if (it == keys_.end()) return;
+    KeyState& k = it->second;
+    const bool placed = k.place == Where::kRandom;
+    if (placed) Unplace(old.key, k);
+    --k.count;
+    if (placed) Place(old.key, k);
+    MaybeForgetKey(it);
+  }
+
+  // A key is kept while it is resident or has an access in either ring.
+  void MaybeForgetKey(absl::flat_hash_map<uint64_t, KeyState>::iterator it) {
+    const KeyState& k = it->second;
+    if (!k.resident && k.in_ring == 0 && k.count == 0) keys_.erase(it);
   }
 
   // The access at `time` leaves the window (now - P, now].
@@ -294,8 +368,8 @@ class HintedPolicy final : public EvictionPolicy {
   }
 
   // Adopts period `p`: recomputes every head from the ring, which keys are
-  // periodic (accessed exactly p before their last access), and where every
-  // resident key is filed.
+  // periodic (accessed exactly p before their last access), the random
+  // accesses of the last period, and where every resident key is filed.
   void SetPeriod(uint64_t p) {
     period_ = p;
     for (auto& [key, k] : keys_) {
@@ -318,6 +392,12 @@ class HintedPolicy final : public EvictionPolicy {
       }
     }
     edge_ = now_ >= p ? now_ - p : 0;
+    // p < W, so the random accesses of the last period are all kept.
+    random_window_ = random_count_ + 1;
+    while (random_window_ > 1 && random_count_ + 1 - random_window_ < p &&
+           RandomTime(random_window_ - 1) + p >= now_ + 1) {
+      --random_window_;
+    }
     for (auto& [key, k] : keys_) {
       if (k.place != Where::kNowhere) Place(key, k);
     }
@@ -326,6 +406,10 @@ class HintedPolicy final : public EvictionPolicy {
   const size_t capacity_;
   const uint64_t ring_size_;  // W, a power of two.
   std::vector<Slot> ring_;
+  // The last W random accesses, by index (1, 2, ...) modulo W.
+  std::vector<RandomSlot> random_ring_;
+  uint64_t random_count_ = 0;   // Index of the last random access.
+  uint64_t random_window_ = 1;  // Index of the first one in (now - P, now].
   uint64_t now_ = 0;
   uint64_t edge_ = 0;    // Accesses at or before edge_ left the window.
   uint64_t period_ = 0;  // P; 0 while unknown.
@@ -338,10 +422,9 @@ class HintedPolicy final : public EvictionPolicy {
   size_t resident_ = 0;
   absl::flat_hash_map<uint64_t, KeyState> keys_;
   // Resident keys whose accesses repeat with the period, by predicted next
-  // use; the others by gap (random_) and by last access (lru_).
+  // use; the others by (count, last access).
   std::set<std::pair<uint64_t, uint64_t>> periodic_;
-  std::set<std::pair<uint64_t, uint64_t>> random_;
-  std::set<std::pair<uint64_t, uint64_t>> lru_;
+  std::set<std::tuple<uint64_t, uint64_t, uint64_t>> random_;
 };
 
 }  // namespace

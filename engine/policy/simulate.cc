@@ -4,6 +4,9 @@
 #include <cassert>
 #include <cstdint>
 #include <memory>
+#include <iterator>
+#include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -69,6 +72,38 @@ absl::StatusOr<SimResult> Simulate(std::string_view name,
   return Replay(*policy, trace, capacity);
 }
 
+absl::StatusOr<uint64_t> TrainingA0Misses(absl::Span<const uint64_t> trace,
+                                          size_t capacity,
+                                          size_t layer_blocks) {
+  if (capacity <= layer_blocks) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "A0 reference: capacity %d does not exceed the %d layer blocks; it is "
+        "defined only where every layer block fits with room for a row",
+        capacity, layer_blocks));
+  }
+  absl::flat_hash_set<uint64_t> resident;
+  std::map<uint64_t, uint64_t> rows;  // Resident rows by rank: their keys.
+  uint64_t misses = 0;
+  for (uint64_t key : trace) {
+    if (resident.contains(key)) continue;
+    ++misses;
+    if (resident.size() >= capacity) {
+      if (rows.empty()) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "A0 reference: more than %d layer blocks in the trace",
+            layer_blocks));
+      }
+      resident.erase(std::prev(rows.end())->second);
+      rows.erase(std::prev(rows.end()));
+    }
+    resident.insert(key);
+    if (const std::optional<uint64_t> rank = TrainingEmbeddingRank(key)) {
+      rows.emplace(*rank, key);
+    }
+  }
+  return misses;
+}
+
 std::vector<SuiteWorkload> StandardSuite(double scale) {
   auto scaled = [scale](double n) {
     return static_cast<size_t>(std::max(1.0, n * scale));
@@ -98,23 +133,32 @@ std::vector<SuiteWorkload> StandardSuite(double scale) {
                        scan.zipf.seed, scan.scan_fraction, scan.scan_length),
        ZipfScanTrace(scan), zipf_caches});
 
-  TrainingParams training;
-  training.steps = scaled(50);
-  const size_t layer = training.layer_blocks();
-  suite.push_back(
-      {"training",
-       absl::StrFormat(
-           "layers=%d blocks_per_layer=%d optimizer_blocks_per_layer=%d "
-           "embedding_rows=%d embedding_alpha=%.2f lookups_per_layer=%d "
-           "steps=%d seed=%d",
-           training.layers, training.blocks_per_layer,
-           training.optimizer_blocks_per_layer, training.embedding_rows,
-           training.embedding_alpha, training.lookups_per_layer,
-           training.steps, training.seed),
-       TrainingTrace(training),
-       {{"25% layers", layer / 4},
-        {"50% layers", layer / 2},
-        {"100% layers + 256", layer + 256}}});
+  // Training steps with 1, 2 and 4 embedding lookups per layer; hinted's
+  // targets (issue: within 1.05x of Belady at half and at all of the layer
+  // blocks; 1.02x at half with one lookup) travel with the caches.
+  for (const size_t lookups : {1, 2, 4}) {
+    TrainingParams training;
+    training.lookups_per_layer = lookups;
+    training.steps = scaled(50);
+    const size_t layer = training.layer_blocks();
+    SuiteWorkload w;
+    w.name = lookups == 1 ? "training"
+                          : absl::StrFormat("training_%dlookups", lookups);
+    w.params = absl::StrFormat(
+        "layers=%d blocks_per_layer=%d optimizer_blocks_per_layer=%d "
+        "embedding_rows=%d embedding_alpha=%.2f lookups_per_layer=%d "
+        "steps=%d seed=%d",
+        training.layers, training.blocks_per_layer,
+        training.optimizer_blocks_per_layer, training.embedding_rows,
+        training.embedding_alpha, training.lookups_per_layer, training.steps,
+        training.seed);
+    w.trace = TrainingTrace(training);
+    w.layer_blocks = layer;
+    w.caches = {{"25% layers", layer / 4},
+                {"50% layers", layer / 2, lookups == 1 ? 1.02 : 1.05},
+                {"100% layers + 256", layer + 256, 1.05}};
+    suite.push_back(std::move(w));
+  }
   return suite;
 }
 

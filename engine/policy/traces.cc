@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <string>
@@ -125,6 +126,11 @@ std::vector<uint64_t> TrainingTrace(const TrainingParams& p) {
     }
   }
   return trace;
+}
+
+std::optional<uint64_t> TrainingEmbeddingRank(uint64_t key) {
+  if (key < kEmbeddingBase || key >= kScanBase) return std::nullopt;
+  return key - kEmbeddingBase;
 }
 
 absl::StatusOr<std::vector<uint64_t>> ParseTrace(std::string_view text) {

@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -66,6 +67,10 @@ struct TrainingParams {
   }
 };
 std::vector<uint64_t> TrainingTrace(const TrainingParams& params);
+// For a key of a TrainingTrace: the popularity rank of the embedding row it
+// names (0 is the most requested), or nullopt for a layer block. For
+// reference policies and measurements only: a real policy sees opaque keys.
+std::optional<uint64_t> TrainingEmbeddingRank(uint64_t key);
 
 // Parses a trace: one unsigned decimal integer key per line; blank lines and
 // surrounding spaces are ignored. kInvalidArgument naming the first bad line
