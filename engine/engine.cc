@@ -7,7 +7,6 @@
 #include "engine/prefetch_state.h"
 #include "engine/testing.h"
 #include "engine/tier_factory.h"
-#include "tiers/nvme/io_backend.h"
 #include "util/status_macros.h"
 
 namespace strata {
@@ -79,13 +78,6 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(EngineOptions options) {
 }
 
 namespace testing {
-
-absl::StatusOr<std::unique_ptr<Engine>> OpenWithBackend(
-    EngineOptions options, std::unique_ptr<tiers::IoBackend> nvme_backend) {
-  internal::TierOverrides overrides;
-  overrides.nvme_backend = std::move(nvme_backend);
-  return OpenWithTiers(std::move(options), std::move(overrides));
-}
 
 absl::StatusOr<std::unique_ptr<Engine>> OpenWithTiers(
     EngineOptions options, internal::TierOverrides overrides) {

@@ -43,6 +43,12 @@ class TierChain;
 // What tests may put in place of the tiers the engine would build
 // (engine/testing.h).
 struct TierOverrides {
+  // Out of line (tier_factory.cc): only the factory sees the tier types.
+  TierOverrides();
+  ~TierOverrides();
+  TierOverrides(TierOverrides&&) noexcept;
+  TierOverrides& operator=(TierOverrides&&) noexcept;
+
   std::unique_ptr<tiers::IoBackend> nvme_backend;
   // Tiers to use for these kinds instead of building them.
   std::map<Tier, std::unique_ptr<tiers::Tier>> tiers;

@@ -8,7 +8,6 @@
 #include "absl/status/statusor.h"
 #include "api/strata/strata.h"
 #include "engine/engine_core.h"
-#include "tiers/nvme/io_backend.h"  // TierOverrides holds one
 
 namespace strata::testing {
 

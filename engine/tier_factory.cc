@@ -1,6 +1,7 @@
 #include "engine/tier_factory.h"
 
 #include "absl/strings/str_cat.h"
+#include "engine/testing.h"
 #include "util/strings.h"
 #include "tiers/host/host_tier.h"
 #include "tiers/nvme/io_backend.h"
@@ -40,6 +41,11 @@ absl::StatusOr<std::unique_ptr<tiers::Tier>> Build(
 
 }  // namespace
 
+TierOverrides::TierOverrides() = default;
+TierOverrides::~TierOverrides() = default;
+TierOverrides::TierOverrides(TierOverrides&&) noexcept = default;
+TierOverrides& TierOverrides::operator=(TierOverrides&&) noexcept = default;
+
 absl::StatusOr<std::unique_ptr<TierChain>> BuildChain(
     const EngineOptions& options, TierOverrides overrides) {
   if (overrides.tiers.contains(Tier::kHost)) {
@@ -75,3 +81,14 @@ absl::StatusOr<std::unique_ptr<TierChain>> BuildChain(
 }
 
 }  // namespace strata::internal
+
+namespace strata::testing {
+
+absl::StatusOr<std::unique_ptr<Engine>> OpenWithBackend(
+    EngineOptions options, std::unique_ptr<tiers::IoBackend> nvme_backend) {
+  internal::TierOverrides overrides;
+  overrides.nvme_backend = std::move(nvme_backend);
+  return OpenWithTiers(std::move(options), std::move(overrides));
+}
+
+}  // namespace strata::testing
