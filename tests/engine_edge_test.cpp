@@ -12,10 +12,14 @@
 // pin_wait_timeout is a few seconds, so that a wrong wait fails fast, except
 // in the DropTensor race, whose point is that its 20 s are never reached: a
 // hang there shows as kDeadlineExceeded (the race stops at the first one).
+#include <sys/mount.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <memory>
@@ -806,6 +810,68 @@ TEST(EngineErrorTest, DroppingATensorDropsItsWriteBackErrors) {
   EXPECT_OK(e->FlushAll()) << "FlushAll after a was dropped";
   ASSERT_NO_FATAL_FAILURE(ExpectAll(*e, b, 2, 1, &written));
   EXPECT_OK(e->Close());
+}
+
+// A full file system under the NVMe tier: a small tmpfs (mounted for the
+// test; skipped where mounting is not allowed). Write pins past what host +
+// disk hold fail with kResourceExhausted, fast (the tier remembers the
+// ENOSPC instead of asking fallocate again for every victim); nothing
+// acknowledged is lost; freeing space makes writes work again.
+TEST(EngineFullDiskTest, FullFileSystemIsResourceExhaustedAndLosesNothing) {
+  TempDir dir;
+  ASSERT_TRUE(dir.ok());
+  const std::string fs = dir.Sub("fs");
+  ASSERT_TRUE(std::filesystem::create_directory(fs));
+  if (::mount("tmpfs", fs.c_str(), "tmpfs", 0, "size=1m") != 0) {
+    GTEST_SKIP() << "cannot mount a tmpfs here (" << std::strerror(errno)
+                 << "): needs root";
+  }
+  struct Unmount {
+    std::string path;
+    ~Unmount() { ::umount(path.c_str()); }
+  } unmount{fs};
+  {
+    EngineOptions o = EdgeOptions(fs + "/nvme");
+    o.nvme.capacity_bytes = 64 * kMiB;  // the file system is the limit
+    ASSERT_OK_AND_ASSIGN(auto e, Engine::Open(o));
+    const uint64_t n = 1 * kMiB / kBlock + 2 * kFrames;  // beyond disk + host
+    ASSERT_OK_AND_ASSIGN(Tensor t, e->CreateTensor("t", BlocksSpec(n)));
+    std::vector<bool> written(n, false);
+    uint64_t refused = 0;
+    for (uint64_t b = 0; b < n; ++b) {
+      auto pin = e->Pin(t, b, Tier::kHost, Access::kWrite);
+      if (!pin.ok()) {
+        EXPECT_EQ(pin.status().code(), StatusCode::kResourceExhausted)
+            << "block " << b << ": " << pin.status();
+        ++refused;
+        continue;
+      }
+      FillPattern(pin->bytes(), Seed(7, b, 1));
+      written[b] = true;
+    }
+    EXPECT_GT(refused, 0u) << "the 1 MiB file system never filled";
+    for (uint64_t b = 0; b < n; ++b) {
+      if (!written[b]) continue;
+      auto pin = e->Pin(t, b, Tier::kHost, Access::kRead);
+      if (!pin.ok()) {
+        EXPECT_EQ(pin.status().code(), StatusCode::kResourceExhausted)
+            << "block " << b << ": " << pin.status();
+        continue;
+      }
+      EXPECT_EQ(FirstPatternMismatch(pin->bytes(), Seed(7, b, 1)), -1) << b;
+    }
+    ASSERT_OK(e->DropTensor(t));
+    ASSERT_OK_AND_ASSIGN(Tensor u, e->CreateTensor("u", BlocksSpec(2 * kFrames)));
+    for (uint64_t b = 0; b < u.num_blocks(); ++b) {
+      ASSERT_OK_AND_ASSIGN(Pin p, e->Pin(u, b, Tier::kHost, Access::kWrite));
+      FillPattern(p.bytes(), Seed(8, b, 1));
+    }
+    for (uint64_t b = 0; b < u.num_blocks(); ++b) {
+      ASSERT_OK_AND_ASSIGN(Pin p, e->Pin(u, b, Tier::kHost, Access::kRead));
+      EXPECT_EQ(FirstPatternMismatch(p.bytes(), Seed(8, b, 1)), -1) << b;
+    }
+    EXPECT_OK(e->Close());
+  }
 }
 
 }  // namespace

@@ -25,6 +25,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <chrono>
 #include <optional>
 #include <set>
 #include <thread>
@@ -421,6 +422,7 @@ class NvmeTier final : public Tier {
       return;
     }
     in_frames_ -= frame.bytes;
+    disk_full_until_.reset();  // room again, maybe
     // [end(), prealloc_end_) must have blocks; a punched piece breaks it.
     if (r->to_tail && !r->backing.full) {
       prealloc_end_ = extents_.end();
@@ -459,7 +461,20 @@ class NvmeTier final : public Tier {
     return rc == 0 ? 0 : errno;
   }
 
-  absl::Status DiskFullLocked(uint64_t offset, uint64_t end, int err) const {
+  static constexpr auto kDiskFullMemo = std::chrono::milliseconds(200);
+
+  // The memo of a full file system, if it still holds.
+  std::optional<absl::Status> StillFullLocked(uint64_t offset, uint64_t end) {
+    if (!disk_full_until_.has_value()) return std::nullopt;
+    if (std::chrono::steady_clock::now() >= *disk_full_until_) {
+      disk_full_until_.reset();
+      return std::nullopt;
+    }
+    return DiskFullLocked(offset, end, ENOSPC);
+  }
+
+  absl::Status DiskFullLocked(uint64_t offset, uint64_t end, int err) {
+    disk_full_until_ = std::chrono::steady_clock::now() + kDiskFullMemo;
     return absl::ResourceExhaustedError(absl::StrCat(
         "tier nvme: ", config_.path, " is full (preallocating ", file_,
         " from ", offset, " to ", end, " bytes failed: ",
@@ -470,6 +485,7 @@ class NvmeTier final : public Tier {
   // Gives the frame [offset, offset + size), taken from a punched free
   // extent, its blocks again.
   absl::Status FillLocked(uint64_t offset, uint64_t size) {
+    if (auto full = StillFullLocked(offset, offset + size)) return *full;
     const int err = FallocateRetrying(fd_, 0, offset, size);
     if (err == 0 || err == EOPNOTSUPP) return absl::OkStatus();
     if (err == ENOSPC || err == EDQUOT) {
@@ -484,6 +500,7 @@ class NvmeTier final : public Tier {
   // and AheadLocked() more for the frames to come.
   absl::Status PreallocateLocked(uint64_t end) {
     if (end <= prealloc_end_) return absl::OkStatus();
+    if (auto full = StillFullLocked(prealloc_end_, end)) return *full;
     const uint64_t ahead = std::min(
         config_.capacity_bytes, end + AheadLocked());
     for (uint64_t target : {ahead, end}) {
@@ -929,6 +946,11 @@ class NvmeTier final : public Tier {
   bool logged_punch_failure_ = false;
   bool logged_trim_failure_ = false;
   bool logged_bad_free_ = false;
+  // The file system said ENOSPC: until a frame is freed here, or a while has
+  // passed (other files may shrink), Allocate says full without asking it
+  // again. fallocate on a full ext4 costs milliseconds of scanning; a burst
+  // of evictions asking it once each cost seconds of system time per miss.
+  std::optional<std::chrono::steady_clock::time_point> disk_full_until_;
 
   std::mutex mu_;  // guards everything below up to stop_
   std::condition_variable cv_;  // in_flight_ went down
