@@ -248,6 +248,19 @@ void DropClaimed(EngineParts& parts, TensorState& ts, uint64_t block, int pos) {
   FreeCopyLocked(parts, ts, block, pos);
 }
 
+bool TakeClaimedFrame(EngineParts& parts, TensorState& ts, uint64_t block,
+                      int pos, uint64_t bytes, tiers::Frame* frame) {
+  LatchGuard latch(ts.record(block).latch, *parts.waits);
+  CopySlot& slot = ts.copy(pos, block);
+  if (slot.frame.bytes < bytes || slot.frame.bytes - bytes >= 4096) return false;
+  *frame = slot.frame;
+  slot.frame = {};
+  slot.version = 0;
+  slot.checksum = 0;
+  parts.waits->Publish(slot.word, S::Absent());
+  return true;
+}
+
 absl::Status Interrupted(const EngineParts& parts, const TensorState& ts) {
   if (ts.dropped()) {
     return absl::NotFoundError(absl::StrCat(

@@ -74,6 +74,12 @@ void FreeCopyLocked(EngineParts& parts, TensorState& ts, uint64_t block,
 // Drops copy `pos`, which this thread claimed (evicting): frees its frame
 // and publishes it absent. Takes the latch.
 void DropClaimed(EngineParts& parts, TensorState& ts, uint64_t block, int pos);
+// Like DropClaimed, but hands the frame to the caller instead of freeing it
+// when it fits `bytes` (at least that, less than 4 KiB more): the thread
+// that evicted for a frame gets it, not whoever allocates first. False (the
+// copy untouched, still claimed) when it does not fit.
+bool TakeClaimedFrame(EngineParts& parts, TensorState& ts, uint64_t block,
+                      int pos, uint64_t bytes, tiers::Frame* frame);
 
 // The error a pin gets for a dropped tensor or a closing engine, or OK.
 absl::Status Interrupted(const EngineParts& parts, const TensorState& ts);

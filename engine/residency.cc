@@ -57,8 +57,35 @@ std::string Residency::NoRoomMessage() const {
 }
 
 absl::StatusOr<tiers::Frame> Residency::Allocate(uint64_t bytes,
-                                                 Deadline deadline) {
+                                                 Deadline deadline,
+                                                 bool speculative) {
   if (!evicts()) return AllocateNow(bytes);
+  if (speculative) {
+    // Let pins short of space here go first.
+    while (demand_waiting_.load(std::memory_order_acquire) > 0) {
+      STRATA_RETURN_IF_ERROR(parts_.life->CheckOpen());
+      if (!WaitForSpace(space_epoch_.load(std::memory_order_acquire), deadline)) {
+        return absl::DeadlineExceededError(absl::StrCat(
+            "tier ", Sv(TierName(parts_.chain->kind(pos_))),
+            ": a prefetch waited for pins short of space until its deadline"));
+      }
+    }
+    return AllocateLoop(bytes, deadline);
+  }
+  absl::StatusOr<tiers::Frame> frame = tier_.Allocate(bytes);
+  if (frame.ok()) {
+    EvictAhead();
+    return frame;
+  }
+  demand_waiting_.fetch_add(1, std::memory_order_acq_rel);
+  frame = AllocateLoop(bytes, deadline);
+  demand_waiting_.fetch_sub(1, std::memory_order_acq_rel);
+  NotifySpace();  // speculative allocations waiting on this one
+  return frame;
+}
+
+absl::StatusOr<tiers::Frame> Residency::AllocateLoop(uint64_t bytes,
+                                                     Deadline deadline) {
   const uint64_t failures_before = failures_.load(std::memory_order_acquire);
   // Bounded: every round gets a frame, frees or starts freeing one, or
   // waits for a frame in transit; the bound only matters when other threads
@@ -81,7 +108,10 @@ absl::StatusOr<tiers::Frame> Residency::Allocate(uint64_t bytes,
       if (!WaitForSpace(epoch, deadline)) break;
       continue;
     }
-    EvictResult evicted = EvictSome(max_write_backs_ - in_flight, false);
+    tiers::Frame handoff;
+    EvictResult evicted =
+        EvictSome(max_write_backs_ - in_flight, false, bytes, &handoff);
+    if (handoff.valid()) return handoff;
     if (evicted.freed > 0) continue;
     if (evicted.started == 0 && evicted.busy > 0) {
       // A victim's copy below is in the middle of its own move (it ends
@@ -126,7 +156,11 @@ absl::StatusOr<tiers::Frame> Residency::WhyNoFrame(
   return absl::ResourceExhaustedError(NoRoomMessage());
 }
 
-absl::StatusOr<tiers::Frame> Residency::TryAllocate(uint64_t bytes) {
+absl::StatusOr<tiers::Frame> Residency::TryAllocate(uint64_t bytes,
+                                                    bool speculative) {
+  if (speculative && demand_waiting_.load(std::memory_order_acquire) > 0) {
+    return absl::ResourceExhaustedError("a pin is short of space here");
+  }
   absl::StatusOr<tiers::Frame> frame = tier_.Allocate(bytes);
   if (frame.ok()) EvictAhead();
   return frame;
@@ -152,7 +186,9 @@ void Residency::Free(const tiers::Frame& frame) {
   NotifySpace();
 }
 
-Residency::EvictResult Residency::EvictSome(size_t count, bool clean_only) {
+Residency::EvictResult Residency::EvictSome(size_t count, bool clean_only,
+                                            uint64_t bytes,
+                                            tiers::Frame* handoff) {
   EvictResult result;
   std::vector<Victim> victims = ClaimVictims(count, clean_only);
   if (victims.empty()) {
@@ -164,7 +200,10 @@ Residency::EvictResult Residency::EvictSome(size_t count, bool clean_only) {
     CopyBatch batch(*parts_.chain);
     for (const Victim& v : victims) {
       if (!v.dirty) {
-        DropClaimed(parts_, *v.ts, v.block, pos_);
+        if (handoff == nullptr || handoff->valid() ||
+            !TakeClaimedFrame(parts_, *v.ts, v.block, pos_, bytes, handoff)) {
+          DropClaimed(parts_, *v.ts, v.block, pos_);
+        }
         counters.evictions.fetch_add(1, std::memory_order_relaxed);
         ++result.freed;
         continue;

@@ -52,9 +52,15 @@ class Residency {
   // copy pinned or being moved, or the tiers below are full); the error of
   // the write-backs when they keep failing; kDeadlineExceeded when frames
   // in flight did not come back in time; kFailedPrecondition when closing.
-  absl::StatusOr<tiers::Frame> Allocate(uint64_t bytes, Deadline deadline);
+  // `speculative` (prefetch, readahead): waits while a demand allocation
+  // (a pin's) is short of space, so that loads nobody waits for yet never
+  // take the frames a pin evicted for.
+  absl::StatusOr<tiers::Frame> Allocate(uint64_t bytes, Deadline deadline,
+                                        bool speculative = false);
   // A frame if one is free now (then evicts ahead); no eviction, no wait.
-  absl::StatusOr<tiers::Frame> TryAllocate(uint64_t bytes);
+  // `speculative`: none while a pin is short of space here.
+  absl::StatusOr<tiers::Frame> TryAllocate(uint64_t bytes,
+                                           bool speculative = false);
   // A frame now or never (a demotion into this tier falls through to the
   // next one instead of waiting): drops clean victims, starts write-backs
   // of dirty ones for later, and gives up.
@@ -93,7 +99,11 @@ class Residency {
 
   absl::StatusOr<tiers::Frame> WhyNoFrame(const EvictResult& evicted,
                                           uint64_t failures_before) const;
-  EvictResult EvictSome(size_t count, bool clean_only);
+  // Evicts up to `count` victims; with `handoff`, the first clean victim
+  // whose frame fits `bytes` is handed over instead of freed.
+  EvictResult EvictSome(size_t count, bool clean_only, uint64_t bytes = 0,
+                        tiers::Frame* handoff = nullptr);
+  absl::StatusOr<tiers::Frame> AllocateLoop(uint64_t bytes, Deadline deadline);
   std::vector<Victim> ClaimVictims(size_t count, bool clean_only);
   bool TryClaim(uint64_t key, bool take_prefetched, bool clean_only,
                 Victim* out);
@@ -111,6 +121,7 @@ class Residency {
   std::unique_ptr<policy::EvictionPolicy> policy_ ABSL_GUARDED_BY(policy_mu_);
 
   std::atomic<int64_t> in_transit_{0};       // load frames + victims in flight
+  std::atomic<int64_t> demand_waiting_{0};   // pins short of a frame here
   std::atomic<int64_t> victims_in_flight_{0};
   size_t max_write_backs_ = 8;
   uint64_t reserve_bytes_ = 0;  // free bytes evict-ahead keeps

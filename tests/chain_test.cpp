@@ -94,7 +94,18 @@ class ChainTest : public ::testing::Test {
               -1)
         << "block " << b << " version " << v << " in tier " << TierName(tier);
   }
-  static TierStats Of(Engine& e, Tier t) { return e.GetStats().tier(t); }
+  // Stats once no write-back is in flight (they finish asynchronously);
+  // bounded: each one completes within io_timeout.
+  static TierStats Of(Engine& e, Tier t) {
+    for (int i = 0; i < 1000000; ++i) {
+      const EngineStats s = e.GetStats();
+      bool idle = true;
+      for (const TierStats& ts : s.tiers) idle = idle && ts.write_backs_in_flight == 0;
+      if (idle) return s.tier(t);
+      std::this_thread::yield();
+    }
+    return e.GetStats().tier(t);
+  }
 
   TempDir dir_;
 };

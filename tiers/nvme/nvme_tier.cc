@@ -1016,10 +1016,7 @@ absl::Status MakeDirectories(const std::string& path) {
   return MakeOneDirectory(dir, dir);
 }
 
-}  // namespace
-
-absl::StatusOr<std::unique_ptr<Tier>> MakeNvmeTier(
-    const NvmeConfig& config, std::unique_ptr<IoBackend> backend) {
+absl::Status CheckConfig(const NvmeConfig& config) {
   if (config.path.empty()) {
     return absl::InvalidArgumentError(
         "tier nvme: EngineOptions::nvme.path is empty; set it to a writable "
@@ -1035,11 +1032,13 @@ absl::StatusOr<std::unique_ptr<Tier>> MakeNvmeTier(
         "tier nvme: EngineOptions::nvme.queue_depth is ", config.queue_depth,
         "; it must be between 1 and ", kMaxQueueDepth));
   }
-  STRATA_RETURN_IF_ERROR(MakeDirectories(config.path));
-  std::string file = absl::StrCat(
-      config.path, "/",
-      absl::string_view(kNvmeBlockFile.data(), kNvmeBlockFile.size()));
+  return absl::OkStatus();
+}
 
+// Opens <path>/blocks.strata O_DIRECT, locks it for this engine and
+// truncates it. Returns the descriptor.
+absl::StatusOr<int> OpenBlockFile(const NvmeConfig& config,
+                                  const std::string& file) {
   // Not O_TRUNC: the file may belong to a running engine until the lock says
   // otherwise.
   int fd = ::open(file.c_str(), O_RDWR | O_CREAT | O_DIRECT | O_CLOEXEC, 0644);
@@ -1075,21 +1074,50 @@ absl::StatusOr<std::unique_ptr<Tier>> MakeNvmeTier(
                                                 file),
                             kPathAdvice));
   }
+  return fd;
+}
 
-  uint64_t io_align = 4096, mem_align = 4096;
+// The file's O_DIRECT offset and memory alignment (statx STATX_DIOALIGN
+// where the file system reports it; else 4096).
+absl::Status DirectIoAlignment(int fd, const std::string& file,
+                               uint64_t* io_align, uint64_t* mem_align) {
+  *io_align = 4096;
+  *mem_align = 4096;
   struct statx stx;
-  if (::statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &stx) == 0 &&
-      (stx.stx_mask & STATX_DIOALIGN) != 0) {
-    if (stx.stx_dio_offset_align == 0) {
-      return fail(absl::FailedPreconditionError(absl::StrCat(
-          "tier nvme: ", file, " does not support O_DIRECT (statx reports no "
-          "direct I/O alignment); set EngineOptions::nvme.path to a directory "
-          "on ext4, xfs or tmpfs (Linux >= 6.6)")));
-    }
-    io_align = stx.stx_dio_offset_align;
-    mem_align = stx.stx_dio_mem_align;
+  if (::statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &stx) != 0 ||
+      (stx.stx_mask & STATX_DIOALIGN) == 0) {
+    return absl::OkStatus();
   }
+  if (stx.stx_dio_offset_align == 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "tier nvme: ", file, " does not support O_DIRECT (statx reports no "
+        "direct I/O alignment); set EngineOptions::nvme.path to a directory "
+        "on ext4, xfs or tmpfs (Linux >= 6.6)"));
+  }
+  *io_align = stx.stx_dio_offset_align;
+  *mem_align = stx.stx_dio_mem_align;
+  return absl::OkStatus();
+}
 
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Tier>> MakeNvmeTier(
+    const NvmeConfig& config, std::unique_ptr<IoBackend> backend) {
+  STRATA_RETURN_IF_ERROR(CheckConfig(config));
+  STRATA_RETURN_IF_ERROR(MakeDirectories(config.path));
+  std::string file = absl::StrCat(
+      config.path, "/",
+      absl::string_view(kNvmeBlockFile.data(), kNvmeBlockFile.size()));
+  STRATA_ASSIGN_OR_RETURN(const int fd, OpenBlockFile(config, file));
+  auto fail = [fd](absl::Status s) {
+    ::close(fd);
+    return s;
+  };
+  uint64_t io_align = 0, mem_align = 0;
+  if (absl::Status s = DirectIoAlignment(fd, file, &io_align, &mem_align);
+      !s.ok()) {
+    return fail(s);
+  }
   if (backend == nullptr) backend = MakeUringBackend();
   absl::Status opened = backend->Open(fd, config.queue_depth);
   if (!opened.ok()) {
