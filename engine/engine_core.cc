@@ -580,7 +580,7 @@ absl::Status EngineCore::Build() {
   }
   catalog_ = std::make_unique<Catalog>(parts_, this);
   parts_.catalog = catalog_.get();
-  stats_ = std::make_unique<Stats>(uid_, std::move(pinnable), chain_->size());
+  stats_ = std::make_unique<Stats>(uid_, std::move(pinnable));
   parts_.stats = stats_.get();
   for (int pos = 0; pos < chain_->size(); ++pos) {
     std::unique_ptr<policy::EvictionPolicy> policy;

@@ -4,10 +4,8 @@ namespace strata::internal {
 
 thread_local Stats::Tls Stats::tls_;
 
-Stats::Stats(uint64_t uid, std::vector<int> pinnable_positions, int chain_size)
-    : uid_(uid), pinnable_(std::move(pinnable_positions)) {
-  (void)chain_size;
-}
+Stats::Stats(uint64_t uid, std::vector<int> pinnable_positions)
+    : uid_(uid), pinnable_(std::move(pinnable_positions)) {}
 
 ThreadState* Stats::Register() {
   std::lock_guard lock(mu_);

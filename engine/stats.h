@@ -57,7 +57,7 @@ struct ThreadState {
 
 class Stats {
  public:
-  Stats(uint64_t uid, std::vector<int> pinnable_positions, int chain_size);
+  Stats(uint64_t uid, std::vector<int> pinnable_positions);
 
   TierCounters& tier(int pos) { return counters_[pos]; }
   const TierCounters& tier(int pos) const { return counters_[pos]; }

@@ -812,6 +812,38 @@ TEST(EngineErrorTest, DroppingATensorDropsItsWriteBackErrors) {
   EXPECT_OK(e->Close());
 }
 
+// Every wait has a deadline, synchronous I/O included: a read whose
+// completion the device swallows (kHold) gives the pin that waits for it
+// kDeadlineExceeded after io_timeout, naming the option; the frame stays
+// reserved (quarantined) until the completion arrives; then the block reads
+// back right.
+TEST(EngineTimeoutTest, SwallowedCompletionIsDeadlineExceededAndQuarantined) {
+  TempDir dir;
+  ASSERT_TRUE(dir.ok());
+  auto faults = std::make_shared<FaultInjector>();
+  EngineOptions o = EdgeOptions(dir.Sub("nvme"));
+  o.io_timeout = absl::Milliseconds(300);
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Engine> e, OpenFaulty(o, faults));
+  ASSERT_OK_AND_ASSIGN(Tensor t, e->CreateTensor("t", BlocksSpec(2 * kFrames)));
+  ASSERT_NO_FATAL_FAILURE(WriteAll(*e, t, 1, 1));
+  ASSERT_OK(e->Flush(t));  // lru: blocks 0..7 are on NVMe only now
+  faults->Arm(FaultOps::kRead, 1, Fault::kHold);
+  auto pin = e->Pin(t, 0, Tier::kHost, Access::kRead);
+  EXPECT_EQ(pin.status().code(), StatusCode::kDeadlineExceeded) << pin.status();
+  EXPECT_THAT(std::string(pin.status().message()), HasSubstr("io_timeout"));
+  EXPECT_EQ(faults->held(), 1u);
+  // The copy stays in transit, its frame reserved: a second pin waits for
+  // the same load and times out too (it does not start another read).
+  auto again = e->Pin(t, 0, Tier::kHost, Access::kRead);
+  EXPECT_EQ(again.status().code(), StatusCode::kDeadlineExceeded) << again.status();
+  faults->Clear();  // the completion arrives
+  for (uint64_t b = 0; b < 2 * kFrames; ++b) {
+    ASSERT_OK_AND_ASSIGN(Pin p, e->Pin(t, b, Tier::kHost, Access::kRead));
+    EXPECT_EQ(FirstPatternMismatch(p.bytes(), Seed(1, b, 1)), -1) << b;
+  }
+  EXPECT_OK(e->Close());
+}
+
 // A full file system under the NVMe tier: a small tmpfs (mounted for the
 // test; skipped where mounting is not allowed). Write pins past what host +
 // disk hold fail with kResourceExhausted, fast (the tier remembers the
