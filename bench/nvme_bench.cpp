@@ -9,7 +9,8 @@
 //   BM_NvmeWriteBack/baseline     RawSequentialWrite, 2 MiB I/Os
 //   BM_NvmeRandomRead64K/strata   batches of random 64 KiB blocks: prefetch
 //                                 the batch, then pin each
-//   BM_NvmeRandomRead64K/baseline RawRandomRead, 64 KiB I/Os
+//   BM_NvmeRandomRead64K/baseline RawRandomReader: 64 KiB reads at the
+//                                 engine's queue depth, one ring for the run
 //
 //   build/bench/nvme_bench [--nvme_dir=DIR] [benchmark flags]
 // DIR (default ./strata-bench, created) should be on the device to measure.
@@ -185,14 +186,16 @@ void BM_RandomReadBaseline(benchmark::State& state) {
   const std::string path = nvme_dir + "/raw-random.bin";
   Check(strata::bench::RawSequentialWrite(path, kStreamBlock, kQueueDepth, kWorkingSet)
             .status(), "raw write");
-  uint64_t seed = 1;
+  auto reader = strata::bench::RawRandomReader::Open(
+      path, kRandomBlock, kQueueDepth, /*seed=*/1, kHostBytes);
+  Check(reader.status(), "raw random reader");
   for (auto _ : state) {
-    auto r = strata::bench::RawRandomRead(path, kRandomBlock, kRandomBatch,
-                                          kRandomBatch, seed++, kHostBytes);
+    auto r = (*reader)->Read(kRandomBatch);
     Check(r.status(), "raw random read");
     state.SetIterationTime(r->seconds);
   }
   state.SetItemsProcessed(state.iterations() * kRandomBatch);
+  reader->reset();
   std::remove(path.c_str());
 }
 
