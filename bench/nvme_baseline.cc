@@ -73,24 +73,61 @@ absl::Status CheckSequential(uint64_t block_bytes, uint32_t queue_depth,
   return absl::OkStatus();
 }
 
-// Runs `count` I/Os whose offsets come from `next_offset`, `io_bytes` each,
-// with `queue_depth` in flight, from buffers covering `memory_bytes` (at least
-// one buffer per I/O in flight), taken in turn.
-absl::StatusOr<RawIoResult> RunRing(const std::string& path, int fd,
-                                    bool write, uint64_t io_bytes,
-                                    uint32_t queue_depth, uint64_t count,
-                                    uint64_t memory_bytes,
-                                    const std::function<uint64_t()>& next_offset) {
+}  // namespace
+
+// One ring of `queue_depth` entries and the buffers it reads into or writes
+// from, set up once and kept for every Run: what an engine's long-lived ring
+// costs per I/O, with none of the setup in the timed loop.
+class RawIoLoop {
+ public:
+  // Sets up the ring and `buffer_count` buffers of `io_bytes` for `fd`
+  // (which the caller keeps open while this lives).
+  static absl::StatusOr<std::unique_ptr<RawIoLoop>> Create(
+      std::string path, int fd, bool write, uint64_t io_bytes,
+      uint32_t queue_depth, uint64_t memory_bytes);
+
+  // Exits the ring first (it waits for, or cancels, what is in flight), and
+  // only then unmaps the buffers.
+  ~RawIoLoop() { io_uring_queue_exit(&ring_); }
+
+  // Runs `count` I/Os whose offsets come from `next_offset`, `queue_depth`
+  // in flight, from the buffers taken in turn (across calls too, so the I/O
+  // walks all the memory). Times the I/O loop only. After an error the
+  // loop is broken: later calls return kFailedPrecondition.
+  absl::StatusOr<RawIoResult> Run(uint64_t count,
+                                  const std::function<uint64_t()>& next_offset);
+
+  bool fixed_buffers() const { return fixed_; }
+
+ private:
+  RawIoLoop(std::string path, int fd, bool write, uint64_t io_bytes,
+            uint32_t queue_depth, uint32_t buffer_count)
+      : path_(std::move(path)), fd_(fd), write_(write), io_bytes_(io_bytes),
+        queue_depth_(queue_depth), buffer_count_(buffer_count) {}
+  void Prep(uint32_t i);
+
+  const std::string path_;
+  const int fd_;
+  const bool write_;
+  const uint64_t io_bytes_;
+  const uint32_t queue_depth_;
+  const uint32_t buffer_count_;
+  std::unique_ptr<std::byte, Unmapper> buffers_;
+  io_uring ring_;  // initialized by Create before the object escapes
+  bool fixed_ = false;
+  bool broken_ = false;
+  std::vector<Slot> slots_;
+  std::vector<uint32_t> idle_;
+  // Buffers in turn, oldest returned first.
+  std::deque<uint32_t> free_buffers_;
+  std::vector<uint32_t> buffer_of_;
+};
+
+absl::StatusOr<std::unique_ptr<RawIoLoop>> RawIoLoop::Create(
+    std::string path, int fd, bool write, uint64_t io_bytes,
+    uint32_t queue_depth, uint64_t memory_bytes) {
   const uint32_t buffer_count = static_cast<uint32_t>(
       std::max<uint64_t>(queue_depth, std::min<uint64_t>(memory_bytes / io_bytes, 1024)));
-  io_uring ring;
-  int rc = io_uring_queue_init(queue_depth, &ring, 0);
-  if (rc < 0) return ErrnoStatus(-rc, "nvme baseline: io_uring_queue_init");
-  struct RingCloser {
-    io_uring* r;
-    ~RingCloser() { io_uring_queue_exit(r); }
-  } ring_closer{&ring};
-
   const size_t buffer_bytes = io_bytes * buffer_count;
   void* mapped = ::mmap(nullptr, buffer_bytes, PROT_READ | PROT_WRITE,
                         MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -108,94 +145,113 @@ absl::StatusOr<RawIoResult> RunRing(const std::string& path, int fd,
     auto* words = reinterpret_cast<uint64_t*>(buffers.get());
     for (uint64_t i = 0; i < buffer_bytes / 8; ++i) words[i] = rng();
   }
+  std::unique_ptr<RawIoLoop> loop(new RawIoLoop(std::move(path), fd, write,
+                                                io_bytes, queue_depth,
+                                                buffer_count));
+  int rc = io_uring_queue_init(queue_depth, &loop->ring_, 0);
+  if (rc < 0) {
+    // The destructor must not exit a ring that was never set up.
+    (void)loop.release();
+    return ErrnoStatus(-rc, "nvme baseline: io_uring_queue_init");
+  }
+  loop->buffers_ = std::move(buffers);
   std::vector<iovec> iovecs(buffer_count);
   for (uint32_t i = 0; i < buffer_count; ++i) {
-    iovecs[i] = {buffers.get() + i * io_bytes, static_cast<size_t>(io_bytes)};
+    iovecs[i] = {loop->buffers_.get() + i * io_bytes, static_cast<size_t>(io_bytes)};
   }
-  const bool fixed =
-      io_uring_register_buffers(&ring, iovecs.data(), buffer_count) == 0;
+  loop->fixed_ =
+      io_uring_register_buffers(&loop->ring_, iovecs.data(), buffer_count) == 0;
+  loop->slots_.resize(queue_depth);
+  for (uint32_t i = 0; i < queue_depth; ++i) loop->idle_.push_back(queue_depth - 1 - i);
+  for (uint32_t i = 0; i < buffer_count; ++i) loop->free_buffers_.push_back(i);
+  loop->buffer_of_.assign(queue_depth, 0);
+  return loop;
+}
 
-  std::vector<Slot> slots(queue_depth);
-  std::vector<uint32_t> idle;
-  for (uint32_t i = 0; i < queue_depth; ++i) idle.push_back(queue_depth - 1 - i);
-  // Buffers in turn, oldest returned first, so the I/O walks all the memory.
-  std::deque<uint32_t> free_buffers;
-  for (uint32_t i = 0; i < buffer_count; ++i) free_buffers.push_back(i);
-  std::vector<uint32_t> buffer_of(queue_depth, 0);
-  auto prep = [&](uint32_t i) {
-    Slot& s = slots[i];
-    io_uring_sqe* sqe = io_uring_get_sqe(&ring);  // never null: <= depth
-    const uint32_t b = buffer_of[i];
-    std::byte* buf = buffers.get() + b * io_bytes + s.done;
-    const unsigned len = static_cast<unsigned>(s.len - s.done);
-    const uint64_t off = s.offset + s.done;
-    if (write) {
-      if (fixed) io_uring_prep_write_fixed(sqe, fd, buf, len, off, static_cast<int>(b));
-      else io_uring_prep_write(sqe, fd, buf, len, off);
-    } else {
-      if (fixed) io_uring_prep_read_fixed(sqe, fd, buf, len, off, static_cast<int>(b));
-      else io_uring_prep_read(sqe, fd, buf, len, off);
-    }
-    io_uring_sqe_set_data64(sqe, i);
-  };
+void RawIoLoop::Prep(uint32_t i) {
+  Slot& s = slots_[i];
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);  // never null: <= depth
+  const uint32_t b = buffer_of_[i];
+  std::byte* buf = buffers_.get() + b * io_bytes_ + s.done;
+  const unsigned len = static_cast<unsigned>(s.len - s.done);
+  const uint64_t off = s.offset + s.done;
+  if (write_) {
+    if (fixed_) io_uring_prep_write_fixed(sqe, fd_, buf, len, off, static_cast<int>(b));
+    else io_uring_prep_write(sqe, fd_, buf, len, off);
+  } else {
+    if (fixed_) io_uring_prep_read_fixed(sqe, fd_, buf, len, off, static_cast<int>(b));
+    else io_uring_prep_read(sqe, fd_, buf, len, off);
+  }
+  io_uring_sqe_set_data64(sqe, i);
+}
 
+absl::StatusOr<RawIoResult> RawIoLoop::Run(
+    uint64_t count, const std::function<uint64_t()>& next_offset) {
+  if (broken_) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "nvme baseline: the ring on ", path_,
+        " failed before; open a new one"));
+  }
+  // Any early return below leaves I/Os in flight or SQEs prepared.
+  broken_ = true;
   RawIoResult result;
-  result.fixed_buffers = fixed;
+  result.fixed_buffers = fixed_;
   uint64_t issued = 0, completed = 0;
   uint32_t in_flight = 0;
   // The first error; once set, nothing new is issued and the loop drains
   // what is in flight (the kernel must be done with the buffers before they
-  // are freed).
+  // are reused or freed).
   absl::Status error;
+  int rc = 0;
   const auto start = std::chrono::steady_clock::now();
   while ((error.ok() && completed < count) || in_flight > 0) {
     bool prepared = false;
-    while (error.ok() && !idle.empty() && issued < count) {
-      const uint32_t i = idle.back();
-      idle.pop_back();
-      slots[i] = {.offset = next_offset(), .len = io_bytes, .done = 0};
-      buffer_of[i] = free_buffers.front();
-      free_buffers.pop_front();
-      prep(i);
+    while (error.ok() && !idle_.empty() && issued < count) {
+      const uint32_t i = idle_.back();
+      idle_.pop_back();
+      slots_[i] = {.offset = next_offset(), .len = io_bytes_, .done = 0};
+      buffer_of_[i] = free_buffers_.front();
+      free_buffers_.pop_front();
+      Prep(i);
       prepared = true;
       ++issued;
       ++in_flight;
     }
     if (prepared) {
-      rc = io_uring_submit(&ring);
+      rc = io_uring_submit(&ring_);
       if (rc < 0 && rc != -EINTR && rc != -EAGAIN) {
         // Prepared SQEs stay in the ring; exiting it cancels them.
         return ErrnoStatus(-rc, "nvme baseline: io_uring_submit");
       }
     }
     io_uring_cqe* cqe;
-    rc = io_uring_wait_cqe(&ring, &cqe);
+    rc = io_uring_wait_cqe(&ring_, &cqe);
     if (rc == -EINTR) continue;
     if (rc < 0) return ErrnoStatus(-rc, "nvme baseline: io_uring_wait_cqe");
     bool resubmit = false;
     unsigned head, seen = 0;
-    io_uring_for_each_cqe(&ring, head, cqe) {
+    io_uring_for_each_cqe(&ring_, head, cqe) {
       ++seen;
       const uint32_t i = static_cast<uint32_t>(io_uring_cqe_get_data64(cqe));
-      Slot& s = slots[i];
+      Slot& s = slots_[i];
       const int res = cqe->res;
       const uint64_t at = s.offset + s.done;
       absl::Status failed;
       if (res == -EAGAIN || res == -EINTR) {
         if (++s.retries <= 16) {
-          prep(i);
+          Prep(i);
           resubmit = true;
           continue;
         }
-        failed = ErrnoStatus(-res, absl::StrCat("nvme baseline: ", path,
+        failed = ErrnoStatus(-res, absl::StrCat("nvme baseline: ", path_,
                                                 " offset ", at, ", 16 retries"));
       } else if (res < 0) {
         failed = ErrnoStatus(-res, absl::StrCat("nvme baseline: ",
-                                                write ? "write" : "read", " of ",
-                                                path, " at offset ", at));
+                                                write_ ? "write" : "read", " of ",
+                                                path_, " at offset ", at));
       } else if (res == 0) {
         failed = absl::OutOfRangeError(absl::StrCat(
-            "nvme baseline: ", path, " ends before offset ", at,
+            "nvme baseline: ", path_, " ends before offset ", at,
             "; write it first (RawSequentialWrite)"));
       } else {
         s.done += static_cast<uint64_t>(res);
@@ -203,12 +259,12 @@ absl::StatusOr<RawIoResult> RunRing(const std::string& path, int fd,
           // Short: the rest, from an aligned offset (O_DIRECT); bounded.
           s.done = s.done / kAlign * kAlign;
           if (s.offset + s.done > at || ++s.retries <= 16) {
-            prep(i);
+            Prep(i);
             resubmit = true;
             continue;
           }
           failed = absl::DataLossError(absl::StrCat(
-              "nvme baseline: ", path, " keeps returning short I/O at offset ",
+              "nvme baseline: ", path_, " keeps returning short I/O at offset ",
               at));
         } else {
           result.bytes += s.len;
@@ -218,12 +274,12 @@ absl::StatusOr<RawIoResult> RunRing(const std::string& path, int fd,
       }
       if (!failed.ok() && error.ok()) error = failed;
       --in_flight;
-      idle.push_back(i);
-      free_buffers.push_back(buffer_of[i]);
+      idle_.push_back(i);
+      free_buffers_.push_back(buffer_of_[i]);
     }
-    io_uring_cq_advance(&ring, seen);
+    io_uring_cq_advance(&ring_, seen);
     if (resubmit) {
-      rc = io_uring_submit(&ring);
+      rc = io_uring_submit(&ring_);
       if (rc < 0 && rc != -EINTR && rc != -EAGAIN) {
         return ErrnoStatus(-rc, "nvme baseline: io_uring_submit");
       }
@@ -233,7 +289,22 @@ absl::StatusOr<RawIoResult> RunRing(const std::string& path, int fd,
   result.seconds = std::chrono::duration<double>(
                        std::chrono::steady_clock::now() - start)
                        .count();
+  broken_ = false;
   return result;
+}
+
+namespace {
+
+// A one-shot loop: set up, run `count` I/Os, tear down.
+absl::StatusOr<RawIoResult> RunRing(const std::string& path, int fd,
+                                    bool write, uint64_t io_bytes,
+                                    uint32_t queue_depth, uint64_t count,
+                                    uint64_t memory_bytes,
+                                    const std::function<uint64_t()>& next_offset) {
+  absl::StatusOr<std::unique_ptr<RawIoLoop>> loop =
+      RawIoLoop::Create(path, fd, write, io_bytes, queue_depth, memory_bytes);
+  if (!loop.ok()) return loop.status();
+  return (*loop)->Run(count, next_offset);
 }
 
 // Offsets 0, block, 2 * block, ...
@@ -313,17 +384,13 @@ absl::StatusOr<RawIoResult> RawSequentialRead(const std::string& path,
                  SequentialOffsets(block_bytes));
 }
 
-absl::StatusOr<RawIoResult> RawRandomRead(const std::string& path,
-                                          uint64_t io_bytes,
-                                          uint32_t queue_depth, uint64_t count,
-                                          uint64_t seed, uint64_t memory_bytes) {
+absl::StatusOr<std::unique_ptr<RawRandomReader>> RawRandomReader::Open(
+    const std::string& path, uint64_t io_bytes, uint32_t queue_depth,
+    uint64_t seed, uint64_t memory_bytes) {
   if (absl::Status s = CheckSizes(io_bytes, queue_depth); !s.ok()) return s;
-  if (count == 0) {
-    return absl::InvalidArgumentError("nvme baseline: count must be > 0");
-  }
   absl::StatusOr<int> fd = OpenDirect(path, O_RDONLY);
   if (!fd.ok()) return fd.status();
-  Closer closer{*fd};
+  std::unique_ptr<RawRandomReader> reader(new RawRandomReader(path, *fd, seed));
   absl::StatusOr<uint64_t> size = FileSize(path, *fd);
   if (!size.ok()) return size.status();
   const uint64_t slots = *size / io_bytes;
@@ -332,10 +399,30 @@ absl::StatusOr<RawIoResult> RawRandomRead(const std::string& path,
         "nvme baseline: ", path, " has ", *size, " bytes, less than one I/O of ",
         io_bytes, "; write it first (RawSequentialWrite)"));
   }
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<uint64_t> pick(0, slots - 1);
-  return RunRing(path, *fd, /*write=*/false, io_bytes, queue_depth, count,
-                 memory_bytes, [&] { return pick(rng) * io_bytes; });
+  reader->pick_ = std::uniform_int_distribution<uint64_t>(0, slots - 1);
+  reader->io_bytes_ = io_bytes;
+  absl::StatusOr<std::unique_ptr<RawIoLoop>> loop = RawIoLoop::Create(
+      path, *fd, /*write=*/false, io_bytes, queue_depth, memory_bytes);
+  if (!loop.ok()) return loop.status();
+  reader->loop_ = std::move(*loop);
+  return reader;
 }
+
+RawRandomReader::RawRandomReader(std::string path, int fd, uint64_t seed)
+    : path_(std::move(path)), fd_(fd), rng_(seed) {}
+
+RawRandomReader::~RawRandomReader() {
+  loop_.reset();  // done with the file before it is closed
+  ::close(fd_);
+}
+
+absl::StatusOr<RawIoResult> RawRandomReader::Read(uint64_t count) {
+  if (count == 0) {
+    return absl::InvalidArgumentError("nvme baseline: count must be > 0");
+  }
+  return loop_->Run(count, [this] { return pick_(rng_) * io_bytes_; });
+}
+
+bool RawRandomReader::fixed_buffers() const { return loop_->fixed_buffers(); }
 
 }  // namespace strata::bench

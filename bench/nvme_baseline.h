@@ -1,7 +1,8 @@
 // Raw io_uring + O_DIRECT baselines for the NVMe benchmarks: what the device
 // (and file system) gives with nothing of Strata in the way. Each function
 // opens the file itself with O_DIRECT, sets up one ring of `queue_depth`
-// entries, keeps `queue_depth` I/Os in flight from 4096-aligned buffers
+// entries (RawRandomReader keeps its ring for many calls), keeps
+// `queue_depth` I/Os in flight from 4096-aligned buffers
 // (registered as fixed buffers when the kernel lets it, plain otherwise),
 // checks every completion (short I/O resubmits the rest; an error or an
 // unexpected end of file is a Status naming the file, offset and errno) and
@@ -19,12 +20,14 @@
 // so that both sides touch the same amount of memory (on virtualized disks
 // the copy behind a DMA is faster from buffers that stay in the CPU cache).
 //
-// Not thread-safe per call: each call is self-contained; calls on different
-// files may run in parallel.
+// The sequential functions are self-contained (each sets up and tears down
+// its own ring); calls on different files may run in parallel.
 #ifndef STRATA_BENCH_NVME_BASELINE_H_
 #define STRATA_BENCH_NVME_BASELINE_H_
 
 #include <cstdint>
+#include <memory>
+#include <random>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -60,14 +63,47 @@ absl::StatusOr<RawIoResult> RawSequentialRead(const std::string& path,
                                               uint64_t total_bytes,
                                               uint64_t memory_bytes = 0);
 
-// `count` reads of `io_bytes` at uniformly random `io_bytes`-aligned offsets
-// of `path` (the whole file), from a generator seeded with `seed`.
-absl::StatusOr<RawIoResult> RawRandomRead(const std::string& path,
-                                          uint64_t io_bytes = 64 << 10,
-                                          uint32_t queue_depth = 32,
-                                          uint64_t count = 4096,
-                                          uint64_t seed = 1,
-                                          uint64_t memory_bytes = 0);
+class RawIoLoop;
+
+// Random reads of `io_bytes` at uniformly random `io_bytes`-aligned offsets
+// of `path` (the whole file), from a generator seeded with `seed`, through
+// ONE ring kept for the reader's life, as an engine keeps its ring: each
+// Read(count) times only its I/O loop, `queue_depth` reads in flight, and
+// the next call goes on where it stopped (offsets and buffers alike).
+//
+// Example:
+//   auto reader = RawRandomReader::Open("/data/raw.bin", 64 << 10, 16);
+//   if (!reader.ok()) return reader.status();
+//   for (...) { auto r = (*reader)->Read(32); ... r->seconds ... }
+//
+// Not thread-safe: one thread calls Read at a time.
+class RawRandomReader {
+ public:
+  // Opens `path` with O_DIRECT and sets up the ring and buffers (not timed).
+  // kInvalidArgument for a bad size or depth, kOutOfRange if the file is
+  // shorter than one I/O.
+  static absl::StatusOr<std::unique_ptr<RawRandomReader>> Open(
+      const std::string& path, uint64_t io_bytes = 64 << 10,
+      uint32_t queue_depth = 16, uint64_t seed = 1, uint64_t memory_bytes = 0);
+  ~RawRandomReader();
+  RawRandomReader(const RawRandomReader&) = delete;
+  RawRandomReader& operator=(const RawRandomReader&) = delete;
+
+  // `count` (> 0) random reads. After an error the reader is broken: later
+  // calls return kFailedPrecondition.
+  absl::StatusOr<RawIoResult> Read(uint64_t count);
+  bool fixed_buffers() const;
+
+ private:
+  RawRandomReader(std::string path, int fd, uint64_t seed);
+
+  const std::string path_;
+  const int fd_;
+  uint64_t io_bytes_ = 0;
+  std::mt19937_64 rng_;
+  std::uniform_int_distribution<uint64_t> pick_;
+  std::unique_ptr<RawIoLoop> loop_;
+};
 
 }  // namespace strata::bench
 
