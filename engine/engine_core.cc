@@ -44,6 +44,23 @@ bool IsValid(Access access) {
 // ---------------------------------------------------------------------------
 // Pin: the hot path
 
+// Inlined into Pin: built in place in the returned StatusOr (measured: out
+// of line, a resident pin cost 20.9 ns instead of about 10, pin_bench).
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline strata::Pin EngineCore::MakePin(
+    TensorState& ts, uint64_t block, int pos, Access access) {
+  CopySlot& slot = ts.copy(pos, block);
+  strata::Pin pin;
+  pin.core_ = this;
+  pin.word_ = &slot.word;
+  pin.data_ = slot.frame.data;
+  pin.size_ = ts.BlockSize(block);
+  pin.block_ = block;
+  pin.tier_ = kind_of_[pos];
+  pin.access_ = access == Access::kOverwrite ? Access::kWrite : access;
+  return pin;
+}
+
+
 absl::StatusOr<strata::Pin> EngineCore::Pin(const Tensor& tensor,
                                             uint64_t block, Tier tier,
                                             Access access) {
@@ -53,18 +70,28 @@ absl::StatusOr<strata::Pin> EngineCore::Pin(const Tensor& tensor,
                          block >= ts->num_blocks || !IsValid(access))) {
     return PinRefused(tensor, block, tier, access);
   }
-  ThreadState& thread = *stats_->Local();
-  ThreadRing& ring = *thread.rings[pos];
+  Stats::Tls& local = Stats::Cached();
+  if (ABSL_PREDICT_FALSE(local.uid != uid_)) stats_->Register();
+  ThreadState& thread = *local.state;
+  ThreadRing& ring = *local.rings[pos];
   // One hit in 64 is timed, so that the hot path rarely reads a clock.
   const bool timed = (ring.head.load(std::memory_order_relaxed) & 63) == 0;
   const int64_t start = timed ? NowNanos() : 0;
   CopySlot& slot = ts->copy(pos, block);
   uint64_t w = slot.word.load(std::memory_order_acquire);
-  const uint64_t desired =
-      access == Access::kRead ? S(w).ReadPinned() : S(w).WritePinned();
-  if (ABSL_PREDICT_TRUE(desired != 0) &&
-      slot.word.compare_exchange_strong(w, desired, std::memory_order_seq_cst,
+  // A CAS lost to another pin of the same copy (readers of one block) is
+  // retried here: the slow path costs a shared counter and clock reads.
+  bool pinned = false;
+  for (uint64_t desired;;) {
+    desired = access == Access::kRead ? S(w).ReadPinned() : S(w).WritePinned();
+    if (ABSL_PREDICT_FALSE(desired == 0)) break;
+    if (slot.word.compare_exchange_weak(w, desired, std::memory_order_seq_cst,
                                         std::memory_order_relaxed)) {
+      pinned = true;
+      break;
+    }
+  }
+  if (ABSL_PREDICT_TRUE(pinned)) {
     // The gate is read after the CAS: Close and DropTensor set it before
     // they look for pins, so either they see this pin or it sees the gate.
     if (ABSL_PREDICT_FALSE(ts->gate.load(std::memory_order_seq_cst) != 0)) {
@@ -78,20 +105,6 @@ absl::StatusOr<strata::Pin> EngineCore::Pin(const Tensor& tensor,
     return MakePin(*ts, block, pos, access);
   }
   return PinSlow(tensor, block, pos, access, thread, timed ? start : NowNanos());
-}
-
-strata::Pin EngineCore::MakePin(TensorState& ts, uint64_t block, int pos,
-                                Access access) {
-  CopySlot& slot = ts.copy(pos, block);
-  strata::Pin pin;
-  pin.core_ = this;
-  pin.word_ = &slot.word;
-  pin.data_ = slot.frame.data;
-  pin.size_ = ts.BlockSize(block);
-  pin.block_ = block;
-  pin.tier_ = chain_->kind(pos);
-  pin.access_ = access == Access::kOverwrite ? Access::kWrite : access;
-  return pin;
 }
 
 void EngineCore::Unpin(CopySlot& slot, Access access) {
@@ -126,7 +139,8 @@ strata::Pin EngineCore::Grant(TensorState& ts, uint64_t block, int pos,
   ThreadRing& ring = *thread.rings[pos];
   if (hit) {
     ring.Record(ts.Key(block));
-    ring.hit_latency.Record(NowNanos() - start_ns);
+    // 0: this hit was not one of the sampled ones (see Pin).
+    if (start_ns != 0) ring.hit_latency.Record(NowNanos() - start_ns);
     if (S(seen).prefetched()) mover_->OnPrefetchedHit(ts, block, pos);
   } else {
     Bump(ring.misses);
@@ -562,6 +576,7 @@ EngineCore::EngineCore(EngineOptions options, std::unique_ptr<TierChain> chain)
       chain_(std::move(chain)) {
   pin_pos_.fill(-1);
   for (int pos = 0; pos < chain_->size(); ++pos) {
+    kind_of_[pos] = chain_->kind(pos);
     if (chain_->pinnable(pos)) {
       pin_pos_[static_cast<uint8_t>(chain_->kind(pos))] = static_cast<int8_t>(pos);
     }

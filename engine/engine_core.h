@@ -137,6 +137,7 @@ class EngineCore {
   // Chain position of each pinnable tier by the Tier's byte, -1 otherwise
   // (a Tier cast from a bad integer included).
   std::array<int8_t, 256> pin_pos_;
+  std::array<Tier, kMaxChain> kind_of_{};  // chain position -> kind
   std::mutex close_mu_;
   bool closed_ = false;  // Close succeeded (under close_mu_)
 };

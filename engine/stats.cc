@@ -2,12 +2,12 @@
 
 namespace strata::internal {
 
-thread_local Stats::Tls Stats::tls_;
+constinit thread_local Stats::Tls Stats::tls_;
 
 Stats::Stats(uint64_t uid, std::vector<int> pinnable_positions)
     : uid_(uid), pinnable_(std::move(pinnable_positions)) {}
 
-ThreadState* Stats::Register() {
+void Stats::Register() {
   std::lock_guard lock(mu_);
   ThreadState*& state = by_thread_[std::this_thread::get_id()];
   if (state == nullptr) {
@@ -15,8 +15,9 @@ ThreadState* Stats::Register() {
     state = threads_.back().get();
     for (int pos : pinnable_) state->rings[pos] = std::make_unique<ThreadRing>();
   }
-  tls_ = {uid_, state};
-  return state;
+  tls_.uid = uid_;
+  tls_.state = state;
+  for (int pos = 0; pos < kMaxChain; ++pos) tls_.rings[pos] = state->rings[pos].get();
 }
 
 void Stats::SumRings(

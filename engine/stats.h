@@ -62,12 +62,24 @@ class Stats {
   TierCounters& tier(int pos) { return counters_[pos]; }
   const TierCounters& tier(int pos) const { return counters_[pos]; }
 
-  // This thread's state for this engine: one thread-local compare on the hot
-  // path, a registration under a mutex the first time.
-  ThreadState* Local() {
-    if (ABSL_PREDICT_TRUE(tls_.uid == uid_)) return tls_.state;
-    return Register();
+  // What a thread caches of the engine it used last: its state and its
+  // rings by chain position.
+  struct Tls {
+    uint64_t uid = 0;
+    ThreadState* state = nullptr;
+    std::array<ThreadRing*, kMaxChain> rings{};
+  };
+  // This thread's cache for the engine `uid`: one thread-local compare on
+  // the hot path, a registration under a mutex the first time.
+  Tls& Local() {
+    if (ABSL_PREDICT_FALSE(tls_.uid != uid_)) Register();
+    return tls_;
   }
+  // The same, for a caller that keeps the engine's uid itself (the pin hot
+  // path: one load less).
+  static Tls& Cached() { return tls_; }
+  void Register();
+  uint64_t uid() const { return uid_; }
 
   // Calls f(ThreadState&) for every thread that ever pinned (under the
   // registry mutex).
@@ -83,12 +95,9 @@ class Stats {
                 std::array<uint64_t, LatencyHistogram::kBuckets>* miss_lat) const;
 
  private:
-  struct Tls {
-    uint64_t uid = 0;
-    ThreadState* state = nullptr;
-  };
-  static thread_local Tls tls_;
-  ThreadState* Register();
+  // constinit: no dynamic initialization, so the hot path reads it directly
+  // instead of through a TLS wrapper call (it is defined in stats.cc).
+  static constinit thread_local Tls tls_;
 
   const uint64_t uid_;
   const std::vector<int> pinnable_;
