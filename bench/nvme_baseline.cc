@@ -19,10 +19,15 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "util/errors.h"
 
 namespace strata::bench {
 namespace {
+
+// The bench and the example that share this file use the public API only:
+// errno through Abseil's mapping, not the engine's internal helper.
+absl::Status BaselineError(int err, std::string_view what) {
+  return absl::ErrnoToStatus(err, absl::string_view(what.data(), what.size()));
+}
 
 constexpr uint64_t kAlign = 4096;
 
@@ -132,7 +137,7 @@ absl::StatusOr<std::unique_ptr<RawIoLoop>> RawIoLoop::Create(
   void* mapped = ::mmap(nullptr, buffer_bytes, PROT_READ | PROT_WRITE,
                         MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (mapped == MAP_FAILED) {
-    return ErrnoStatus(errno, absl::StrCat("nvme baseline: cannot map ",
+    return BaselineError(errno, absl::StrCat("nvme baseline: cannot map ",
                                            buffer_bytes, " bytes"));
   }
   (void)::madvise(mapped, buffer_bytes, MADV_HUGEPAGE);
@@ -152,7 +157,7 @@ absl::StatusOr<std::unique_ptr<RawIoLoop>> RawIoLoop::Create(
   if (rc < 0) {
     // The destructor must not exit a ring that was never set up.
     (void)loop.release();
-    return ErrnoStatus(-rc, "nvme baseline: io_uring_queue_init");
+    return BaselineError(-rc, "nvme baseline: io_uring_queue_init");
   }
   loop->buffers_ = std::move(buffers);
   std::vector<iovec> iovecs(buffer_count);
@@ -221,13 +226,13 @@ absl::StatusOr<RawIoResult> RawIoLoop::Run(
       rc = io_uring_submit(&ring_);
       if (rc < 0 && rc != -EINTR && rc != -EAGAIN) {
         // Prepared SQEs stay in the ring; exiting it cancels them.
-        return ErrnoStatus(-rc, "nvme baseline: io_uring_submit");
+        return BaselineError(-rc, "nvme baseline: io_uring_submit");
       }
     }
     io_uring_cqe* cqe;
     rc = io_uring_wait_cqe(&ring_, &cqe);
     if (rc == -EINTR) continue;
-    if (rc < 0) return ErrnoStatus(-rc, "nvme baseline: io_uring_wait_cqe");
+    if (rc < 0) return BaselineError(-rc, "nvme baseline: io_uring_wait_cqe");
     bool resubmit = false;
     unsigned head, seen = 0;
     io_uring_for_each_cqe(&ring_, head, cqe) {
@@ -243,10 +248,10 @@ absl::StatusOr<RawIoResult> RawIoLoop::Run(
           resubmit = true;
           continue;
         }
-        failed = ErrnoStatus(-res, absl::StrCat("nvme baseline: ", path_,
+        failed = BaselineError(-res, absl::StrCat("nvme baseline: ", path_,
                                                 " offset ", at, ", 16 retries"));
       } else if (res < 0) {
-        failed = ErrnoStatus(-res, absl::StrCat("nvme baseline: ",
+        failed = BaselineError(-res, absl::StrCat("nvme baseline: ",
                                                 write_ ? "write" : "read", " of ",
                                                 path_, " at offset ", at));
       } else if (res == 0) {
@@ -281,7 +286,7 @@ absl::StatusOr<RawIoResult> RawIoLoop::Run(
     if (resubmit) {
       rc = io_uring_submit(&ring_);
       if (rc < 0 && rc != -EINTR && rc != -EAGAIN) {
-        return ErrnoStatus(-rc, "nvme baseline: io_uring_submit");
+        return BaselineError(-rc, "nvme baseline: io_uring_submit");
       }
     }
   }
@@ -319,7 +324,7 @@ std::function<uint64_t()> SequentialOffsets(uint64_t block_bytes) {
 absl::StatusOr<int> OpenDirect(const std::string& path, int flags) {
   int fd = ::open(path.c_str(), flags | O_DIRECT | O_CLOEXEC, 0644);
   if (fd < 0) {
-    return ErrnoStatus(errno, absl::StrCat("nvme baseline: cannot open ", path,
+    return BaselineError(errno, absl::StrCat("nvme baseline: cannot open ", path,
                                            " with O_DIRECT"));
   }
   return fd;
@@ -328,7 +333,7 @@ absl::StatusOr<int> OpenDirect(const std::string& path, int flags) {
 absl::StatusOr<uint64_t> FileSize(const std::string& path, int fd) {
   struct stat st;
   if (::fstat(fd, &st) != 0) {
-    return ErrnoStatus(errno, absl::StrCat("nvme baseline: fstat ", path));
+    return BaselineError(errno, absl::StrCat("nvme baseline: fstat ", path));
   }
   return static_cast<uint64_t>(st.st_size);
 }
@@ -352,7 +357,7 @@ absl::StatusOr<RawIoResult> RawSequentialWrite(const std::string& path,
   Closer closer{*fd};
   if (::fallocate(*fd, 0, 0, static_cast<off_t>(total_bytes)) != 0 &&
       errno != EOPNOTSUPP) {
-    return ErrnoStatus(errno, absl::StrCat("nvme baseline: fallocate ", path,
+    return BaselineError(errno, absl::StrCat("nvme baseline: fallocate ", path,
                                            " to ", total_bytes, " bytes"));
   }
   return RunRing(path, *fd, /*write=*/true, block_bytes, queue_depth,
