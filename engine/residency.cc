@@ -71,6 +71,7 @@ absl::StatusOr<tiers::Frame> Residency::Allocate(uint64_t bytes,
       return frame;
     }
     if (!absl::IsResourceExhausted(frame.status())) return frame;
+    pressed_.store(true, std::memory_order_relaxed);
     STRATA_RETURN_IF_ERROR(parts_.life->CheckOpen());
     if (failures_.load(std::memory_order_acquire) - failures_before >=
         kMaxFailuresPerAllocation) {
@@ -137,6 +138,7 @@ absl::StatusOr<tiers::Frame> Residency::AllocateNow(uint64_t bytes) {
   if (frame.ok() || !evicts() || !absl::IsResourceExhausted(frame.status())) {
     return frame;
   }
+  pressed_.store(true, std::memory_order_relaxed);
   // Clean copies go at no cost; dirty ones start their way down, for a
   // later demotion to find room.
   EvictResult evicted = EvictSome(std::max<size_t>(max_write_backs_ / 2, 1), false);
@@ -254,10 +256,17 @@ void Residency::Restore(const Victim& v) {
 void Residency::EvictAhead() {
   // Keep a reserve of free space, refilled by write-backs started before
   // anyone waits for them: a thread that misses then finds a frame at once
-  // instead of waiting for the device.
-  if (reserve_bytes_ == 0 || tier_.capacity() - tier_.used() >= reserve_bytes_) {
+  // instead of waiting for the device. Only while the tier is under
+  // pressure: evicting ahead a working set that fits would cost it 1/8 of
+  // the tier (catalog_bench BM_SmallFit: 74% hits instead of 100% on a set
+  // filling 90% of it).
+  if (reserve_bytes_ == 0) return;
+  const uint64_t free = tier_.capacity() - tier_.used();
+  if (free >= reserve_bytes_) {
+    if (free >= 2 * reserve_bytes_) pressed_.store(false, std::memory_order_relaxed);
     return;
   }
+  if (!pressed_.load(std::memory_order_relaxed)) return;
   const int64_t in_flight = victims_in_flight_.load(std::memory_order_acquire);
   if (in_flight >= static_cast<int64_t>(max_write_backs_)) return;
   // Speculative: failed write-backs started here park their errors on their

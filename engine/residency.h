@@ -7,7 +7,9 @@
 // (write_back.h), and its frame comes free when that tier acknowledged the
 // bytes. Many write-backs stay in flight, so the lower tier's queue stays
 // deep while the caller goes on; after an allocation, write-backs start
-// early when free space runs low (evict ahead).
+// early when free space runs low (evict ahead) — once an allocation found
+// the tier full, and until free space is back at twice the reserve: a
+// working set that fits the tier is never evicted ahead of need.
 //
 // The lowest tier of the chain has no policy and never evicts: it holds
 // every block written out; when it is full, demotions into it fail with
@@ -114,6 +116,9 @@ class Residency {
   std::atomic<int64_t> victims_in_flight_{0};
   size_t max_write_backs_ = 8;
   uint64_t reserve_bytes_ = 0;  // free bytes evict-ahead keeps
+  // An allocation found the tier full since free space was last plentiful:
+  // evict-ahead is on.
+  std::atomic<bool> pressed_{false};
 
   mutable std::mutex space_mu_;
   std::condition_variable space_cv_;
