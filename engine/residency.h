@@ -11,6 +11,16 @@
 // the tier full, and until free space is back at twice the reserve: a
 // working set that fits the tier is never evicted ahead of need.
 //
+// Frames are of each block's own size, so free space can be in pieces: when
+// the tier has the bytes for a frame but no free range of that size, the
+// policy's order would evict until a hole happens to be large enough (a
+// 4 MiB frame among small ones: a hundred victims on average, hundreds at
+// worst; catalog_bench BM_Churn). Instead the tier evicts the frames of the
+// cheapest window of the arena (the fewest bytes to free, clean ones
+// preferred) that makes such a range; it keeps an index of its frames by
+// offset for that. Evict-ahead likewise keeps one free range of a default
+// block in its reserve, so that a miss of a default block finds one.
+//
 // The lowest tier of the chain has no policy and never evicts: it holds
 // every block written out; when it is full, demotions into it fail with
 // kResourceExhausted.
@@ -26,8 +36,11 @@
 #include <memory>
 #include <mutex>
 #include <span>
+#include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/btree_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/parts.h"
@@ -38,10 +51,17 @@
 namespace strata::internal {
 
 class CopyBatch;
+struct CopySlot;
 struct TensorState;
 
 class Residency {
  public:
+  // The copy a frame is for: its policy key and its slot in this tier.
+  struct FrameOwner {
+    uint64_t key = 0;
+    const CopySlot* slot = nullptr;
+  };
+
   // `policy` null: the lowest tier (no eviction).
   Residency(EngineParts& parts, int pos,
             std::unique_ptr<policy::EvictionPolicy> policy);
@@ -54,13 +74,14 @@ class Residency {
   // copy pinned or being moved, or the tiers below are full); the error of
   // the write-backs when they keep failing; kDeadlineExceeded when frames
   // in flight did not come back in time; kFailedPrecondition when closing.
-  absl::StatusOr<tiers::Frame> Allocate(uint64_t bytes, Deadline deadline);
+  absl::StatusOr<tiers::Frame> Allocate(uint64_t bytes, Deadline deadline,
+                                        FrameOwner owner);
   // A frame if one is free now (then evicts ahead); no eviction, no wait.
-  absl::StatusOr<tiers::Frame> TryAllocate(uint64_t bytes);
+  absl::StatusOr<tiers::Frame> TryAllocate(uint64_t bytes, FrameOwner owner);
   // A frame now or never (a demotion into this tier falls through to the
   // next one instead of waiting): drops clean victims, starts write-backs
   // of dirty ones for later, and gives up.
-  absl::StatusOr<tiers::Frame> AllocateNow(uint64_t bytes);
+  absl::StatusOr<tiers::Frame> AllocateNow(uint64_t bytes, FrameOwner owner);
   // Gives a frame back and wakes whoever waits for space.
   void Free(const tiers::Frame& frame);
 
@@ -93,13 +114,31 @@ class Residency {
     absl::Status error;  // why nothing could be freed or started
   };
 
+  // A frame of this tier and its owner, in the index by offset.
+  struct Placed {
+    uint64_t bytes = 0;
+    uint64_t key = 0;
+    const CopySlot* slot = nullptr;
+  };
+
   absl::StatusOr<tiers::Frame> WhyNoFrame(const EvictResult& evicted,
                                           uint64_t failures_before) const;
+  // tier_.Allocate, recording the frame in the index.
+  absl::StatusOr<tiers::Frame> Place(uint64_t bytes, FrameOwner owner);
   EvictResult EvictSome(size_t count, bool clean_only);
+  // Free space holds `bytes` but no free range does: evicts the frames of
+  // the cheapest window of the arena that makes one (`started` counts its
+  // frames already on their way out). Nothing when no window can be made.
+  EvictResult EvictWindow(uint64_t bytes);
+  std::vector<std::pair<uint64_t, Placed>> ChooseWindow(uint64_t bytes,
+                                                        size_t* leaving)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(frames_mu_);
+  void Evict(std::vector<Victim>& victims, EvictResult& result);
   std::vector<Victim> ClaimVictims(size_t count, bool clean_only);
   bool TryClaim(uint64_t key, bool take_prefetched, bool clean_only,
                 Victim* out);
   void Restore(const Victim& v);
+  void RestoreWord(const Victim& v);
   void EvictAhead();
   void DrainLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(policy_mu_);
   void NotifySpace();
@@ -119,6 +158,13 @@ class Residency {
   // An allocation found the tier full since free space was last plentiful:
   // evict-ahead is on.
   std::atomic<bool> pressed_{false};
+
+  // Frames of an evicting tier by offset (every frame Allocate handed out
+  // and Free did not take back yet). Taken alone, never with another lock
+  // held inside it.
+  std::mutex frames_mu_;
+  absl::btree_map<uint64_t, Placed> frames_ ABSL_GUARDED_BY(frames_mu_);
+  size_t window_cursor_ ABSL_GUARDED_BY(frames_mu_) = 0;
 
   mutable std::mutex space_mu_;
   std::condition_variable space_cv_;

@@ -12,6 +12,7 @@
 // Engines are small (host 8 MiB, 256 KiB default blocks, NVMe in a fresh
 // temporary directory).
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdint>
@@ -251,6 +252,67 @@ TEST(ManySmallTensors, NvmeSpaceFollowsTheirBytes) {
     ASSERT_NO_FATAL_FAILURE(ExpectTensor(**e, tensors[i], i + 1));
   }
   EXPECT_EQ((*e)->GetStats().tier(Tier::kNvme).errors, 0u);
+  EXPECT_OK((*e)->Close());
+}
+
+// The host tier holds 128 tensors of 64 KiB (full); every other one is
+// dropped, so half the tier is free in holes of 64 KiB, and the survivors
+// are read in a shuffled order (the LRU order is unrelated to where they
+// lie). A block of 256 KiB then fits only where two neighbours go: the
+// engine evicts those two (one window of the arena), not survivors in the
+// policy's order until two of them happen to be neighbours.
+TEST(ManySmallTensors, FreeSpaceInPiecesEvictsOneWindow) {
+  TempDir dir;
+  ASSERT_TRUE(dir.ok());
+  constexpr uint64_t kSmall = 64 * kKiB;
+  constexpr int kCount = static_cast<int>(kHost / kSmall);
+  EngineOptions options = SmallOptions(dir.Sub("nvme"), kHost, kBlock);
+  options.policy = "lru";
+  options.readahead_blocks = 0;
+  auto e = Engine::Open(options);
+  ASSERT_TRUE(e.ok()) << e.status();
+  std::vector<Tensor> tensors;
+  for (int i = 0; i < kCount; ++i) {
+    auto t = (*e)->CreateTensor("t" + std::to_string(i),
+                                {.dtype = DType::kU8, .shape = {static_cast<int64_t>(kSmall)}});
+    ASSERT_TRUE(t.ok()) << t.status();
+    ASSERT_NO_FATAL_FAILURE(WriteTensor(**e, *t, i + 1));
+    tensors.push_back(*t);
+  }
+  ASSERT_EQ((*e)->GetStats().tier(Tier::kHost).used_bytes, kHost);
+  std::vector<int> survivors;
+  for (int i = 0; i < kCount; ++i) {
+    if (i % 2 == 1) {
+      ASSERT_OK((*e)->DropTensor(tensors[i]));
+    } else {
+      survivors.push_back(i);
+    }
+  }
+  uint64_t x = 12345;
+  for (size_t i = survivors.size(); i > 1; --i) {
+    x = test::Mix(x);
+    std::swap(survivors[i - 1], survivors[x % i]);
+  }
+  for (int i : survivors) ASSERT_NO_FATAL_FAILURE(ExpectTensor(**e, tensors[i], i + 1));
+  const TierStats before = (*e)->GetStats().tier(Tier::kHost);
+  ASSERT_EQ(before.evictions, 0u);
+
+  auto big = (*e)->CreateTensor("big", {.dtype = DType::kU8,
+                                        .shape = {static_cast<int64_t>(4 * kSmall)}});
+  ASSERT_TRUE(big.ok()) << big.status();
+  ASSERT_NO_FATAL_FAILURE(WriteTensor(**e, *big, 999));
+  ASSERT_OK((*e)->Flush(*big));
+  TierStats after;
+  for (int i = 0; i < 2000; ++i) {
+    after = (*e)->GetStats().tier(Tier::kHost);
+    if (after.write_backs_in_flight == 0) break;
+    usleep(1000);
+  }
+  EXPECT_EQ(after.evictions - before.evictions, 2u)
+      << "placing 256 KiB in a tier with " << kHost / 2
+      << " bytes free in holes of 64 KiB";
+  ASSERT_NO_FATAL_FAILURE(ExpectTensor(**e, *big, 999));
+  for (int i : survivors) ASSERT_NO_FATAL_FAILURE(ExpectTensor(**e, tensors[i], i + 1));
   EXPECT_OK((*e)->Close());
 }
 

@@ -48,7 +48,7 @@ class HostTier : public Tier {
   bool huge_pages() const { return huge_pages_; }
   // The longest free extent (a frame of up to that many bytes fits now),
   // and the number of free extents: how fragmented the free space is.
-  uint64_t largest_free() const;
+  uint64_t largest_free() const override;
   size_t free_extents() const;
 
  private:
