@@ -202,6 +202,8 @@ std::vector<std::pair<uint64_t, Residency::Placed>> Residency::ChooseWindow(
   // over each run finds the cheapest one whose span holds `bytes`. At most
   // kMaxScan frames are looked at per call, going round the arena from one
   // call to the next, so a tier of a million small frames stays cheap.
+  // Frames of a tier never overlap (arena or file extents); were they to,
+  // a window would only be computed wrong, and evicting stays safe.
   constexpr size_t kMaxScan = 4096;
   struct Entry {
     uint64_t offset, end;
@@ -251,7 +253,7 @@ std::vector<std::pair<uint64_t, Residency::Placed>> Residency::ChooseWindow(
       continue;
     }
     cost += entries[r].cost;
-    while (l <= r && right(r) - left(l) >= bytes) {
+    while (l <= r && right(r) >= left(l) + bytes) {
       if (cost < best) {
         best = cost;
         best_l = l;
