@@ -662,6 +662,12 @@ void BM_ModelLayout(benchmark::State& state) {
         static_cast<double>(read.tier(Tier::kHost).used_bytes) /
         static_cast<double>(std::max<uint64_t>(resident, 1));
     state.counters["host_resident_MiB"] = static_cast<double>(resident) / kMiB;
+    state.counters["host_used_MiB"] =
+        static_cast<double>(read.tier(Tier::kHost).used_bytes) / kMiB;
+    state.counters["blocks_MiB"] = static_cast<double>(blocks) / kMiB;
+    state.counters["nvme_used_MiB"] =
+        static_cast<double>(written.tier(Tier::kNvme).used_bytes) / kMiB;
+    state.counters["nvme_file_MiB"] = static_cast<double>(file_disk) / kMiB;
     const uint64_t pass2 = (second.hits - first.hits) + (second.misses - first.misses);
     state.counters["second_pass_hit_ratio"] =
         static_cast<double>(second.hits - first.hits) / static_cast<double>(pass2);
@@ -807,6 +813,8 @@ void BM_Churn(benchmark::State& state) {
     state.counters["live_MiB"] = static_cast<double>(live_bytes) / kMiB;
     state.counters["host_samples_free_ge_4x_largest"] = static_cast<double>(eligible);
     state.counters["host_samples_largest_unplaceable"] = static_cast<double>(unplaceable);
+    state.counters["host_unplaceable_fraction"] =
+        eligible == 0 ? 0.0 : static_cast<double>(unplaceable) / eligible;
     state.counters["host_free_extents_end"] = static_cast<double>(host.free_extents());
     state.counters["largest_creates"] = static_cast<double>(largest_creates);
     state.counters["largest_evictions_avg"] =
