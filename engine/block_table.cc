@@ -1,6 +1,7 @@
 #include "engine/block_table.h"
 
 #include <new>
+#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 
@@ -66,13 +67,85 @@ std::string BlockName(const TensorState& ts, uint64_t block) {
   return absl::StrCat("tensor '", ts.name, "' block ", block);
 }
 
-bool AllocateBlockTable(TensorState& ts) {
-  for (int pos = 0; pos < ts.chain_size; ++pos) {
-    ts.columns[pos].reset(new (std::nothrow) CopySlot[ts.num_blocks]);
-    if (ts.columns[pos] == nullptr) return false;
+namespace {
+
+static_assert(std::is_trivially_destructible_v<CopySlot> &&
+                  std::is_trivially_destructible_v<BlockRecord>,
+              "the block table is freed without running destructors");
+static_assert(sizeof(TensorState) % alignof(CopySlot) == 0,
+              "the slots follow the state, each on its own line");
+constexpr std::align_val_t kAlign{alignof(TensorState)};
+
+struct FreeTensorState {
+  std::shared_ptr<StateArena> arena;
+  uint64_t bytes;
+  void operator()(TensorState* ts) const {
+    ts->~TensorState();
+    arena->Free(ts, bytes);
   }
-  ts.records.reset(new (std::nothrow) BlockRecord[ts.num_blocks]);
-  return ts.records != nullptr;
+};
+
+}  // namespace
+
+StateArena::~StateArena() {
+  for (std::byte* slab : slabs_) ::operator delete(slab, kAlign);
+}
+
+void* StateArena::Allocate(uint64_t bytes) {
+  if (bytes > kMaxSlabObject) return ::operator new(bytes, kAlign, std::nothrow);
+  const uint64_t size = (bytes + kClass - 1) / kClass * kClass;
+  std::lock_guard lock(mu_);
+  SizeClass& c = classes_[size / kClass - 1];
+  if (c.free != nullptr) {
+    void* p = c.free;
+    c.free = *static_cast<void**>(p);
+    return p;
+  }
+  if (c.next == nullptr || static_cast<uint64_t>(c.end - c.next) < size) {
+    auto* slab = static_cast<std::byte*>(::operator new(kSlabBytes, kAlign, std::nothrow));
+    if (slab == nullptr) return nullptr;
+    slabs_.push_back(slab);
+    c.next = slab;
+    c.end = slab + kSlabBytes / size * size;
+  }
+  void* p = c.next;
+  c.next += size;
+  return p;
+}
+
+void StateArena::Free(void* p, uint64_t bytes) {
+  if (bytes > kMaxSlabObject) {
+    ::operator delete(p, kAlign);
+    return;
+  }
+  const uint64_t size = (bytes + kClass - 1) / kClass * kClass;
+  std::lock_guard lock(mu_);
+  SizeClass& c = classes_[size / kClass - 1];
+  *static_cast<void**>(p) = c.free;
+  c.free = p;
+}
+
+uint64_t TensorStateBytes(uint64_t num_blocks, int chain_size) {
+  return sizeof(TensorState) +
+         num_blocks * static_cast<uint64_t>(chain_size) * sizeof(CopySlot) +
+         num_blocks * sizeof(BlockRecord);
+}
+
+std::shared_ptr<TensorState> NewTensorState(std::shared_ptr<StateArena> arena,
+                                            uint64_t num_blocks, int chain_size) {
+  const uint64_t bytes = TensorStateBytes(num_blocks, chain_size);
+  auto* mem = static_cast<std::byte*>(arena->Allocate(bytes));
+  if (mem == nullptr) return nullptr;
+  auto* ts = new (mem) TensorState;
+  std::byte* table = mem + sizeof(TensorState);
+  const uint64_t slots = num_blocks * static_cast<uint64_t>(chain_size);
+  ts->slots = reinterpret_cast<CopySlot*>(table);
+  for (uint64_t i = 0; i < slots; ++i) new (&ts->slots[i]) CopySlot;
+  ts->records = reinterpret_cast<BlockRecord*>(table + slots * sizeof(CopySlot));
+  for (uint64_t i = 0; i < num_blocks; ++i) new (&ts->records[i]) BlockRecord;
+  ts->num_blocks = num_blocks;
+  ts->chain_size = chain_size;
+  return std::shared_ptr<TensorState>(ts, FreeTensorState{std::move(arena), bytes});
 }
 
 }  // namespace strata::internal

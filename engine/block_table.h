@@ -90,24 +90,17 @@ class LatchGuard {
 
 class EngineCore;
 
-struct TensorState {
-  EngineCore* core = nullptr;
-  uint32_t id = 0;
+// What the engine knows about one tensor. Made by NewTensorState, with its
+// block table in the same allocation, right after it: the copy slots
+// (column by column), then the block records. The fields a pin reads are the
+// last cache line of the struct, next to the first slot, and tensors created
+// one after another lie one after another (StateArena): a pin of a one-block
+// tensor reads two neighbouring lines, and pins that go round many small
+// tensors stream through memory instead of chasing pointers.
+struct alignas(64) TensorState {
   std::string name;
   TensorSpec spec;  // as created, block_bytes filled in
-  uint64_t num_blocks = 0;
-  uint64_t block_bytes = 0;
-  uint64_t size_bytes = 0;
-  int chain_size = 0;
-  std::array<std::unique_ptr<CopySlot[]>, kMaxChain> columns;
-  std::unique_ptr<BlockRecord[]> records;
 
-  // Anything that takes a pin off the hot path, in one word the hot path
-  // reads after its CAS: the tensor is being dropped or was, the engine
-  // closed, or a step is being recorded.
-  static constexpr uint32_t kGateDropped = 1, kGateClosed = 2, kGateStep = 4,
-                            kGateDropping = 8;
-  std::atomic<uint32_t> gate{0};
   // Sequential readahead: the last block a demand miss or a first pin of a
   // prefetched block touched, and the end of the blocks already asked for
   // (0: not reading ahead).
@@ -122,6 +115,22 @@ struct TensorState {
   std::mutex errors_mu;
   absl::flat_hash_map<uint64_t, absl::Status> write_back_errors;
 
+  // --- Read by every pin: the last cache line.
+  alignas(64) EngineCore* core = nullptr;
+  CopySlot* slots = nullptr;        // chain_size columns of num_blocks slots
+  BlockRecord* records = nullptr;   // num_blocks records
+  uint64_t num_blocks = 0;
+  uint64_t block_bytes = 0;
+  uint64_t size_bytes = 0;
+  // Anything that takes a pin off the hot path, in one word the hot path
+  // reads after its CAS: the tensor is being dropped or was, the engine
+  // closed, or a step being recorded.
+  static constexpr uint32_t kGateDropped = 1, kGateClosed = 2, kGateStep = 4,
+                            kGateDropping = 8;
+  std::atomic<uint32_t> gate{0};
+  uint32_t id = 0;
+  int chain_size = 0;
+
   bool dropped() const {
     return gate.load(std::memory_order_acquire) &
            (kGateDropped | kGateDropping);
@@ -133,7 +142,9 @@ struct TensorState {
   uint64_t Key(uint64_t block) const {
     return (static_cast<uint64_t>(id) << 32) | block;
   }
-  CopySlot& copy(int pos, uint64_t block) { return columns[pos][block]; }
+  CopySlot& copy(int pos, uint64_t block) {
+    return slots[static_cast<uint64_t>(pos) * num_blocks + block];
+  }
   BlockRecord& record(uint64_t block) { return records[block]; }
 
   void SetWriteBackError(uint64_t block, absl::Status status);
@@ -144,9 +155,50 @@ struct TensorState {
 // "tensor 'w' block 3", for messages.
 std::string BlockName(const TensorState& ts, uint64_t block);
 
-// Allocates the columns and records of a tensor of `num_blocks` blocks for a
-// chain of `chain_size` tiers. False when memory runs out.
-bool AllocateBlockTable(TensorState& ts);
+// Memory for tensor states with their block tables. Small ones (up to
+// kMaxSlabObject bytes: tensors of a few blocks) come from slabs of one size
+// class each (multiples of 64 bytes), carved in order, so that tensors
+// created one after another lie one after another, with no per-object
+// header or alignment waste; freed ones are reused (last freed, first used),
+// and slabs go back to the system with the arena. Larger ones come from the
+// heap. The arena lives until the engine and every handle of its tensors are
+// gone (each state holds a reference).
+//
+// Threads: thread-safe (one mutex; taken when a tensor is created or its
+// last handle goes).
+class StateArena {
+ public:
+  static constexpr uint64_t kMaxSlabObject = 4096;
+  StateArena() = default;
+  ~StateArena();
+  StateArena(const StateArena&) = delete;
+  StateArena& operator=(const StateArena&) = delete;
+
+  // 64-byte aligned memory of at least `bytes`; null when memory runs out.
+  void* Allocate(uint64_t bytes);
+  // Gives back memory from Allocate(bytes).
+  void Free(void* p, uint64_t bytes);
+
+ private:
+  static constexpr uint64_t kClass = 64;
+  static constexpr uint64_t kSlabBytes = uint64_t{256} << 10;
+  struct SizeClass {
+    std::byte* next = nullptr;  // the rest of this class's newest slab
+    std::byte* end = nullptr;
+    void* free = nullptr;       // freed objects, linked through their bytes
+  };
+  std::mutex mu_;
+  std::array<SizeClass, kMaxSlabObject / kClass> classes_;
+  std::vector<std::byte*> slabs_;
+};
+
+// A tensor's state with its block table (`num_blocks` blocks, a chain of
+// `chain_size` tiers) in one allocation from `arena`; every slot absent,
+// every record zero. Null when memory runs out.
+std::shared_ptr<TensorState> NewTensorState(std::shared_ptr<StateArena> arena,
+                                            uint64_t num_blocks, int chain_size);
+// Bytes NewTensorState allocates for such a tensor.
+uint64_t TensorStateBytes(uint64_t num_blocks, int chain_size);
 
 }  // namespace strata::internal
 

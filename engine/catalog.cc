@@ -66,23 +66,22 @@ absl::StatusOr<Tensor> Catalog::Create(std::string_view name,
                                        const TensorSpec& spec) {
   uint64_t bytes = 0, block_bytes = 0;
   STRATA_RETURN_IF_ERROR(Validate(name, spec, &bytes, &block_bytes));
-  auto ts = std::make_shared<TensorState>();
+  const uint64_t num_blocks = (bytes + block_bytes - 1) / block_bytes;
+  const int chain_size = parts_.chain->size();
+  // Allocated before the catalog lock: a big table must not stall lookups.
+  std::shared_ptr<TensorState> ts = NewTensorState(arena_, num_blocks, chain_size);
+  if (ts == nullptr) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "tensor '", Sv(name), "': no memory for the table of its ", num_blocks,
+        " blocks (", TensorStateBytes(num_blocks, chain_size),
+        " bytes); use larger block_bytes"));
+  }
   ts->core = core_;
   ts->name = std::string(name);
   ts->spec = spec;
   ts->spec.block_bytes = block_bytes;
   ts->block_bytes = block_bytes;
   ts->size_bytes = bytes;
-  ts->num_blocks = (bytes + block_bytes - 1) / block_bytes;
-  ts->chain_size = parts_.chain->size();
-  // Allocated before the catalog lock: a big table must not stall lookups.
-  if (!AllocateBlockTable(*ts)) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "tensor '", Sv(name), "': no memory for the table of its ", ts->num_blocks,
-        " blocks (", ts->num_blocks * (sizeof(CopySlot) * ts->chain_size +
-                                      sizeof(BlockRecord)),
-        " bytes); use larger block_bytes"));
-  }
   std::unique_lock lock(mu_);
   if (by_name_.contains(ts->name)) {
     return absl::AlreadyExistsError(absl::StrCat(

@@ -55,6 +55,7 @@ class Catalog {
 
   EngineParts& parts_;
   EngineCore* const core_;
+  const std::shared_ptr<StateArena> arena_ = std::make_shared<StateArena>();
   mutable std::shared_mutex mu_;
   absl::flat_hash_map<std::string, std::shared_ptr<TensorState>> by_name_;
   absl::flat_hash_map<uint32_t, std::shared_ptr<TensorState>> by_id_;

@@ -566,6 +566,21 @@ EngineStats EngineCore::GetStats() const {
   return stats;
 }
 
+uint64_t EngineCore::ResidentBytes(Tier tier) const {
+  const int pos = chain_->position(tier);
+  if (pos < 0) return 0;
+  uint64_t bytes = 0;
+  for (const auto& ts : catalog_->All()) {
+    if (ts->dropped()) continue;
+    for (uint64_t b = 0; b < ts->num_blocks; ++b) {
+      if (Load(ts->copy(pos, b).word, std::memory_order_relaxed).resident()) {
+        bytes += ts->BlockSize(b);
+      }
+    }
+  }
+  return bytes;
+}
+
 // ---------------------------------------------------------------------------
 // Construction and destruction
 

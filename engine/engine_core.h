@@ -80,6 +80,13 @@ class EngineCore {
   // Called by a Pin whose unpin found waiters.
   void WakeAfterUnpin(std::atomic<uint64_t>& word) { waits_.Wake(word); }
 
+  // For tests and benchmarks that look inside (not part of the API): the
+  // core behind `engine`, its chain, and the bytes of the blocks whose copy
+  // in `tier` is resident (block sizes, not frame sizes; O(blocks)).
+  static EngineCore& Of(const Engine& engine) { return *engine.core_; }
+  const TierChain& chain() const { return *chain_; }
+  uint64_t ResidentBytes(Tier tier) const;
+
  private:
   using MaybePin = absl::StatusOr<std::optional<strata::Pin>>;
 

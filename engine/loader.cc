@@ -84,13 +84,15 @@ std::shared_ptr<Loader::Op> Loader::Start(
 
 absl::Status Loader::ReserveFrame(Op& op, Deadline deadline, CopyBatch* batch) {
   Residency& tier = parts_.tier(op.pos);
-  absl::StatusOr<tiers::Frame> frame = tier.TryAllocate(op.bytes, op.speculative);
+  const Residency::FrameOwner owner{op.ts->Key(op.block), &op.slot()};
+  absl::StatusOr<tiers::Frame> frame =
+      tier.TryAllocate(op.bytes, owner, op.speculative);
   if (!frame.ok()) {
     // Finding a frame may wait for frames in transit, and the copies
     // gathered in `batch` hold some: they must be on their way first, or
     // the caller would wait for itself.
     if (batch != nullptr) batch->Submit();
-    frame = tier.Allocate(op.bytes, deadline, op.speculative);
+    frame = tier.Allocate(op.bytes, deadline, owner, op.speculative);
   }
   if (!frame.ok()) return frame.status();
   if (!parts_.chain->host_data(op.pos)) {

@@ -7,7 +7,19 @@
 // (write_back.h), and its frame comes free when that tier acknowledged the
 // bytes. Many write-backs stay in flight, so the lower tier's queue stays
 // deep while the caller goes on; after an allocation, write-backs start
-// early when free space runs low (evict ahead).
+// early when free space runs low (evict ahead) — once an allocation found
+// the tier full, and until free space is back at twice the reserve: a
+// working set that fits the tier is never evicted ahead of need.
+//
+// Frames are of each block's own size, so free space can be in pieces: when
+// the tier has the bytes for a frame but no free range of that size, the
+// policy's order would evict until a hole happens to be large enough (a
+// 4 MiB frame among small ones: a hundred victims on average, hundreds at
+// worst; catalog_bench BM_Churn). Instead the tier evicts the frames of the
+// cheapest window of the arena (the fewest bytes to free, clean ones
+// preferred) that makes such a range; it keeps an index of its frames by
+// offset for that. Evict-ahead likewise keeps one free range of a default
+// block in its reserve, so that a miss of a default block finds one.
 //
 // The lowest tier of the chain has no policy and never evicts: it holds
 // every block written out; when it is full, demotions into it fail with
@@ -24,8 +36,11 @@
 #include <memory>
 #include <mutex>
 #include <span>
+#include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/btree_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/parts.h"
@@ -36,10 +51,17 @@
 namespace strata::internal {
 
 class CopyBatch;
+struct CopySlot;
 struct TensorState;
 
 class Residency {
  public:
+  // The copy a frame is for: its policy key and its slot in this tier.
+  struct FrameOwner {
+    uint64_t key = 0;
+    const CopySlot* slot = nullptr;
+  };
+
   // `policy` null: the lowest tier (no eviction).
   Residency(EngineParts& parts, int pos,
             std::unique_ptr<policy::EvictionPolicy> policy);
@@ -52,19 +74,20 @@ class Residency {
   // copy pinned or being moved, or the tiers below are full); the error of
   // the write-backs when they keep failing; kDeadlineExceeded when frames
   // in flight did not come back in time; kFailedPrecondition when closing.
-  // `speculative` (prefetch, readahead): waits while a demand allocation
-  // (a pin's) is short of space, so that loads nobody waits for yet never
-  // take the frames a pin evicted for.
+  // `speculative` (prefetch, readahead): waits while a pin is short of
+  // space here, so that loads nobody waits for yet never take the frames a
+  // pin evicted for.
   absl::StatusOr<tiers::Frame> Allocate(uint64_t bytes, Deadline deadline,
+                                        FrameOwner owner,
                                         bool speculative = false);
   // A frame if one is free now (then evicts ahead); no eviction, no wait.
   // `speculative`: none while a pin is short of space here.
-  absl::StatusOr<tiers::Frame> TryAllocate(uint64_t bytes,
+  absl::StatusOr<tiers::Frame> TryAllocate(uint64_t bytes, FrameOwner owner,
                                            bool speculative = false);
   // A frame now or never (a demotion into this tier falls through to the
   // next one instead of waiting): drops clean victims, starts write-backs
   // of dirty ones for later, and gives up.
-  absl::StatusOr<tiers::Frame> AllocateNow(uint64_t bytes);
+  absl::StatusOr<tiers::Frame> AllocateNow(uint64_t bytes, FrameOwner owner);
   // Gives a frame back and wakes whoever waits for space.
   void Free(const tiers::Frame& frame);
 
@@ -97,17 +120,45 @@ class Residency {
     absl::Status error;  // why nothing could be freed or started
   };
 
+  // A frame of this tier and its owner, in the index by offset.
+  struct Placed {
+    uint64_t bytes = 0;
+    uint64_t key = 0;
+    const CopySlot* slot = nullptr;
+  };
+
   absl::StatusOr<tiers::Frame> WhyNoFrame(const EvictResult& evicted,
                                           uint64_t failures_before) const;
-  // Evicts up to `count` victims; with `handoff`, the first clean victim
-  // whose frame fits `bytes` is handed over instead of freed.
-  EvictResult EvictSome(size_t count, bool clean_only, uint64_t bytes = 0,
-                        tiers::Frame* handoff = nullptr);
-  absl::StatusOr<tiers::Frame> AllocateLoop(uint64_t bytes, Deadline deadline);
+  // tier_.Allocate, recording the frame in the index.
+  absl::StatusOr<tiers::Frame> Place(uint64_t bytes, FrameOwner owner);
+  EvictResult EvictSome(size_t count, bool clean_only, uint64_t bytes,
+                        FrameOwner owner, tiers::Frame* handoff);
+  EvictResult EvictSome(size_t count, bool clean_only) {
+    return EvictSome(count, clean_only, 0, FrameOwner(), nullptr);
+  }
+  // Free space holds `bytes` but no free range does: evicts the frames of
+  // the cheapest window of the arena that makes one (`started` counts its
+  // frames already on their way out). Nothing when no window can be made.
+  EvictResult EvictWindow(uint64_t bytes);
+  std::vector<std::pair<uint64_t, Placed>> ChooseWindow(uint64_t bytes,
+                                                        size_t* leaving)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(frames_mu_);
+  // Drops clean victims and starts the write-backs of dirty ones. With
+  // `handoff`, the first clean victim whose frame fits `bytes` is handed to
+  // `owner` instead of freed: the thread that evicted for a frame gets it,
+  // not whoever allocates first.
+  void Evict(std::vector<Victim>& victims, EvictResult& result,
+             uint64_t bytes, FrameOwner owner, tiers::Frame* handoff);
+  void Evict(std::vector<Victim>& victims, EvictResult& result) {
+    Evict(victims, result, 0, FrameOwner(), nullptr);
+  }
+  absl::StatusOr<tiers::Frame> AllocateLoop(uint64_t bytes, Deadline deadline,
+                                            FrameOwner owner);
   std::vector<Victim> ClaimVictims(size_t count, bool clean_only);
   bool TryClaim(uint64_t key, bool take_prefetched, bool clean_only,
                 Victim* out);
   void Restore(const Victim& v);
+  void RestoreWord(const Victim& v);
   void EvictAhead();
   void DrainLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(policy_mu_);
   void NotifySpace();
@@ -125,6 +176,16 @@ class Residency {
   std::atomic<int64_t> victims_in_flight_{0};
   size_t max_write_backs_ = 8;
   uint64_t reserve_bytes_ = 0;  // free bytes evict-ahead keeps
+  // An allocation found the tier full since free space was last plentiful:
+  // evict-ahead is on.
+  std::atomic<bool> pressed_{false};
+
+  // Frames of an evicting tier by offset (every frame Allocate handed out
+  // and Free did not take back yet). Taken alone, never with another lock
+  // held inside it.
+  std::mutex frames_mu_;
+  absl::btree_map<uint64_t, Placed> frames_ ABSL_GUARDED_BY(frames_mu_);
+  size_t window_cursor_ ABSL_GUARDED_BY(frames_mu_) = 0;
 
   mutable std::mutex space_mu_;
   std::condition_variable space_cv_;

@@ -71,7 +71,8 @@ absl::Status WriteBacks::StartTo(const std::shared_ptr<WriteBackOp>& op,
         Sv(TierName(parts_.chain->kind(dst)))));
   }
   if (!op->dst_frame.valid()) {
-    absl::StatusOr<tiers::Frame> frame = parts_.tier(dst).AllocateNow(op->bytes);
+    absl::StatusOr<tiers::Frame> frame = parts_.tier(dst).AllocateNow(
+        op->bytes, {op->ts->Key(op->block), &op->ts->copy(dst, op->block)});
     if (!frame.ok()) {
       op->dst_frame = {};
       ReleaseTarget(*op);

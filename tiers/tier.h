@@ -75,6 +75,9 @@ class Tier {
   }
   // Whether frames have host-addressable `data`.
   virtual bool addressable() const = 0;
+  // The longest free range: a frame of up to that many bytes fits now.
+  // A tier that does not know says capacity() - used().
+  virtual uint64_t largest_free() const { return capacity() - used(); }
 
   // Reserves a frame of at least `bytes`. kResourceExhausted when full.
   absl::StatusOr<Frame> Allocate(uint64_t bytes);

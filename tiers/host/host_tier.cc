@@ -188,6 +188,16 @@ void HostTier::DoFree(const Frame& frame) {
   free_->Insert(offset, bytes);
 }
 
+uint64_t HostTier::largest_free() const {
+  std::lock_guard lock(free_->mu);
+  return free_->by_size.empty() ? 0 : free_->by_size.rbegin()->first;
+}
+
+size_t HostTier::free_extents() const {
+  std::lock_guard lock(free_->mu);
+  return free_->by_offset.size();
+}
+
 absl::Status HostTier::DoSubmit(std::span<Transfer* const> batch) {
   for (Transfer* t : batch) {
     if (t->op == Transfer::Op::kWrite) {

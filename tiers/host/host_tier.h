@@ -46,6 +46,10 @@ class HostTier : public Tier {
   // The NUMA node the arena is bound to, or -1 if it could not be bound.
   int numa_node() const { return numa_node_; }
   bool huge_pages() const { return huge_pages_; }
+  // The longest free extent (a frame of up to that many bytes fits now),
+  // and the number of free extents: how fragmented the free space is.
+  uint64_t largest_free() const override;
+  size_t free_extents() const;
 
  private:
   HostTier(std::byte* base, uint64_t size);
