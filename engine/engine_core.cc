@@ -47,64 +47,79 @@ bool IsValid(Access access) {
 // Inlined into Pin: built in place in the returned StatusOr (measured: out
 // of line, a resident pin cost 20.9 ns instead of about 10, pin_bench).
 ABSL_ATTRIBUTE_ALWAYS_INLINE inline strata::Pin EngineCore::MakePin(
-    TensorState& ts, uint64_t block, int pos, Access access) {
-  CopySlot& slot = ts.copy(pos, block);
+    const TensorState& ts, uint64_t block, CopySlot& slot, Tier tier,
+    Access access) {
   strata::Pin pin;
   pin.core_ = this;
   pin.word_ = &slot.word;
   pin.data_ = slot.frame.data;
   pin.size_ = ts.BlockSize(block);
   pin.block_ = block;
-  pin.tier_ = kind_of_[pos];
+  pin.tier_ = tier;
   pin.access_ = access == Access::kOverwrite ? Access::kWrite : access;
   return pin;
 }
 
+strata::Pin EngineCore::MakePin(TensorState& ts, uint64_t block, int pos,
+                                Access access) {
+  return MakePin(ts, block, ts.copy(pos, block), kind_of_[pos], access);
+}
+
+
+namespace {
+
+// One load and one CAS (retried while other pins of the copy change the
+// word): takes the pin if the copy is resident and the access allows it.
+// Returns the word it replaced, or 0 (never a resident word) when it did
+// not take the pin.
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline uint64_t TryPinResident(CopySlot& slot,
+                                                            Access access) {
+  uint64_t w = slot.word.load(std::memory_order_acquire);
+  for (;;) {
+    const uint64_t desired =
+        access == Access::kRead ? S(w).ReadPinned() : S(w).WritePinned();
+    if (ABSL_PREDICT_FALSE(desired == 0)) return 0;
+    if (slot.word.compare_exchange_weak(w, desired, std::memory_order_acq_rel,
+                                        std::memory_order_relaxed)) {
+      return w;
+    }
+  }
+}
+
+}  // namespace
 
 absl::StatusOr<strata::Pin> EngineCore::Pin(const Tensor& tensor,
                                             uint64_t block, Tier tier,
                                             Access access) {
   TensorState* ts = tensor.state_.get();
   const int pos = pin_pos_[static_cast<uint8_t>(tier)];
+  // The gate (dropped, closing, a step) is read before the CAS: a Close or
+  // DropTensor that sets it then claims every unpinned copy, so a pin that
+  // read the gate open either got its CAS in first (and they see it) or
+  // finds the copy claimed.
   if (ABSL_PREDICT_FALSE(ts == nullptr || ts->core != this || pos < 0 ||
-                         block >= ts->num_blocks || !IsValid(access))) {
-    return PinRefused(tensor, block, tier, access);
+                         block >= ts->num_blocks || !IsValid(access) ||
+                         ts->gate.load(std::memory_order_acquire) != 0)) {
+    return PinGated(tensor, block, tier, access);
   }
   Stats::Tls& local = Stats::Cached();
   if (ABSL_PREDICT_FALSE(local.uid != uid_)) stats_->Register();
-  ThreadState& thread = *local.state;
   ThreadRing& ring = *local.rings[pos];
   // One hit in 64 is timed, so that the hot path rarely reads a clock.
   const bool timed = (ring.head.load(std::memory_order_relaxed) & 63) == 0;
   const int64_t start = timed ? NowNanos() : 0;
   CopySlot& slot = ts->copy(pos, block);
-  uint64_t w = slot.word.load(std::memory_order_acquire);
-  // A CAS lost to another pin of the same copy (readers of one block) is
-  // retried here: the slow path costs a shared counter and clock reads.
-  bool pinned = false;
-  for (uint64_t desired;;) {
-    desired = access == Access::kRead ? S(w).ReadPinned() : S(w).WritePinned();
-    if (ABSL_PREDICT_FALSE(desired == 0)) break;
-    if (slot.word.compare_exchange_weak(w, desired, std::memory_order_seq_cst,
-                                        std::memory_order_relaxed)) {
-      pinned = true;
-      break;
-    }
+  const uint64_t seen = TryPinResident(slot, access);
+  if (ABSL_PREDICT_FALSE(seen == 0)) {
+    return PinSlow(tensor, block, pos, access, *local.state,
+                   timed ? start : NowNanos());
   }
-  if (ABSL_PREDICT_TRUE(pinned)) {
-    // The gate is read after the CAS: Close and DropTensor set it before
-    // they look for pins, so either they see this pin or it sees the gate.
-    if (ABSL_PREDICT_FALSE(ts->gate.load(std::memory_order_seq_cst) != 0)) {
-      return PassGate(*ts, block, pos, access, thread, w, start);
-    }
-    ring.Record(ts->Key(block));  // also counts the hit
-    if (timed) ring.hit_latency.Record(NowNanos() - start);
-    if (ABSL_PREDICT_FALSE(S(w).prefetched())) {
-      mover_->OnPrefetchedHit(*ts, block, pos);
-    }
-    return MakePin(*ts, block, pos, access);
+  ring.Record(ts->Key(block));  // also counts the hit
+  if (timed) ring.hit_latency.Record(NowNanos() - start);
+  if (ABSL_PREDICT_FALSE(S(seen).prefetched())) {
+    mover_->OnPrefetchedHit(*ts, block, pos);
   }
-  return PinSlow(tensor, block, pos, access, thread, timed ? start : NowNanos());
+  return MakePin(*ts, block, slot, tier, access);
 }
 
 void EngineCore::Unpin(CopySlot& slot, Access access) {
@@ -114,23 +129,31 @@ void EngineCore::Unpin(CopySlot& slot, Access access) {
   if (S(old).has_waiters()) waits_.Wake(slot.word);
 }
 
-absl::StatusOr<strata::Pin> EngineCore::PassGate(TensorState& ts,
-                                                 uint64_t block, int pos,
-                                                 Access access,
-                                                 ThreadState& thread,
-                                                 uint64_t seen,
-                                                 int64_t start_ns) {
-  const uint32_t gate = ts.gate.load(std::memory_order_seq_cst);
-  if (gate & (TensorState::kGateDropped | TensorState::kGateDropping)) {
-    Unpin(ts.copy(pos, block), access);
-    return absl::NotFoundError(absl::StrCat(
-        "tensor '", ts.name, "' was dropped; open or create it again"));
+absl::StatusOr<strata::Pin> EngineCore::PinGated(const Tensor& tensor,
+                                                 uint64_t block, Tier tier,
+                                                 Access access) {
+  TensorState* ts = tensor.state_.get();
+  const int pos = pin_pos_[static_cast<uint8_t>(tier)];
+  if (ts == nullptr || ts->core != this || pos < 0 ||
+      block >= ts->num_blocks || !IsValid(access)) {
+    return PinRefused(tensor, block, tier, access);
   }
-  if (gate & TensorState::kGateClosed) {
-    Unpin(ts.copy(pos, block), access);
-    return Lifecycle::ClosedError();
+  if ((ts->gate.load(std::memory_order_acquire) & ~TensorState::kGateStep) != 0) {
+    // Dropped, closing, or a gate left by a refused Close or DropTensor:
+    // the slow path says which (it looks again at the engine and the
+    // tensor), or pins if neither holds any more.
+    return PinSlow(tensor, block, pos, access, *stats_->Local().state,
+                   NowNanos());
   }
-  return Grant(ts, block, pos, access, thread, /*hit=*/true, seen, start_ns);
+  // A step is being recorded or replayed: the pin is taken as on the hot
+  // path and goes through Grant, which hands it to the thread's plan.
+  ThreadState& thread = *stats_->Local().state;
+  const int64_t start = NowNanos();
+  const uint64_t seen = TryPinResident(ts->copy(pos, block), access);
+  if (seen == 0) {
+    return PinSlow(tensor, block, pos, access, thread, start);
+  }
+  return Grant(*ts, block, pos, access, thread, /*hit=*/true, seen, start);
 }
 
 strata::Pin EngineCore::Grant(TensorState& ts, uint64_t block, int pos,
@@ -397,7 +420,7 @@ absl::Status EngineCore::DropTensor(const Tensor& tensor) {
       gate, gate | TensorState::kGateDropping, std::memory_order_seq_cst));
   std::lock_guard flush_lock(ts->flush_mu);  // a Flush in progress ends first
   std::vector<uint64_t> claimed;
-  if (absl::Status s = ClaimEveryCopy(*ts, claimed); !s.ok()) {
+  if (absl::Status s = ClaimEveryCopy(*ts, claimed, "DropTensor"); !s.ok()) {
     RollBackClaims(*ts, claimed);
     ts->gate.fetch_and(~TensorState::kGateDropping, std::memory_order_seq_cst);
     return s;
@@ -410,7 +433,8 @@ absl::Status EngineCore::DropTensor(const Tensor& tensor) {
 }
 
 absl::Status EngineCore::ClaimEveryCopy(TensorState& ts,
-                                        std::vector<uint64_t>& claimed) {
+                                        std::vector<uint64_t>& claimed,
+                                        std::string_view caller) {
   const Deadline deadline =
       Clock::now() + absl::ToChronoNanoseconds(options_.io_timeout);
   claimed.reserve(ts.num_blocks * ts.chain_size);
@@ -430,13 +454,15 @@ absl::Status EngineCore::ClaimEveryCopy(TensorState& ts,
         }
         if (state.resident()) {
           return absl::FailedPreconditionError(absl::StrCat(
-              BlockName(ts, b), " is pinned; release its pins before DropTensor"));
+              BlockName(ts, b), " is pinned in tier ",
+              Sv(TierName(chain_->kind(pos))), "; release its pins before ",
+              Sv(caller)));
         }
         // Loading or being written back: its transfer ends soon.
         if (!waits_.WaitForChange(word, w, deadline)) {
           return absl::DeadlineExceededError(absl::StrCat(
-              BlockName(ts, b), " stayed in transit for io_timeout during "
-              "DropTensor; the device may be stalled"));
+              BlockName(ts, b), " stayed in transit for io_timeout during ",
+              Sv(caller), "; the device may be stalled"));
         }
       }
     }
@@ -476,20 +502,21 @@ void EngineCore::Interrupt() {
   for (auto& tier : residency_) tier->Interrupt();
 }
 
-absl::Status EngineCore::FindLivePin() const {
-  for (const auto& ts : catalog_->All()) {
+absl::Status EngineCore::ClaimForClose() {
+  // Every copy of every tensor is claimed (a pinned one refuses, and every
+  // claim is undone): from here on no pin's CAS can succeed, whatever gate
+  // it read.
+  std::vector<std::pair<std::shared_ptr<TensorState>, std::vector<uint64_t>>> done;
+  for (auto& ts : catalog_->All()) {
     if (ts->dropped()) continue;
-    for (int pos = 0; pos < ts->chain_size; ++pos) {
-      if (!chain_->pinnable(pos)) continue;
-      for (uint64_t b = 0; b < ts->num_blocks; ++b) {
-        if (Load(ts->copy(pos, b).word).pins() != 0) {
-          return absl::FailedPreconditionError(absl::StrCat(
-              BlockName(*ts, b), " is still pinned in tier ",
-              Sv(TierName(chain_->kind(pos))),
-              "; release every Pin before Close"));
-        }
-      }
+    std::vector<uint64_t> claimed;
+    absl::Status s = ClaimEveryCopy(*ts, claimed, "Close");
+    if (!s.ok()) {
+      RollBackClaims(*ts, claimed);
+      for (auto& [other, other_claimed] : done) RollBackClaims(*other, other_claimed);
+      return s;
     }
+    done.emplace_back(std::move(ts), std::move(claimed));
   }
   return absl::OkStatus();
 }
@@ -509,7 +536,7 @@ absl::Status EngineCore::Close() {
         "EngineOptions::io_timeout (", absl::FormatDuration(options_.io_timeout),
         "); the engine is closed, and destroying it waits for them"));
   }
-  if (absl::Status pinned = FindLivePin(); !pinned.ok()) {
+  if (absl::Status pinned = ClaimForClose(); !pinned.ok()) {
     catalog_->SetGate(TensorState::kGateClosed, false);
     life_.CancelClose();
     mover_->Resume();

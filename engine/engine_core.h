@@ -3,9 +3,9 @@
 // (hot path and slow path), Prefetch, Flush, DropTensor, Close and GetStats.
 //
 // The hot path of a pin: the tensor handle leads to the tensor's column of
-// copy slots for the tier; a resident copy is pinned by one load and one CAS
-// of its state word, then one load of the tensor's gate word (dropped,
-// closed, or a step being recorded sends the pin to PassGate). Everything
+// copy slots for the tier; one load of the tensor's gate word (dropped,
+// closing, or a step sends the pin to PinGated), then a resident copy is
+// pinned by one load and one CAS of its state word. Everything
 // else is the slow path, where the pin may wait — for a conflicting pin, a
 // load, or space — always with a deadline.
 //
@@ -96,10 +96,8 @@ class EngineCore {
   // Pin paths.
   absl::StatusOr<strata::Pin> PinRefused(const Tensor& tensor, uint64_t block,
                                          Tier tier, Access access) const;
-  absl::StatusOr<strata::Pin> PassGate(TensorState& ts, uint64_t block,
-                                       int pos, Access access,
-                                       ThreadState& thread, uint64_t seen,
-                                       int64_t start_ns);
+  absl::StatusOr<strata::Pin> PinGated(const Tensor& tensor, uint64_t block,
+                                       Tier tier, Access access);
   absl::StatusOr<strata::Pin> PinSlow(const Tensor& tensor, uint64_t block,
                                       int pos, Access access,
                                       ThreadState& thread, int64_t start_ns);
@@ -117,14 +115,17 @@ class EngineCore {
                     int64_t start_ns);
   strata::Pin MakePin(TensorState& ts, uint64_t block, int pos,
                       Access access);
+  strata::Pin MakePin(const TensorState& ts, uint64_t block, CopySlot& slot,
+                      Tier tier, Access access);
   void Unpin(CopySlot& slot, Access access);
 
   // DropTensor's steps.
-  absl::Status ClaimEveryCopy(TensorState& ts, std::vector<uint64_t>& claimed);
+  absl::Status ClaimEveryCopy(TensorState& ts, std::vector<uint64_t>& claimed,
+                              std::string_view caller);
   void RollBackClaims(TensorState& ts, const std::vector<uint64_t>& claimed);
   void ForgetEveryCopy(TensorState& ts);
 
-  absl::Status FindLivePin() const;
+  absl::Status ClaimForClose();
   void Interrupt();
   void FillTierStats(int pos, TierStats& out) const;
 
