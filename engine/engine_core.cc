@@ -146,14 +146,17 @@ absl::StatusOr<strata::Pin> EngineCore::PinGated(const Tensor& tensor,
                    NowNanos());
   }
   // A step is being recorded or replayed: the pin is taken as on the hot
-  // path and goes through Grant, which hands it to the thread's plan.
-  ThreadState& thread = *stats_->Local().state;
-  const int64_t start = NowNanos();
+  // path (one in 64 timed) and goes through Grant, which hands it to the
+  // thread's plan.
+  Stats::Tls& local = stats_->Local();
+  const bool timed = (local.rings[pos]->head.load(std::memory_order_relaxed) & 63) == 0;
+  const int64_t start = timed ? NowNanos() : 0;
   const uint64_t seen = TryPinResident(ts->copy(pos, block), access);
   if (seen == 0) {
-    return PinSlow(tensor, block, pos, access, thread, start);
+    return PinSlow(tensor, block, pos, access, *local.state,
+                   timed ? start : NowNanos());
   }
-  return Grant(*ts, block, pos, access, thread, /*hit=*/true, seen, start);
+  return Grant(*ts, block, pos, access, *local.state, /*hit=*/true, seen, start);
 }
 
 strata::Pin EngineCore::Grant(TensorState& ts, uint64_t block, int pos,
