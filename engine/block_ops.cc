@@ -107,6 +107,7 @@ void ReleaseSource(EngineParts& parts, TensorState& ts, uint64_t block,
                    int pos) {
   std::atomic<uint64_t>& word = ts.copy(pos, block).word;
   const uint64_t old = word.fetch_sub(1, std::memory_order_acq_rel);
+  ABSL_ASSERT(S(old).pins() != 0 && "release of a copy that holds no pin");
   if (S(old).has_waiters()) parts.waits->Wake(word);
 }
 

@@ -87,6 +87,11 @@ absl::StatusOr<std::unique_ptr<Engine>> OpenWithTiers(
   return internal::EngineCore::Wrap(std::move(core));
 }
 
+bool CopyHasWaiters(const Engine& engine, const Tensor& tensor, Tier tier,
+                    uint64_t block) {
+  return internal::EngineCore::Of(engine).CopyHasWaiters(tensor, tier, block);
+}
+
 }  // namespace testing
 
 absl::StatusOr<Tensor> Engine::CreateTensor(std::string_view name,

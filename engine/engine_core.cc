@@ -122,13 +122,6 @@ absl::StatusOr<strata::Pin> EngineCore::Pin(const Tensor& tensor,
   return MakePin(*ts, block, slot, tier, access);
 }
 
-void EngineCore::Unpin(CopySlot& slot, Access access) {
-  const uint64_t old = slot.word.fetch_sub(
-      access == Access::kRead ? kUnpinRead : kUnpinWrite,
-      std::memory_order_release);
-  if (S(old).has_waiters()) waits_.Wake(slot.word);
-}
-
 absl::StatusOr<strata::Pin> EngineCore::PinGated(const Tensor& tensor,
                                                  uint64_t block, Tier tier,
                                                  Access access) {
@@ -609,6 +602,14 @@ uint64_t EngineCore::ResidentBytes(Tier tier) const {
     }
   }
   return bytes;
+}
+
+bool EngineCore::CopyHasWaiters(const Tensor& tensor, Tier tier,
+                                uint64_t block) const {
+  const int pos = chain_->position(tier);
+  TensorState* ts = tensor.state_.get();
+  if (pos < 0 || ts == nullptr || block >= ts->num_blocks) return false;
+  return Load(ts->copy(pos, block).word).has_waiters();
 }
 
 // ---------------------------------------------------------------------------

@@ -86,6 +86,9 @@ class EngineCore {
   static EngineCore& Of(const Engine& engine) { return *engine.core_; }
   const TierChain& chain() const { return *chain_; }
   uint64_t ResidentBytes(Tier tier) const;
+  // Whether a thread waits for the copy of `block` in `tier` to change (a
+  // test's way to know that a call it started is parked on that copy).
+  bool CopyHasWaiters(const Tensor& tensor, Tier tier, uint64_t block) const;
 
  private:
   using MaybePin = absl::StatusOr<std::optional<strata::Pin>>;
@@ -117,7 +120,6 @@ class EngineCore {
                       Access access);
   strata::Pin MakePin(const TensorState& ts, uint64_t block, CopySlot& slot,
                       Tier tier, Access access);
-  void Unpin(CopySlot& slot, Access access);
 
   // DropTensor's steps.
   absl::Status ClaimEveryCopy(TensorState& ts, std::vector<uint64_t>& claimed,

@@ -65,7 +65,7 @@ std::shared_ptr<Loader::Op> Loader::Start(
     return op;
   }
   if (want == Want::kOverwrite && PublishOverwrite(*op)) return op;
-  absl::StatusOr<Source> source = PickSource(*op, deadline);
+  absl::StatusOr<Source> source = PickSource(*op, deadline, batch);
   if (!source.ok()) {
     Complete(*op, source.status());
     return op;
@@ -108,7 +108,8 @@ absl::Status Loader::ReserveFrame(Op& op, Deadline deadline, CopyBatch* batch) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<Source> Loader::PickSource(Op& op, Deadline deadline) {
+absl::StatusOr<Source> Loader::PickSource(Op& op, Deadline deadline,
+                                          CopyBatch* batch) {
   TensorState& ts = *op.ts;
   for (;;) {
     if (absl::Status s = Interrupted(parts_, ts); !s.ok()) return s;
@@ -127,6 +128,9 @@ absl::StatusOr<Source> Loader::PickSource(Op& op, Deadline deadline) {
           BlockName(ts, op.block), " version ", version,
           " has no copy in any tier (internal error: please report it)"));
     }
+    // The copy we wait for may be released only by a pinner that waits for
+    // a copy gathered in `batch`: send the batch on its way first.
+    if (batch != nullptr) batch->Submit();
     CopySlot& waited = ts.copy(source.pos, op.block);
     if (!parts_.waits->WaitForChange(waited.word, source.seen, deadline)) {
       return absl::DeadlineExceededError(absl::StrCat(

@@ -75,7 +75,8 @@ class Loader {
 
  private:
   absl::Status ReserveFrame(Op& op, Deadline deadline, CopyBatch* batch);
-  absl::StatusOr<Source> PickSource(Op& op, Deadline deadline);
+  absl::StatusOr<Source> PickSource(Op& op, Deadline deadline,
+                                    CopyBatch* batch);
   void StartCopy(const std::shared_ptr<Op>& op, CopyBatch* batch);
   bool PublishOverwrite(Op& op);
   static void OnCopied(void* user, const CopyResult& result);

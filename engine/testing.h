@@ -23,6 +23,12 @@ absl::StatusOr<std::unique_ptr<Engine>> OpenWithBackend(
 absl::StatusOr<std::unique_ptr<Engine>> OpenWithTiers(
     EngineOptions options, internal::TierOverrides overrides);
 
+// Whether some thread waits for the copy of `block` in `tier` to change:
+// lets a test know, without sleeping, that a call it started in another
+// thread is parked on that copy.
+bool CopyHasWaiters(const Engine& engine, const Tensor& tensor, Tier tier,
+                    uint64_t block);
+
 }  // namespace strata::testing
 
 #endif  // STRATA_ENGINE_TESTING_H_

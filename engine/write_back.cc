@@ -142,6 +142,9 @@ void WriteBacks::CompleteLocked(WriteBackOp& op, const CopyResult& result) {
     // The target's bytes are clobbered: its frame goes.
     FreeCopyLocked(parts_, ts, op.block, op.dst);
     if (op.mode == Mode::kEvict) {
+      // Parked before the copy is seen back: a Flush waiting for it then
+      // finds the error when it collects them.
+      ts.SetWriteBackError(op.block, result.status);
       uint64_t w = src.word.load(std::memory_order_acquire);
       while (!src.word.compare_exchange_weak(
           w, S(w).With(S::kResident) & ~S::kWaiters, std::memory_order_acq_rel)) {
@@ -185,7 +188,6 @@ void WriteBacks::Account(WriteBackOp& op, const CopyResult& result) {
   }
   if (op.mode == Mode::kEvict) {
     if (!ok) {
-      ts.SetWriteBackError(op.block, result.status);
       parts_.tier(op.src).Insert(key);
       // Logged at the 1st, 2nd, 4th, 8th, ... failure: a dying device must
       // not flood the log.
@@ -315,7 +317,6 @@ absl::Status WriteBacks::FlushBatch(const std::shared_ptr<TensorState>& ts,
 
 absl::Status WriteBacks::Flush(const std::shared_ptr<TensorState>& ts) {
   std::lock_guard flush_lock(ts->flush_mu);
-  const absl::Status parked = ts->TakeWriteBackErrors();
   absl::Status first;
   if (!parts_.chain->pinnable(parts_.chain->lowest())) {
     constexpr uint64_t kBatch = 64;
@@ -326,6 +327,9 @@ absl::Status WriteBacks::Flush(const std::shared_ptr<TensorState>& ts) {
       if (absl::IsFailedPrecondition(s) && parts_.life->closing()) break;
     }
   }
+  // Collected last: a background write-back that failed while this Flush
+  // waited for its block is reported here, not by the next Flush.
+  const absl::Status parked = ts->TakeWriteBackErrors();
   if (!parked.ok()) {
     return absl::Status(
         parked.code(),

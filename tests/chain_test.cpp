@@ -56,6 +56,7 @@ absl::StatusOr<Chain> OpenChain(const std::string& nvme_dir,
   o.policy = "lru";
   o.readahead_blocks = 0;
   o.io_timeout = base.io_timeout;
+  o.pin_wait_timeout = base.pin_wait_timeout;
   Chain chain;
   internal::TierOverrides overrides;
   for (Tier kind : o.tiers) {
@@ -215,6 +216,51 @@ TEST_F(ChainTest, FailedWriteToTheMiddleTierKeepsTheBlockAndReachesFlush) {
   for (uint64_t b = 0; b < 12; ++b) Expect(e, t, b, 1);
 }
 
+// A background write-back that fails while a Flush of its tensor runs is
+// that Flush's to report: the Flush waited for the block in transit, so it
+// returns only after the failure. Before the fix the Flush collected the
+// tensor's errors before it waited, returned OK, and the failure surfaced in
+// the next Flush (seen in CI as a FlushAll after the faults failing twice).
+TEST_F(ChainTest, AWriteBackFailingDuringAFlushIsReportedByThatFlush) {
+  ASSERT_OK_AND_ASSIGN(Chain c, OpenChain(Nvme(), {Tier::kHost, Tier::kRemote, Tier::kNvme},
+                                          /*host_blocks=*/2, /*test_blocks=*/8));
+  Engine& e = *c.engine;
+  TestTierControl& remote = c.control(Tier::kRemote);
+  ASSERT_OK_AND_ASSIGN(Tensor t, e.CreateTensor("t", Blocks(3)));
+  Write(e, t, 0, 1);
+  Write(e, t, 1, 1);  // the host is full of dirty blocks
+  // Pinning block 2 evicts block 0 to remote; that write stalls.
+  remote.HoldCompletions(TestOps::kWrite);
+  absl::Status pinned;
+  std::thread writer([&] {
+    auto pin = e.Pin(t, 2, Tier::kHost, Access::kWrite);
+    pinned = pin.status();
+    if (pin.ok()) FillPattern(pin->bytes(), Seed(1, 2, 1));
+  });
+  // Bounded waits, no I/O involved: the eviction is submitted at once, and
+  // the Flush reaches block 0 at once.
+  for (int i = 0; i < 10000000 && remote.held() == 0; ++i) std::this_thread::yield();
+  ASSERT_EQ(remote.held(), 1u) << "the eviction of block 0 did not start";
+  absl::Status flushed;
+  std::thread flusher([&] { flushed = e.Flush(t); });
+  for (int i = 0; i < 10000000 && !testing::CopyHasWaiters(e, t, Tier::kHost, 0); ++i) {
+    std::this_thread::yield();
+  }
+  ASSERT_TRUE(testing::CopyHasWaiters(e, t, Tier::kHost, 0))
+      << "the Flush did not wait for block 0 in transit";
+  remote.FailHeld(absl::UnavailableError("test: link down"));
+  flusher.join();
+  writer.join();
+  EXPECT_EQ(flushed.code(), StatusCode::kUnavailable)
+      << "the Flush running while the write-back failed must report it: "
+      << flushed;
+  EXPECT_NE(flushed.message().find("link down"), std::string_view::npos) << flushed;
+  EXPECT_OK(e.Flush(t)) << "reported once";
+  Expect(e, t, 0, 1);
+  Expect(e, t, 1, 1);
+  if (pinned.ok()) Expect(e, t, 2, 1);
+}
+
 TEST_F(ChainTest, ReadFailureOfTheMiddleTierReachesThePin) {
   ASSERT_OK_AND_ASSIGN(Chain c, OpenChain(Nvme(), {Tier::kHost, Tier::kRemote, Tier::kNvme},
                                           8, 16));
@@ -273,6 +319,38 @@ TEST_F(ChainTest, WritePinWaitsForReadPinsInAnotherTier) {
   writer.join();
   EXPECT_TRUE(granted.load());
   Expect(e, t, 0, 2, Tier::kShm);
+}
+
+// A prefetch loads its blocks in one batch. A block whose source it must
+// wait for (here: write-pinned in another tier) must not hold back the
+// loads already gathered: they hold their sources pinned and their target
+// copies loading, and the pin that releases the waited-for block may be
+// waiting for one of them. Before the fix the batch went out only after the
+// wait, so the writer below waited for block 0 until the prefetch's wait
+// for block 1 ran out (kDeadlineExceeded in the handle).
+TEST_F(ChainTest, APrefetchWaitingForOneBlockSubmitsTheOthersFirst) {
+  EngineOptions base;
+  base.pin_wait_timeout = absl::Seconds(5);
+  ASSERT_OK_AND_ASSIGN(
+      Chain c, OpenChain(Nvme(), {Tier::kHost, Tier::kShm, Tier::kNvme}, 8, 16,
+                         /*asynchronous=*/false, base));
+  Engine& e = *c.engine;
+  ASSERT_OK_AND_ASSIGN(Tensor t, e.CreateTensor("t", Blocks(2)));
+  Write(e, t, 0, 1, Tier::kShm);  // block 0: in shm only
+  ASSERT_OK_AND_ASSIGN(Pin writer, e.Pin(t, 1, Tier::kShm, Access::kWrite));
+  FillPattern(writer.bytes(), Seed(1, 1, 1));
+  ASSERT_OK_AND_ASSIGN(PrefetchHandle h, e.Prefetch(t, {0, 2}, Tier::kHost));
+  // Once the prefetch holds a host frame, it loads block 0 (not this
+  // thread's pin below); bounded, the prefetch needs no I/O to get there.
+  for (int i = 0; i < 1000000 && e.GetStats().tier(Tier::kHost).used_bytes == 0; ++i) {
+    std::this_thread::yield();
+  }
+  // Block 0 must arrive while block 1 stays write-pinned.
+  Expect(e, t, 0, 1, Tier::kHost);
+  ASSERT_OK(writer.Release());
+  EXPECT_OK(h.Wait()) << "the prefetch of block 1 gave up waiting for the "
+                         "writer, which waited for block 0 of the same batch";
+  Expect(e, t, 1, 1, Tier::kHost);
 }
 
 TEST_F(ChainTest, GpuSlotAboveHostDemotesIntoHost) {

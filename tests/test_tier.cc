@@ -256,6 +256,10 @@ void TestTierControl::ReleaseHeld() {
   }
 }
 
+void TestTierControl::FailHeld(absl::Status status) {
+  for (const Held& h : TakeHeld(nullptr)) TestTier::Fail(h.transfer, status);
+}
+
 void TestTierControl::Clear() {
   {
     std::lock_guard lock(mu_);

@@ -57,6 +57,9 @@ class TestTierControl {
   void FailAllocations(bool on);
   // Completes every held transfer (on this thread) and stops holding.
   void ReleaseHeld();
+  // Completes every held transfer with `status` instead (on this thread):
+  // a device that failed them after a stall.
+  void FailHeld(absl::Status status);
   // Stops injecting and holding; releases held transfers.
   void Clear();
 

@@ -20,6 +20,7 @@
 #define STRATA_STRATA_H_
 
 #include <atomic>
+#include <cassert>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -233,6 +234,7 @@ class Pin {
     const uint64_t old = word_->fetch_sub(
         access_ == Access::kRead ? internal::kUnpinRead : internal::kUnpinWrite,
         std::memory_order_release);
+    assert((old & 0xFFFF) != 0 && "unpin of a copy that holds no pin");
     if (old & internal::kWaitersBit) WakeWaiters();
     word_ = nullptr;
     data_ = nullptr;
