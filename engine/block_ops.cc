@@ -265,7 +265,7 @@ bool TakeClaimedFrame(EngineParts& parts, TensorState& ts, uint64_t block,
 absl::Status Interrupted(const EngineParts& parts, const TensorState& ts) {
   if (ts.dropped()) {
     return absl::NotFoundError(absl::StrCat(
-        "tensor '", ts.name, "' was dropped; open or create it again"));
+        "tensor '", ts.info->name, "' was dropped; open or create it again"));
   }
   return parts.life->CheckOpen();
 }

@@ -1,5 +1,7 @@
 #include "engine/block_table.h"
 
+#include <sys/mman.h>
+
 #include <new>
 #include <type_traits>
 
@@ -39,21 +41,22 @@ void BlockLatch::Unlock(WaitTable& waits) {
 }
 
 void TensorState::SetWriteBackError(uint64_t block, absl::Status status) {
-  std::lock_guard lock(errors_mu);
-  write_back_errors[block] = std::move(status);
+  std::lock_guard lock(info->errors_mu);
+  info->write_back_errors[block] = std::move(status);
 }
 
 absl::Status TensorState::TakeWriteBackErrors() {
-  std::lock_guard lock(errors_mu);
-  if (write_back_errors.empty()) return absl::OkStatus();
-  auto first = write_back_errors.begin();
-  for (auto it = write_back_errors.begin(); it != write_back_errors.end(); ++it) {
+  std::lock_guard lock(info->errors_mu);
+  auto& errors = info->write_back_errors;
+  if (errors.empty()) return absl::OkStatus();
+  auto first = errors.begin();
+  for (auto it = errors.begin(); it != errors.end(); ++it) {
     if (it->first < first->first) first = it;
   }
   const absl::Status status = first->second;
   const uint64_t block = first->first;
-  const size_t count = write_back_errors.size();
-  write_back_errors.clear();
+  const size_t count = errors.size();
+  errors.clear();
   return absl::Status(
       status.code(),
       absl::StrCat("an earlier background write-back of ",
@@ -64,7 +67,7 @@ absl::Status TensorState::TakeWriteBackErrors() {
 }
 
 std::string BlockName(const TensorState& ts, uint64_t block) {
-  return absl::StrCat("tensor '", ts.name, "' block ", block);
+  return absl::StrCat("tensor '", ts.info->name, "' block ", block);
 }
 
 namespace {
@@ -72,9 +75,12 @@ namespace {
 static_assert(std::is_trivially_destructible_v<CopySlot> &&
                   std::is_trivially_destructible_v<BlockRecord>,
               "the block table is freed without running destructors");
+static_assert(sizeof(TensorState) == 64,
+              "what a pin reads of a tensor is one cache line");
 static_assert(sizeof(TensorState) % alignof(CopySlot) == 0,
               "the slots follow the state, each on its own line");
 constexpr std::align_val_t kAlign{alignof(TensorState)};
+constexpr std::align_val_t kHugeAlign{2u << 20};
 
 struct FreeTensorState {
   std::shared_ptr<StateArena> arena;
@@ -88,7 +94,9 @@ struct FreeTensorState {
 }  // namespace
 
 StateArena::~StateArena() {
-  for (std::byte* slab : slabs_) ::operator delete(slab, kAlign);
+  for (const Slab& slab : slabs_) {
+    ::operator delete(slab.bytes, slab.huge ? kHugeAlign : kAlign);
+  }
 }
 
 void* StateArena::Allocate(uint64_t bytes) {
@@ -102,11 +110,18 @@ void* StateArena::Allocate(uint64_t bytes) {
     return p;
   }
   if (c.next == nullptr || static_cast<uint64_t>(c.end - c.next) < size) {
-    auto* slab = static_cast<std::byte*>(::operator new(kSlabBytes, kAlign, std::nothrow));
+    // The first slabs are small (a few tensors cost little); once there
+    // are many, they are huge pages: pins that go round 100,000 tensors
+    // then miss the TLB far less.
+    const bool huge = slabs_.size() >= kSmallSlabs;
+    const uint64_t slab_bytes = huge ? kHugeSlabBytes : kSlabBytes;
+    auto* slab = static_cast<std::byte*>(
+        ::operator new(slab_bytes, huge ? kHugeAlign : kAlign, std::nothrow));
     if (slab == nullptr) return nullptr;
-    slabs_.push_back(slab);
+    if (huge) (void)madvise(slab, slab_bytes, MADV_HUGEPAGE);  // a hint only
+    slabs_.push_back({slab, huge});
     c.next = slab;
-    c.end = slab + kSlabBytes / size * size;
+    c.end = slab + slab_bytes / size * size;
   }
   void* p = c.next;
   c.next += size;
@@ -136,13 +151,19 @@ std::shared_ptr<TensorState> NewTensorState(std::shared_ptr<StateArena> arena,
   const uint64_t bytes = TensorStateBytes(num_blocks, chain_size);
   auto* mem = static_cast<std::byte*>(arena->Allocate(bytes));
   if (mem == nullptr) return nullptr;
+  auto info = std::unique_ptr<TensorInfo>(new (std::nothrow) TensorInfo);
+  if (info == nullptr) {
+    arena->Free(mem, bytes);
+    return nullptr;
+  }
   auto* ts = new (mem) TensorState;
+  ts->info = std::move(info);
   std::byte* table = mem + sizeof(TensorState);
   const uint64_t slots = num_blocks * static_cast<uint64_t>(chain_size);
   ts->slots = reinterpret_cast<CopySlot*>(table);
   for (uint64_t i = 0; i < slots; ++i) new (&ts->slots[i]) CopySlot;
-  ts->records = reinterpret_cast<BlockRecord*>(table + slots * sizeof(CopySlot));
-  for (uint64_t i = 0; i < num_blocks; ++i) new (&ts->records[i]) BlockRecord;
+  auto* records = reinterpret_cast<BlockRecord*>(table + slots * sizeof(CopySlot));
+  for (uint64_t i = 0; i < num_blocks; ++i) new (&records[i]) BlockRecord;
   ts->num_blocks = num_blocks;
   ts->chain_size = chain_size;
   return std::shared_ptr<TensorState>(ts, FreeTensorState{std::move(arena), bytes});

@@ -90,14 +90,11 @@ class LatchGuard {
 
 class EngineCore;
 
-// What the engine knows about one tensor. Made by NewTensorState, with its
-// block table in the same allocation, right after it: the copy slots
-// (column by column), then the block records. The fields a pin reads are the
-// last cache line of the struct, next to the first slot, and tensors created
-// one after another lie one after another (StateArena): a pin of a one-block
-// tensor reads two neighbouring lines, and pins that go round many small
-// tensors stream through memory instead of chasing pointers.
-struct alignas(64) TensorState {
+// What a tensor is, and the state of its slow paths: read when it is
+// created, looked up or named in a message, by readahead, Flush and
+// DropTensor; never by a pin of a resident block. Kept out of TensorState
+// so that tensors lie in short strides (see there).
+struct TensorInfo {
   std::string name;
   TensorSpec spec;  // as created, block_bytes filled in
 
@@ -114,11 +111,20 @@ struct alignas(64) TensorState {
   // them, and no other caller ever sees them.
   std::mutex errors_mu;
   absl::flat_hash_map<uint64_t, absl::Status> write_back_errors;
+};
 
-  // --- Read by every pin: the last cache line.
-  alignas(64) EngineCore* core = nullptr;
-  CopySlot* slots = nullptr;        // chain_size columns of num_blocks slots
-  BlockRecord* records = nullptr;   // num_blocks records
+// What a pin reads of one tensor: one cache line. Made by NewTensorState,
+// with its block table in the same allocation, right after it: the copy
+// slots (column by column), then the block records; the rest of what the
+// engine knows of the tensor is in `info`. Tensors created one after
+// another lie one after another (StateArena): a pin of a one-block tensor
+// of a two-tier chain reads two neighbouring lines of a 256-byte stride,
+// and pins that go round many small tensors stream through memory instead
+// of chasing pointers (catalog_bench BM_PinRoundRobin; with the info inline
+// the stride was 448 bytes and such pins ran at half the speed).
+struct alignas(64) TensorState {
+  EngineCore* core = nullptr;
+  CopySlot* slots = nullptr;  // chain_size columns of num_blocks slots
   uint64_t num_blocks = 0;
   uint64_t block_bytes = 0;
   uint64_t size_bytes = 0;
@@ -130,6 +136,7 @@ struct alignas(64) TensorState {
   std::atomic<uint32_t> gate{0};
   uint32_t id = 0;
   int chain_size = 0;
+  std::unique_ptr<TensorInfo> info;
 
   bool dropped() const {
     return gate.load(std::memory_order_acquire) &
@@ -145,7 +152,11 @@ struct alignas(64) TensorState {
   CopySlot& copy(int pos, uint64_t block) {
     return slots[static_cast<uint64_t>(pos) * num_blocks + block];
   }
-  BlockRecord& record(uint64_t block) { return records[block]; }
+  // The records follow the slots.
+  BlockRecord& record(uint64_t block) {
+    return reinterpret_cast<BlockRecord*>(
+        slots + static_cast<uint64_t>(chain_size) * num_blocks)[block];
+  }
 
   void SetWriteBackError(uint64_t block, absl::Status status);
   // Returns (and forgets) the first parked error, or OK.
@@ -182,6 +193,12 @@ class StateArena {
  private:
   static constexpr uint64_t kClass = 64;
   static constexpr uint64_t kSlabBytes = uint64_t{256} << 10;
+  static constexpr uint64_t kHugeSlabBytes = uint64_t{2} << 20;
+  static constexpr size_t kSmallSlabs = 8;
+  struct Slab {
+    std::byte* bytes;
+    bool huge;
+  };
   struct SizeClass {
     std::byte* next = nullptr;  // the rest of this class's newest slab
     std::byte* end = nullptr;
@@ -189,7 +206,7 @@ class StateArena {
   };
   std::mutex mu_;
   std::array<SizeClass, kMaxSlabObject / kClass> classes_;
-  std::vector<std::byte*> slabs_;
+  std::vector<Slab> slabs_;
 };
 
 // A tensor's state with its block table (`num_blocks` blocks, a chain of

@@ -77,13 +77,13 @@ absl::StatusOr<Tensor> Catalog::Create(std::string_view name,
         " bytes); use larger block_bytes"));
   }
   ts->core = core_;
-  ts->name = std::string(name);
-  ts->spec = spec;
-  ts->spec.block_bytes = block_bytes;
+  ts->info->name = std::string(name);
+  ts->info->spec = spec;
+  ts->info->spec.block_bytes = block_bytes;
   ts->block_bytes = block_bytes;
   ts->size_bytes = bytes;
   std::unique_lock lock(mu_);
-  if (by_name_.contains(ts->name)) {
+  if (by_name_.contains(ts->info->name)) {
     return absl::AlreadyExistsError(absl::StrCat(
         "tensor '", Sv(name), "' already exists; open it with OpenTensor or drop it"));
   }
@@ -95,7 +95,7 @@ absl::StatusOr<Tensor> Catalog::Create(std::string_view name,
   ts->id = next_id_++;
   ts->gate.store(gate_, std::memory_order_release);
   by_id_.emplace(ts->id, ts);
-  by_name_.emplace(ts->name, ts);
+  by_name_.emplace(ts->info->name, ts);
   return Handle(std::move(ts));
 }
 
@@ -111,8 +111,8 @@ absl::StatusOr<Tensor> Catalog::Open(std::string_view name) const {
 
 Tensor Catalog::Handle(std::shared_ptr<TensorState> ts) {
   Tensor t;
-  t.name_ = ts->name;
-  t.spec_ = ts->spec;
+  t.name_ = ts->info->name;
+  t.spec_ = ts->info->spec;
   t.num_blocks_ = ts->num_blocks;
   t.block_bytes_ = ts->block_bytes;
   t.size_bytes_ = ts->size_bytes;
@@ -128,11 +128,11 @@ absl::StatusOr<TensorState*> Catalog::Check(const Tensor& tensor) const {
   }
   if (ts->core != core_) {
     return absl::InvalidArgumentError(
-        absl::StrCat("tensor '", ts->name, "' belongs to another engine"));
+        absl::StrCat("tensor '", ts->info->name, "' belongs to another engine"));
   }
   if (ts->dropped()) {
     return absl::NotFoundError(absl::StrCat(
-        "tensor '", ts->name, "' was dropped; create it again"));
+        "tensor '", ts->info->name, "' was dropped; create it again"));
   }
   return ts;
 }
@@ -153,7 +153,7 @@ std::vector<std::shared_ptr<TensorState>> Catalog::All() const {
 
 void Catalog::Forget(const TensorState& ts) {
   std::unique_lock lock(mu_);
-  auto it = by_name_.find(ts.name);
+  auto it = by_name_.find(ts.info->name);
   if (it != by_name_.end() && it->second.get() == &ts) by_name_.erase(it);
   by_id_.erase(ts.id);
 }

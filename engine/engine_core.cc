@@ -191,7 +191,7 @@ absl::StatusOr<strata::Pin> EngineCore::PinRefused(const Tensor& tensor,
   }
   if (block >= ts->num_blocks) {
     return absl::OutOfRangeError(absl::StrCat(
-        "block ", block, " is out of range: tensor '", ts->name, "' has ",
+        "block ", block, " is out of range: tensor '", ts->info->name, "' has ",
         ts->num_blocks, " blocks"));
   }
   if (!TierChain::IsPinnableKind(tier)) {
@@ -341,7 +341,7 @@ absl::StatusOr<PrefetchHandle> EngineCore::Prefetch(const Tensor& tensor,
   if (range.begin > end || range.begin >= ts->num_blocks) {
     return absl::OutOfRangeError(absl::StrCat(
         "prefetch range [", range.begin, ", ", range.end, ") of tensor '",
-        ts->name, "' is outside its ", ts->num_blocks, " blocks"));
+        ts->info->name, "' is outside its ", ts->num_blocks, " blocks"));
   }
   PrefetchHandle handle;
   handle.state_ = std::make_shared<PrefetchState>();
@@ -410,11 +410,11 @@ absl::Status EngineCore::DropTensor(const Tensor& tensor) {
   do {
     if (gate & (TensorState::kGateDropping | TensorState::kGateDropped)) {
       return absl::NotFoundError(absl::StrCat(
-          "tensor '", ts->name, "' was dropped; create it again"));
+          "tensor '", ts->info->name, "' was dropped; create it again"));
     }
   } while (!ts->gate.compare_exchange_weak(
       gate, gate | TensorState::kGateDropping, std::memory_order_seq_cst));
-  std::lock_guard flush_lock(ts->flush_mu);  // a Flush in progress ends first
+  std::lock_guard flush_lock(ts->info->flush_mu);  // a Flush in progress ends first
   std::vector<uint64_t> claimed;
   if (absl::Status s = ClaimEveryCopy(*ts, claimed, "DropTensor"); !s.ok()) {
     RollBackClaims(*ts, claimed);

@@ -148,20 +148,20 @@ uint64_t Mover::Window(int pos) const {
 void Mover::OnDemandMiss(TensorState& ts, uint64_t block, int pos) {
   const uint64_t window = Window(pos);
   if (window == 0) return;
-  const uint64_t previous = ts.last_sequential.exchange(block);
+  const uint64_t previous = ts.info->last_sequential.exchange(block);
   if (previous + 1 != block) {
-    ts.readahead_to.store(0);
+    ts.info->readahead_to.store(0);
     return;
   }
-  const uint64_t to = ts.readahead_to.load();
+  const uint64_t to = ts.info->readahead_to.load();
   if (to > block + 1) return;  // a window is already on its way
   ExtendReadahead(ts, block + 1, to, window, pos);
 }
 
 void Mover::OnPrefetchedHit(TensorState& ts, uint64_t block, int pos) {
   const uint64_t window = Window(pos);
-  ts.last_sequential.store(block);
-  const uint64_t to = ts.readahead_to.load();
+  ts.info->last_sequential.store(block);
+  const uint64_t to = ts.info->readahead_to.load();
   if (window == 0 || to == 0 || to >= ts.num_blocks) return;
   // Slide on when the reader is half a window from the end of it.
   if (block + window / 2 + 1 < to) return;
@@ -173,7 +173,7 @@ void Mover::ExtendReadahead(TensorState& ts, uint64_t from,
   const uint64_t end = std::min(ts.num_blocks, from + count);
   if (from >= end) return;
   // One thread extends a window at a time; others find it moved on.
-  if (!ts.readahead_to.compare_exchange_strong(expected_to, end)) return;
+  if (!ts.info->readahead_to.compare_exchange_strong(expected_to, end)) return;
   std::shared_ptr<TensorState> owner = parts_.catalog->Find(ts.id);
   if (owner == nullptr) return;  // dropped meanwhile
   Prefetch(std::move(owner), from, end, pos, nullptr);

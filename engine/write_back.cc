@@ -316,7 +316,7 @@ absl::Status WriteBacks::FlushBatch(const std::shared_ptr<TensorState>& ts,
 }
 
 absl::Status WriteBacks::Flush(const std::shared_ptr<TensorState>& ts) {
-  std::lock_guard flush_lock(ts->flush_mu);
+  std::lock_guard flush_lock(ts->info->flush_mu);
   absl::Status first;
   if (!parts_.chain->pinnable(parts_.chain->lowest())) {
     constexpr uint64_t kBatch = 64;
