@@ -6,6 +6,10 @@
 #include "tiers/host/host_tier.h"
 #include "tiers/nvme/io_backend.h"
 #include "tiers/nvme/nvme_tier.h"
+#include "strata_config.h"
+#if STRATA_HAVE_FABRIC
+#include "tiers/remote/remote_tier.h"
+#endif
 #include "util/status_macros.h"
 
 namespace strata::internal {
@@ -32,6 +36,22 @@ absl::StatusOr<std::unique_ptr<tiers::Tier>> Build(
       config.log = options.log;
       return tiers::MakeNvmeTier(config, std::move(nvme_backend));
     }
+#if STRATA_HAVE_FABRIC
+    case Tier::kRemote: {
+      const RemoteTierOptions& r = options.remote;
+      if (r.servers.size() != 1) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "remote.servers names ", r.servers.size(), " servers; name exactly "
+            "one strata-blockd as host:port (placement over several is not "
+            "built yet)"));
+      }
+      return tiers::MakeRemoteTier({.provider = r.provider,
+                                    .server = r.servers[0],
+                                    .secret = r.secret,
+                                    .capacity_bytes = r.capacity_bytes,
+                                    .log = options.log});
+    }
+#endif
     default:
       return absl::UnimplementedError(absl::StrCat(
           "tier ", Sv(TierName(kind)), " is not built in this version of Strata; "

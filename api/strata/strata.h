@@ -113,6 +113,18 @@ struct NvmeTierOptions {
   bool register_buffers = true;
 };
 
+struct RemoteTierOptions {
+  // strata-blockd servers lending RAM, as "host:port". One today (placement
+  // over several, and replication, are not built yet).
+  std::vector<std::string> servers;
+  // The cluster's shared secret, as the servers were started with.
+  std::string secret;
+  // libfabric provider: "tcp;ofi_rxm" anywhere, "verbs;ofi_rxm", "efa", ...
+  std::string provider = "tcp;ofi_rxm";
+  // Bytes borrowed from the server at Open (a multiple of 4096).
+  uint64_t capacity_bytes = uint64_t{1} << 30;
+};
+
 // The one validated value that configures an engine. `Engine::Open` returns
 // kInvalidArgument naming the field for every bad value.
 struct EngineOptions {
@@ -124,10 +136,12 @@ struct EngineOptions {
   // it; a miss loads from the nearest tier holding the block.
   //   {Tier::kHost, Tier::kNvme}   host RAM over an NVMe block file (default)
   //   {Tier::kHost}                host only: dirty blocks cannot be evicted
-  // Tiers not built into this version (gpu, shm, remote) are kUnimplemented.
+  // Tiers not built into this version (gpu, shm; remote without libfabric)
+  // are kUnimplemented.
   std::vector<Tier> tiers = {Tier::kHost, Tier::kNvme};
   HostTierOptions host;
   NvmeTierOptions nvme;  // read when `tiers` holds kNvme
+  RemoteTierOptions remote;  // read when `tiers` holds kRemote
   // Block size for tensors whose spec leaves it 0: a multiple of 4096.
   uint64_t default_block_bytes = uint64_t{2} << 20;
   // Sequential readahead: when demand misses of a tensor come in block order,

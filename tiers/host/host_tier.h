@@ -20,6 +20,7 @@
 #include <string_view>
 
 #include "absl/status/statusor.h"
+#include "tiers/extents.h"
 #include "tiers/tier.h"
 
 namespace strata::tiers {
@@ -57,12 +58,11 @@ class HostTier : public Tier {
   void DoFree(const Frame& frame) override;
   absl::Status DoSubmit(std::span<Transfer* const> batch) override;
 
-  struct FreeList;
   std::byte* base_;
   uint64_t size_;
   int numa_node_ = -1;
   bool huge_pages_ = false;
-  std::unique_ptr<FreeList> free_;
+  FreeExtents free_;
 };
 
 }  // namespace strata::tiers
