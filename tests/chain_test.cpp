@@ -123,7 +123,7 @@ TEST_F(ChainTest, OpenRefusesBadChains) {
   EXPECT_STATUS(Engine::Open(o), StatusCode::kInvalidArgument);
   o.tiers = {Tier::kHost, static_cast<Tier>(9)};
   EXPECT_STATUS(Engine::Open(o), StatusCode::kInvalidArgument);
-  o.tiers = {Tier::kHost, Tier::kRemote, Tier::kNvme};
+  o.tiers = {Tier::kHost, Tier::kShm, Tier::kNvme};
   EXPECT_STATUS(Engine::Open(o), StatusCode::kUnimplemented);
   o.tiers = {Tier::kGpu, Tier::kHost};
   EXPECT_STATUS(Engine::Open(o), StatusCode::kUnimplemented);

@@ -446,9 +446,14 @@ TEST(RemoteEngineTest, VictimsGoToRemoteAndComeBack) {
   EXPECT_GT(stats.tier(Tier::kRemote).bytes_in, 0u) << "nothing was demoted to remote";
   EXPECT_GT(stats.tier(Tier::kHost).bytes_in, 0u);
   EXPECT_OK(e->Close());
-  // A wrong secret fails Open with the server's word for it.
+  // A wrong secret fails Open with the server's word for it; no server, or
+  // several (not built yet), are kInvalidArgument.
   o.remote.secret = "wrong";
   EXPECT_STATUS(Engine::Open(o), StatusCode::kPermissionDenied);
+  o.remote.servers = {};
+  EXPECT_STATUS(Engine::Open(o), StatusCode::kInvalidArgument);
+  o.remote.servers = {server.address(), server.address()};
+  EXPECT_STATUS(Engine::Open(o), StatusCode::kInvalidArgument);
 }
 
 }  // namespace
