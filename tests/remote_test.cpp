@@ -110,7 +110,10 @@ TEST(RemoteProtocolTest, FuzzedMessagesNeverCrash) {
   std::mt19937_64 rng(20261130);
   const std::vector<remote::Message> samples = Samples();
   int accepted = 0;
-  for (int i = 0; i < 200000; ++i) {
+  // STRATA_FUZZ_ITERATIONS runs it longer (minutes under ASan, by hand).
+  const char* env = std::getenv("STRATA_FUZZ_ITERATIONS");
+  const long iterations = env != nullptr ? std::atol(env) : 200000;
+  for (long i = 0; i < iterations; ++i) {
     std::vector<std::byte> b = remote::Encode(samples[rng() % samples.size()]);
     const int edits = 1 + static_cast<int>(rng() % 4);
     for (int e = 0; e < edits; ++e) {
