@@ -3,6 +3,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -50,6 +51,12 @@ class RemoteTier final : public Tier {
     }
     stop_.store(true);
     if (progress_.joinable()) progress_.join();
+    {
+      std::lock_guard lock(verify_mu_);
+      verify_stop_ = true;
+      verify_cv_.notify_all();
+    }
+    if (verifier_.joinable()) verifier_.join();
     Fabric::Unregister(arena_);
     fabric_.reset();  // before the receive buffers go
   }
@@ -65,6 +72,7 @@ class RemoteTier final : public Tier {
       }
     }
     progress_ = std::thread([this] { Progress(); });
+    verifier_ = std::thread([this] { Verify(); });
     Message hello{.type = Type::kHello, .secret = config_.secret,
                   .address = fabric_->address()};
     absl::StatusOr<Message> reply = Call(hello, config_.timeout);
@@ -129,6 +137,7 @@ class RemoteTier final : public Tier {
   absl::Status Post(RemoteOp& op);
   void Progress();
   void OnTransferDone(RemoteOp* op);
+  void Verify();
   void OnReply(RemoteOp& op);
   absl::StatusOr<Message> Call(Message m, absl::Duration timeout);
 
@@ -142,6 +151,14 @@ class RemoteTier final : public Tier {
   std::vector<RemoteOp> receives_;
   std::thread progress_;
   std::atomic<bool> stop_{false};
+  // Reads whose bytes arrived, for the verifier thread: checksumming a
+  // block on the progress thread would stall the provider's progress of
+  // every other transfer meanwhile (Get of 1 MiB blocks: 0.66x raw RMA).
+  std::thread verifier_;
+  std::mutex verify_mu_;
+  std::condition_variable verify_cv_;
+  std::deque<RemoteOp*> verify_q_;
+  bool verify_stop_ = false;
   std::mutex mu_;
   std::condition_variable cv_;
   uint64_t next_request_ = 1;
@@ -212,11 +229,32 @@ void RemoteTier::Progress() {
     for (int i = 0; i < n; ++i) {
       auto* op = static_cast<RemoteOp*>(done[i]);
       switch (op->kind) {
-        case RemoteOp::Kind::kTransfer: OnTransferDone(op); break;
+        case RemoteOp::Kind::kTransfer:
+          if (op->status.ok() && op->transfer->op == Transfer::Op::kRead) {
+            std::lock_guard lock(verify_mu_);
+            verify_q_.push_back(op);
+            verify_cv_.notify_one();
+          } else {
+            OnTransferDone(op);
+          }
+          break;
         case RemoteOp::Kind::kSend: delete op; break;
         case RemoteOp::Kind::kReceive: OnReply(*op); break;
       }
     }
+  }
+}
+
+void RemoteTier::Verify() {
+  std::unique_lock lock(verify_mu_);
+  for (;;) {
+    verify_cv_.wait(lock, [&] { return verify_stop_ || !verify_q_.empty(); });
+    if (verify_q_.empty()) return;  // stopping, nothing left
+    RemoteOp* op = verify_q_.front();
+    verify_q_.pop_front();
+    lock.unlock();
+    OnTransferDone(op);
+    lock.lock();
   }
 }
 

@@ -9,13 +9,14 @@
 // identity) and a read whose bytes do not match is kDataLoss. Frames have
 // no host data: the engine stages through host memory.
 //
-// A progress thread polls the completion queue: it completes transfers
-// (calling on_done) and hands control replies to the caller waiting for
-// them. Every control call has a deadline; a transfer that never completes
+// A progress thread polls the completion queue: it completes writes
+// (calling on_done), passes reads to a verifier thread that checks their
+// checksums (so that progress never waits for a checksum), and hands
+// control replies to the caller waiting for them. Every control call has a deadline; a transfer that never completes
 // is the engine's io_timeout to catch.
 //
 // Threads: Allocate/Free/Submit from any thread; on_done runs on the
-// progress thread.
+// progress thread (writes, failures) or the verifier thread (reads).
 #ifndef STRATA_TIERS_REMOTE_REMOTE_TIER_H_
 #define STRATA_TIERS_REMOTE_REMOTE_TIER_H_
 
