@@ -79,6 +79,9 @@ BlockServer::BlockServer(const BlockServerConfig& config,
       region_(region),
       free_(config.region_bytes),
       generation_(Random64()),
+      // Keys carry the generation: a client of an earlier start of this
+      // server cannot reach an allocation of this one by an old key.
+      next_key_((generation_ & 0xFFFFFFFF00000000u) | 1),
       receives_(new ServerOp[kReceives]) {}
 
 BlockServer::~BlockServer() {

@@ -94,7 +94,7 @@ class BlockServer {
   uint64_t used_ = 0;
   uint64_t generation_ = 0;
   uint64_t next_id_ = 1;
-  uint64_t next_key_ = 1;
+  uint64_t next_key_;
   uint64_t malformed_ = 0;
   absl::flat_hash_map<uint64_t, Session> sessions_;
   absl::flat_hash_map<uint64_t, Allocation> allocations_;

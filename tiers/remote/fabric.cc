@@ -35,6 +35,10 @@ absl::Status QueueFull(std::string_view what) {
       absl::StrCat("libfabric: ", Sv(what), " queue full"));
 }
 
+absl::Status Closed() {
+  return absl::FailedPreconditionError("libfabric: the endpoint is closed");
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Fabric>> Fabric::Open(const Config& config) {
@@ -143,6 +147,11 @@ absl::StatusOr<fi_addr_t> Fabric::Resolve(const std::string& node,
   return peer;
 }
 
+void Fabric::CloseEndpoint() {
+  if (ep_ != nullptr) fi_close(&ep_->fid);
+  ep_ = nullptr;
+}
+
 void Fabric::Remove(fi_addr_t peer) { (void)fi_av_remove(av_, &peer, 1, 0); }
 
 absl::StatusOr<Fabric::Region> Fabric::Register(void* base, size_t bytes,
@@ -163,6 +172,7 @@ void Fabric::Unregister(Region& region) {
 bool Fabric::Retry(ssize_t rc) { return rc == -FI_EAGAIN; }
 
 absl::Status Fabric::PostRecv(void* buf, size_t bytes, Op* op) {
+  if (ep_ == nullptr) return Closed();
   const ssize_t rc = fi_recv(ep_, buf, bytes, nullptr, FI_ADDR_UNSPEC, &op->context);
   if (rc == 0) return absl::OkStatus();
   if (Retry(rc)) return QueueFull("receive");
@@ -171,6 +181,7 @@ absl::Status Fabric::PostRecv(void* buf, size_t bytes, Op* op) {
 
 absl::Status Fabric::Send(const void* buf, size_t bytes, void* desc,
                           fi_addr_t peer, Op* op) {
+  if (ep_ == nullptr) return Closed();
   const ssize_t rc = fi_send(ep_, buf, bytes, desc, peer, &op->context);
   if (rc == 0) return absl::OkStatus();
   if (Retry(rc)) return QueueFull("send");
@@ -179,6 +190,7 @@ absl::Status Fabric::Send(const void* buf, size_t bytes, void* desc,
 
 absl::Status Fabric::Read(void* buf, size_t bytes, void* desc, fi_addr_t peer,
                           uint64_t remote_addr, uint64_t key, Op* op) {
+  if (ep_ == nullptr) return Closed();
   const ssize_t rc = fi_read(ep_, buf, bytes, desc, peer, remote_addr, key, &op->context);
   if (rc == 0) return absl::OkStatus();
   if (Retry(rc)) return QueueFull("RMA");
@@ -188,6 +200,7 @@ absl::Status Fabric::Read(void* buf, size_t bytes, void* desc, fi_addr_t peer,
 absl::Status Fabric::Write(const void* buf, size_t bytes, void* desc,
                            fi_addr_t peer, uint64_t remote_addr, uint64_t key,
                            Op* op) {
+  if (ep_ == nullptr) return Closed();
   const ssize_t rc = fi_write(ep_, buf, bytes, desc, peer, remote_addr, key, &op->context);
   if (rc == 0) return absl::OkStatus();
   if (Retry(rc)) return QueueFull("RMA");
@@ -199,6 +212,11 @@ int Fabric::Poll(Op** out, int max, int timeout_ms) {
       std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   fi_cq_msg_entry entries[16];
   if (max > 16) max = 16;
+  if (ep_ == nullptr) {
+    // Closed: the queue belongs to no endpoint (rxm crashes reading it).
+    std::this_thread::sleep_for(std::chrono::milliseconds(timeout_ms));
+    return 0;
+  }
   for (int spins = 0;; ++spins) {
     const ssize_t n = fi_cq_read(cq_, entries, static_cast<size_t>(max));
     if (n > 0) {

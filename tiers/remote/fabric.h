@@ -98,8 +98,14 @@ class Fabric {
   absl::Status Write(const void* buf, size_t bytes, void* desc, fi_addr_t peer,
                      uint64_t remote_addr, uint64_t key, Op* op);
 
+  // Closes the endpoint: the provider lets go of every posted buffer, no
+  // completion comes for what was in flight, and every later post fails.
+  // Callers must not post concurrently (the remote tier holds a lock).
+  void CloseEndpoint();
+
   // Completed operations, up to `max`, waiting up to `timeout_ms` for the
-  // first one (0: do not wait). Also drives the provider's progress.
+  // first one (0: do not wait). Also drives the provider's progress. After
+  // CloseEndpoint, none (call it from the thread that closed).
   int Poll(Op** out, int max, int timeout_ms);
 
  private:

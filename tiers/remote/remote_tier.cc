@@ -5,6 +5,7 @@
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <shared_mutex>
 #include <thread>
 #include <vector>
 
@@ -120,6 +121,12 @@ class RemoteTier final : public Tier {
   };
 
   absl::StatusOr<Frame> DoAllocate(uint64_t bytes) override {
+    if (fenced_.load(std::memory_order_acquire)) {
+      // The engine then demotes to the next tier down.
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "tier remote: server ", config_.server, " is lost (", FenceReason(),
+          "); nothing more is placed there"));
+    }
     const uint64_t need = (bytes + kAlign - 1) / kAlign * kAlign;
     std::optional<uint64_t> offset = frames_.Take(need);
     if (!offset) {
@@ -138,6 +145,13 @@ class RemoteTier final : public Tier {
   void Progress();
   void OnTransferDone(RemoteOp* op);
   void Verify();
+  // True when `op` was in flight (and is no longer); false when Fence
+  // already failed it.
+  bool Landed(RemoteOp* op);
+  void CheckTimeouts();
+  void Fence(const absl::Status& why);
+  absl::Status FencedError(Transfer::Op op) const;
+  std::string FenceReason() const;
   void OnReply(RemoteOp& op);
   absl::StatusOr<Message> Call(Message m, absl::Duration timeout);
 
@@ -159,6 +173,16 @@ class RemoteTier final : public Tier {
   std::condition_variable verify_cv_;
   std::deque<RemoteOp*> verify_q_;
   bool verify_stop_ = false;
+  // Fencing: posts hold post_mu_ shared; Fence (on the progress thread)
+  // takes it exclusive to close the endpoint. inflight_ holds every posted
+  // transfer with its post time, for the timeout and for Fence to fail.
+  std::shared_mutex post_mu_;
+  std::mutex inflight_mu_;
+  absl::flat_hash_map<RemoteOp*, std::chrono::steady_clock::time_point> inflight_;
+  std::atomic<bool> fenced_{false};
+  std::atomic<bool> stalled_{false};  // a post gave up: Fence, please
+  mutable std::mutex reason_mu_;
+  std::string fence_reason_;  // why the tier fenced (reason_mu_)
   std::mutex mu_;
   std::condition_variable cv_;
   uint64_t next_request_ = 1;
@@ -166,6 +190,9 @@ class RemoteTier final : public Tier {
 };
 
 absl::Status RemoteTier::DoSubmit(std::span<Transfer* const> batch) {
+  if (!batch.empty() && fenced_.load(std::memory_order_acquire)) {
+    return FencedError(batch[0]->op);
+  }
   for (size_t i = 0; i < batch.size(); ++i) {
     Transfer* t = batch[i];
     auto* op = new RemoteOp;
@@ -208,12 +235,29 @@ absl::Status RemoteTier::Post(RemoteOp& op) {
   const auto deadline = std::chrono::steady_clock::now() +
                         absl::ToChronoNanoseconds(config_.timeout);
   for (;;) {
-    absl::Status s =
-        t.op == Transfer::Op::kWrite
-            ? fabric_->Write(t.host.data(), t.host.size(), desc, server_, at, key_, &op)
-            : fabric_->Read(t.host.data(), t.host.size(), desc, server_, at, key_, &op);
+    absl::Status s;
+    {
+      std::shared_lock posting(post_mu_);
+      if (fenced_.load(std::memory_order_acquire)) return FencedError(t.op);
+      {
+        std::lock_guard lock(inflight_mu_);
+        inflight_[&op] = std::chrono::steady_clock::now();
+      }
+      s = t.op == Transfer::Op::kWrite
+              ? fabric_->Write(t.host.data(), t.host.size(), desc, server_, at, key_, &op)
+              : fabric_->Read(t.host.data(), t.host.size(), desc, server_, at, key_, &op);
+      if (!s.ok()) {
+        std::lock_guard lock(inflight_mu_);
+        inflight_.erase(&op);
+      }
+    }
     if (!absl::IsResourceExhausted(s)) return s;
+    if (stalled_.load(std::memory_order_acquire)) return FencedError(t.op);
     if (std::chrono::steady_clock::now() >= deadline) {
+      // A queue that stays full is a server that is gone (rxm retrying its
+      // connection): the progress thread fences the tier, and every other
+      // post fails at once instead of waiting as long.
+      stalled_.store(true, std::memory_order_release);
       return absl::UnavailableError(absl::StrCat(
           "tier remote: the transfer queue to ", config_.server,
           " stayed full for ", absl::FormatDuration(config_.timeout)));
@@ -226,11 +270,17 @@ void RemoteTier::Progress() {
   Fabric::Op* done[16];
   while (!stop_.load(std::memory_order_relaxed)) {
     const int n = fabric_->Poll(done, 16, 5);
+    CheckTimeouts();
     for (int i = 0; i < n; ++i) {
       auto* op = static_cast<RemoteOp*>(done[i]);
       switch (op->kind) {
         case RemoteOp::Kind::kTransfer:
-          if (op->status.ok() && op->transfer->op == Transfer::Op::kRead) {
+          if (!Landed(op)) break;  // Fence failed it already
+          if (!op->status.ok()) {
+            const absl::Status why = op->status;
+            OnTransferDone(op);
+            Fence(why);
+          } else if (op->transfer->op == Transfer::Op::kRead) {
             std::lock_guard lock(verify_mu_);
             verify_q_.push_back(op);
             verify_cv_.notify_one();
@@ -243,6 +293,83 @@ void RemoteTier::Progress() {
       }
     }
   }
+}
+
+bool RemoteTier::Landed(RemoteOp* op) {
+  std::lock_guard lock(inflight_mu_);
+  return inflight_.erase(op) == 1;
+}
+
+void RemoteTier::CheckTimeouts() {
+  if (fenced_.load(std::memory_order_relaxed)) return;
+  if (stalled_.load(std::memory_order_acquire)) {
+    Fence(absl::DeadlineExceededError(absl::StrCat(
+        "its transfer queue stayed full for ", absl::FormatDuration(config_.timeout))));
+    return;
+  }
+  const auto now = std::chrono::steady_clock::now();
+  const auto limit = absl::ToChronoNanoseconds(config_.timeout);
+  bool late = false;
+  {
+    std::lock_guard lock(inflight_mu_);
+    for (const auto& [op, posted] : inflight_) late = late || now - posted > limit;
+  }
+  if (late) {
+    Fence(absl::DeadlineExceededError(absl::StrCat(
+        "a transfer did not complete within ", absl::FormatDuration(config_.timeout))));
+  }
+}
+
+// The server is gone or unreachable: close the endpoint (the provider lets
+// go of every buffer), then fail what was in flight. Reads in flight and
+// every later read are kDataLoss (the copies were there); writes
+// kUnavailable; allocations kResourceExhausted, so demotion goes on to the
+// next tier. A server restarted at the same address is a new one (its
+// generation and keys differ): this tier does not go back to it.
+void RemoteTier::Fence(const absl::Status& why) {
+  if (fenced_.load(std::memory_order_acquire)) return;
+  {
+    std::unique_lock no_posts(post_mu_);
+    {
+      std::lock_guard lock(reason_mu_);
+      fence_reason_ = std::string(why.message());
+    }
+    fenced_.store(true, std::memory_order_release);
+    fabric_->CloseEndpoint();
+  }
+  std::vector<RemoteOp*> failed;
+  {
+    std::lock_guard lock(inflight_mu_);
+    for (const auto& [op, posted] : inflight_) failed.push_back(op);
+    inflight_.clear();
+  }
+  if (config_.log) {
+    config_.log(absl::StrCat("strata: tier remote: server ", config_.server,
+                             " lost (", FenceReason(), "); ", failed.size(),
+                             " transfer(s) in flight failed; its copies are gone"));
+  }
+  for (RemoteOp* op : failed) {
+    Transfer* t = op->transfer;
+    Fabric::Unregister(op->scratch);
+    delete op;
+    t->status = FencedError(t->op);
+    t->on_done(t);
+  }
+}
+
+std::string RemoteTier::FenceReason() const {
+  std::lock_guard lock(reason_mu_);
+  return fence_reason_.empty() ? "its transfer queue stays full" : fence_reason_;
+}
+
+absl::Status RemoteTier::FencedError(Transfer::Op op) const {
+  if (op == Transfer::Op::kRead) {
+    return absl::DataLossError(absl::StrCat(
+        "tier remote: the copy was at server ", config_.server,
+        ", which is lost (", FenceReason(), ")"));
+  }
+  return absl::UnavailableError(absl::StrCat(
+      "tier remote: server ", config_.server, " is lost (", FenceReason(), ")"));
 }
 
 void RemoteTier::Verify() {
@@ -313,6 +440,7 @@ absl::StatusOr<Message> RemoteTier::Call(Message m, absl::Duration timeout) {
   const auto deadline =
       std::chrono::steady_clock::now() + absl::ToChronoNanoseconds(timeout);
   do {
+    std::shared_lock posting(post_mu_);
     sent = fabric_->Send(send->bytes.data(), send->bytes.size(), nullptr, server_, send);
   } while (absl::IsResourceExhausted(sent) && std::chrono::steady_clock::now() < deadline &&
            (std::this_thread::sleep_for(std::chrono::microseconds(50)), true));
