@@ -9,6 +9,7 @@
 #include "strata_config.h"
 #if STRATA_HAVE_FABRIC
 #include "tiers/remote/remote_tier.h"
+#include "tiers/remote/replicated_tier.h"
 #endif
 #include "util/status_macros.h"
 
@@ -39,17 +40,20 @@ absl::StatusOr<std::unique_ptr<tiers::Tier>> Build(
 #if STRATA_HAVE_FABRIC
     case Tier::kRemote: {
       const RemoteTierOptions& r = options.remote;
-      if (r.servers.size() != 1) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "remote.servers names ", r.servers.size(), " servers; name exactly "
-            "one strata-blockd as host:port (placement over several is not "
-            "built yet)"));
+      if (r.servers.empty()) {
+        return absl::InvalidArgumentError(
+            "remote.servers is empty; name the strata-blockd servers as "
+            "host:port, or leave Tier::kRemote out of tiers");
       }
-      return tiers::MakeRemoteTier({.provider = r.provider,
-                                    .server = r.servers[0],
-                                    .secret = r.secret,
-                                    .capacity_bytes = r.capacity_bytes,
-                                    .log = options.log});
+      const tiers::RemoteConfig config{.provider = r.provider,
+                                       .server = r.servers[0],
+                                       .secret = r.secret,
+                                       .capacity_bytes = r.capacity_bytes,
+                                       .log = options.log};
+      if (r.servers.size() == 1 && r.replication == 1) {
+        return tiers::MakeRemoteTier(config);
+      }
+      return tiers::MakeReplicatedRemoteTier(config, r.servers, r.replication);
     }
 #endif
     default:

@@ -546,7 +546,9 @@ TEST(RemoteEngineTest, VictimsGoToRemoteAndComeBack) {
   EXPECT_STATUS(Engine::Open(o), StatusCode::kPermissionDenied);
   o.remote.servers = {};
   EXPECT_STATUS(Engine::Open(o), StatusCode::kInvalidArgument);
-  o.remote.servers = {server.address(), server.address()};
+  o.remote.secret = kSecret;
+  o.remote.servers = {server.address()};
+  o.remote.replication = 2;  // more copies than servers
   EXPECT_STATUS(Engine::Open(o), StatusCode::kInvalidArgument);
 }
 
@@ -589,6 +591,52 @@ TEST(RemoteEngineTest, BlocksOnAKilledServerAreDataLossNotZeros) {
     }
   }
   EXPECT_GT(lost, 0) << "no block was only on the killed server";
+  EXPECT_OK(e->Close());
+}
+
+// Three servers, two copies of each block: one server SIGKILLed while the
+// engine runs loses nothing. Every block reads back, victims keep going
+// to the two servers left, and Flush still reaches NVMe.
+TEST(RemoteEngineTest, ReplicationTwoSurvivesAKilledServer) {
+  Blockd a(32 * kMiB), b(32 * kMiB), c(32 * kMiB);
+  REQUIRE_SERVER(a);
+  REQUIRE_SERVER(b);
+  REQUIRE_SERVER(c);
+  TempDir dir;
+  ASSERT_TRUE(dir.ok());
+  constexpr uint64_t kBlock = 64 * kKiB, kBlocks = 96;
+  EngineOptions o = test::SmallOptions(dir.Sub("nvme"), 16 * kBlock, kBlock);
+  o.tiers = {Tier::kHost, Tier::kRemote, Tier::kNvme};
+  o.remote.servers = {a.address(), b.address(), c.address()};
+  o.remote.replication = 2;
+  o.remote.secret = kSecret;
+  o.remote.capacity_bytes = 8 * kMiB;  // 3 x 8 / 2 = 12 MiB of blocks
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Engine> e, Engine::Open(o));
+  ASSERT_OK_AND_ASSIGN(Tensor t, e->CreateTensor("t", {.dtype = DType::kU8,
+      .shape = {static_cast<int64_t>(kBlocks * kBlock)}, .block_bytes = kBlock}));
+  const uint64_t run = std::random_device{}();
+  auto write_all = [&](uint64_t version) {
+    for (uint64_t blk = 0; blk < kBlocks; ++blk) {
+      auto pin = e->Pin(t, blk, Tier::kHost, Access::kWrite);
+      ASSERT_TRUE(pin.ok()) << "block " << blk << ": " << pin.status();
+      FillPattern(pin->bytes(), Seed(run, blk, version));
+    }
+  };
+  auto expect_all = [&](uint64_t version, const char* when) {
+    for (uint64_t blk = 0; blk < kBlocks; ++blk) {
+      auto pin = e->Pin(t, blk, Tier::kHost, Access::kRead);
+      ASSERT_TRUE(pin.ok()) << when << ": block " << blk << ": " << pin.status();
+      EXPECT_EQ(FirstPatternMismatch(pin->bytes(), Seed(run, blk, version)), -1)
+          << when << ": block " << blk;
+    }
+  };
+  ASSERT_NO_FATAL_FAILURE(write_all(1));
+  ASSERT_GT(e->GetStats().tier(Tier::kRemote).bytes_in, 0u);
+  b.Stop(SIGKILL);
+  ASSERT_NO_FATAL_FAILURE(expect_all(1, "after one server died"));
+  ASSERT_NO_FATAL_FAILURE(write_all(2));
+  ASSERT_NO_FATAL_FAILURE(expect_all(2, "rewritten with one server gone"));
+  EXPECT_OK(e->FlushAll());
   EXPECT_OK(e->Close());
 }
 

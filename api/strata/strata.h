@@ -114,14 +114,18 @@ struct NvmeTierOptions {
 };
 
 struct RemoteTierOptions {
-  // strata-blockd servers lending RAM, as "host:port". One today (placement
-  // over several, and replication, are not built yet).
+  // strata-blockd servers lending RAM, as "host:port". Each block's copy
+  // goes to `replication` of them, chosen by rendezvous hashing.
   std::vector<std::string> servers;
+  // Copies of each block (1..3, at most the number of servers); with 2,
+  // losing one server loses no block.
+  int replication = 1;
   // The cluster's shared secret, as the servers were started with.
   std::string secret;
   // libfabric provider: "tcp;ofi_rxm" anywhere, "verbs;ofi_rxm", "efa", ...
   std::string provider = "tcp;ofi_rxm";
-  // Bytes borrowed from the server at Open (a multiple of 4096).
+  // Bytes borrowed from each server at Open (a multiple of 4096); the
+  // tier holds servers x capacity_bytes / replication.
   uint64_t capacity_bytes = uint64_t{1} << 30;
 };
 
