@@ -21,6 +21,7 @@
 
 #include <pybind11/pybind11.h>
 
+#include "absl/container/inlined_vector.h"
 #include "strata/strata.h"
 
 namespace strata::python {
@@ -46,7 +47,8 @@ struct PinState {
 // Python Tensor it came from (for the view's dtype and shape).
 struct PyPin {
   std::shared_ptr<PinState> state;
-  pybind11::object tensor;  // a PyTensor
+  pybind11::object tensor;         // the Python Tensor, kept alive here
+  const PyTensor* tensor_ = nullptr;  // ... and the C++ object inside it
   uint64_t block = 0;
   Access access = Access::kRead;
   Tier tier = Tier::kHost;
@@ -58,17 +60,22 @@ struct PyPin {
 
 // The view shape of `block`: its rows when it starts and ends on a row
 // boundary of a tensor of two or more dimensions, else one dimension.
-std::vector<int64_t> BlockShape(const Tensor& tensor, uint64_t block);
+using Dims = absl::InlinedVector<int64_t, 6>;  // no allocation for ≤ 6 dims
+Dims BlockShape(const Tensor& tensor, uint64_t block);
 // The half-open element range [first, last) of `block`.
 std::pair<uint64_t, uint64_t> BlockElements(const Tensor& tensor,
                                             uint64_t block);
 
 void BindEngine(pybind11::module_& m);
 void BindPin(pybind11::module_& m);
-// Pins `block` of `tensor` (GIL released while the engine works).
-PyPin PinBlock(const EngineRef& engine, pybind11::object tensor,
-               pybind11::handle block, pybind11::handle tier,
-               pybind11::handle access);
+// Pins `block` of `tensor` (GIL released while the engine works);
+// `tensor_obj` is the Python object holding `tensor`.
+PyPin PinBlock(const EngineRef& engine, pybind11::object tensor_obj,
+               const PyTensor& tensor, pybind11::handle block,
+               pybind11::handle tier, pybind11::handle access);
+// The PyTensor inside `h`, or TypeError; one type lookup.
+const PyTensor& AsTensor(pybind11::handle h);
+pybind11::tuple ToTuple(const Dims& dims);
 
 }  // namespace strata::python
 

@@ -188,15 +188,6 @@ struct PyEngine {
 
 namespace {
 
-const PyTensor& AsTensor(py::handle h) {
-  if (!py::isinstance<PyTensor>(h)) {
-    throw py::type_error(absl::StrCat(
-        "tensor must be a strata.Tensor, not ",
-        py::repr(py::type::handle_of(h)).cast<std::string>()));
-  }
-  return h.cast<const PyTensor&>();
-}
-
 PyEngine OpenEngine(const py::kwargs& kwargs) {
   EngineOptions options = ParseOptions(kwargs);
   absl::StatusOr<std::unique_ptr<Engine>> engine;
@@ -352,7 +343,7 @@ void BindTensor(py::module_& m) {
       .def("block_shape", [](const PyTensor& t, py::handle block) {
         const uint64_t b = ParseIndex(block, "block");
         if (b >= t.tensor.num_blocks()) ThrowOutOfRange("block out of range");
-        return py::tuple(py::cast(BlockShape(t.tensor, b)));
+        return ToTuple(BlockShape(t.tensor, b));
       }, py::arg("block"))
       .def("__repr__", [](const PyTensor& t) {
         return absl::StrCat("<strata.Tensor '", t.tensor.name(), "' ",
@@ -388,8 +379,8 @@ void BindEngine(py::module_& m) {
       .def("drop_tensor", &DropTensor, py::arg("tensor"))
       .def("pin", [](const PyEngine& self, py::object tensor, py::handle block,
                      py::handle tier, py::handle access) {
-        self.Own(AsTensor(tensor));
-        return PinBlock(self.ref, std::move(tensor), block, tier, access);
+        const PyTensor& t = self.Own(AsTensor(tensor));
+        return PinBlock(self.ref, std::move(tensor), t, block, tier, access);
       }, py::arg("tensor"), py::arg("block"), py::arg("tier") = "host",
          py::arg("access") = "r")
       .def("_prefetch", &Prefetch)

@@ -21,11 +21,12 @@ namespace strata::python {
 namespace {
 
 // What a DLPack capsule owns: the tensor description and the pin under it.
+// One allocation per view on the hot path (Dims are inline).
 struct DLPackView {
   DLManagedTensor managed{};
   std::shared_ptr<PinState> state;
-  std::vector<int64_t> shape;
-  std::vector<int64_t> strides;  // in elements, row-major
+  Dims shape;
+  Dims strides;  // in elements, row-major
 };
 
 // The DLPack deleter: the consumer (torch, NumPy) calls it when its last
@@ -50,15 +51,13 @@ void DestroyCapsule(PyObject* capsule) {
   PyErr_Restore(type, value, traceback);
 }
 
-std::vector<int64_t> RowMajorStrides(const std::vector<int64_t>& shape) {
-  std::vector<int64_t> strides(shape.size(), 1);
+Dims RowMajorStrides(const Dims& shape) {
+  Dims strides(shape.size(), 1);
   for (size_t i = shape.size(); i-- > 1;) strides[i - 1] = strides[i] * shape[i];
   return strides;
 }
 
-const PyTensor& TensorOf(const PyPin& pin) {
-  return pin.tensor.cast<const PyTensor&>();
-}
+const PyTensor& TensorOf(const PyPin& pin) { return *pin.tensor_; }
 
 py::capsule ToDLPack(const PyPin& self, py::handle stream) {
   PinState& state = self.Live("__dlpack__");
@@ -95,8 +94,8 @@ py::array ToNumPy(const PyPin& self) {
                               " of '", tensor.name(),
                               "' with torch.from_dlpack(pin) instead"));
   }
-  const std::vector<int64_t> shape = BlockShape(tensor, self.block);
-  std::vector<int64_t> strides = RowMajorStrides(shape);
+  const Dims shape = BlockShape(tensor, self.block);
+  Dims strides = RowMajorStrides(shape);
   const int64_t item = static_cast<int64_t>(DTypeSize(tensor.spec().dtype));
   for (int64_t& s : strides) s *= item;
   auto* keep = new std::shared_ptr<PinState>(self.state);
@@ -104,7 +103,9 @@ py::array ToNumPy(const PyPin& self) {
     delete static_cast<std::shared_ptr<PinState>*>(p);
   });
   py::array array(py::dtype(std::string(DTypeName(tensor.spec().dtype))),
-                  shape, strides, state.pin.bytes().data(), base);
+                  std::vector<py::ssize_t>(shape.begin(), shape.end()),
+                  std::vector<py::ssize_t>(strides.begin(), strides.end()),
+                  state.pin.bytes().data(), base);
   if (self.access == Access::kRead) {
     array.attr("setflags")(py::arg("write") = false);
   }
@@ -143,7 +144,7 @@ std::pair<uint64_t, uint64_t> BlockElements(const Tensor& tensor,
   return {first, first + tensor.block_size(block) / item};
 }
 
-std::vector<int64_t> BlockShape(const Tensor& tensor, uint64_t block) {
+Dims BlockShape(const Tensor& tensor, uint64_t block) {
   const auto [first, last] = BlockElements(tensor, block);
   const std::vector<int64_t>& dims = tensor.spec().shape;
   uint64_t row = 1;
@@ -151,13 +152,30 @@ std::vector<int64_t> BlockShape(const Tensor& tensor, uint64_t block) {
   if (dims.size() < 2 || first % row != 0 || last % row != 0) {
     return {static_cast<int64_t>(last - first)};
   }
-  std::vector<int64_t> shape(dims.begin(), dims.end());
+  Dims shape(dims.begin(), dims.end());
   shape[0] = static_cast<int64_t>((last - first) / row);
   return shape;
 }
 
-PyPin PinBlock(const EngineRef& engine, py::object tensor, py::handle block,
-               py::handle tier, py::handle access) {
+py::tuple ToTuple(const Dims& dims) {
+  py::tuple out(dims.size());
+  for (size_t i = 0; i < dims.size(); ++i) out[i] = py::int_(dims[i]);
+  return out;
+}
+
+const PyTensor& AsTensor(py::handle h) {
+  py::detail::make_caster<PyTensor> caster;
+  if (!caster.load(h, /*convert=*/false)) {
+    throw py::type_error(absl::StrCat(
+        "tensor must be a strata.Tensor, not ",
+        py::repr(py::type::handle_of(h)).cast<std::string>()));
+  }
+  return py::detail::cast_op<const PyTensor&>(caster);
+}
+
+PyPin PinBlock(const EngineRef& engine, py::object tensor_obj,
+               const PyTensor& tensor, py::handle block, py::handle tier,
+               py::handle access) {
   const uint64_t b = ParseIndex(block, "block");
   const Tier t = ParseTier(tier, "tier");
   const Access a = ParseAccess(access);
@@ -166,7 +184,7 @@ PyPin PinBlock(const EngineRef& engine, py::object tensor, py::handle block,
         "tier=\"gpu\" pins are not available from Python yet: CUDA DLPack "
         "views come with the GPU tier (issue #4); pin in tier=\"host\"");
   }
-  const Tensor& handle = tensor.cast<const PyTensor&>().tensor;
+  const Tensor& handle = tensor.tensor;
   auto state = std::make_shared<PinState>();
   state->engine = engine;
   absl::StatusOr<strata::Pin> pin;
@@ -178,7 +196,8 @@ PyPin PinBlock(const EngineRef& engine, py::object tensor, py::handle block,
   PyPin out;
   out.nbytes = state->pin.bytes().size();
   out.state = std::move(state);
-  out.tensor = std::move(tensor);
+  out.tensor = std::move(tensor_obj);
+  out.tensor_ = &tensor;
   out.block = b;
   out.access = a;
   out.tier = t;
