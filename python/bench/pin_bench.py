@@ -57,6 +57,13 @@ def workloads(engine, t, arr):
                 v = p.numpy()
                 del v
 
+    held = engine.pin(t, 0)
+
+    def view_of_held_pin(n):  # torch's cost for our capsule, pin held
+        for _ in range(n):
+            v = torch.from_dlpack(held)
+            del v
+
     def pin_only(n):
         pin_ = engine.pin
         for _ in range(n):
@@ -66,7 +73,8 @@ def workloads(engine, t, arr):
             ("pin + torch.from_dlpack + release", pin_torch),
             ("  same, release before the view dies", pin_torch_view_outlives),
             ("pin + pin.numpy() + release", pin_numpy),
-            ("pin + release (no view)", pin_only)]
+            ("torch.from_dlpack(pin), the pin held", view_of_held_pin),
+            ("pin + release (no view)", pin_only)], held
 
 
 def main():
@@ -85,11 +93,13 @@ def main():
           f"{args.iters} iterations x {args.reps} repetitions (median); "
           f"torch {torch.__version__}, numpy {np.__version__}")
     base = None
-    for name, fn in workloads(engine, t, arr):
+    runs, held = workloads(engine, t, arr)
+    for name, fn in runs:
         fn(1000)  # warm up
         ns = measure(fn, args.iters, args.reps)
         base = base or ns
         print(f"{name:45s} {ns:8.0f} ns   {ns / base:5.2f}x baseline")
+    held.release()
     engine.close()
 
 
