@@ -133,5 +133,12 @@ class Engine(_strata._Engine):
     def __enter__(self) -> "Engine":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            self.close()
+        except FailedPreconditionError:
+            # A view still lives. When an exception is on its way out, its
+            # traceback often holds that view: let the exception through;
+            # the engine closes once the last view (and reference) is gone.
+            if exc_type is None:
+                raise

@@ -131,6 +131,8 @@ def test_bad_pin_arguments(host_engine):
     t = e.create_tensor("t", "float32", (BLOCK // 4,))
     bad = [
         (lambda: e.pin(t, 1), strata.OutOfRangeError),
+        (lambda: t.block_range(1), strata.OutOfRangeError),
+        (lambda: t.block_shape(-1), strata.OutOfRangeError),
         (lambda: e.pin(t, -1), strata.OutOfRangeError),
         (lambda: e.pin(t, 2**64), strata.OutOfRangeError),
         (lambda: e.pin(t, 2**63), strata.OutOfRangeError),

@@ -107,3 +107,19 @@ def test_engine_context_manager_closes(tmp_path):
         engine.open_tensor("m")
     with pytest.raises(strata.FailedPreconditionError):
         engine.flush(t)
+
+
+def test_engine_with_block_lets_an_exception_through_a_live_view(tmp_path):
+    # The traceback holds the frame, the frame holds the view: close() is
+    # refused, and the user sees their own error, not that refusal.
+    with pytest.raises(ZeroDivisionError):
+        with strata.Engine(tiers=("host",), host_bytes=4 * BLOCK,
+                           block_bytes=BLOCK) as engine:
+            t = engine.create_tensor("z", "float32", (BLOCK // 4,))
+            with engine.pin(t, 0) as pin:
+                view = torch.from_dlpack(pin)
+            1 / 0
+    with pytest.raises(strata.FailedPreconditionError, match="pinned"):
+        engine.close()  # the view is still there
+    del view
+    engine.close()

@@ -314,6 +314,16 @@ py::dict Stats(const PyEngine& self) {
   return out;
 }
 
+uint64_t CheckBlock(const PyTensor& t, py::handle block) {
+  const uint64_t b = ParseIndex(block, "block");
+  if (b >= t.tensor.num_blocks()) {
+    ThrowOutOfRange(absl::StrCat("block ", b, " of tensor '", t.tensor.name(),
+                                 "' is out of range; it has ",
+                                 t.tensor.num_blocks(), " blocks"));
+  }
+  return b;
+}
+
 void BindTensor(py::module_& m) {
   py::class_<PyTensor>(m, "Tensor")
       .def_property_readonly("name", [](const PyTensor& t) { return t.tensor.name(); })
@@ -331,19 +341,11 @@ void BindTensor(py::module_& m) {
       .def_property_readonly("num_blocks", [](const PyTensor& t) { return t.tensor.num_blocks(); })
       .def("__len__", [](const PyTensor& t) { return t.tensor.num_blocks(); })
       .def("block_range", [](const PyTensor& t, py::handle block) {
-        const uint64_t b = ParseIndex(block, "block");
-        if (b >= t.tensor.num_blocks()) {
-          ThrowOutOfRange(absl::StrCat("block ", b, " of tensor '", t.tensor.name(),
-                                       "' is out of range; it has ",
-                                       t.tensor.num_blocks(), " blocks"));
-        }
-        auto [first, last] = BlockElements(t.tensor, b);
+        auto [first, last] = BlockElements(t.tensor, CheckBlock(t, block));
         return py::make_tuple(first, last);
       }, py::arg("block"))
       .def("block_shape", [](const PyTensor& t, py::handle block) {
-        const uint64_t b = ParseIndex(block, "block");
-        if (b >= t.tensor.num_blocks()) ThrowOutOfRange("block out of range");
-        return ToTuple(BlockShape(t.tensor, b));
+        return ToTuple(BlockShape(t.tensor, CheckBlock(t, block)));
       }, py::arg("block"))
       .def("__repr__", [](const PyTensor& t) {
         return absl::StrCat("<strata.Tensor '", t.tensor.name(), "' ",
