@@ -153,6 +153,11 @@ def test_bad_pin_arguments(host_engine):
         (lambda: e.drop_tensor("t"), TypeError),
         (lambda: e.flush(3), TypeError),
         (lambda: strata.Engine._create_tensor(None, "a", "float32", 4), TypeError),
+        (lambda: strata.Engine.pin("engine", t, 0), TypeError),
+        (lambda: strata.Engine.stats(t), TypeError),
+        (lambda: strata.Tensor(), TypeError),
+        (lambda: strata.Pin(), TypeError),
+        (lambda: strata.PrefetchHandle(), TypeError),
     ]
     for call, exc in bad:
         with pytest.raises(exc):

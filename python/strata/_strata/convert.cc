@@ -24,7 +24,7 @@ constexpr std::array<DTypeInfo, 8> kDTypes = {{
     {DType::kI64, "int64", kDLInt},      {DType::kF64, "float64", kDLFloat},
 }};
 
-// The text of a str, or nullopt-like empty view with ok=false otherwise.
+// Sets *out to the text of a str and returns true; false for anything else.
 bool AsText(py::handle h, std::string_view* out) {
   if (!PyUnicode_Check(h.ptr())) return false;
   Py_ssize_t size = 0;
