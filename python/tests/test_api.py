@@ -35,7 +35,11 @@ def test_tensor_describes_its_blocks(host_engine):
         host_engine.create_tensor("layer.w", "float32", 4)
 
 
-def test_prefetch_then_pins_hit(nvme_engine):
+def test_prefetch_then_pins_hit(tmp_path):
+    # LRU, so that evicting ahead (which starts once the tier has been full)
+    # takes older blocks before the ones just prefetched.
+    nvme_engine = strata.Engine(host_bytes=HOST, block_bytes=BLOCK,
+                                nvme_path=str(tmp_path), policy="lru")
     blocks = 2 * HOST // BLOCK
     t = nvme_engine.create_tensor("p", "uint8", (blocks * BLOCK,))
     for b in range(blocks):
@@ -51,6 +55,7 @@ def test_prefetch_then_pins_hit(nvme_engine):
             assert torch.from_dlpack(pin).eq(b).all()
     assert nvme_engine.stats()["host"]["hits"] == hits + 4
     nvme_engine.prefetch(t, 5).wait()
+    nvme_engine.close()
 
 
 def test_step_context_and_stats(host_engine):
