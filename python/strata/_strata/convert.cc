@@ -111,7 +111,10 @@ std::string_view AccessName(Access access) {
   return "unknown";
 }
 
-uint64_t ParseIndex(py::handle value, std::string_view what) {
+namespace {
+
+uint64_t ParseUnsigned(py::handle value, std::string_view what,
+                       void (*fail)(const std::string&)) {
   if (!PyLong_Check(value.ptr()) || PyBool_Check(value.ptr())) {
     throw py::type_error(absl::StrCat(std::string(what), " must be an int, not ",
                                       Repr(py::type::handle_of(value))));
@@ -119,16 +122,26 @@ uint64_t ParseIndex(py::handle value, std::string_view what) {
   int overflow = 0;
   const long long v = PyLong_AsLongLongAndOverflow(value.ptr(), &overflow);
   if (overflow < 0 || (overflow == 0 && v < 0)) {
-    ThrowOutOfRange(absl::StrCat(std::string(what), " ", Repr(value), " is negative"));
+    fail(absl::StrCat(std::string(what), " ", Repr(value), " is negative"));
   }
   if (overflow == 0) return static_cast<uint64_t>(v);
   const unsigned long long u = PyLong_AsUnsignedLongLong(value.ptr());
   if (PyErr_Occurred()) {
     PyErr_Clear();
-    ThrowOutOfRange(absl::StrCat(std::string(what), " ", Repr(value),
-                                 " does not fit in 64 bits"));
+    fail(absl::StrCat(std::string(what), " ", Repr(value),
+                      " does not fit in 64 bits"));
   }
   return u;
+}
+
+}  // namespace
+
+uint64_t ParseIndex(py::handle value, std::string_view what) {
+  return ParseUnsigned(value, what, &ThrowOutOfRange);
+}
+
+uint64_t ParseSize(py::handle value, std::string_view what) {
+  return ParseUnsigned(value, what, &ThrowInvalid);
 }
 
 }  // namespace strata::python

@@ -28,8 +28,11 @@ Access ParseAccess(pybind11::handle access);
 std::string_view AccessName(Access access);
 
 // A non-negative Python int (not a bool), as uint64_t; `what` names the
-// argument in the error.
+// argument in the error: TypeError for a non-int, OutOfRangeError for a
+// negative or too large index (ParseIndex), InvalidArgumentError for a
+// negative or too large size (ParseSize).
 uint64_t ParseIndex(pybind11::handle value, std::string_view what);
+uint64_t ParseSize(pybind11::handle value, std::string_view what);
 
 }  // namespace strata::python
 

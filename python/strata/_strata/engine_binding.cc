@@ -227,7 +227,7 @@ PyTensor CreateTensor(const PyEngine& self, const std::string& name,
   TensorSpec spec;
   spec.dtype = ParseDType(dtype);
   spec.shape = ParseShape(shape);
-  spec.block_bytes = ParseIndex(block_bytes, "block_bytes");
+  spec.block_bytes = ParseSize(block_bytes, "block_bytes");
   return PyTensor{self.ref, ValueOrThrow(self.engine().CreateTensor(name, spec))};
 }
 
