@@ -377,20 +377,33 @@ void BindEngine(py::module_& m) {
            py::arg("shape"), py::arg("block_bytes") = 0)
       .def("open_tensor", [](const PyEngine& self, const std::string& name) {
         return PyTensor{self.ref, ValueOrThrow(self.engine().OpenTensor(name))};
-      }, py::arg("name"))
-      .def("drop_tensor", &DropTensor, py::arg("tensor"))
+      }, py::arg("name"), "The tensor named `name` (NotFoundError if none).")
+      .def("drop_tensor", &DropTensor, py::arg("tensor"),
+           "Forgets the tensor and frees its blocks in every tier. "
+           "FailedPreconditionError while a block is pinned or viewed.")
       .def("pin", [](const PyEngine& self, py::object tensor, py::handle block,
                      py::handle tier, py::handle access) {
         const PyTensor& t = self.Own(AsTensor(tensor));
         return PinBlock(self.ref, std::move(tensor), t, block, tier, access);
       }, py::arg("tensor"), py::arg("block"), py::arg("tier") = "host",
-         py::arg("access") = "r")
+         py::arg("access") = "r",
+         "Pins `block` of `tensor` in `tier` (\"host\"), loading it if needed "
+         "(without the GIL). access: \"r\" (shared), \"w\" (exclusive, marks "
+         "it dirty) or \"overwrite\" (\"w\" without loading the old bytes). "
+         "torch.from_dlpack(pin) / numpy.from_dlpack(pin) / pin.numpy() view it.")
       .def("_prefetch", &Prefetch)
-      .def("flush", &Flush, py::arg("tensor") = nullptr)
+      .def("flush", &Flush, py::arg("tensor") = nullptr,
+           "Writes the dirty blocks of `tensor` (None: of every tensor) to the "
+           "lowest tier and waits; returns background write-back errors once.")
       .def("begin_step", &Blocking<&Engine::BeginStep>)
       .def("end_step", &Blocking<&Engine::EndStep>)
-      .def("stats", &Stats)
-      .def("close", &Blocking<&Engine::Close>);
+      .def("stats", &Stats,
+           "Per tier present (\"host\", \"nvme\"): capacity, used and pinned "
+           "bytes, hits, misses, bytes in/out, evictions, write-backs, errors; "
+           "and pin hit/miss latency summaries.")
+      .def("close", &Blocking<&Engine::Close>,
+           "Closes the engine; later calls raise FailedPreconditionError. "
+           "Refused (FailedPreconditionError) while a pin or view lives.");
 }
 
 }  // namespace strata::python

@@ -8,6 +8,7 @@
 PYBIND11_MODULE(_strata, m) {
   m.doc() = "Strata's C++ engine (use the strata package, not this module)";
   strata::python::RegisterErrors(m);
-  strata::python::BindEngine(m);
+  // Pin first, so that Engine.pin's signature names strata.Pin.
   strata::python::BindPin(m);
+  strata::python::BindEngine(m);
 }

@@ -211,8 +211,12 @@ void BindPin(py::module_& m) {
         self.Live("__dlpack_device__");
         return py::make_tuple(static_cast<int>(kDLCPU), 0);
       })
-      .def("numpy", &ToNumPy)
-      .def("release", &Release)
+      .def("numpy", &ToNumPy,
+           "A NumPy view of the block: writable for write pins, read-only "
+           "for read pins; it keeps the block pinned while it lives.")
+      .def("release", &Release,
+           "Ends this pin; the block is unpinned once no view of it is left. "
+           "A second call raises FailedPreconditionError.")
       .def("__enter__", [](py::object self) { return self; })
       .def("__exit__", [](PyPin& self, py::args) { self.state.reset(); })
       .def_property_readonly("released", [](const PyPin& p) { return !p.state; })
