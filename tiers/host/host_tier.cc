@@ -4,10 +4,9 @@
 
 #include <cerrno>
 #include <cstring>
-#include <map>
-#include <mutex>
 
 #include "absl/strings/str_cat.h"
+#include "tiers/extent_allocator.h"
 #include "strata_config.h"
 #include "util/errors.h"
 
@@ -16,28 +15,6 @@
 #endif
 
 namespace strata::tiers {
-
-// Free extents, indexed by offset (to coalesce) and by size (best fit).
-struct HostTier::FreeList {
-  std::mutex mu;  // not absl::Mutex: see engine_core.h
-  std::map<uint64_t, uint64_t> by_offset ABSL_GUARDED_BY(mu);
-  std::multimap<uint64_t, uint64_t> by_size ABSL_GUARDED_BY(mu);
-
-  void Insert(uint64_t offset, uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    by_offset.emplace(offset, bytes);
-    by_size.emplace(bytes, offset);
-  }
-  void Erase(uint64_t offset, uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    by_offset.erase(offset);
-    auto [lo, hi] = by_size.equal_range(bytes);
-    for (auto it = lo; it != hi; ++it) {
-      if (it->second == offset) {
-        by_size.erase(it);
-        return;
-      }
-    }
-  }
-};
 
 namespace {
 
@@ -142,61 +119,27 @@ absl::StatusOr<std::unique_ptr<HostTier>> HostTier::Create(
 }
 
 HostTier::HostTier(std::byte* base, uint64_t size)
-    : Tier("host", size), base_(base), size_(size), free_(new FreeList) {
-  std::lock_guard lock(free_->mu);
-  free_->Insert(0, size);
-}
+    : Tier("host", size), base_(base), size_(size),
+      free_(std::make_unique<ExtentAllocator>(size)) {}
 
 HostTier::~HostTier() { munmap(base_, size_); }
 
 absl::StatusOr<Frame> HostTier::DoAllocate(uint64_t bytes) {
   const uint64_t need = RoundUp(bytes, kFrameAlign);
-  std::lock_guard lock(free_->mu);
-  auto it = free_->by_size.lower_bound(need);
-  if (it == free_->by_size.end()) {
+  std::optional<uint64_t> offset = free_->Allocate(need);
+  if (!offset.has_value()) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "tier host: no free frame of ", need, " bytes (capacity ", size_,
         "); evict, release pins, or raise EngineOptions::host.capacity_bytes"));
   }
-  const uint64_t have = it->first;
-  const uint64_t offset = it->second;
-  free_->Erase(offset, have);
-  if (have > need) free_->Insert(offset + need, have - need);
-  return Frame{.offset = offset, .bytes = need, .data = base_ + offset};
+  return Frame{.offset = *offset, .bytes = need, .data = base_ + *offset};
 }
 
-void HostTier::DoFree(const Frame& frame) {
-  std::lock_guard lock(free_->mu);
-  uint64_t offset = frame.offset;
-  uint64_t bytes = frame.bytes;
-  auto next = free_->by_offset.lower_bound(offset);
-  if (next != free_->by_offset.end() && next->first == offset + bytes) {
-    uint64_t n_off = next->first, n_bytes = next->second;
-    free_->Erase(n_off, n_bytes);
-    bytes += n_bytes;
-  }
-  auto after = free_->by_offset.lower_bound(offset);
-  if (after != free_->by_offset.begin()) {
-    auto prev = std::prev(after);
-    if (prev->first + prev->second == offset) {
-      uint64_t p_off = prev->first, p_bytes = prev->second;
-      free_->Erase(p_off, p_bytes);
-      offset = p_off;
-      bytes += p_bytes;
-    }
-  }
-  free_->Insert(offset, bytes);
-}
+void HostTier::DoFree(const Frame& frame) { free_->Free(frame.offset, frame.bytes); }
 
-uint64_t HostTier::largest_free() const {
-  std::lock_guard lock(free_->mu);
-  return free_->by_size.empty() ? 0 : free_->by_size.rbegin()->first;
-}
+uint64_t HostTier::largest_free() const { return free_->largest_free(); }
 
-size_t HostTier::free_extents() const {
-  std::lock_guard lock(free_->mu);
-  return free_->by_offset.size();
-}
+size_t HostTier::free_extents() const { return free_->free_extents(); }
 
 absl::Status HostTier::DoSubmit(std::span<Transfer* const> batch) {
   for (Transfer* t : batch) {

@@ -24,6 +24,8 @@
 
 namespace strata::tiers {
 
+class ExtentAllocator;
+
 struct HostConfig {
   uint64_t capacity_bytes = 0;
   int numa_node = -1;        // -1: the calling thread's node
@@ -57,12 +59,11 @@ class HostTier : public Tier {
   void DoFree(const Frame& frame) override;
   absl::Status DoSubmit(std::span<Transfer* const> batch) override;
 
-  struct FreeList;
   std::byte* base_;
   uint64_t size_;
   int numa_node_ = -1;
   bool huge_pages_ = false;
-  std::unique_ptr<FreeList> free_;
+  std::unique_ptr<ExtentAllocator> free_;
 };
 
 }  // namespace strata::tiers
