@@ -25,6 +25,7 @@ absl::StatusOr<std::unique_ptr<tiers::Tier>> BuildGpu(
   STRATA_ASSIGN_OR_RETURN(
       auto gpu, tiers::GpuTier::Create({.capacity_bytes = options.gpu.capacity_bytes,
                                         .capacity_fraction = options.gpu.capacity_fraction,
+                                        .stream_wait_timeout = options.io_timeout,
                                         .log = options.log},
                                        std::move(device)));
   return std::unique_ptr<tiers::Tier>(std::move(gpu));

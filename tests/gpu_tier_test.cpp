@@ -236,6 +236,27 @@ TEST(GpuTierTest, AStickyErrorFencesTheTier) {
   tier->Free(f);
 }
 
+TEST(GpuTierTest, AFrameFencedByAStreamThatNeverFinishesIsNotReused) {
+  auto dev = std::make_shared<FakeGpuDevice>(64 * kMiB);
+  ASSERT_OK_AND_ASSIGN(auto tier, GpuTier::Create({.capacity_bytes = 1 * kMiB,
+                                                   .stream_wait_timeout = absl::Milliseconds(50)},
+                                                  dev));
+  tiers::DeviceStream stream = dev->CreateStream();
+  ASSERT_OK_AND_ASSIGN(tiers::Frame f, tier->Allocate(1 * kMiB));
+  dev->Hold(stream);  // a kernel that never ends
+  ASSERT_OK(tier->FenceAfter(f, stream));
+  tier->Free(f);
+  EXPECT_EQ(tier->deferred_frames(), 1u);
+  auto again = tier->Allocate(kBlock);  // gives up after the timeout
+  EXPECT_STATUS(again, StatusCode::kResourceExhausted);
+  EXPECT_NE(again.status().message().find("wait for callers' streams"), std::string::npos)
+      << again.status();
+  dev->Release(stream);
+  ASSERT_OK_AND_ASSIGN(tiers::Frame g, tier->Allocate(1 * kMiB));
+  EXPECT_EQ(tier->deferred_frames(), 0u);
+  tier->Free(g);
+}
+
 TEST(GpuTierTest, RegistersTheHostArenaOnce) {
   auto dev = std::make_shared<FakeGpuDevice>(64 * kMiB);
   ASSERT_OK_AND_ASSIGN(auto tier, GpuTier::Create({.capacity_bytes = 1 * kMiB}, dev));

@@ -1,7 +1,9 @@
 #include "tiers/gpu/gpu_tier.h"
 
 #include <condition_variable>
+#include <chrono>
 #include <deque>
+#include <optional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -111,6 +113,7 @@ GpuTier::GpuTier(const GpuConfig& config, std::shared_ptr<GpuDevice> device,
     : Tier("gpu", capacity),
       device_(std::move(device)),
       base_(base),
+      stream_wait_(config.stream_wait_timeout),
       state_(std::make_unique<State>(capacity)) {
   state_->log = config.log;
   for (int i = 0; i < 2; ++i) {
@@ -195,10 +198,14 @@ void GpuTier::PutEvent(DeviceEvent event) {
 // The pool
 
 std::string GpuTier::FullMessage(uint64_t need) const {
-  return absl::StrCat("tier gpu: no free frame of ", need, " bytes in the pool (",
-                      capacity(), " bytes, ", used(), " used, longest free range ",
-                      largest_free(), "); evict, release pins, or raise "
-                      "EngineOptions::gpu.capacity_bytes");
+  const size_t deferred = deferred_frames();
+  return absl::StrCat(
+      "tier gpu: no free frame of ", need, " bytes in the pool (", capacity(),
+      " bytes, ", used(), " used, longest free range ", largest_free(), ")",
+      deferred == 0 ? ""
+                    : absl::StrCat("; ", deferred, " freed frames wait for callers' "
+                                   "streams (Pin::ReleaseAfter) that did not finish"),
+      "; evict, release pins, or raise EngineOptions::gpu.capacity_bytes");
 }
 
 absl::StatusOr<Frame> GpuTier::DoAllocate(uint64_t bytes) {
@@ -207,13 +214,9 @@ absl::StatusOr<Frame> GpuTier::DoAllocate(uint64_t bytes) {
   if (device_->RefuseFrame(need)) {
     return absl::ResourceExhaustedError(FullMessage(need));
   }
-  ReapDeferred(/*wait=*/false);
+  ReapDeferred();
   std::optional<uint64_t> offset = state_->pool.Allocate(need);
-  if (!offset.has_value() && deferred_frames() > 0) {
-    // Frames a caller's stream still uses come back when it gets there.
-    ReapDeferred(/*wait=*/true);
-    offset = state_->pool.Allocate(need);
-  }
+  if (!offset.has_value() && deferred_frames() > 0) offset = AwaitDeferred(need);
   if (!offset.has_value()) return absl::ResourceExhaustedError(FullMessage(need));
   return Frame{.offset = *offset, .bytes = need, .data = nullptr,
                .device = base_ + *offset};
@@ -232,7 +235,7 @@ void GpuTier::DoFree(const Frame& frame) {
   state_->pool.Free(frame.offset, frame.bytes);
 }
 
-void GpuTier::ReapDeferred(bool wait) {
+size_t GpuTier::ReapDeferred() {
   std::vector<State::Deferred> taken;
   {
     std::lock_guard lock(state_->mu);
@@ -242,11 +245,10 @@ void GpuTier::ReapDeferred(bool wait) {
   for (State::Deferred& d : taken) {
     bool done = true;
     for (DeviceEvent e : d.events) {
-      // A failed query or wait keeps the frame out of the pool: reusing
-      // memory a kernel may still touch is worse than losing the frame.
-      absl::Status s = wait ? device_->Synchronize(e) : absl::OkStatus();
-      absl::StatusOr<bool> q = s.ok() ? device_->Query(e) : absl::StatusOr<bool>(s);
-      if (!q.ok()) (void)Failed("waiting for a caller's stream", q.status());
+      // A failed query keeps the frame out of the pool: reusing memory a
+      // kernel may still touch is worse than losing the frame.
+      absl::StatusOr<bool> q = device_->Query(e);
+      if (!q.ok()) (void)Failed("asking whether a caller's stream finished", q.status());
       if (!q.ok() || !*q) {
         done = false;
         break;
@@ -261,6 +263,21 @@ void GpuTier::ReapDeferred(bool wait) {
   }
   std::lock_guard lock(state_->mu);
   for (State::Deferred& d : keep) state_->deferred.push_back(std::move(d));
+  return state_->deferred.size();
+}
+
+std::optional<uint64_t> GpuTier::AwaitDeferred(uint64_t need) {
+  // Frames a caller's stream still uses come back when it gets there; the
+  // wait is bounded (a stream that never finishes must not hang the
+  // engine), and polls, since it waits for any of several streams.
+  const absl::Time until = absl::Now() + stream_wait_;
+  while (absl::Now() < until) {
+    std::this_thread::sleep_for(std::chrono::microseconds(20));
+    const size_t left = ReapDeferred();
+    std::optional<uint64_t> offset = state_->pool.Allocate(need);
+    if (offset.has_value() || left == 0) return offset;
+  }
+  return std::nullopt;
 }
 
 size_t GpuTier::deferred_frames() const {

@@ -13,8 +13,10 @@
 //   (one for host->device, one for device->host, on two non-blocking
 //   streams, so promotions and demotions overlap).
 // - Stream-ordered unpin: FenceAfter records an event on the caller's
-//   stream; later copies out of the frame wait for it on the device, and a
-//   freed frame goes back to the pool only once it completed.
+//   stream; later copies out of or into the frame wait for it on the
+//   device, and a freed frame goes back to the pool only once it completed
+//   (an allocation short of room waits for that, up to
+//   GpuConfig::stream_wait_timeout).
 // - A sticky device error fences the tier: the transfer that met it fails,
 //   and every later Allocate and Submit fails with kFailedPrecondition
 //   naming the error; the other tiers of the chain keep working.
@@ -27,10 +29,12 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "tiers/gpu/gpu_device.h"
 #include "tiers/tier.h"
 
@@ -40,6 +44,9 @@ struct GpuConfig {
   // Bytes of the pool; 0: `capacity_fraction` of the device's free memory.
   uint64_t capacity_bytes = 0;
   double capacity_fraction = 0.5;
+  // How long an allocation waits for frames freed by stream-ordered unpins
+  // whose streams have not finished (EngineOptions::io_timeout).
+  absl::Duration stream_wait_timeout = absl::Seconds(30);
   std::function<void(std::string_view)> log;
 };
 
@@ -80,9 +87,12 @@ class GpuTier : public Tier {
   absl::StatusOr<DeviceEvent> GetEvent();
   void PutEvent(DeviceEvent event);
   std::string FullMessage(uint64_t need) const;
-  // Returns deferred frames whose streams passed to the pool (with `wait`,
-  // after waiting for them).
-  void ReapDeferred(bool wait);
+  // Returns deferred frames whose streams passed to the pool; the number
+  // still deferred.
+  size_t ReapDeferred();
+  // A frame of `need` bytes once deferred frames come back, within
+  // stream_wait_.
+  std::optional<uint64_t> AwaitDeferred(uint64_t need);
   absl::Status StartOne(Transfer& t);
   void RunLane(int index);
   absl::StatusOr<Frame> DoAllocate(uint64_t bytes) override;
@@ -91,6 +101,7 @@ class GpuTier : public Tier {
 
   std::shared_ptr<GpuDevice> device_;
   std::byte* base_;
+  const absl::Duration stream_wait_;
   std::unique_ptr<State> state_;
 };
 
