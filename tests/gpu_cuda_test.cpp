@@ -17,6 +17,7 @@
 #include "api/strata/strata.h"
 #include "gtest/gtest.h"
 #include "tests/gpu_kernels.h"
+#include "tests/gpu_test_util.h"
 #include "tests/test_util.h"
 
 namespace strata {
@@ -24,14 +25,10 @@ namespace {
 
 using ::absl::StatusCode;
 using test::kMiB;
+using test::RunTag;
 using test::Seed;
 
 constexpr uint64_t kBlock = 2 * kMiB;
-
-uint64_t RunTag() {
-  static const uint64_t tag = std::random_device{}() | 1;
-  return tag;
-}
 
 bool HaveGpu(std::string* why) {
   int count = 0;
@@ -78,15 +75,10 @@ class GpuCudaTest : public ::testing::Test {
     engine_ = std::move(e).value();
   }
   Tensor Make(const std::string& name, uint64_t blocks) {
-    auto t = engine_->CreateTensor(
-        name, {.dtype = DType::kU8, .shape = {static_cast<int64_t>(blocks * kBlock)}});
-    EXPECT_TRUE(t.ok()) << t.status();
-    return t.ok() ? *t : Tensor();
+    return test::MakeBlocks(*engine_, name, blocks, kBlock);
   }
   void WriteHost(const Tensor& t, uint64_t b, uint64_t v) {
-    auto pin = engine_->Pin(t, b, Tier::kHost, Access::kOverwrite);
-    ASSERT_TRUE(pin.ok()) << pin.status();
-    test::FillPattern(pin->bytes(), Seed(RunTag(), b, v));
+    test::WriteHostBlock(*engine_, t, b, v);
   }
   void WriteGpu(const Tensor& t, uint64_t b, uint64_t v) {
     auto pin = engine_->Pin(t, b, Tier::kGpu, Access::kOverwrite);
@@ -117,10 +109,7 @@ class GpuCudaTest : public ::testing::Test {
     ASSERT_OK(pin->ReleaseAfter(stream_));
   }
   void ExpectHost(const Tensor& t, uint64_t b, uint64_t v) {
-    auto pin = engine_->Pin(t, b, Tier::kHost, Access::kRead);
-    ASSERT_TRUE(pin.ok()) << pin.status();
-    EXPECT_EQ(test::FirstPatternMismatch(pin->bytes(), Seed(RunTag(), b, v)), -1)
-        << "block " << b << " version " << v << "; run tag " << RunTag();
+    test::ExpectHostBlock(*engine_, t, b, v);
   }
 
   test::TempDir dir_;

@@ -17,6 +17,7 @@
 #include "api/strata/strata.h"
 #include "engine/testing.h"
 #include "gtest/gtest.h"
+#include "tests/gpu_test_util.h"
 #include "tests/test_util.h"
 #include "tiers/gpu/fake_gpu_device.h"
 #include "tiers/gpu/gpu_tier.h"
@@ -29,6 +30,7 @@ using test::FirstNonZero;
 using test::FirstPatternMismatch;
 using test::kKiB;
 using test::kMiB;
+using test::RunTag;
 using test::Seed;
 using tiers::CopyDir;
 using tiers::FakeGpuDevice;
@@ -37,12 +39,6 @@ using tiers::Transfer;
 
 constexpr uint64_t kBlock = 64 * kKiB;
 constexpr absl::Duration kPatience = absl::Seconds(20);
-
-// Fresh data every run: the tag seeds every pattern (printed on failure).
-uint64_t RunTag() {
-  static const uint64_t tag = std::random_device{}() | 1;
-  return tag;
-}
 
 std::vector<std::byte> Pattern(uint64_t bytes, uint64_t seed) {
   std::vector<std::byte> v(bytes);
@@ -292,18 +288,11 @@ class GpuEngineTest : public ::testing::Test {
   }
 
   Tensor Make(const std::string& name, uint64_t blocks) {
-    auto t = engine_->CreateTensor(
-        name, {.dtype = DType::kU8, .shape = {static_cast<int64_t>(blocks * kBlock)},
-               .block_bytes = kBlock});
-    EXPECT_TRUE(t.ok()) << t.status();
-    return t.ok() ? *t : Tensor();
+    return test::MakeBlocks(*engine_, name, blocks, kBlock);
   }
 
-  // Writes the pattern of (b, v) into block b from the host.
   void WriteHost(const Tensor& t, uint64_t b, uint64_t v) {
-    auto pin = engine_->Pin(t, b, Tier::kHost, Access::kOverwrite);
-    ASSERT_TRUE(pin.ok()) << pin.status();
-    test::FillPattern(pin->bytes(), Seed(RunTag(), b, v));
+    test::WriteHostBlock(*engine_, t, b, v);
   }
   // Writes it on the GPU, as a kernel on `stream` would.
   void WriteGpu(const Tensor& t, uint64_t b, uint64_t v) {
@@ -315,10 +304,7 @@ class GpuEngineTest : public ::testing::Test {
     ASSERT_OK(pin->ReleaseAfter(stream_));
   }
   void ExpectHost(const Tensor& t, uint64_t b, uint64_t v) {
-    auto pin = engine_->Pin(t, b, Tier::kHost, Access::kRead);
-    ASSERT_TRUE(pin.ok()) << pin.status();
-    EXPECT_EQ(FirstPatternMismatch(pin->bytes(), Seed(RunTag(), b, v)), -1)
-        << "block " << b << " version " << v << " on host; run tag " << RunTag();
+    test::ExpectHostBlock(*engine_, t, b, v);
   }
   void ExpectGpu(const Tensor& t, uint64_t b, uint64_t v) {
     auto pin = engine_->Pin(t, b, Tier::kGpu, Access::kRead);
@@ -377,6 +363,24 @@ TEST_F(GpuEngineTest, DirtyGpuCopiesRoundTripThroughHostAndNvme) {
   WriteHost(t, 2, 8);
   ExpectGpu(t, 2, 8);
   ExpectGpu(t, 3, 7);
+}
+
+TEST_F(GpuEngineTest, PromotionsAndDemotionsOverlap) {
+  // gpu_bench's BM_GpuPromoteDemote, small: one tensor comes up while the
+  // other's dirty copies go down, on a GPU that holds only one of them.
+  ASSERT_NO_FATAL_FAILURE(Open(/*gpu_blocks=*/10, /*host_blocks=*/24, /*with_nvme=*/false));
+  stream_ = dev_->CreateStream();
+  Tensor a = Make("a", 8);
+  Tensor b = Make("b", 8);
+  for (uint64_t i = 0; i < 8; ++i) WriteHost(b, i, 1);
+  for (uint64_t i = 0; i < 8; ++i) WriteGpu(a, i, 2);
+  auto up = engine_->Prefetch(b, BlockRange::All(), Tier::kGpu);
+  ASSERT_TRUE(up.ok()) << up.status();
+  ASSERT_OK(engine_->Flush(a));
+  ASSERT_OK(up->Wait());
+  for (uint64_t i = 0; i < 8; ++i) ExpectHost(a, i, 2);
+  for (uint64_t i = 0; i < 8; ++i) ExpectGpu(b, i, 1);
+  EXPECT_GE(dev_->copies(CopyDir::kDeviceToHost), 8u);
 }
 
 TEST_F(GpuEngineTest, EvictionUnderVramPressureLosesNothing) {
