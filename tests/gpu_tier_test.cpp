@@ -19,7 +19,11 @@
 #include "gtest/gtest.h"
 #include "tests/gpu_test_util.h"
 #include "tests/test_util.h"
+#include "strata_config.h"
 #include "tiers/gpu/fake_gpu_device.h"
+#if STRATA_HAVE_CUDA
+#include "tiers/gpu/cuda_device.h"
+#endif
 #include "tiers/gpu/gpu_tier.h"
 
 namespace strata {
@@ -260,6 +264,18 @@ TEST(GpuTierTest, RegistersTheHostArenaOnce) {
   ASSERT_OK(tier->RegisterHostMemory(arena));
   EXPECT_EQ(dev->registered_bytes(), 3 * kMiB);
 }
+
+#if STRATA_HAVE_CUDA
+// Built with CUDA, on a machine without a GPU (CI's cuda builds, this
+// repository's build machine): opening the device says so and what to do.
+TEST(GpuTierTest, TheCudaDeviceSaysWhenThereIsNoGpu) {
+  auto dev = tiers::OpenCudaDevice(0);
+  if (dev.ok()) GTEST_SKIP() << "a GPU is here; gpu_cuda_test covers it";
+  EXPECT_STATUS(dev, StatusCode::kFailedPrecondition);
+  EXPECT_NE(dev.status().message().find("leave Tier::kGpu out"), std::string::npos)
+      << dev.status();
+}
+#endif
 
 // ---------------------------------------------------------------------------
 // The engine with a GPU tier over the double

@@ -370,10 +370,11 @@ struct EngineStats {
 class Engine {
  public:
   // Validates `options`, builds the tier chain (reserves the host arena,
-  // opens the NVMe directory). Errors: kInvalidArgument (a bad field, named),
+  // opens the NVMe directory, reserves the GPU pool and registers the host
+  // arena with CUDA). Errors: kInvalidArgument (a bad field, named),
   // kUnimplemented (a tier not built into this version), kPermissionDenied /
-  // kNotFound / kFailedPrecondition (NVMe path), kResourceExhausted (arena
-  // cannot be reserved).
+  // kNotFound / kFailedPrecondition (NVMe path; no usable GPU for
+  // Tier::kGpu), kResourceExhausted (arena or GPU pool cannot be reserved).
   static absl::StatusOr<std::unique_ptr<Engine>> Open(EngineOptions options);
 
   // Closes on destruction. Live pins at destruction are a caller bug
@@ -408,7 +409,8 @@ class Engine {
   // tier is pinned, or the lower tiers are full), kDeadlineExceeded (a
   // conflicting pin held past `pin_wait_timeout`, or a transfer not done
   // within `io_timeout`), kDataLoss (checksum), kUnavailable/kInternal (I/O
-  // errors, with the errno), kFailedPrecondition (engine closed or closing).
+  // errors, with the errno; CUDA errors, named), kFailedPrecondition (engine
+  // closed or closing; the GPU tier fenced after a sticky CUDA error).
   // The hot path (resident copy) is a load and a CAS.
   absl::StatusOr<strata::Pin> Pin(const Tensor& tensor, uint64_t block,
                                   Tier tier, Access access);
