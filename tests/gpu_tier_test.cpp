@@ -407,7 +407,11 @@ TEST_F(GpuEngineTest, EvictionUnderVramPressureLosesNothing) {
   Tensor t = Make("t", kBlocks);
   for (uint64_t b = 0; b < kBlocks; ++b) WriteGpu(t, b, 1);
   for (uint64_t b = 0; b < kBlocks; b += 3) WriteGpu(t, b, 2);
+  const uint64_t nvme_out = Of(Tier::kNvme).bytes_out;
   for (uint64_t b = 0; b < kBlocks; ++b) ExpectGpu(t, b, b % 3 == 0 ? 2 : 1);
+  // The host holds 16 of the 40 blocks: the rest came NVMe -> host staging
+  // buffer -> GPU.
+  EXPECT_GE(Of(Tier::kNvme).bytes_out - nvme_out, (kBlocks - 16) * kBlock);
   for (uint64_t b = 0; b < kBlocks; ++b) ExpectHost(t, b, b % 3 == 0 ? 2 : 1);
   const TierStats gpu = Of(Tier::kGpu);
   EXPECT_GT(gpu.evictions, 0u);
