@@ -7,6 +7,7 @@
 // pressure, dirty write-back round trips, injected out-of-memory, fencing,
 // and stream-ordered unpins. The real-CUDA counterpart is
 // tests/gpu_cuda_test.cpp (suite gpu).
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <memory>
@@ -397,6 +398,57 @@ TEST_F(GpuEngineTest, PromotionsAndDemotionsOverlap) {
   for (uint64_t i = 0; i < 8; ++i) ExpectHost(a, i, 2);
   for (uint64_t i = 0; i < 8; ++i) ExpectGpu(b, i, 1);
   EXPECT_GE(dev_->copies(CopyDir::kDeviceToHost), 8u);
+}
+
+TEST_F(GpuEngineTest, ATrainingLoopOverGpuPinsKeepsEveryUpdate) {
+  // offload_train --gpu's shape: per block, the next block prefetched,
+  // write pins of three tensors, a kernel on each, stream-ordered unpins;
+  // the state is 3x the GPU, so dirty blocks keep going down and up.
+  constexpr uint64_t kBlocks = 6;
+  constexpr int kSteps = 3;
+  ASSERT_NO_FATAL_FAILURE(Open(/*gpu_blocks=*/6, /*host_blocks=*/8));
+  stream_ = dev_->CreateStream();
+  const Tensor ts[3] = {Make("p", kBlocks), Make("m", kBlocks), Make("v", kBlocks)};
+  for (int k = 0; k < 3; ++k) {
+    for (uint64_t b = 0; b < kBlocks; ++b) {
+      auto pin = engine_->Pin(ts[k], b, Tier::kHost, Access::kOverwrite);
+      ASSERT_TRUE(pin.ok()) << pin.status();
+      std::ranges::fill(pin->as<uint32_t>(), static_cast<uint32_t>(1000 * k + b));
+    }
+  }
+  auto bump = [](std::span<std::byte> mem) {
+    for (size_t i = 0; i + 4 <= mem.size(); i += 4) {
+      uint32_t w;
+      std::memcpy(&w, mem.data() + i, 4);
+      ++w;
+      std::memcpy(mem.data() + i, &w, 4);
+    }
+  };
+  for (int step = 0; step < kSteps; ++step) {
+    for (uint64_t b = 0; b < kBlocks; ++b) {
+      for (int k = 0; k < 3 && b + 1 < kBlocks; ++k) {
+        ASSERT_OK(engine_->Prefetch(ts[k], BlockRange::One(b + 1), Tier::kGpu).status());
+      }
+      for (int k = 0; k < 3; ++k) {
+        auto pin = engine_->Pin(ts[k], b, Tier::kGpu, Access::kWrite);
+        ASSERT_TRUE(pin.ok()) << pin.status();
+        ASSERT_OK(pin->WaitOn(stream_));
+        ASSERT_OK(dev_->Launch(stream_, pin->device_ptr(), pin->size(), bump));
+        ASSERT_OK(pin->ReleaseAfter(stream_));
+      }
+    }
+  }
+  for (int k = 0; k < 3; ++k) {
+    for (uint64_t b = 0; b < kBlocks; ++b) {
+      auto pin = engine_->Pin(ts[k], b, Tier::kHost, Access::kRead);
+      ASSERT_TRUE(pin.ok()) << pin.status();
+      const uint32_t want = static_cast<uint32_t>(1000 * k + b + kSteps);
+      EXPECT_EQ(std::ranges::count(pin->as<uint32_t>(), want),
+                static_cast<std::ptrdiff_t>(pin->size() / 4))
+          << "tensor " << k << " block " << b;
+    }
+  }
+  EXPECT_GT(Of(Tier::kGpu).write_backs, 0u);
 }
 
 TEST_F(GpuEngineTest, EvictionUnderVramPressureLosesNothing) {
