@@ -47,6 +47,9 @@ TierChain::TierChain(std::vector<ChainLink> links) : links_(std::move(links)) {
 }
 
 void TierChain::Shutdown() {
+  // Tiers above host first (the GPU): their copies read and write the host
+  // arena, and they unregister it (cudaHostUnregister) while it is mapped.
+  for (int pos = 0; pos < host_; ++pos) links_[pos].tier.reset();
   for (int pos = size() - 1; pos >= 0; --pos) links_[pos].tier.reset();
 }
 

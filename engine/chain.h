@@ -75,8 +75,9 @@ class TierChain {
 
   StagingPool& staging() const { return staging_; }
 
-  // Destroys the tiers, lowest first (each waits for its transfers in
-  // flight and completes them). For the engine's destructor.
+  // Destroys the tiers (each waits for its transfers in flight and
+  // completes them): those above host first, then the rest lowest first.
+  // For the engine's destructor.
   void Shutdown();
 
  private:

@@ -1,5 +1,7 @@
 #include "engine/copier.h"
 
+#include <cstring>
+
 #include "absl/strings/str_cat.h"
 #include "util/strings.h"
 
@@ -23,7 +25,9 @@ void CopyBatch::Add(const CopyJob& job) {
   t.key = job.key;
   t.on_done = &OnFirstDone;
   t.user = x;
-  if (chain_->host_data(job.src)) {
+  if (job.src == kZerosSource) {
+    if (!AddZeros(x)) return;
+  } else if (chain_->host_data(job.src)) {
     t.op = Transfer::Op::kWrite;
     t.frame = job.dst_frame;
     t.host = {job.src_frame.data, job.bytes};
@@ -56,6 +60,25 @@ void CopyBatch::Add(const CopyJob& job) {
     by_tier_.resize(chain_->size());
   }
   by_tier_[x->first_pos].push_back(x);
+}
+
+bool CopyBatch::AddZeros(Xfer* x) {
+  const CopyJob& job = x->job;
+  x->staging = chain_->staging().Get(job.bytes);
+  if (x->staging == nullptr) {
+    Finish(x, {absl::ResourceExhaustedError(absl::StrCat(
+                   "no memory for a ", job.bytes, "-byte buffer of zeros for tier ",
+                   Sv(TierName(chain_->kind(job.dst))))),
+               0, job.dst});
+    return false;
+  }
+  std::memset(x->staging, 0, job.bytes);
+  Transfer& t = x->first;
+  t.op = Transfer::Op::kWrite;
+  t.frame = job.dst_frame;
+  t.host = {x->staging, job.bytes};
+  x->first_pos = job.dst;
+  return true;
 }
 
 size_t CopyBatch::pending() const {

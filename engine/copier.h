@@ -4,7 +4,9 @@
 // Direction: when the source frame is host-addressable the destination tier
 // writes from it; else when the destination frame is, the source tier reads
 // into it; else the bytes stage through a host buffer (a read, then a write
-// submitted from the read's completion).
+// submitted from the read's completion). A job whose source is kZerosSource
+// writes zeros (a block never written, into a tier whose frames the host
+// cannot address: the GPU's).
 //
 // A CopyBatch gathers the first transfer of many copies and hands them to
 // each tier in one Submit (one io_uring submission for a prefetch of many
@@ -29,8 +31,11 @@ struct CopyResult {
   int failed_pos = -1;    // the tier whose transfer failed
 };
 
+// CopyJob::src of a block never written: the destination gets zeros.
+inline constexpr int kZerosSource = -1;
+
 struct CopyJob {
-  int src = -1;
+  int src = kZerosSource;
   tiers::Frame src_frame;
   uint64_t src_checksum = 0;
   int dst = -1;
@@ -55,6 +60,8 @@ class CopyBatch {
 
  private:
   struct Xfer;
+  // Sets up a write of zeros; false when it finished the job (no memory).
+  bool AddZeros(Xfer* x);
   static void OnFirstDone(tiers::Transfer* t);
   static void OnSecondDone(tiers::Transfer* t);
   static void Finish(Xfer* x, const CopyResult& result);

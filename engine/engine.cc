@@ -54,6 +54,23 @@ absl::Status Pin::Release() {
 
 void Pin::WakeWaiters() noexcept { core_->WakeAfterUnpin(*word_); }
 
+absl::StatusOr<GpuEvent> Pin::ready_event() const {
+  STRATA_ASSIGN_OR_RETURN(auto where, internal::EngineCore::DeviceFrame(*this));
+  return where.first->ReadyEvent(where.second);
+}
+
+absl::Status Pin::WaitOn(GpuStream stream) const {
+  STRATA_ASSIGN_OR_RETURN(auto where, internal::EngineCore::DeviceFrame(*this));
+  return where.first->WaitReady(where.second, stream);
+}
+
+absl::Status Pin::ReleaseAfter(GpuStream stream) {
+  STRATA_ASSIGN_OR_RETURN(auto where, internal::EngineCore::DeviceFrame(*this));
+  STRATA_RETURN_IF_ERROR(where.first->FenceAfter(where.second, stream));
+  Drop();
+  return absl::OkStatus();
+}
+
 absl::Status PrefetchHandle::Wait() const {
   if (state_ == nullptr) {
     return absl::FailedPreconditionError("empty PrefetchHandle");

@@ -52,7 +52,10 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline strata::Pin EngineCore::MakePin(
   strata::Pin pin;
   pin.core_ = this;
   pin.word_ = &slot.word;
-  pin.data_ = slot.frame.data;
+  // A device frame (the GPU's) hands out its device pointer.
+  pin.data_ = slot.frame.data != nullptr
+                  ? slot.frame.data
+                  : static_cast<std::byte*>(slot.frame.device);
   pin.size_ = ts.BlockSize(block);
   pin.block_ = block;
   pin.tier_ = tier;
@@ -169,6 +172,23 @@ strata::Pin EngineCore::Grant(TensorState& ts, uint64_t block, int pos,
     steps_->OnPin(thread, ts, block, pos);
   }
   return MakePin(ts, block, pos, access);
+}
+
+absl::StatusOr<std::pair<tiers::Tier*, tiers::Frame>> EngineCore::DeviceFrame(
+    const strata::Pin& pin) {
+  if (pin.word_ == nullptr) {
+    return absl::FailedPreconditionError(
+        "the pin is empty (released, moved from or default-constructed)");
+  }
+  if (pin.tier_ != Tier::kGpu) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "stream ordering applies to GPU pins; this pin is of tier ",
+        Sv(TierName(pin.tier_))));
+  }
+  // The pin holds the copy: its frame stays put until it is released.
+  const CopySlot& slot = *reinterpret_cast<const CopySlot*>(pin.word_);
+  const int pos = pin.core_->pin_pos_[static_cast<uint8_t>(Tier::kGpu)];
+  return std::make_pair(&pin.core_->chain_->tier(pos), slot.frame);
 }
 
 // ---------------------------------------------------------------------------

@@ -20,6 +20,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -76,6 +77,11 @@ class EngineCore {
   EngineStats GetStats() const;
   absl::Status Close();
   const EngineOptions& options() const { return options_; }
+
+  // The tier and frame of a live GPU pin, for its stream-ordering calls.
+  // kFailedPrecondition for an empty pin or a pin of another tier.
+  static absl::StatusOr<std::pair<tiers::Tier*, tiers::Frame>> DeviceFrame(
+      const strata::Pin& pin);
 
   // Called by a Pin whose unpin found waiters.
   void WakeAfterUnpin(std::atomic<uint64_t>& word) { waits_.Wake(word); }

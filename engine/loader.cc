@@ -72,12 +72,13 @@ std::shared_ptr<Loader::Op> Loader::Start(
   }
   op->source = *source;
   op->read_bytes = true;
-  if (source->kind == Source::kZeros) {
+  if (source->kind == Source::kZeros && op->frame.data != nullptr) {
     // A block never written reads as zeros, also in a reused frame.
     std::memset(op->frame.data, 0, op->bytes);
     Complete(*op, absl::OkStatus());
     return op;
   }
+  // Device frames (the GPU's) get their zeros, like any bytes, by a copy.
   StartCopy(op, batch);
   return op;
 }
@@ -95,13 +96,6 @@ absl::Status Loader::ReserveFrame(Op& op, Deadline deadline, CopyBatch* batch) {
     frame = tier.Allocate(op.bytes, deadline, owner, op.speculative);
   }
   if (!frame.ok()) return frame.status();
-  if (!parts_.chain->host_data(op.pos)) {
-    tier.Free(*frame);
-    return absl::UnimplementedError(absl::StrCat(
-        "tier ", Sv(TierName(parts_.chain->kind(op.pos))),
-        ": loading into a pinnable tier without host-addressable frames is "
-        "not built yet"));
-  }
   op.frame = *frame;
   op.holds_frame = true;
   tier.TransitBegin();
@@ -147,7 +141,7 @@ absl::StatusOr<Source> Loader::PickSource(Op& op, Deadline deadline,
 
 void Loader::StartCopy(const std::shared_ptr<Op>& op, CopyBatch* batch) {
   CopyJob job;
-  job.src = op->source.pos;
+  job.src = op->source.kind == Source::kZeros ? kZerosSource : op->source.pos;
   job.src_frame = op->source.frame;
   job.src_checksum = op->source.checksum;
   job.dst = op->pos;
@@ -192,8 +186,10 @@ bool Loader::PublishOverwrite(Op& op) {
 void Loader::OnCopied(void* user, const CopyResult& result) {
   Op& op = *static_cast<Op*>(user);
   Loader& self = *op.loader;
-  ReleaseSource(self.parts_, *op.ts, op.block, op.source.pos);
-  if (result.status.ok()) {
+  if (op.source.kind == Source::kCopy) {
+    ReleaseSource(self.parts_, *op.ts, op.block, op.source.pos);
+  }
+  if (result.status.ok() && op.source.kind == Source::kCopy) {
     self.parts_.stats->tier(op.source.pos).bytes_out.fetch_add(
         op.bytes, std::memory_order_relaxed);
   } else if (result.failed_pos >= 0) {

@@ -41,6 +41,23 @@ absl::Status ValidateChain(const std::vector<Tier>& tiers) {
   return absl::OkStatus();
 }
 
+absl::Status ValidateGpu(const GpuTierOptions& gpu) {
+  if (gpu.capacity_bytes % 4096 != 0) {
+    return Bad("gpu.capacity_bytes ", gpu.capacity_bytes,
+               " is not a multiple of 4096");
+  }
+  if (gpu.capacity_bytes == 0 &&
+      !(gpu.capacity_fraction > 0 && gpu.capacity_fraction <= 1)) {
+    return Bad("gpu.capacity_fraction ", gpu.capacity_fraction,
+               " must be in (0, 1] when gpu.capacity_bytes is 0; set one of "
+               "them to size the GPU tier's pool");
+  }
+  if (gpu.device < 0) {
+    return Bad("gpu.device ", gpu.device, " is invalid; use a CUDA device index (0, 1, ...)");
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateTiers(const EngineOptions& o) {
   if (o.host.capacity_bytes == 0) {
     return Bad("host.capacity_bytes is 0; give the host tier room for at "
@@ -66,6 +83,9 @@ absl::Status ValidateTiers(const EngineOptions& o) {
     if (o.nvme.queue_depth == 0 || o.nvme.queue_depth > 4096) {
       return Bad("nvme.queue_depth ", o.nvme.queue_depth, " must be in 1..4096");
     }
+  }
+  if (HasTier(o, Tier::kGpu)) {
+    if (absl::Status s = ValidateGpu(o.gpu); !s.ok()) return s;
   }
   return absl::OkStatus();
 }

@@ -48,12 +48,16 @@ std::string Residency::NoRoomMessage() const {
   const bool has_lower = pos_ < parts_.chain->lowest();
   const absl::string_view name = Sv(TierName(parts_.chain->kind(pos_)));
   return absl::StrCat(
-      "tier ", name, ": every frame (", tier_.capacity(), " bytes) is pinned",
+      "tier ", name, ": every frame (", tier_.capacity(), " bytes, ",
+      tier_.used(), " in frames, longest free range ", tier_.largest_free(),
+      ") is pinned",
       has_lower ? "" : ", dirty (no lower tier is configured)",
       " or being moved; release pins",
       has_lower ? "" : ", add a lower tier to EngineOptions::tiers",
       " or raise the tier's capacity",
-      name == "host" ? " (EngineOptions::host.capacity_bytes)" : "");
+      name == "host"  ? " (EngineOptions::host.capacity_bytes)"
+      : name == "gpu" ? " (EngineOptions::gpu.capacity_bytes)"
+                      : "");
 }
 
 absl::StatusOr<tiers::Frame> Residency::Place(uint64_t bytes, FrameOwner owner) {

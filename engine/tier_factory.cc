@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/testing.h"
 #include "util/strings.h"
+#include "strata_config.h"
 #include "tiers/host/host_tier.h"
 #include "tiers/nvme/io_backend.h"
 #include "tiers/nvme/nvme_tier.h"
@@ -13,8 +14,34 @@
 #endif
 #include "util/status_macros.h"
 
+#if STRATA_HAVE_CUDA
+#include "tiers/gpu/cuda_device.h"
+#include "tiers/gpu/gpu_tier.h"
+#endif
+
 namespace strata::internal {
 namespace {
+
+absl::StatusOr<std::unique_ptr<tiers::Tier>> BuildGpu(
+    const EngineOptions& options) {
+#if STRATA_HAVE_CUDA
+  STRATA_ASSIGN_OR_RETURN(std::unique_ptr<tiers::GpuDevice> device,
+                          tiers::OpenCudaDevice(options.gpu.device));
+  STRATA_ASSIGN_OR_RETURN(
+      auto gpu, tiers::GpuTier::Create({.capacity_bytes = options.gpu.capacity_bytes,
+                                        .capacity_fraction = options.gpu.capacity_fraction,
+                                        .stream_wait_timeout = options.io_timeout,
+                                        .log = options.log},
+                                       std::move(device)));
+  return std::unique_ptr<tiers::Tier>(std::move(gpu));
+#else
+  (void)options;
+  return absl::UnimplementedError(
+      "tier gpu: this Strata was built without CUDA; rebuild with "
+      "-Dcuda=enabled (CUDA toolkit at /usr/local/cuda) or leave Tier::kGpu "
+      "out of EngineOptions::tiers");
+#endif
+}
 
 absl::StatusOr<std::unique_ptr<tiers::Tier>> Build(
     Tier kind, const EngineOptions& options,
@@ -56,6 +83,8 @@ absl::StatusOr<std::unique_ptr<tiers::Tier>> Build(
       return tiers::MakeReplicatedRemoteTier(config, r.servers, r.replication);
     }
 #endif
+    case Tier::kGpu:
+      return BuildGpu(options);
     default:
       return absl::UnimplementedError(absl::StrCat(
           "tier ", Sv(TierName(kind)), " is not built in this version of Strata; "

@@ -1,6 +1,7 @@
 #include "tiers/tier.h"
 
 #include "absl/strings/str_cat.h"
+#include "util/strings.h"
 
 namespace strata::tiers {
 
@@ -45,6 +46,33 @@ absl::Status Tier::Submit(std::span<Transfer* const> batch) {
     bytes_out_.fetch_sub(out, std::memory_order_relaxed);
   }
   return status;
+}
+
+namespace {
+
+absl::Status NotStreamOrdered(std::string_view name) {
+  return absl::FailedPreconditionError(absl::StrCat(
+      "tier ", Sv(name), ": its frames are host memory, not device memory; "
+      "stream ordering applies to GPU pins only"));
+}
+
+}  // namespace
+
+absl::StatusOr<void*> Tier::ReadyEvent(const Frame& frame) {
+  (void)frame;
+  return NotStreamOrdered(name_);
+}
+
+absl::Status Tier::WaitReady(const Frame& frame, void* stream) {
+  (void)frame;
+  (void)stream;
+  return NotStreamOrdered(name_);
+}
+
+absl::Status Tier::FenceAfter(const Frame& frame, void* stream) {
+  (void)frame;
+  (void)stream;
+  return NotStreamOrdered(name_);
 }
 
 }  // namespace strata::tiers

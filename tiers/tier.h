@@ -38,6 +38,9 @@ struct Frame {
   uint64_t offset = 0;         // tier-specific location (arena or file offset)
   uint64_t bytes = 0;          // capacity of the frame
   std::byte* data = nullptr;   // host-addressable memory, or null
+  // Device memory (a CUDA device pointer) for tiers whose frames live on an
+  // accelerator; never dereferenced on the host. Null otherwise.
+  void* device = nullptr;
   bool valid() const { return bytes != 0; }
 };
 
@@ -96,6 +99,17 @@ class Tier {
     (void)arena;
     return absl::OkStatus();
   }
+
+  // Stream ordering, for tiers whose frames live in device memory (the
+  // GPU); `stream` is a caller's cudaStream_t, as an opaque handle. Other
+  // tiers answer kFailedPrecondition.
+  // An event the caller's stream can wait on for the frame's bytes.
+  virtual absl::StatusOr<void*> ReadyEvent(const Frame& frame);
+  // Makes `stream` wait (on the device, not the CPU) for the frame's bytes.
+  virtual absl::Status WaitReady(const Frame& frame, void* stream);
+  // The frame is neither copied out nor reused before the work enqueued on
+  // `stream` so far has finished: a stream-ordered unpin.
+  virtual absl::Status FenceAfter(const Frame& frame, void* stream);
 
  protected:
   Tier(std::string name, uint64_t capacity)

@@ -54,6 +54,12 @@ inline constexpr uint64_t kWaitersBit = uint64_t{1} << 20;
 enum class Tier : uint8_t { kGpu, kHost, kShm, kRemote, kNvme };
 inline constexpr int kNumTiers = 5;
 
+// CUDA objects cross this header as opaque handles, so that it compiles
+// without CUDA headers: a cudaStream_t converts to GpuStream implicitly; a
+// GpuEvent is a cudaEvent_t (static_cast it back).
+using GpuStream = void*;
+using GpuEvent = void*;
+
 // "gpu", "host", "shm", "remote" or "nvme" ("unknown" for a value outside
 // the enum).
 std::string_view TierName(Tier tier);
@@ -129,6 +135,15 @@ struct RemoteTierOptions {
   uint64_t capacity_bytes = uint64_t{1} << 30;
 };
 
+struct GpuTierOptions {
+  // Bytes of VRAM reserved once at Open for the GPU tier's pool (a multiple
+  // of 4096); 0: `capacity_fraction` of the device's free memory at Open.
+  uint64_t capacity_bytes = 0;
+  double capacity_fraction = 0.5;
+  // CUDA device index.
+  int device = 0;
+};
+
 // The one validated value that configures an engine. `Engine::Open` returns
 // kInvalidArgument naming the field for every bad value.
 struct EngineOptions {
@@ -140,12 +155,15 @@ struct EngineOptions {
   // it; a miss loads from the nearest tier holding the block.
   //   {Tier::kHost, Tier::kNvme}   host RAM over an NVMe block file (default)
   //   {Tier::kHost}                host only: dirty blocks cannot be evicted
-  // Tiers not built into this version (gpu, shm; remote without libfabric)
-  // are kUnimplemented.
+  //   {Tier::kGpu, Tier::kHost, Tier::kNvme}   VRAM over host over NVMe
+  // Tiers not built into this version (shm; remote without libfabric; gpu
+  // without CUDA) are kUnimplemented; gpu on a machine without a usable GPU
+  // is kFailedPrecondition.
   std::vector<Tier> tiers = {Tier::kHost, Tier::kNvme};
   HostTierOptions host;
-  NvmeTierOptions nvme;  // read when `tiers` holds kNvme
+  NvmeTierOptions nvme;      // read when `tiers` holds kNvme
   RemoteTierOptions remote;  // read when `tiers` holds kRemote
+  GpuTierOptions gpu;        // read when `tiers` holds kGpu
   // Block size for tensors whose spec leaves it 0: a multiple of 4096.
   uint64_t default_block_bytes = uint64_t{2} << 20;
   // Sequential readahead: when demand misses of a tensor come in block order,
@@ -229,11 +247,43 @@ class Pin {
   ~Pin() { Drop(); }
 
   // The block's bytes. Writing through a kRead pin is a bug in the caller.
+  // For a GPU pin they are device memory: pass them to kernels, never
+  // touch them on the host (device_ptr() says so in its type).
   std::span<std::byte> bytes() const { return {data_, size_}; }
   template <typename T>
   std::span<T> as() const {
     return {reinterpret_cast<T*>(data_), size_ / sizeof(T)};
   }
+  // Bytes in the pinned block.
+  size_t size() const { return size_; }
+
+  // GPU pins. The engine moves bytes on its own CUDA streams; a caller's
+  // kernels run on the caller's streams, ordered with the engine's copies
+  // through events:
+  //
+  //   auto pin = engine->Pin(t, b, strata::Tier::kGpu, strata::Access::kRead);
+  //   pin->WaitOn(stream);                   // cudaStreamWaitEvent
+  //   kernel<<<g, b, 0, stream>>>(static_cast<const float*>(pin->device_ptr()));
+  //   pin->ReleaseAfter(stream);             // unpinned; frame kept until
+  //                                          // the kernel finished
+  //
+  // The block's device memory (a CUDA device pointer into the engine's VRAM
+  // pool), valid while pinned; null for pins of other tiers.
+  void* device_ptr() const { return tier_ == Tier::kGpu ? data_ : nullptr; }
+  // An event a caller's stream can wait on for the block's bytes. Pin()
+  // returns once the copy into VRAM finished, so this event is complete;
+  // waiting on it costs the device nothing. kFailedPrecondition for an
+  // empty pin or one of another tier.
+  absl::StatusOr<GpuEvent> ready_event() const;
+  // Makes `stream` wait (on the device, without blocking the CPU) for the
+  // block's bytes: cudaStreamWaitEvent(stream, ready_event()).
+  absl::Status WaitOn(GpuStream stream) const;
+  // A stream-ordered unpin: unpins now, and the engine neither copies the
+  // block out of its frame (a write pin's demotion) nor reuses the frame
+  // before the work enqueued on `stream` so far has finished. On error the
+  // pin is kept (release it once the stream finished). kFailedPrecondition
+  // for an empty pin, one of another tier, or a fenced GPU tier.
+  absl::Status ReleaseAfter(GpuStream stream);
   Tier tier() const { return tier_; }
   Access access() const { return access_; }
   uint64_t block() const { return block_; }
@@ -337,10 +387,11 @@ struct EngineStats {
 class Engine {
  public:
   // Validates `options`, builds the tier chain (reserves the host arena,
-  // opens the NVMe directory). Errors: kInvalidArgument (a bad field, named),
+  // opens the NVMe directory, reserves the GPU pool and registers the host
+  // arena with CUDA). Errors: kInvalidArgument (a bad field, named),
   // kUnimplemented (a tier not built into this version), kPermissionDenied /
-  // kNotFound / kFailedPrecondition (NVMe path), kResourceExhausted (arena
-  // cannot be reserved).
+  // kNotFound / kFailedPrecondition (NVMe path; no usable GPU for
+  // Tier::kGpu), kResourceExhausted (arena or GPU pool cannot be reserved).
   static absl::StatusOr<std::unique_ptr<Engine>> Open(EngineOptions options);
 
   // Closes on destruction. Live pins at destruction are a caller bug
@@ -375,7 +426,8 @@ class Engine {
   // tier is pinned, or the lower tiers are full), kDeadlineExceeded (a
   // conflicting pin held past `pin_wait_timeout`, or a transfer not done
   // within `io_timeout`), kDataLoss (checksum), kUnavailable/kInternal (I/O
-  // errors, with the errno), kFailedPrecondition (engine closed or closing).
+  // errors, with the errno; CUDA errors, named), kFailedPrecondition (engine
+  // closed or closing; the GPU tier fenced after a sticky CUDA error).
   // The hot path (resident copy) is a load and a CAS.
   absl::StatusOr<strata::Pin> Pin(const Tensor& tensor, uint64_t block,
                                   Tier tier, Access access);

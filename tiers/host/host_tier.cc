@@ -4,9 +4,9 @@
 
 #include <cerrno>
 #include <cstring>
-#include <optional>
 
 #include "absl/strings/str_cat.h"
+#include "tiers/extent_allocator.h"
 #include "strata_config.h"
 #include "util/errors.h"
 
@@ -119,15 +119,15 @@ absl::StatusOr<std::unique_ptr<HostTier>> HostTier::Create(
 }
 
 HostTier::HostTier(std::byte* base, uint64_t size)
-    : Tier("host", size), base_(base), size_(size), free_(size) {
-}
+    : Tier("host", size), base_(base), size_(size),
+      free_(std::make_unique<ExtentAllocator>(size)) {}
 
 HostTier::~HostTier() { munmap(base_, size_); }
 
 absl::StatusOr<Frame> HostTier::DoAllocate(uint64_t bytes) {
   const uint64_t need = RoundUp(bytes, kFrameAlign);
-  const std::optional<uint64_t> offset = free_.Take(need);
-  if (!offset) {
+  std::optional<uint64_t> offset = free_->Allocate(need);
+  if (!offset.has_value()) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "tier host: no free frame of ", need, " bytes (capacity ", size_,
         "); evict, release pins, or raise EngineOptions::host.capacity_bytes"));
@@ -135,11 +135,11 @@ absl::StatusOr<Frame> HostTier::DoAllocate(uint64_t bytes) {
   return Frame{.offset = *offset, .bytes = need, .data = base_ + *offset};
 }
 
-void HostTier::DoFree(const Frame& frame) { free_.Give(frame.offset, frame.bytes); }
+void HostTier::DoFree(const Frame& frame) { free_->Free(frame.offset, frame.bytes); }
 
-uint64_t HostTier::largest_free() const { return free_.largest(); }
+uint64_t HostTier::largest_free() const { return free_->largest_free(); }
 
-size_t HostTier::free_extents() const { return free_.count(); }
+size_t HostTier::free_extents() const { return free_->free_extents(); }
 
 absl::Status HostTier::DoSubmit(std::span<Transfer* const> batch) {
   for (Transfer* t : batch) {

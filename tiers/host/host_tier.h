@@ -20,10 +20,11 @@
 #include <string_view>
 
 #include "absl/status/statusor.h"
-#include "tiers/extents.h"
 #include "tiers/tier.h"
 
 namespace strata::tiers {
+
+class ExtentAllocator;
 
 struct HostConfig {
   uint64_t capacity_bytes = 0;
@@ -62,7 +63,7 @@ class HostTier : public Tier {
   uint64_t size_;
   int numa_node_ = -1;
   bool huge_pages_ = false;
-  FreeExtents free_;
+  std::unique_ptr<ExtentAllocator> free_;
 };
 
 }  // namespace strata::tiers

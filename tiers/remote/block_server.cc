@@ -219,7 +219,7 @@ Message BlockServer::Allocate(const Message& m) {
                         " bytes from a region of ", config_.region_bytes)));
   }
   const uint64_t bytes = (asked + kAlign - 1) / kAlign * kAlign;
-  const std::optional<uint64_t> offset = free_.Take(bytes);
+  const std::optional<uint64_t> offset = free_.Allocate(bytes);
   if (!offset) {
     return Reply(m, absl::ResourceExhaustedError(absl::StrCat(
                         "strata-blockd: no free range of ", bytes,
@@ -229,7 +229,7 @@ Message BlockServer::Allocate(const Message& m) {
   absl::StatusOr<Fabric::Region> region = fabric_->Register(
       region_ + *offset, bytes, FI_REMOTE_READ | FI_REMOTE_WRITE, next_key_++);
   if (!region.ok()) {
-    free_.Give(*offset, bytes);
+    free_.Free(*offset, bytes);
     return Reply(m, region.status());
   }
   const uint64_t id = next_id_++;
@@ -252,7 +252,7 @@ Message BlockServer::Free(const Message& m) {
                         " of this client")));
   }
   Fabric::Unregister(it->second.region);
-  free_.Give(it->second.offset, it->second.bytes);
+  free_.Free(it->second.offset, it->second.bytes);
   used_ -= it->second.bytes;
   allocations_.erase(it);
   return Reply(m, absl::OkStatus());
@@ -276,7 +276,7 @@ void BlockServer::EndSession(uint64_t session) {
     auto next = std::next(it);
     if (it->second.session == session) {
       Fabric::Unregister(it->second.region);
-      free_.Give(it->second.offset, it->second.bytes);
+      free_.Free(it->second.offset, it->second.bytes);
       used_ -= it->second.bytes;
       allocations_.erase(it);
     }

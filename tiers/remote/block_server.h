@@ -28,7 +28,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
-#include "tiers/extents.h"
+#include "tiers/extent_allocator.h"
 #include "tiers/remote/fabric.h"
 #include "tiers/remote/protocol.h"
 
@@ -90,7 +90,7 @@ class BlockServer {
   BlockServerConfig config_;
   std::unique_ptr<Fabric> fabric_;
   std::byte* region_;
-  FreeExtents free_;
+  ExtentAllocator free_;
   uint64_t used_ = 0;
   uint64_t generation_ = 0;
   uint64_t next_id_ = 1;

@@ -13,7 +13,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "util/strings.h"
-#include "tiers/extents.h"
+#include "tiers/extent_allocator.h"
 #include "tiers/remote/fabric.h"
 #include "tiers/remote/protocol.h"
 #include "util/checksum.h"
@@ -93,7 +93,7 @@ class RemoteTier final : public Tier {
   }
 
   bool addressable() const override { return false; }
-  uint64_t largest_free() const override { return frames_.largest(); }
+  uint64_t largest_free() const override { return frames_.largest_free(); }
 
   absl::Status RegisterHostMemory(std::span<std::byte> arena) override {
     if (!fabric_->local_registration()) return absl::OkStatus();  // not needed
@@ -128,7 +128,7 @@ class RemoteTier final : public Tier {
           "); nothing more is placed there"));
     }
     const uint64_t need = (bytes + kAlign - 1) / kAlign * kAlign;
-    std::optional<uint64_t> offset = frames_.Take(need);
+    std::optional<uint64_t> offset = frames_.Allocate(need);
     if (!offset) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "tier remote: no free frame of ", need, " bytes (capacity ",
@@ -138,7 +138,7 @@ class RemoteTier final : public Tier {
     return Frame{.offset = *offset, .bytes = need, .data = nullptr};
   }
 
-  void DoFree(const Frame& frame) override { frames_.Give(frame.offset, frame.bytes); }
+  void DoFree(const Frame& frame) override { frames_.Free(frame.offset, frame.bytes); }
 
   absl::Status DoSubmit(std::span<Transfer* const> batch) override;
   absl::Status Post(RemoteOp& op);
@@ -158,7 +158,7 @@ class RemoteTier final : public Tier {
   RemoteConfig config_;
   std::unique_ptr<Fabric> fabric_;
   fi_addr_t server_;
-  FreeExtents frames_;
+  ExtentAllocator frames_;
   uint64_t session_ = 0, generation_ = 0, key_ = 0, base_ = 0;
   Fabric::Region arena_;
   std::span<std::byte> arena_span_;

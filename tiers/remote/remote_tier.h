@@ -3,7 +3,7 @@
 //
 // At creation the tier says hello to its server with the shared secret and
 // allocates its whole capacity there as one allocation (one key); frames
-// are ranges of it, handed out here best fit (FreeExtents) without asking
+// are ranges of it, handed out here best fit (ExtentAllocator) without asking
 // the server. Writes are fi_write from host memory, reads fi_read into it;
 // like the NVMe tier it checksums what it stores (XXH3 seeded by the block's
 // identity) and a read whose bytes do not match is kDataLoss. Frames have

@@ -1,14 +1,31 @@
-#include "tiers/extents.h"
+#include "tiers/extent_allocator.h"
 
 #include <iterator>
 
 namespace strata::tiers {
 
-FreeExtents::FreeExtents(uint64_t capacity) {
-  if (capacity > 0) Insert(0, capacity);
+ExtentAllocator::ExtentAllocator(uint64_t size) {
+  std::lock_guard lock(mu_);
+  if (size > 0) Insert(0, size);
 }
 
-std::optional<uint64_t> FreeExtents::Take(uint64_t bytes) {
+void ExtentAllocator::Insert(uint64_t offset, uint64_t bytes) {
+  by_offset_.emplace(offset, bytes);
+  by_size_.emplace(bytes, offset);
+}
+
+void ExtentAllocator::Erase(uint64_t offset, uint64_t bytes) {
+  by_offset_.erase(offset);
+  auto [lo, hi] = by_size_.equal_range(bytes);
+  for (auto it = lo; it != hi; ++it) {
+    if (it->second == offset) {
+      by_size_.erase(it);
+      return;
+    }
+  }
+}
+
+std::optional<uint64_t> ExtentAllocator::Allocate(uint64_t bytes) {
   std::lock_guard lock(mu_);
   auto it = by_size_.lower_bound(bytes);
   if (it == by_size_.end()) return std::nullopt;
@@ -19,7 +36,7 @@ std::optional<uint64_t> FreeExtents::Take(uint64_t bytes) {
   return offset;
 }
 
-void FreeExtents::Give(uint64_t offset, uint64_t bytes) {
+void ExtentAllocator::Free(uint64_t offset, uint64_t bytes) {
   std::lock_guard lock(mu_);
   auto next = by_offset_.lower_bound(offset);
   if (next != by_offset_.end() && next->first == offset + bytes) {
@@ -40,30 +57,14 @@ void FreeExtents::Give(uint64_t offset, uint64_t bytes) {
   Insert(offset, bytes);
 }
 
-uint64_t FreeExtents::largest() const {
+uint64_t ExtentAllocator::largest_free() const {
   std::lock_guard lock(mu_);
   return by_size_.empty() ? 0 : by_size_.rbegin()->first;
 }
 
-size_t FreeExtents::count() const {
+size_t ExtentAllocator::free_extents() const {
   std::lock_guard lock(mu_);
   return by_offset_.size();
-}
-
-void FreeExtents::Insert(uint64_t offset, uint64_t bytes) {
-  by_offset_.emplace(offset, bytes);
-  by_size_.emplace(bytes, offset);
-}
-
-void FreeExtents::Erase(uint64_t offset, uint64_t bytes) {
-  by_offset_.erase(offset);
-  auto [lo, hi] = by_size_.equal_range(bytes);
-  for (auto it = lo; it != hi; ++it) {
-    if (it->second == offset) {
-      by_size_.erase(it);
-      return;
-    }
-  }
 }
 
 }  // namespace strata::tiers

@@ -1,0 +1,647 @@
+// The GPU tier over the device double (tiers/gpu/fake_gpu_device.h), so
+// that CI runs its bookkeeping without a GPU: the pool (one reservation,
+// frames carved from it), transfers on the two copy streams and their
+// completions, a held stream standing for a busy device, sticky errors
+// fencing the tier; then the engine with the GPU on top of host and NVMe:
+// pins against host copies with fresh random data, eviction under VRAM
+// pressure, dirty write-back round trips, injected out-of-memory, fencing,
+// and stream-ordered unpins. The real-CUDA counterpart is
+// tests/gpu_cuda_test.cpp (suite gpu).
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "api/strata/strata.h"
+#include "engine/testing.h"
+#include "gtest/gtest.h"
+#include "tests/gpu_test_util.h"
+#include "tests/test_util.h"
+#include "strata_config.h"
+#include "tiers/gpu/fake_gpu_device.h"
+#if STRATA_HAVE_CUDA
+#include "tiers/gpu/cuda_device.h"
+#endif
+#include "tiers/gpu/gpu_tier.h"
+
+namespace strata {
+namespace {
+
+using ::absl::StatusCode;
+using test::FirstNonZero;
+using test::FirstPatternMismatch;
+using test::kKiB;
+using test::kMiB;
+using test::RunTag;
+using test::Seed;
+using tiers::CopyDir;
+using tiers::FakeGpuDevice;
+using tiers::GpuTier;
+using tiers::Transfer;
+
+constexpr uint64_t kBlock = 64 * kKiB;
+constexpr absl::Duration kPatience = absl::Seconds(20);
+
+std::vector<std::byte> Pattern(uint64_t bytes, uint64_t seed) {
+  std::vector<std::byte> v(bytes);
+  test::FillPattern(v, seed);
+  return v;
+}
+
+// ---------------------------------------------------------------------------
+// The tier alone
+
+struct Done {
+  std::atomic<int> calls{0};
+  absl::Status status;
+  static void Call(Transfer* t) {
+    auto* d = static_cast<Done*>(t->user);
+    d->status = t->status;
+    d->calls.fetch_add(1, std::memory_order_release);
+  }
+};
+
+Transfer MakeTransfer(Transfer::Op op, const tiers::Frame& frame,
+                      std::span<std::byte> host, Done& done) {
+  Transfer t;
+  t.op = op;
+  t.frame = frame;
+  t.host = host;
+  t.on_done = &Done::Call;
+  t.user = &done;
+  return t;
+}
+
+// Waits for a transfer's completion, which comes from the tier's lane.
+bool AwaitDone(const Done& d) {
+  const absl::Time until = absl::Now() + kPatience;
+  while (d.calls.load(std::memory_order_acquire) == 0) {
+    if (absl::Now() > until) return false;
+    std::this_thread::yield();
+  }
+  return true;
+}
+
+TEST(GpuTierTest, RejectsBadCapacities) {
+  auto dev = std::make_shared<FakeGpuDevice>(64 * kMiB);
+  EXPECT_STATUS(GpuTier::Create({.capacity_bytes = 0, .capacity_fraction = 0}, dev),
+                StatusCode::kInvalidArgument);
+  EXPECT_STATUS(GpuTier::Create({.capacity_bytes = 0, .capacity_fraction = 1.5}, dev),
+                StatusCode::kInvalidArgument);
+  EXPECT_STATUS(GpuTier::Create({.capacity_bytes = 4097}, dev),
+                StatusCode::kInvalidArgument);
+  auto big = GpuTier::Create({.capacity_bytes = 128 * kMiB}, dev);
+  EXPECT_STATUS(big, StatusCode::kResourceExhausted);
+  EXPECT_NE(big.status().message().find("67108864 of 67108864 bytes free"),
+            std::string::npos) << big.status();
+  dev->FailReserve(absl::ResourceExhaustedError("cudaMalloc: out of memory"));
+  EXPECT_STATUS(GpuTier::Create({.capacity_bytes = 4 * kMiB}, dev),
+                StatusCode::kResourceExhausted);
+}
+
+TEST(GpuTierTest, CapacityIsAFractionOfFreeMemory) {
+  auto dev = std::make_shared<FakeGpuDevice>(64 * kMiB);
+  dev->SetFreeBytes(40 * kMiB);
+  ASSERT_OK_AND_ASSIGN(auto tier, GpuTier::Create({.capacity_fraction = 0.25}, dev));
+  EXPECT_EQ(tier->capacity(), 10 * kMiB);
+  ASSERT_OK_AND_ASSIGN(auto info, dev->MemoryInfo());
+  EXPECT_EQ(info.free_bytes, 30 * kMiB);  // one reservation of the pool
+}
+
+TEST(GpuTierTest, FramesAreCarvedFromOneReservation) {
+  auto dev = std::make_shared<FakeGpuDevice>(64 * kMiB);
+  ASSERT_OK_AND_ASSIGN(auto tier, GpuTier::Create({.capacity_bytes = 1 * kMiB}, dev));
+  EXPECT_FALSE(tier->addressable());
+  std::vector<tiers::Frame> frames;
+  for (int i = 0; i < 16; ++i) {
+    ASSERT_OK_AND_ASSIGN(tiers::Frame f, tier->Allocate(kBlock - 100));
+    EXPECT_EQ(f.bytes, kBlock);
+    EXPECT_EQ(f.data, nullptr);
+    ASSERT_NE(f.device, nullptr);
+    frames.push_back(f);
+  }
+  // Disjoint extents of one base: device pointers follow the offsets.
+  auto* base = static_cast<std::byte*>(frames[0].device) - frames[0].offset;
+  for (const tiers::Frame& f : frames) {
+    EXPECT_EQ(static_cast<std::byte*>(f.device), base + f.offset);
+  }
+  auto full = tier->Allocate(kBlock);
+  EXPECT_STATUS(full, StatusCode::kResourceExhausted);
+  EXPECT_NE(full.status().message().find("1048576 bytes, 1048576 used"),
+            std::string::npos) << full.status();
+  for (const tiers::Frame& f : frames) tier->Free(f);
+  EXPECT_EQ(tier->used(), 0u);
+  EXPECT_EQ(tier->largest_free(), 1 * kMiB);  // coalesced again
+}
+
+TEST(GpuTierTest, TransfersRoundTripOnTheCopyStreams) {
+  auto dev = std::make_shared<FakeGpuDevice>(64 * kMiB);
+  ASSERT_OK_AND_ASSIGN(auto tier, GpuTier::Create({.capacity_bytes = 1 * kMiB}, dev));
+  ASSERT_OK_AND_ASSIGN(tiers::Frame f, tier->Allocate(kBlock));
+  std::vector<std::byte> in = Pattern(kBlock, Seed(RunTag(), 1, 1));
+  std::vector<std::byte> out(kBlock);
+  Done w, r;
+  Transfer tw = MakeTransfer(Transfer::Op::kWrite, f, in, w);
+  Transfer* one[1] = {&tw};
+  ASSERT_OK(tier->Submit(one));
+  ASSERT_TRUE(AwaitDone(w));
+  ASSERT_OK(w.status);
+  EXPECT_EQ(FirstPatternMismatch(dev->Peek(f.device, kBlock), Seed(RunTag(), 1, 1)), -1)
+      << "run tag " << RunTag();
+  Transfer tr = MakeTransfer(Transfer::Op::kRead, f, out, r);
+  one[0] = &tr;
+  ASSERT_OK(tier->Submit(one));
+  ASSERT_TRUE(AwaitDone(r));
+  ASSERT_OK(r.status);
+  EXPECT_EQ(out, in);
+  EXPECT_EQ(dev->copies(CopyDir::kHostToDevice), 1u);
+  EXPECT_EQ(dev->copies(CopyDir::kDeviceToHost), 1u);
+  EXPECT_EQ(tier->bytes_in(), kBlock);
+  EXPECT_EQ(tier->bytes_out(), kBlock);
+  tier->Free(f);
+}
+
+TEST(GpuTierTest, ACopyCompletesOnlyWhenTheDeviceFinishedIt) {
+  auto dev = std::make_shared<FakeGpuDevice>(64 * kMiB);
+  ASSERT_OK_AND_ASSIGN(auto tier, GpuTier::Create({.capacity_bytes = 1 * kMiB}, dev));
+  ASSERT_OK_AND_ASSIGN(tiers::Frame f, tier->Allocate(kBlock));
+  std::vector<std::byte> in = Pattern(kBlock, Seed(RunTag(), 2, 1));
+  dev->Hold(dev->copy_stream(CopyDir::kHostToDevice));  // a busy device
+  Done w;
+  Transfer tw = MakeTransfer(Transfer::Op::kWrite, f, in, w);
+  Transfer* one[1] = {&tw};
+  ASSERT_OK(tier->Submit(one));
+  ASSERT_TRUE(dev->AwaitWaiters(1, kPatience));  // the lane waits on its event
+  EXPECT_EQ(w.calls.load(), 0);
+  EXPECT_EQ(dev->copies(CopyDir::kHostToDevice), 0u);
+  dev->Release(dev->copy_stream(CopyDir::kHostToDevice));
+  ASSERT_TRUE(AwaitDone(w));
+  EXPECT_OK(w.status);
+  EXPECT_EQ(dev->copies(CopyDir::kHostToDevice), 1u);
+  tier->Free(f);
+}
+
+TEST(GpuTierTest, AFailedCopyFailsItsTransferOnly) {
+  auto dev = std::make_shared<FakeGpuDevice>(64 * kMiB);
+  ASSERT_OK_AND_ASSIGN(auto tier, GpuTier::Create({.capacity_bytes = 1 * kMiB}, dev));
+  ASSERT_OK_AND_ASSIGN(tiers::Frame f, tier->Allocate(kBlock));
+  std::vector<std::byte> in = Pattern(kBlock, Seed(RunTag(), 3, 1));
+  dev->FailNthCopy(1, absl::InvalidArgumentError("cudaMemcpyAsync: invalid value"));
+  Done a, b;
+  Transfer ta = MakeTransfer(Transfer::Op::kWrite, f, in, a);
+  Transfer tb = MakeTransfer(Transfer::Op::kWrite, f, in, b);
+  Transfer* two[2] = {&ta, &tb};
+  ASSERT_OK(tier->Submit(two));
+  ASSERT_TRUE(AwaitDone(a));
+  ASSERT_TRUE(AwaitDone(b));
+  EXPECT_STATUS(a.status, StatusCode::kInvalidArgument);
+  EXPECT_OK(b.status);
+  EXPECT_OK(tier->fenced());  // not sticky: the tier goes on
+  EXPECT_OK(tier->Allocate(kBlock).status());
+}
+
+TEST(GpuTierTest, AStickyErrorFencesTheTier) {
+  auto dev = std::make_shared<FakeGpuDevice>(64 * kMiB);
+  std::vector<std::string> logged;
+  ASSERT_OK_AND_ASSIGN(
+      auto tier, GpuTier::Create({.capacity_bytes = 1 * kMiB,
+                                  .log = [&](std::string_view m) { logged.emplace_back(m); }},
+                                 dev));
+  ASSERT_OK_AND_ASSIGN(tiers::Frame f, tier->Allocate(kBlock));
+  std::vector<std::byte> in = Pattern(kBlock, Seed(RunTag(), 4, 1));
+  // A transfer waiting for the device when the context dies fails too.
+  dev->Hold(dev->copy_stream(CopyDir::kHostToDevice));
+  Done w;
+  Transfer tw = MakeTransfer(Transfer::Op::kWrite, f, in, w);
+  Transfer* one[1] = {&tw};
+  ASSERT_OK(tier->Submit(one));
+  ASSERT_TRUE(dev->AwaitWaiters(1, kPatience));
+  dev->InjectStickyError(absl::InternalError(
+      "cudaEventSynchronize: cudaErrorIllegalAddress (an illegal memory access)"));
+  ASSERT_TRUE(AwaitDone(w));
+  EXPECT_STATUS(w.status, StatusCode::kInternal);
+  EXPECT_NE(w.status.message().find("cudaErrorIllegalAddress"), std::string::npos);
+  EXPECT_STATUS(tier->fenced(), StatusCode::kInternal);
+  ASSERT_EQ(logged.size(), 1u);
+  auto again = tier->Allocate(kBlock);
+  EXPECT_STATUS(again, StatusCode::kFailedPrecondition);
+  EXPECT_NE(again.status().message().find("restart the process"), std::string::npos);
+  Done later;
+  Transfer tl = MakeTransfer(Transfer::Op::kRead, f, in, later);
+  one[0] = &tl;
+  EXPECT_STATUS(tier->Submit(one), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(later.calls.load(), 0);  // refused: no completion
+  tier->Free(f);
+}
+
+TEST(GpuTierTest, AFrameFencedByAStreamThatNeverFinishesIsNotReused) {
+  auto dev = std::make_shared<FakeGpuDevice>(64 * kMiB);
+  ASSERT_OK_AND_ASSIGN(auto tier, GpuTier::Create({.capacity_bytes = 1 * kMiB,
+                                                   .stream_wait_timeout = absl::Milliseconds(50)},
+                                                  dev));
+  tiers::DeviceStream stream = dev->CreateStream();
+  ASSERT_OK_AND_ASSIGN(tiers::Frame f, tier->Allocate(1 * kMiB));
+  dev->Hold(stream);  // a kernel that never ends
+  ASSERT_OK(tier->FenceAfter(f, stream));
+  tier->Free(f);
+  EXPECT_EQ(tier->deferred_frames(), 1u);
+  auto again = tier->Allocate(kBlock);  // gives up after the timeout
+  EXPECT_STATUS(again, StatusCode::kResourceExhausted);
+  EXPECT_NE(again.status().message().find("wait for callers' streams"), std::string::npos)
+      << again.status();
+  dev->Release(stream);
+  ASSERT_OK_AND_ASSIGN(tiers::Frame g, tier->Allocate(1 * kMiB));
+  EXPECT_EQ(tier->deferred_frames(), 0u);
+  tier->Free(g);
+}
+
+TEST(GpuTierTest, RegistersTheHostArenaOnce) {
+  auto dev = std::make_shared<FakeGpuDevice>(64 * kMiB);
+  ASSERT_OK_AND_ASSIGN(auto tier, GpuTier::Create({.capacity_bytes = 1 * kMiB}, dev));
+  std::vector<std::byte> arena(3 * kMiB);
+  ASSERT_OK(tier->RegisterHostMemory(arena));
+  EXPECT_EQ(dev->registered_bytes(), 3 * kMiB);
+}
+
+#if STRATA_HAVE_CUDA
+// Built with CUDA, on a machine without a GPU (CI's cuda builds, this
+// repository's build machine): opening the device says so and what to do.
+TEST(GpuTierTest, TheCudaDeviceSaysWhenThereIsNoGpu) {
+  auto dev = tiers::OpenCudaDevice(0);
+  if (dev.ok()) GTEST_SKIP() << "a GPU is here; gpu_cuda_test covers it";
+  EXPECT_STATUS(dev, StatusCode::kFailedPrecondition);
+  EXPECT_NE(dev.status().message().find("leave Tier::kGpu out"), std::string::npos)
+      << dev.status();
+}
+#endif
+
+// ---------------------------------------------------------------------------
+// The engine with a GPU tier over the double
+
+class GpuEngineTest : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_TRUE(dir_.ok()); }
+
+  // gpu (`gpu_blocks` of kBlock) over host (`host_blocks`) over NVMe.
+  void Open(uint64_t gpu_blocks, uint64_t host_blocks, bool with_nvme = true) {
+    EngineOptions o = test::SmallOptions(dir_.Sub("nvme"), host_blocks * kBlock, kBlock);
+    o.tiers = with_nvme ? std::vector<Tier>{Tier::kGpu, Tier::kHost, Tier::kNvme}
+                        : std::vector<Tier>{Tier::kGpu, Tier::kHost};
+    o.policy = "lru";
+    o.readahead_blocks = 0;
+    dev_ = std::make_shared<FakeGpuDevice>(256 * kMiB);
+    auto gpu = GpuTier::Create({.capacity_bytes = gpu_blocks * kBlock}, dev_);
+    ASSERT_TRUE(gpu.ok()) << gpu.status();
+    gpu_ = gpu->get();
+    internal::TierOverrides overrides;
+    overrides.tiers[Tier::kGpu] = std::move(gpu).value();
+    auto engine = testing::OpenWithTiers(std::move(o), std::move(overrides));
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    engine_ = std::move(engine).value();
+    ASSERT_EQ(dev_->registered_bytes(), host_blocks * kBlock);  // at Open
+  }
+
+  Tensor Make(const std::string& name, uint64_t blocks) {
+    return test::MakeBlocks(*engine_, name, blocks, kBlock);
+  }
+
+  void WriteHost(const Tensor& t, uint64_t b, uint64_t v) {
+    test::WriteHostBlock(*engine_, t, b, v);
+  }
+  // Writes it on the GPU, as a kernel on `stream` would.
+  void WriteGpu(const Tensor& t, uint64_t b, uint64_t v) {
+    auto pin = engine_->Pin(t, b, Tier::kGpu, Access::kOverwrite);
+    ASSERT_TRUE(pin.ok()) << pin.status();
+    const uint64_t seed = Seed(RunTag(), b, v);
+    ASSERT_OK(dev_->Launch(stream_, pin->device_ptr(), pin->size(),
+                           [seed](std::span<std::byte> mem) { test::FillPattern(mem, seed); }));
+    ASSERT_OK(pin->ReleaseAfter(stream_));
+  }
+  void ExpectHost(const Tensor& t, uint64_t b, uint64_t v) {
+    test::ExpectHostBlock(*engine_, t, b, v);
+  }
+  void ExpectGpu(const Tensor& t, uint64_t b, uint64_t v) {
+    auto pin = engine_->Pin(t, b, Tier::kGpu, Access::kRead);
+    ASSERT_TRUE(pin.ok()) << pin.status();
+    ASSERT_OK(pin->WaitOn(stream_));
+    std::vector<std::byte> seen = dev_->Peek(pin->device_ptr(), pin->size());
+    ASSERT_EQ(seen.size(), pin->size());
+    EXPECT_EQ(FirstPatternMismatch(seen, Seed(RunTag(), b, v)), -1)
+        << "block " << b << " version " << v << " on the GPU; run tag " << RunTag();
+  }
+  TierStats Of(Tier tier) { return engine_->GetStats().tier(tier); }
+
+  test::TempDir dir_;
+  std::shared_ptr<FakeGpuDevice> dev_;
+  GpuTier* gpu_ = nullptr;
+  std::unique_ptr<Engine> engine_;
+  tiers::DeviceStream stream_ = nullptr;
+
+ public:
+  GpuEngineTest() = default;
+};
+
+TEST_F(GpuEngineTest, PinsSeeTheHostCopiesBytes) {
+  ASSERT_NO_FATAL_FAILURE(Open(/*gpu_blocks=*/8, /*host_blocks=*/16));
+  stream_ = dev_->CreateStream();
+  Tensor t = Make("t", 6);
+  for (uint64_t b = 0; b < 4; ++b) WriteHost(t, b, 1);
+  for (uint64_t b = 0; b < 4; ++b) ExpectGpu(t, b, 1);
+  // Never written: zeros, also on the device (written there by a copy).
+  auto pin = engine_->Pin(t, 5, Tier::kGpu, Access::kRead);
+  ASSERT_TRUE(pin.ok()) << pin.status();
+  EXPECT_EQ(FirstNonZero(dev_->Peek(pin->device_ptr(), pin->size())), -1);
+  EXPECT_EQ(pin->tier(), Tier::kGpu);
+  ASSERT_OK_AND_ASSIGN(GpuEvent ready, pin->ready_event());
+  EXPECT_NE(ready, nullptr);
+  ASSERT_OK(pin->Release());
+  EXPECT_EQ(Of(Tier::kGpu).bytes_in, 5 * kBlock);
+  // A host pin has no device side.
+  auto host = engine_->Pin(t, 0, Tier::kHost, Access::kRead);
+  ASSERT_TRUE(host.ok());
+  EXPECT_EQ(host->device_ptr(), nullptr);
+  EXPECT_STATUS(host->WaitOn(stream_), StatusCode::kFailedPrecondition);
+  EXPECT_STATUS(host->ReleaseAfter(stream_), StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(host->valid());  // kept on error
+}
+
+TEST_F(GpuEngineTest, DirtyGpuCopiesRoundTripThroughHostAndNvme) {
+  ASSERT_NO_FATAL_FAILURE(Open(/*gpu_blocks=*/8, /*host_blocks=*/16));
+  stream_ = dev_->CreateStream();
+  Tensor t = Make("t", 4);
+  for (uint64_t b = 0; b < 4; ++b) WriteGpu(t, b, 7);
+  ASSERT_OK(engine_->Flush(t));  // GPU -> staging -> NVMe
+  EXPECT_GE(Of(Tier::kNvme).bytes_in, 4 * kBlock);
+  for (uint64_t b = 0; b < 4; ++b) ExpectHost(t, b, 7);
+  // A write on the host makes the GPU copy stale; the GPU loads it again.
+  WriteHost(t, 2, 8);
+  ExpectGpu(t, 2, 8);
+  ExpectGpu(t, 3, 7);
+}
+
+TEST_F(GpuEngineTest, PromotionsAndDemotionsOverlap) {
+  // gpu_bench's BM_GpuPromoteDemote, small: one tensor comes up while the
+  // other's dirty copies go down, on a GPU that holds only one of them.
+  ASSERT_NO_FATAL_FAILURE(Open(/*gpu_blocks=*/10, /*host_blocks=*/24, /*with_nvme=*/false));
+  stream_ = dev_->CreateStream();
+  Tensor a = Make("a", 8);
+  Tensor b = Make("b", 8);
+  for (uint64_t i = 0; i < 8; ++i) WriteHost(b, i, 1);
+  for (uint64_t i = 0; i < 8; ++i) WriteGpu(a, i, 2);
+  auto up = engine_->Prefetch(b, BlockRange::All(), Tier::kGpu);
+  ASSERT_TRUE(up.ok()) << up.status();
+  ASSERT_OK(engine_->Flush(a));
+  ASSERT_OK(up->Wait());
+  for (uint64_t i = 0; i < 8; ++i) ExpectHost(a, i, 2);
+  for (uint64_t i = 0; i < 8; ++i) ExpectGpu(b, i, 1);
+  EXPECT_GE(dev_->copies(CopyDir::kDeviceToHost), 8u);
+}
+
+TEST_F(GpuEngineTest, ATrainingLoopOverGpuPinsKeepsEveryUpdate) {
+  // offload_train --gpu's shape: per block, the next block prefetched,
+  // write pins of three tensors, a kernel on each, stream-ordered unpins;
+  // the state is 3x the GPU, so dirty blocks keep going down and up.
+  constexpr uint64_t kBlocks = 6;
+  constexpr int kSteps = 3;
+  ASSERT_NO_FATAL_FAILURE(Open(/*gpu_blocks=*/6, /*host_blocks=*/8));
+  stream_ = dev_->CreateStream();
+  const Tensor ts[3] = {Make("p", kBlocks), Make("m", kBlocks), Make("v", kBlocks)};
+  for (int k = 0; k < 3; ++k) {
+    for (uint64_t b = 0; b < kBlocks; ++b) {
+      auto pin = engine_->Pin(ts[k], b, Tier::kHost, Access::kOverwrite);
+      ASSERT_TRUE(pin.ok()) << pin.status();
+      std::ranges::fill(pin->as<uint32_t>(), static_cast<uint32_t>(1000 * k + b));
+    }
+  }
+  auto bump = [](std::span<std::byte> mem) {
+    for (size_t i = 0; i + 4 <= mem.size(); i += 4) {
+      uint32_t w;
+      std::memcpy(&w, mem.data() + i, 4);
+      ++w;
+      std::memcpy(mem.data() + i, &w, 4);
+    }
+  };
+  for (int step = 0; step < kSteps; ++step) {
+    for (uint64_t b = 0; b < kBlocks; ++b) {
+      for (int k = 0; k < 3 && b + 1 < kBlocks; ++k) {
+        ASSERT_OK(engine_->Prefetch(ts[k], BlockRange::One(b + 1), Tier::kGpu).status());
+      }
+      for (int k = 0; k < 3; ++k) {
+        auto pin = engine_->Pin(ts[k], b, Tier::kGpu, Access::kWrite);
+        ASSERT_TRUE(pin.ok()) << pin.status();
+        ASSERT_OK(pin->WaitOn(stream_));
+        ASSERT_OK(dev_->Launch(stream_, pin->device_ptr(), pin->size(), bump));
+        ASSERT_OK(pin->ReleaseAfter(stream_));
+      }
+    }
+  }
+  for (int k = 0; k < 3; ++k) {
+    for (uint64_t b = 0; b < kBlocks; ++b) {
+      auto pin = engine_->Pin(ts[k], b, Tier::kHost, Access::kRead);
+      ASSERT_TRUE(pin.ok()) << pin.status();
+      const uint32_t want = static_cast<uint32_t>(1000 * k + b + kSteps);
+      EXPECT_EQ(std::ranges::count(pin->as<uint32_t>(), want),
+                static_cast<std::ptrdiff_t>(pin->size() / 4))
+          << "tensor " << k << " block " << b;
+    }
+  }
+  EXPECT_GT(Of(Tier::kGpu).write_backs, 0u);
+}
+
+TEST_F(GpuEngineTest, EvictionUnderVramPressureLosesNothing) {
+  // The working set is 10x the GPU's budget and 2.5x the host's.
+  constexpr uint64_t kBlocks = 40;
+  ASSERT_NO_FATAL_FAILURE(Open(/*gpu_blocks=*/4, /*host_blocks=*/16));
+  stream_ = dev_->CreateStream();
+  Tensor t = Make("t", kBlocks);
+  for (uint64_t b = 0; b < kBlocks; ++b) WriteGpu(t, b, 1);
+  for (uint64_t b = 0; b < kBlocks; b += 3) WriteGpu(t, b, 2);
+  const uint64_t nvme_out = Of(Tier::kNvme).bytes_out;
+  for (uint64_t b = 0; b < kBlocks; ++b) ExpectGpu(t, b, b % 3 == 0 ? 2 : 1);
+  // The host holds 16 of the 40 blocks: the rest came NVMe -> host staging
+  // buffer -> GPU.
+  EXPECT_GE(Of(Tier::kNvme).bytes_out - nvme_out, (kBlocks - 16) * kBlock);
+  for (uint64_t b = 0; b < kBlocks; ++b) ExpectHost(t, b, b % 3 == 0 ? 2 : 1);
+  const TierStats gpu = Of(Tier::kGpu);
+  EXPECT_GT(gpu.evictions, 0u);
+  EXPECT_GE(gpu.write_backs, kBlocks - 4);  // dirty copies went down first
+  EXPECT_LE(gpu_->used(), 4 * kBlock);
+}
+
+TEST_F(GpuEngineTest, RefusedFramesAreRetriedAfterEvictingThenExhausted) {
+  ASSERT_NO_FATAL_FAILURE(Open(/*gpu_blocks=*/4, /*host_blocks=*/16));
+  stream_ = dev_->CreateStream();
+  Tensor t = Make("t", 8);
+  for (uint64_t b = 0; b < 8; ++b) WriteHost(t, b, 1);
+  for (uint64_t b = 0; b < 2; ++b) ExpectGpu(t, b, 1);
+  // The next frame asked of the pool is refused (out of device memory):
+  // the engine asks again and gets one.
+  dev_->RefuseNthFrame(1);
+  ExpectGpu(t, 2, 1);
+  EXPECT_EQ(dev_->frames_refused(), 1u);
+  // Every frame refused: the engine evicts the unpinned copies, retries,
+  // and gives up with kResourceExhausted naming the pool.
+  dev_->RefuseNthFrame(1, /*every=*/true);
+  auto pin = engine_->Pin(t, 3, Tier::kGpu, Access::kRead);
+  EXPECT_STATUS(pin, StatusCode::kResourceExhausted);
+  EXPECT_NE(pin.status().message().find("gpu.capacity_bytes"), std::string::npos);
+  EXPECT_GE(Of(Tier::kGpu).evictions, 1u);
+  // The device recovered: every block loads and reads right.
+  dev_->RefuseNthFrame(0);
+  for (uint64_t b = 0; b < 8; ++b) ExpectGpu(t, b, 1);
+}
+
+TEST_F(GpuEngineTest, OutOfDeviceMemoryWithEveryFramePinnedIsResourceExhausted) {
+  ASSERT_NO_FATAL_FAILURE(Open(/*gpu_blocks=*/2, /*host_blocks=*/16));
+  stream_ = dev_->CreateStream();
+  Tensor t = Make("t", 4);
+  for (uint64_t b = 0; b < 4; ++b) WriteHost(t, b, 1);
+  auto p0 = engine_->Pin(t, 0, Tier::kGpu, Access::kRead);
+  auto p1 = engine_->Pin(t, 1, Tier::kGpu, Access::kRead);
+  ASSERT_TRUE(p0.ok() && p1.ok());
+  auto p2 = engine_->Pin(t, 2, Tier::kGpu, Access::kRead);
+  EXPECT_STATUS(p2, StatusCode::kResourceExhausted);
+  EXPECT_NE(p2.status().message().find("tier gpu"), std::string::npos) << p2.status();
+  EXPECT_NE(p2.status().message().find("gpu.capacity_bytes"), std::string::npos);
+  EXPECT_NE(p2.status().message().find(std::to_string(2 * kBlock) + " bytes"),
+            std::string::npos) << p2.status();
+  // Every new frame refused (the device out of memory): an unpinned copy
+  // is evicted and its frame reused; then nothing is left to evict.
+  ASSERT_OK(p1->Release());
+  dev_->RefuseNthFrame(1, /*every=*/true);
+  auto p3 = engine_->Pin(t, 3, Tier::kGpu, Access::kRead);
+  ASSERT_TRUE(p3.ok()) << p3.status();
+  EXPECT_GE(Of(Tier::kGpu).evictions, 1u);
+  EXPECT_STATUS(engine_->Pin(t, 2, Tier::kGpu, Access::kRead),
+                StatusCode::kResourceExhausted);
+  dev_->RefuseNthFrame(0);
+  ASSERT_OK(p0->Release());
+  ASSERT_OK(p3->Release());
+  // The device still works: the next pins and kernels run.
+  ExpectGpu(t, 2, 1);
+  ExpectGpu(t, 1, 1);
+}
+
+TEST_F(GpuEngineTest, AStickyErrorFencesTheGpuAndTheOtherTiersGoOn) {
+  ASSERT_NO_FATAL_FAILURE(Open(/*gpu_blocks=*/4, /*host_blocks=*/16));
+  stream_ = dev_->CreateStream();
+  Tensor t = Make("t", 6);
+  WriteGpu(t, 0, 1);  // dirty on the GPU only
+  for (uint64_t b = 1; b < 6; ++b) WriteHost(t, b, 1);
+  dev_->InjectStickyError(absl::InternalError(
+      "cudaEventSynchronize: cudaErrorIllegalAddress (an illegal memory access)"));
+  // The first GPU call meets the error; every later one is refused.
+  auto pin = engine_->Pin(t, 2, Tier::kGpu, Access::kRead);
+  EXPECT_FALSE(pin.ok());
+  EXPECT_STATUS(gpu_->fenced(), StatusCode::kInternal);
+  auto again = engine_->Pin(t, 3, Tier::kGpu, Access::kRead);
+  EXPECT_STATUS(again, StatusCode::kFailedPrecondition);
+  // The block whose only copy was on the GPU is reported, never zeros.
+  absl::Status flush = engine_->Flush(t);
+  EXPECT_FALSE(flush.ok());
+  // Host and NVMe keep working.
+  for (uint64_t b = 1; b < 6; ++b) ExpectHost(t, b, 1);
+  Tensor u = Make("u", 2);
+  WriteHost(u, 0, 3);
+  ASSERT_OK(engine_->Flush(u));
+  ExpectHost(u, 0, 3);
+}
+
+TEST_F(GpuEngineTest, AFrameIsNotReusedBeforeTheUnpinningStreamFinished) {
+  ASSERT_NO_FATAL_FAILURE(Open(/*gpu_blocks=*/1, /*host_blocks=*/16));
+  stream_ = dev_->CreateStream();
+  Tensor t = Make("t", 2);
+  WriteHost(t, 0, 1);
+  WriteHost(t, 1, 1);
+  // A kernel still queued behind earlier work reads block 0's frame.
+  dev_->Hold(stream_);
+  std::vector<std::byte> kernel_saw;
+  {
+    auto pin = engine_->Pin(t, 0, Tier::kGpu, Access::kRead);
+    ASSERT_TRUE(pin.ok()) << pin.status();
+    ASSERT_OK(pin->WaitOn(stream_));
+    ASSERT_OK(dev_->Launch(stream_, pin->device_ptr(), pin->size(),
+                           [&](std::span<std::byte> mem) {
+                             kernel_saw.assign(mem.begin(), mem.end());
+                           }));
+    ASSERT_OK(pin->ReleaseAfter(stream_));
+  }
+  // Block 1 needs the only frame: block 0 is evicted, but the copy into
+  // its frame waits (on the device) for the kernel.
+  std::atomic<bool> pinned{false};
+  std::thread other([&] {
+    auto pin = engine_->Pin(t, 1, Tier::kGpu, Access::kRead);
+    EXPECT_TRUE(pin.ok()) << pin.status();
+    pinned.store(true);
+  });
+  EXPECT_TRUE(dev_->AwaitWaiters(1, kPatience));
+  EXPECT_FALSE(pinned.load());
+  EXPECT_EQ(dev_->copies(CopyDir::kHostToDevice), 1u);  // block 0's only
+  dev_->Release(stream_);
+  other.join();
+  EXPECT_TRUE(pinned.load());
+  EXPECT_EQ(FirstPatternMismatch(kernel_saw, Seed(RunTag(), 0, 1)), -1)
+      << "the kernel saw its frame overwritten; run tag " << RunTag();
+  ExpectGpu(t, 1, 1);
+}
+
+TEST_F(GpuEngineTest, ADemotionWaitsForTheKernelThatWroteTheBlock) {
+  ASSERT_NO_FATAL_FAILURE(Open(/*gpu_blocks=*/4, /*host_blocks=*/16));
+  stream_ = dev_->CreateStream();
+  Tensor t = Make("t", 1);
+  dev_->Hold(stream_);  // the writing kernel has not run yet
+  WriteGpu(t, 0, 5);
+  std::atomic<bool> flushed{false};
+  absl::Status flush;
+  std::thread flusher([&] {
+    flush = engine_->Flush(t);
+    flushed.store(true);
+  });
+  EXPECT_TRUE(dev_->AwaitWaiters(1, kPatience));  // the copy out waits
+  EXPECT_FALSE(flushed.load());
+  dev_->Release(stream_);
+  flusher.join();
+  ASSERT_OK(flush);
+  ExpectHost(t, 0, 5);  // the kernel's bytes, not the frame's old ones
+}
+
+TEST_F(GpuEngineTest, DeferredFramesComeBackWhenTheirStreamsFinish) {
+  ASSERT_NO_FATAL_FAILURE(Open(/*gpu_blocks=*/2, /*host_blocks=*/16));
+  stream_ = dev_->CreateStream();
+  Tensor t = Make("t", 2);
+  WriteHost(t, 0, 1);
+  dev_->Hold(stream_);
+  {
+    auto pin = engine_->Pin(t, 0, Tier::kGpu, Access::kRead);
+    ASSERT_TRUE(pin.ok());
+    ASSERT_OK(pin->ReleaseAfter(stream_));
+  }
+  // Dropping the tensor frees the frame; the pool takes it back only once
+  // the stream got past the unpin.
+  ASSERT_OK(engine_->DropTensor(t));
+  EXPECT_EQ(gpu_->deferred_frames(), 1u);
+  dev_->Release(stream_);
+  auto whole = gpu_->Allocate(2 * kBlock);  // reaps, then fits
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  EXPECT_EQ(gpu_->deferred_frames(), 0u);
+  gpu_->Free(*whole);
+}
+
+TEST_F(GpuEngineTest, OpenRejectsBadGpuOptions) {
+  EngineOptions o = test::SmallOptions(dir_.Sub("nvme"));
+  o.tiers = {Tier::kGpu, Tier::kHost};
+  o.gpu.capacity_bytes = 12345;
+  EXPECT_STATUS(Engine::Open(o), StatusCode::kInvalidArgument);
+  o.gpu.capacity_bytes = 0;
+  o.gpu.capacity_fraction = 0;
+  EXPECT_STATUS(Engine::Open(o), StatusCode::kInvalidArgument);
+  o.gpu.capacity_fraction = 0.5;
+  o.gpu.device = -1;
+  EXPECT_STATUS(Engine::Open(o), StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace strata
