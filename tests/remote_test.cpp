@@ -141,7 +141,8 @@ TEST(RemoteProtocolTest, FuzzedMessagesNeverCrash) {
 
 class Blockd {
  public:
-  explicit Blockd(uint64_t region_bytes, std::string secret = kSecret) {
+  explicit Blockd(uint64_t region_bytes, std::string secret = kSecret,
+                  std::string listen = "127.0.0.1:0") {
     const char* path = std::getenv("STRATA_BLOCKD");
     if (path == nullptr) {
       error_ = "STRATA_BLOCKD is not set (meson test sets it)";
@@ -158,7 +159,8 @@ class Blockd {
       close(out[0]);
       setenv("STRATA_SECRET", secret.c_str(), 1);
       const std::string region = "--region_bytes=" + std::to_string(region_bytes);
-      execl(path, path, "--listen=127.0.0.1:0", region.c_str(), nullptr);
+      const std::string where = "--listen=" + listen;
+      execl(path, path, where.c_str(), region.c_str(), nullptr);
       _exit(127);
     }
     close(out[1]);
@@ -436,6 +438,50 @@ TEST(RemoteTierTest, KilledServerFailsEveryTransferInBoundedTime) {
   }
   EXPECT_NE(FirstPatternMismatch(into, Seed(run, 0, 1)), -1)
       << "bytes arrived from a dead server";
+}
+
+// A server restarted at the same address is a new server: a tier of the
+// old one never reads the new one's memory as its blocks (its old key is
+// refused, or it fenced when the old server died), and a new tier gets a
+// new generation.
+TEST(RemoteTierTest, ARestartedServerIsNotTheOldOne) {
+  auto first = std::make_unique<Blockd>(16 * kMiB);
+  REQUIRE_SERVER(*first);
+  const std::string address = first->address();
+  tiers::RemoteConfig c = Config(*first, 4 * kMiB);
+  c.timeout = absl::Seconds(2);
+  ASSERT_OK_AND_ASSIGN(auto old_tier, tiers::MakeRemoteTier(c));
+  ASSERT_OK_AND_ASSIGN(tiers::RemoteServerStat old_stat, tiers::StatRemoteServer(*old_tier));
+  ASSERT_OK_AND_ASSIGN(tiers::Frame f, old_tier->Allocate(64 * kKiB));
+  std::vector<std::byte> data(64 * kKiB);
+  FillPattern(data, 5);
+  uint64_t sum = 0;
+  ASSERT_OK(Move(*old_tier, tiers::Transfer::Op::kWrite, f, data, 0, &sum));
+  first->Stop(SIGKILL);
+  first.reset();
+  // The same address again (the port may take a moment to come free).
+  std::unique_ptr<Blockd> second;
+  for (int i = 0; i < 50; ++i) {
+    second = std::make_unique<Blockd>(16 * kMiB, kSecret, address);
+    if (second->ok()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  REQUIRE_SERVER(*second);
+  ASSERT_EQ(second->address(), address);
+  // A new client of the new server fills its memory with other bytes.
+  ASSERT_OK_AND_ASSIGN(auto new_tier, tiers::MakeRemoteTier(Config(*second, 4 * kMiB)));
+  ASSERT_OK_AND_ASSIGN(tiers::RemoteServerStat new_stat, tiers::StatRemoteServer(*new_tier));
+  EXPECT_NE(new_stat.generation, old_stat.generation);
+  ASSERT_OK_AND_ASSIGN(tiers::Frame g, new_tier->Allocate(64 * kKiB));
+  std::vector<std::byte> other(64 * kKiB);
+  FillPattern(other, 6);
+  uint64_t other_sum = 0;
+  ASSERT_OK(Move(*new_tier, tiers::Transfer::Op::kWrite, g, other, 0, &other_sum));
+  // The old tier's read fails; it never returns bytes as its block's.
+  std::vector<std::byte> back(64 * kKiB);
+  const absl::Status read = Move(*old_tier, tiers::Transfer::Op::kRead, f, back, 0, &sum);
+  EXPECT_FALSE(read.ok()) << "a tier of the old server read from the new one";
+  EXPECT_TRUE(absl::IsDataLoss(read) || absl::IsUnavailable(read)) << read;
 }
 
 // A raw fabric client: garbage, requests without a session, a reply sent
