@@ -106,30 +106,27 @@ absl::Status BlockServer::PostReceives() {
 }
 
 void BlockServer::Serve(const std::atomic<bool>& stop) {
-  Fabric::Op* done[16];
   while (!stop.load(std::memory_order_relaxed)) {
-    const int n = fabric_->Poll(done, 16, 5);
-    for (int i = 0; i < n; ++i) {
-      auto* op = static_cast<ServerOp*>(done[i]);
-      if (op->kind == ServerOp::Kind::kSend) {
-        --sends_in_flight_;
-        delete op;
-        continue;
-      }
-      OnReceived(*op);
-    }
+    PollOnce(/*serve=*/true);
     SendQueued();
   }
-  // Let the last replies leave (bounded).
+  // Let the last replies leave (bounded); requests are no longer served.
   for (int spins = 0; (sends_in_flight_ > 0 || !unsent_.empty()) && spins < 200; ++spins) {
     SendQueued();
-    const int n = fabric_->Poll(done, 16, 5);
-    for (int i = 0; i < n; ++i) {
-      auto* op = static_cast<ServerOp*>(done[i]);
-      if (op->kind == ServerOp::Kind::kSend) {
-        --sends_in_flight_;
-        delete op;
-      }
+    PollOnce(/*serve=*/false);
+  }
+}
+
+void BlockServer::PollOnce(bool serve) {
+  Fabric::Op* done[16];
+  const int n = fabric_->Poll(done, 16, 5);
+  for (int i = 0; i < n; ++i) {
+    auto* op = static_cast<ServerOp*>(done[i]);
+    if (op->kind == ServerOp::Kind::kSend) {
+      --sends_in_flight_;
+      delete op;
+    } else if (serve) {
+      OnReceived(*op);
     }
   }
 }

@@ -73,6 +73,9 @@ class BlockServer {
   BlockServer(const BlockServerConfig& config, std::unique_ptr<Fabric> fabric,
               std::byte* region);
   absl::Status PostReceives();
+  // One round of completions: sends are done with; receives are served
+  // (when `serve`).
+  void PollOnce(bool serve);
   void OnReceived(ServerOp& op);
   void Handle(const Message& m);
   Message Hello(const Message& m, fi_addr_t* peer);
