@@ -87,6 +87,13 @@ class RawClient {
     base_ = lent.values[3];
   }
 
+  // Gives the allocation back (the server's region serves every
+  // repetition).
+  ~RawClient() {
+    remote::Message bye{.type = remote::Type::kBye, .request = 3, .session = session_};
+    (void)Call(bye);
+  }
+
   // `count` transfers of `bytes` from/to `buf`, all in flight, then waits.
   void Batch(bool write, std::byte* buf, uint64_t bytes, int count, uint64_t at) {
     std::vector<remote::Fabric::Op> ops(count);
