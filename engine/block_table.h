@@ -111,6 +111,12 @@ struct TensorInfo {
   // them, and no other caller ever sees them.
   std::mutex errors_mu;
   absl::flat_hash_map<uint64_t, absl::Status> write_back_errors;
+
+  // A shared tensor (engine/shared_tensors.h): its directory slot in the
+  // node segment and that slot's generation when it was opened.
+  bool shared = false;
+  uint32_t shared_index = 0;
+  uint64_t shared_generation = 0;
 };
 
 // What a pin reads of one tensor: one cache line. Made by NewTensorState,
@@ -132,7 +138,7 @@ struct alignas(64) TensorState {
   // reads after its CAS: the tensor is being dropped or was, the engine
   // closed, or a step being recorded.
   static constexpr uint32_t kGateDropped = 1, kGateClosed = 2, kGateStep = 4,
-                            kGateDropping = 8;
+                            kGateDropping = 8, kGateShared = 16;
   std::atomic<uint32_t> gate{0};
   uint32_t id = 0;
   int chain_size = 0;

@@ -49,10 +49,12 @@ class Catalog {
 
   static Tensor Handle(std::shared_ptr<TensorState> ts);
 
- private:
+  // Checks a name and spec as Create does; the tensor's bytes and block
+  // size (the spec's, or the engine's default) come back.
   absl::Status Validate(std::string_view name, const TensorSpec& spec,
                         uint64_t* bytes, uint64_t* block_bytes) const;
 
+ private:
   EngineParts& parts_;
   EngineCore* const core_;
   const std::shared_ptr<StateArena> arena_ = std::make_shared<StateArena>();

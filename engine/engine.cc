@@ -7,6 +7,7 @@
 #include "engine/prefetch_state.h"
 #include "engine/testing.h"
 #include "engine/tier_factory.h"
+#include "tiers/shm/segment.h"
 #include "util/status_macros.h"
 
 namespace strata {
@@ -53,6 +54,49 @@ absl::Status Pin::Release() {
 }
 
 void Pin::WakeWaiters() noexcept { core_->WakeAfterUnpin(*word_); }
+
+void Pin::DropShared() noexcept {
+  core_->UnpinShared(word_, aux_, access_ != Access::kRead);
+  Forget();
+  released_ = true;
+}
+
+absl::StatusOr<std::vector<std::string>> ListShmSegments() {
+  return tiers::shm::Segment::List();
+}
+
+absl::StatusOr<ShmSegmentInfo> InspectShmSegment(std::string_view name) {
+  tiers::shm::SegmentOptions options;
+  options.name = std::string(name);
+  options.mode = tiers::shm::OpenMode::kAttach;
+  options.reclaim_interval = absl::ZeroDuration();
+  STRATA_ASSIGN_OR_RETURN(auto segment, tiers::shm::Segment::Open(std::move(options)));
+  STRATA_ASSIGN_OR_RETURN(tiers::shm::SegmentStat s, segment->Stat());
+  ShmSegmentInfo info;
+  info.name = std::string(name);
+  info.layout_version = s.layout_version;
+  info.created = absl::FromUnixNanos(s.created_unix_ns);
+  info.capacity_bytes = s.capacity_bytes;
+  info.used_bytes = s.used_bytes;
+  info.pinned_bytes = s.pinned_bytes;
+  info.tensors = s.tensors;
+  info.blocks = s.blocks;
+  info.resident_blocks = s.resident_blocks;
+  info.max_processes = s.max_processes;
+  info.max_tensors = s.max_tensors;
+  for (const tiers::shm::ProcessStat& p : s.processes) {
+    if (p.self) continue;
+    info.processes.push_back({p.pid, p.read_pins, p.write_pins});
+  }
+  info.dead_reclaimed = s.dead_reclaimed;
+  info.pins_reclaimed = s.pins_reclaimed;
+  info.lock_repairs = s.lock_repairs;
+  return info;
+}
+
+absl::Status RemoveShmSegment(std::string_view name) {
+  return tiers::shm::Segment::Remove(name);
+}
 
 absl::StatusOr<GpuEvent> Pin::ready_event() const {
   STRATA_ASSIGN_OR_RETURN(auto where, internal::EngineCore::DeviceFrame(*this));
@@ -117,6 +161,14 @@ absl::StatusOr<Tensor> Engine::CreateTensor(std::string_view name,
 }
 absl::StatusOr<Tensor> Engine::OpenTensor(std::string_view name) {
   return core_->OpenTensor(name);
+}
+absl::StatusOr<Tensor> Engine::CreateSharedTensor(std::string_view name,
+                                                  const TensorSpec& spec,
+                                                  bool open_existing) {
+  return core_->CreateSharedTensor(name, spec, open_existing);
+}
+absl::StatusOr<Tensor> Engine::OpenSharedTensor(std::string_view name) {
+  return core_->OpenSharedTensor(name);
 }
 absl::Status Engine::DropTensor(const Tensor& tensor) {
   return core_->DropTensor(tensor);

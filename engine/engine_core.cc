@@ -11,8 +11,10 @@
 #include "engine/chain.h"
 #include "engine/loader.h"
 #include "engine/mover.h"
+#include "engine/options.h"
 #include "engine/prefetch_state.h"
 #include "engine/residency.h"
+#include "engine/shared_tensors.h"
 #include "engine/stats.h"
 #include "engine/steps.h"
 #include "engine/write_back.h"
@@ -129,6 +131,10 @@ absl::StatusOr<strata::Pin> EngineCore::PinGated(const Tensor& tensor,
                                                  uint64_t block, Tier tier,
                                                  Access access) {
   TensorState* ts = tensor.state_.get();
+  if (ts != nullptr && ts->core == this &&
+      (ts->gate.load(std::memory_order_acquire) & TensorState::kGateShared)) {
+    return PinShared(*ts, block, tier, access);
+  }
   const int pos = pin_pos_[static_cast<uint8_t>(tier)];
   if (ts == nullptr || ts->core != this || pos < 0 ||
       block >= ts->num_blocks || !IsValid(access)) {
@@ -193,6 +199,66 @@ absl::StatusOr<std::pair<tiers::Tier*, tiers::Frame>> EngineCore::DeviceFrame(
 
 // ---------------------------------------------------------------------------
 // Pin: refusals and the slow path
+
+absl::StatusOr<strata::Pin> EngineCore::PinShared(TensorState& ts,
+                                                  uint64_t block, Tier tier,
+                                                  Access access) {
+  Lifecycle::Scope scope(life_);
+  STRATA_RETURN_IF_ERROR(life_.CheckOpen());
+  if (ts.dropped()) {
+    return absl::NotFoundError(absl::StrCat(
+        "shared tensor '", ts.info->name, "' was removed; create it again"));
+  }
+  if (!IsValid(access)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "access value ", static_cast<int>(access),
+        " is not a strata::Access; use Access::kRead, kWrite or kOverwrite"));
+  }
+  if (tier != Tier::kShm) {
+    return absl::UnimplementedError(absl::StrCat(
+        "shared tensor '", ts.info->name, "': pins in tier ", Sv(TierName(tier)),
+        " (a private copy of a shared block) are not built yet; pin shared "
+        "tensors in Tier::kShm"));
+  }
+  STRATA_ASSIGN_OR_RETURN(tiers::shm::SharedPin shared,
+                          shared_->Pin(ts, block, access));
+  strata::Pin pin;
+  pin.core_ = this;
+  pin.word_ = &shared.record->state;
+  pin.data_ = shared.data;
+  pin.size_ = shared.size;
+  pin.block_ = block;
+  pin.tier_ = Tier::kShm;
+  pin.access_ = access == Access::kRead ? Access::kRead : Access::kWrite;
+  pin.aux_ = shared.count;
+  return pin;
+}
+
+void EngineCore::UnpinShared(void* record, void* count, bool write) noexcept {
+  shared_->Unpin(record, count, write);
+}
+
+absl::Status EngineCore::NeedShared() const {
+  STRATA_RETURN_IF_ERROR(life_.CheckOpen());
+  if (shared_ == nullptr) {
+    return absl::FailedPreconditionError(
+        "shared tensors live in the node segment: add Tier::kShm to "
+        "EngineOptions::tiers and name the segment in EngineOptions::shm.name");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Tensor> EngineCore::CreateSharedTensor(std::string_view name,
+                                                      const TensorSpec& spec,
+                                                      bool open_existing) {
+  STRATA_RETURN_IF_ERROR(NeedShared());
+  return shared_->Create(name, spec, open_existing);
+}
+
+absl::StatusOr<Tensor> EngineCore::OpenSharedTensor(std::string_view name) {
+  STRATA_RETURN_IF_ERROR(NeedShared());
+  return shared_->Open(name);
+}
 
 absl::StatusOr<strata::Pin> EngineCore::PinRefused(const Tensor& tensor,
                                                    uint64_t block, Tier tier,
@@ -355,6 +421,11 @@ absl::StatusOr<PrefetchHandle> EngineCore::Prefetch(const Tensor& tensor,
   Lifecycle::Scope scope(life_);
   STRATA_RETURN_IF_ERROR(life_.CheckOpen());
   STRATA_ASSIGN_OR_RETURN(TensorState * ts, catalog_->Check(tensor));
+  if (ts->info->shared) {
+    return absl::UnimplementedError(absl::StrCat(
+        "shared tensor '", ts->info->name, "': Prefetch of shared tensors is "
+        "not built yet; their blocks are in the segment already (pin them)"));
+  }
   const int pos = pin_pos_[static_cast<uint8_t>(tier)];
   if (pos < 0) return PinRefused(tensor, 0, tier, Access::kRead).status();
   const uint64_t end = std::min(range.end, ts->num_blocks);
@@ -378,7 +449,10 @@ absl::StatusOr<PrefetchHandle> EngineCore::Prefetch(const Tensor& tensor,
 absl::Status EngineCore::Flush(const Tensor& tensor) {
   Lifecycle::Scope scope(life_);
   STRATA_RETURN_IF_ERROR(life_.CheckOpen());
-  STRATA_RETURN_IF_ERROR(catalog_->Check(tensor).status());
+  STRATA_ASSIGN_OR_RETURN(TensorState * ts, catalog_->Check(tensor));
+  // A shared tensor's sealed blocks are in the segment already, which is
+  // as far down as they go (no spill file yet).
+  if (ts->info->shared) return absl::OkStatus();
   return write_backs_->Flush(tensor.state_);
 }
 
@@ -424,6 +498,7 @@ absl::Status EngineCore::DropTensor(const Tensor& tensor) {
   Lifecycle::Scope scope(life_);
   STRATA_RETURN_IF_ERROR(life_.CheckOpen());
   STRATA_ASSIGN_OR_RETURN(TensorState * ts, catalog_->Check(tensor));
+  if (ts->info->shared) return shared_->Drop(*ts);
   // One drop at a time; pins, Prefetch and Flush see the tensor gone from
   // here on.
   uint32_t gate = ts->gate.load(std::memory_order_acquire);
@@ -552,7 +627,15 @@ absl::Status EngineCore::Close() {
         "EngineOptions::io_timeout (", absl::FormatDuration(options_.io_timeout),
         "); the engine is closed, and destroying it waits for them"));
   }
-  if (absl::Status pinned = ClaimForClose(); !pinned.ok()) {
+  // No call is in progress any more, so no shm pin can be granted from
+  // here on: checked before the claims, which a refusal would have to undo.
+  absl::Status pinned =
+      shared_ != nullptr && shared_->live_pins() != 0
+          ? absl::FailedPreconditionError(absl::StrCat(
+                shared_->live_pins(), " pins of shared tensors are live; "
+                "release them before Close"))
+          : ClaimForClose();
+  if (!pinned.ok()) {
     catalog_->SetGate(TensorState::kGateClosed, false);
     life_.CancelClose();
     mover_->Resume();
@@ -604,6 +687,7 @@ EngineStats EngineCore::GetStats() const {
       }
     }
   }
+  if (shared_ != nullptr) shared_->FillStats(stats.tiers[static_cast<int>(Tier::kShm)]);
   stats.pin_hit_latency = LatencyHistogram::Summarize(hit_lat);
   stats.pin_miss_latency = LatencyHistogram::Summarize(miss_lat);
   return stats;
@@ -682,6 +766,9 @@ absl::Status EngineCore::Build() {
   parts_.steps = steps_.get();
   mover_ = std::make_unique<Mover>(parts_);
   parts_.mover = mover_.get();
+  if (HasTier(options_, Tier::kShm) && chain_->position(Tier::kShm) < 0) {
+    STRATA_ASSIGN_OR_RETURN(shared_, SharedTensors::Open(options_, this, *catalog_));
+  }
   return absl::OkStatus();
 }
 

@@ -39,6 +39,7 @@ class IoBackend;
 namespace strata::internal {
 
 struct ThreadState;
+class SharedTensors;
 class TierChain;
 
 // What tests may put in place of the tiers the engine would build
@@ -65,6 +66,10 @@ class EngineCore {
   absl::StatusOr<Tensor> CreateTensor(std::string_view name,
                                       const TensorSpec& spec);
   absl::StatusOr<Tensor> OpenTensor(std::string_view name);
+  absl::StatusOr<Tensor> CreateSharedTensor(std::string_view name,
+                                            const TensorSpec& spec,
+                                            bool open_existing);
+  absl::StatusOr<Tensor> OpenSharedTensor(std::string_view name);
   absl::Status DropTensor(const Tensor& tensor);
   absl::StatusOr<strata::Pin> Pin(const Tensor& tensor, uint64_t block,
                                   Tier tier, Access access);
@@ -85,6 +90,10 @@ class EngineCore {
 
   // Called by a Pin whose unpin found waiters.
   void WakeAfterUnpin(std::atomic<uint64_t>& word) { waits_.Wake(word); }
+  // Called by a Pin of a shared tensor.
+  void UnpinShared(void* record, void* count, bool write) noexcept;
+  // The node segment, or null when kShm is not in EngineOptions::tiers.
+  SharedTensors* shared() const { return shared_.get(); }
 
   // For tests and benchmarks that look inside (not part of the API): the
   // core behind `engine`, its chain, and the bytes of the blocks whose copy
@@ -105,6 +114,9 @@ class EngineCore {
   // Pin paths.
   absl::StatusOr<strata::Pin> PinRefused(const Tensor& tensor, uint64_t block,
                                          Tier tier, Access access) const;
+  absl::StatusOr<strata::Pin> PinShared(TensorState& ts, uint64_t block,
+                                        Tier tier, Access access);
+  absl::Status NeedShared() const;
   absl::StatusOr<strata::Pin> PinGated(const Tensor& tensor, uint64_t block,
                                        Tier tier, Access access);
   absl::StatusOr<strata::Pin> PinSlow(const Tensor& tensor, uint64_t block,
@@ -150,6 +162,7 @@ class EngineCore {
   std::unique_ptr<Loader> loader_;
   std::unique_ptr<Steps> steps_;
   std::unique_ptr<Mover> mover_;
+  std::unique_ptr<SharedTensors> shared_;  // null without kShm
   // Chain position of each pinnable tier by the Tier's byte, -1 otherwise
   // (a Tier cast from a bad integer included).
   std::array<int8_t, 256> pin_pos_;

@@ -144,6 +144,25 @@ struct GpuTierOptions {
   int device = 0;
 };
 
+// The node segment: a POSIX shared-memory object /strata-<name> the
+// processes of one node attach to, holding shared tensors (see
+// Engine::CreateSharedTensor). Used when `EngineOptions::tiers` holds kShm.
+struct ShmTierOptions {
+  // The segment's name: 1 to 200 of [A-Za-z0-9_.-].
+  std::string name;
+  enum class Open : uint8_t {
+    kCreate,          // a new segment; kAlreadyExists if there is one
+    kAttach,          // an existing one; kNotFound if there is none
+    kCreateOrAttach,  // whichever applies (races between processes are safe)
+  };
+  Open open = Open::kCreateOrAttach;
+  // When creating: bytes for blocks and tensor tables (a multiple of 4096),
+  // and the most processes attached and tensors held at once.
+  uint64_t capacity_bytes = uint64_t{1} << 30;
+  uint32_t max_processes = 32;
+  uint32_t max_tensors = 1024;
+};
+
 // The one validated value that configures an engine. `Engine::Open` returns
 // kInvalidArgument naming the field for every bad value.
 struct EngineOptions {
@@ -156,14 +175,18 @@ struct EngineOptions {
   //   {Tier::kHost, Tier::kNvme}   host RAM over an NVMe block file (default)
   //   {Tier::kHost}                host only: dirty blocks cannot be evicted
   //   {Tier::kGpu, Tier::kHost, Tier::kNvme}   VRAM over host over NVMe
-  // Tiers not built into this version (shm; remote without libfabric; gpu
+  //   {Tier::kHost, Tier::kShm, Tier::kNvme}  and the node segment, for
+  //                                shared tensors (CreateSharedTensor)
+  // Tiers not built into this version (remote without libfabric; gpu
   // without CUDA) are kUnimplemented; gpu on a machine without a usable GPU
-  // is kFailedPrecondition.
+  // is kFailedPrecondition. kShm holds shared tensors only: blocks of
+  // private tensors move between the other tiers.
   std::vector<Tier> tiers = {Tier::kHost, Tier::kNvme};
   HostTierOptions host;
   NvmeTierOptions nvme;      // read when `tiers` holds kNvme
   RemoteTierOptions remote;  // read when `tiers` holds kRemote
   GpuTierOptions gpu;        // read when `tiers` holds kGpu
+  ShmTierOptions shm;        // read when `tiers` holds kShm
   // Block size for tensors whose spec leaves it 0: a multiple of 4096.
   uint64_t default_block_bytes = uint64_t{2} << 20;
   // Sequential readahead: when demand misses of a tensor come in block order,
@@ -224,7 +247,8 @@ class Pin {
         block_(other.block_),
         tier_(other.tier_),
         access_(other.access_),
-        released_(other.released_) {
+        released_(other.released_),
+        aux_(other.aux_) {
     other.Forget();
   }
   Pin& operator=(Pin&& other) noexcept {
@@ -238,6 +262,7 @@ class Pin {
       tier_ = other.tier_;
       access_ = other.access_;
       released_ = other.released_;
+      aux_ = other.aux_;
       other.Forget();
     }
     return *this;
@@ -289,7 +314,8 @@ class Pin {
   uint64_t block() const { return block_; }
   bool valid() const { return word_ != nullptr; }
 
-  // Unpins now. A second call returns kFailedPrecondition.
+  // Unpins now (a shm write pin seals its bytes). A second call returns
+  // kFailedPrecondition.
   absl::Status Release();
 
  private:
@@ -299,6 +325,10 @@ class Pin {
   // and almost nothing else.
   void Drop() noexcept {
     if (word_ == nullptr) return;
+    if (aux_ != nullptr) {  // a pin of a shared tensor (tier kShm)
+      DropShared();
+      return;
+    }
     const uint64_t old = word_->fetch_sub(
         access_ == Access::kRead ? internal::kUnpinRead : internal::kUnpinWrite,
         std::memory_order_release);
@@ -310,12 +340,16 @@ class Pin {
     released_ = true;
   }
   void WakeWaiters() noexcept;
+  // A shm pin's unpin: its count lies in the node segment, and a write pin
+  // seals there.
+  void DropShared() noexcept;
   void Forget() noexcept {
     core_ = nullptr;
     word_ = nullptr;
     data_ = nullptr;
     size_ = 0;
     released_ = false;
+    aux_ = nullptr;
   }
 
   internal::EngineCore* core_ = nullptr;
@@ -326,6 +360,7 @@ class Pin {
   Tier tier_ = Tier::kHost;
   Access access_ = Access::kRead;
   bool released_ = false;
+  void* aux_ = nullptr;  // shm pins: this process's pin count of the block
 };
 
 // What `Prefetch` returns: wait on it, or drop it (the transfers go on).
@@ -384,6 +419,41 @@ struct EngineStats {
   const TierStats& tier(Tier t) const { return tiers[static_cast<int>(t)]; }
 };
 
+// Node segments, for tools (the `strata shm` command) and operators.
+struct ShmProcessInfo {
+  int pid = 0;
+  uint64_t read_pins = 0;
+  uint64_t write_pins = 0;
+};
+struct ShmSegmentInfo {
+  std::string name;             // without the "/strata-" prefix
+  uint32_t layout_version = 0;
+  absl::Time created;
+  uint64_t capacity_bytes = 0;  // for blocks and tensor tables
+  uint64_t used_bytes = 0;
+  uint64_t pinned_bytes = 0;
+  uint64_t tensors = 0;
+  uint64_t blocks = 0;
+  uint64_t resident_blocks = 0;
+  uint32_t max_processes = 0;
+  uint32_t max_tensors = 0;
+  // Processes attached now (the inspecting process left out), and what
+  // was reclaimed from processes that died attached.
+  std::vector<ShmProcessInfo> processes;
+  uint64_t dead_reclaimed = 0;
+  uint64_t pins_reclaimed = 0;
+  uint64_t lock_repairs = 0;
+};
+// Names of the node segments in /dev/shm (without "strata-").
+absl::StatusOr<std::vector<std::string>> ListShmSegments();
+// Attaches to segment `name` for a moment (reclaiming what dead processes
+// left) and describes it. kNotFound if there is none; kFailedPrecondition
+// if it is corrupt or of another layout version.
+absl::StatusOr<ShmSegmentInfo> InspectShmSegment(std::string_view name);
+// Unlinks segment `name`: processes attached keep their mapping, new ones
+// cannot attach. kNotFound if there is none.
+absl::Status RemoveShmSegment(std::string_view name);
+
 class Engine {
  public:
   // Validates `options`, builds the tier chain (reserves the host arena,
@@ -408,7 +478,37 @@ class Engine {
                                       const TensorSpec& spec);
   // Finds a tensor by name. kNotFound if there is none.
   absl::StatusOr<Tensor> OpenTensor(std::string_view name);
-  // Forgets a tensor and frees its copies in every tier, with the errors of
+
+  // Shared tensors live in the node segment (EngineOptions::shm), seen by
+  // every process attached to it; pin their blocks in Tier::kShm, zero-copy:
+  // every process sees the same pages. A write pin is exclusive across
+  // processes and writes a shadow copy: other processes see its bytes only
+  // once it is released (sealed), never half-written. Blocks never written
+  // read as zeros. A process that dies (SIGKILL included) loses its pins
+  // within a second; its unsealed writes are discarded.
+  //
+  //   auto t = engine->CreateSharedTensor("emb", {.dtype = DType::kF32,
+  //                                               .shape = {1 << 20, 256}});
+  //   // in another process attached to the same segment:
+  //   auto t = engine->OpenSharedTensor("emb");
+  //   auto pin = engine->Pin(*t, 0, Tier::kShm, Access::kRead);
+  //
+  // Creating is exclusive: of processes racing to create one name, one
+  // wins, the others get kAlreadyExists, or (with `open_existing`) open it.
+  // Errors: kFailedPrecondition (kShm not in EngineOptions::tiers; engine
+  // closed), kInvalidArgument (as CreateTensor), kAlreadyExists (exists; or
+  // exists with another spec, with `open_existing`), kResourceExhausted
+  // (the segment's directory or capacity is full).
+  absl::StatusOr<Tensor> CreateSharedTensor(std::string_view name,
+                                            const TensorSpec& spec,
+                                            bool open_existing = false);
+  // Opens a shared tensor another process (or this one) created. kNotFound
+  // if the segment has none of that name.
+  absl::StatusOr<Tensor> OpenSharedTensor(std::string_view name);
+  // For a shared tensor: removes it from the segment for every process
+  // (their handles then return kNotFound); kFailedPrecondition while any
+  // process pins one of its blocks.
+  // Otherwise: forgets a tensor and frees its copies in every tier, with the errors of
   // its background write-backs. kFailedPrecondition while any of its blocks
   // is pinned (nothing is dropped then); kNotFound if unknown, already
   // dropped, or being dropped by another thread. Pins, Prefetch and Flush of

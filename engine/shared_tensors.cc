@@ -1,0 +1,120 @@
+#include "engine/shared_tensors.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "engine/catalog.h"
+#include "util/status_macros.h"
+#include "util/strings.h"
+
+namespace strata::internal {
+
+namespace {
+tiers::shm::OpenMode ModeOf(ShmTierOptions::Open open) {
+  switch (open) {
+    case ShmTierOptions::Open::kCreate: return tiers::shm::OpenMode::kCreate;
+    case ShmTierOptions::Open::kAttach: return tiers::shm::OpenMode::kAttach;
+    case ShmTierOptions::Open::kCreateOrAttach: break;
+  }
+  return tiers::shm::OpenMode::kCreateOrAttach;
+}
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<SharedTensors>> SharedTensors::Open(
+    const EngineOptions& options, EngineCore* core, const Catalog& catalog) {
+  if (options.shm.name.empty()) {
+    return absl::InvalidArgumentError(
+        "EngineOptions::shm.name is empty; name the node segment (1 to 200 of "
+        "[A-Za-z0-9_.-]), or leave Tier::kShm out of EngineOptions::tiers");
+  }
+  tiers::shm::SegmentOptions so;
+  so.name = options.shm.name;
+  so.mode = ModeOf(options.shm.open);
+  so.capacity_bytes = options.shm.capacity_bytes;
+  so.max_processes = options.shm.max_processes;
+  so.max_tensors = options.shm.max_tensors;
+  so.log = options.log;
+  STRATA_ASSIGN_OR_RETURN(auto segment, tiers::shm::Segment::Open(std::move(so)));
+  return std::unique_ptr<SharedTensors>(
+      new SharedTensors(options, core, catalog, std::move(segment)));
+}
+
+absl::StatusOr<Tensor> SharedTensors::Handle(const tiers::shm::SharedRef& ref) {
+  std::shared_ptr<TensorState> ts = NewTensorState(arena_, 0, 0);
+  if (ts == nullptr) {
+    return absl::ResourceExhaustedError("no memory for a shared tensor's handle");
+  }
+  ts->core = core_;
+  ts->num_blocks = ref.spec.num_blocks;
+  ts->block_bytes = ref.spec.block_bytes;
+  ts->size_bytes = ref.spec.size_bytes;
+  ts->info->name = ref.name;
+  ts->info->spec = {.dtype = ref.spec.dtype, .shape = ref.spec.shape,
+                    .block_bytes = ref.spec.block_bytes};
+  ts->info->shared = true;
+  ts->info->shared_index = ref.index;
+  ts->info->shared_generation = ref.generation;
+  ts->gate.store(TensorState::kGateShared, std::memory_order_release);
+  return Catalog::Handle(std::move(ts));
+}
+
+tiers::shm::SharedRef SharedTensors::RefOf(const TensorState& ts) {
+  tiers::shm::SharedRef ref;
+  ref.index = ts.info->shared_index;
+  ref.generation = ts.info->shared_generation;
+  ref.name = ts.info->name;
+  return ref;
+}
+
+absl::StatusOr<Tensor> SharedTensors::Create(std::string_view name,
+                                             const TensorSpec& spec,
+                                             bool open_existing) {
+  uint64_t bytes = 0, block_bytes = 0;
+  STRATA_RETURN_IF_ERROR(catalog_.Validate(name, spec, &bytes, &block_bytes));
+  tiers::shm::SharedSpec shared{.dtype = spec.dtype,
+                                .shape = spec.shape,
+                                .block_bytes = block_bytes,
+                                .size_bytes = bytes,
+                                .num_blocks = (bytes + block_bytes - 1) / block_bytes};
+  STRATA_ASSIGN_OR_RETURN(tiers::shm::SharedRef ref,
+                          segment_->CreateTensor(name, shared, open_existing));
+  return Handle(ref);
+}
+
+absl::StatusOr<Tensor> SharedTensors::Open(std::string_view name) {
+  STRATA_ASSIGN_OR_RETURN(tiers::shm::SharedRef ref, segment_->OpenTensor(name));
+  return Handle(ref);
+}
+
+absl::Status SharedTensors::Drop(TensorState& ts) {
+  STRATA_RETURN_IF_ERROR(segment_->RemoveTensor(RefOf(ts)));
+  ts.gate.fetch_or(TensorState::kGateDropped, std::memory_order_acq_rel);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<tiers::shm::SharedPin> SharedTensors::Pin(TensorState& ts,
+                                                         uint64_t block,
+                                                         Access access) {
+  STRATA_ASSIGN_OR_RETURN(
+      tiers::shm::SharedPin pin,
+      segment_->Pin(RefOf(ts), block, access, absl::Now() + options_.pin_wait_timeout));
+  live_pins_.fetch_add(1, std::memory_order_acq_rel);
+  return pin;
+}
+
+void SharedTensors::Unpin(void* record, void* count, bool write) {
+  segment_->Unpin(static_cast<tiers::shm::BlockRecord*>(record),
+                  static_cast<std::atomic<uint32_t>*>(count), write);
+  live_pins_.fetch_sub(1, std::memory_order_acq_rel);
+}
+
+void SharedTensors::FillStats(TierStats& out) const {
+  out.present = true;
+  out.capacity_bytes = segment_->capacity_bytes();
+  if (absl::StatusOr<tiers::shm::SegmentStat> s = segment_->Stat(); s.ok()) {
+    out.used_bytes = s->used_bytes;
+    out.pinned_bytes = s->pinned_bytes;
+  }
+}
+
+}  // namespace strata::internal

@@ -1,0 +1,127 @@
+// The bytes of a node segment (/dev/shm/strata-<name>), as every attached
+// process sees them. Offsets, never pointers: each process maps the segment
+// at its own address.
+//
+//   [0, 4096)            Header: immutable part (checksummed), then the
+//                        lock, the counters and the allocator's state
+//   procs_offset         max_processes x ProcessSlot (64 B each)
+//   dir_offset           max_tensors x DirEntry (256 B each)
+//   map_offset           the allocator's order map, one byte per unit
+//   links_offset         the allocator's links, 8 bytes per unit
+//   arena_offset         frames and tensor tables, 4 KiB units
+//
+// A tensor's table (allocated from the arena) holds its BlockRecords, then
+// one row of pin counts per process slot, each row padded to 64 bytes so
+// that two processes never write one cache line.
+//
+// Who writes what:
+// - The immutable header: the creator, before `ready` is set; never again.
+// - Directory entries, process slots, the allocator: under `lock`.
+// - A block's state word, frame and shadow: the owner of its busy state
+//   (by CAS), published by the release store that ends it.
+// - A pin count: only its own process (atomically), and the reclaimer once
+//   the process is dead.
+#ifndef STRATA_TIERS_SHM_LAYOUT_H_
+#define STRATA_TIERS_SHM_LAYOUT_H_
+
+#include <pthread.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "tiers/shm/buddy.h"
+
+namespace strata::tiers::shm {
+
+inline constexpr char kMagic[8] = {'S', 'T', 'R', 'A', 'T', 'A', 'S', 'M'};
+inline constexpr uint32_t kLayoutVersion = 1;
+inline constexpr uint32_t kReady = 0x52454459;  // "REDY"
+inline constexpr uint64_t kHeaderBytes = 4096;
+inline constexpr size_t kMaxNameBytes = 128;   // tensor names, NUL included
+inline constexpr int kMaxDims = 8;
+inline constexpr uint32_t kMaxProcesses = 256;
+inline constexpr uint32_t kMaxTensors = 1 << 20;
+
+struct ImmutableHeader {
+  char magic[8];
+  uint32_t layout_version;
+  uint32_t max_processes;
+  uint32_t max_tensors;
+  uint32_t reserved0;
+  uint64_t total_bytes;   // the segment's size
+  uint64_t procs_offset;
+  uint64_t dir_offset;
+  uint64_t map_offset;
+  uint64_t links_offset;
+  uint64_t arena_offset;
+  uint64_t arena_units;   // of Buddy::kUnit bytes
+  int64_t created_unix_ns;
+  uint64_t checksum;      // XXH3 of the fields above
+};
+
+struct alignas(64) Header {
+  ImmutableHeader fixed;
+  // Set to kReady by the creator once everything else is in place.
+  std::atomic<uint32_t> ready;
+  alignas(64) pthread_mutex_t lock;  // robust, process-shared
+  // Counters, under `lock`.
+  uint64_t next_generation;     // of directory entries
+  uint64_t dead_reclaimed;      // processes found dead and cleaned up
+  uint64_t pins_reclaimed;      // pins those processes held
+  uint64_t lock_repairs;        // EOWNERDEAD recoveries
+  alignas(64) Buddy::State buddy;
+};
+static_assert(sizeof(Header) <= kHeaderBytes);
+
+// One attached process. `pid` and `start_ticks` (field 22 of
+// /proc/<pid>/stat) tell a live process from a dead one whose pid was
+// reused.
+struct alignas(64) ProcessSlot {
+  enum : uint32_t { kFree = 0, kLive = 1 };
+  std::atomic<uint32_t> state;
+  int32_t pid;
+  uint64_t start_ticks;
+  int64_t attached_unix_ns;
+};
+static_assert(sizeof(ProcessSlot) == 64);
+
+struct alignas(64) DirEntry {
+  // kFree: unused. kCreating: `owner` builds it under the lock (never seen
+  // outside the lock unless the owner died). kLive: open to all.
+  // kRemoving: RemoveTensor checks for pins under the lock.
+  enum : uint32_t { kFree = 0, kCreating = 1, kLive = 2, kRemoving = 3 };
+  std::atomic<uint32_t> state;
+  uint32_t owner;           // slot of the creator
+  std::atomic<uint64_t> generation;  // changes whenever the entry is reused
+  char name[kMaxNameBytes];
+  uint8_t dtype;
+  uint8_t ndims;
+  uint16_t reserved0;
+  uint32_t reserved1;
+  int64_t shape[kMaxDims];
+  uint64_t block_bytes;
+  uint64_t size_bytes;
+  uint64_t num_blocks;
+  uint64_t table_offset;    // segment offset of the tensor's table
+  uint64_t table_units;     // as allocated
+};
+static_assert(sizeof(DirEntry) == 256);
+
+// The shared state of one block, one cache line. `state` packs (segment.cc,
+// BlockWord): the kind (absent, resident, busy) and, while busy, its
+// owner's slot and purpose.
+struct alignas(64) BlockRecord {
+  std::atomic<uint64_t> state;
+  std::atomic<uint32_t> seq;    // futex word: bumped on every change waiters await
+  std::atomic<uint32_t> ref;    // set by pins, for eviction's clock
+  std::atomic<uint64_t> frame;  // segment offset of the sealed bytes, 0: none
+  std::atomic<uint64_t> shadow; // frame being written or loaded, 0: none
+  // Seals of the block so far (64 bits: out of reach of wrapping).
+  std::atomic<uint64_t> version;
+};
+static_assert(sizeof(BlockRecord) == 64);
+
+}  // namespace strata::tiers::shm
+
+#endif  // STRATA_TIERS_SHM_LAYOUT_H_

@@ -1,0 +1,1104 @@
+#include "tiers/shm/segment.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <optional>
+#include <sstream>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "util/errors.h"
+#include "util/status_macros.h"
+#include "util/strings.h"
+#include "xxhash.h"
+
+namespace strata::tiers::shm {
+namespace {
+
+// A block's state word: the kind in bits 0-1; while busy, the purpose in
+// bits 2-3 and the owner's process slot in bits 8-15.
+class BlockWord {
+ public:
+  enum Kind : uint64_t { kAbsent = 0, kResident = 1, kBusy = 2 };
+  enum Purpose : uint64_t { kLoading = 0, kWriting = 1 };
+
+  static uint64_t Absent() { return kAbsent; }
+  static uint64_t Resident() { return kResident; }
+  static uint64_t Busy(Purpose purpose, uint32_t owner) {
+    return kBusy | (purpose << 2) | (uint64_t{owner} << 8);
+  }
+  static Kind KindOf(uint64_t w) { return static_cast<Kind>(w & 3); }
+  static uint32_t Owner(uint64_t w) { return static_cast<uint32_t>((w >> 8) & 0xFF); }
+  static bool Valid(uint64_t w) {
+    return KindOf(w) <= kBusy && (KindOf(w) == kBusy || w == KindOf(w));
+  }
+};
+
+// A write pin's count: above any number of read pins one process holds.
+constexpr uint32_t kWritePin = uint32_t{1} << 24;
+constexpr absl::Duration kWaitSlice = absl::Milliseconds(100);
+
+uint64_t RoundUp(uint64_t v, uint64_t to) { return (v + to - 1) / to * to; }
+
+long Futex(std::atomic<uint32_t>* word, int op, uint32_t value,
+           const timespec* timeout) {
+  // Not FUTEX_PRIVATE: the word lies in memory other processes map.
+  return syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), op, value,
+                 timeout, nullptr, 0);
+}
+
+bool ValidSegmentName(std::string_view name) {
+  if (name.empty() || name.size() > 200) return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-';
+  });
+}
+
+// Field 22 of /proc/<pid>/stat (the start time, in clock ticks since boot)
+// of a process that runs; nullopt for one that is gone or a zombie (a
+// killed process its parent has not reaped holds nothing any more).
+std::optional<uint64_t> StartTicks(int pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!in || !std::getline(in, line)) return std::nullopt;
+  const size_t paren = line.rfind(')');
+  if (paren == std::string::npos) return std::nullopt;
+  std::istringstream fields(line.substr(paren + 1));
+  std::string field;
+  // Fields after the name start at 3 (the state).
+  for (int i = 3; i <= 22 && fields >> field; ++i) {
+    if (i == 3 && (field == "Z" || field == "X" || field == "x")) return std::nullopt;
+    if (i == 22) return std::strtoull(field.c_str(), nullptr, 10);
+  }
+  return std::nullopt;
+}
+
+struct Layout {
+  uint64_t procs_offset, dir_offset, map_offset, links_offset, arena_offset,
+      total_bytes;
+};
+
+Layout ComputeLayout(uint32_t max_processes, uint32_t max_tensors,
+                     uint64_t arena_units) {
+  Layout l;
+  l.procs_offset = kHeaderBytes;
+  l.dir_offset = RoundUp(l.procs_offset + uint64_t{max_processes} * sizeof(ProcessSlot), 4096);
+  l.map_offset = RoundUp(l.dir_offset + uint64_t{max_tensors} * sizeof(DirEntry), 4096);
+  l.links_offset = RoundUp(l.map_offset + arena_units, 4096);
+  l.arena_offset = RoundUp(l.links_offset + arena_units * sizeof(Buddy::Link), 4096);
+  l.total_bytes = l.arena_offset + arena_units * Buddy::kUnit;
+  return l;
+}
+
+uint64_t HeaderChecksum(const ImmutableHeader& h) {
+  return XXH3_64bits(&h, offsetof(ImmutableHeader, checksum));
+}
+
+// Bytes of a tensor's table: its block records, then one row of counts per
+// process slot, each row a whole number of cache lines.
+uint64_t CountRowBytes(uint64_t num_blocks) {
+  return RoundUp(num_blocks * sizeof(std::atomic<uint32_t>), 64);
+}
+uint64_t TableUnits(uint64_t num_blocks, uint32_t max_processes) {
+  const uint64_t bytes = num_blocks * sizeof(BlockRecord) +
+                         uint64_t{max_processes} * CountRowBytes(num_blocks);
+  return (bytes + Buddy::kUnit - 1) / Buddy::kUnit;
+}
+uint64_t FrameUnits(uint64_t block_bytes) {
+  return (block_bytes + Buddy::kUnit - 1) / Buddy::kUnit;
+}
+
+absl::Status Corrupt(std::string_view segment, std::string_view what) {
+  return absl::FailedPreconditionError(absl::StrCat(
+      "shm segment ", Sv(segment), " is corrupt: ", Sv(what),
+      "; remove it (`strata shm rm <name>`, or Segment::Remove) once no "
+      "process uses it, and create it again"));
+}
+
+// Checks a directory entry that claims to be in use: everything a pin or
+// the allocator's rebuild will trust.
+absl::Status CheckEntry(const DirEntry& e, uint32_t index, const ImmutableHeader& h,
+                        std::string_view segment) {
+  auto bad = [&](std::string_view why) {
+    return Corrupt(segment, absl::StrCat("directory entry ", index, " ", Sv(why)));
+  };
+  if (std::memchr(e.name, '\0', kMaxNameBytes) == nullptr || e.name[0] == '\0') {
+    return bad("has no valid name");
+  }
+  if (e.ndims == 0 || e.ndims > kMaxDims) return bad("has a bad rank");
+  if (e.dtype > static_cast<uint8_t>(DType::kF64)) return bad("has a bad dtype");
+  uint64_t elements = 1;
+  for (int i = 0; i < e.ndims; ++i) {
+    if (e.shape[i] <= 0 ||
+        __builtin_mul_overflow(elements, static_cast<uint64_t>(e.shape[i]), &elements)) {
+      return bad("has a bad shape");
+    }
+  }
+  uint64_t size = 0;
+  if (__builtin_mul_overflow(elements, DTypeSize(static_cast<DType>(e.dtype)), &size) ||
+      size != e.size_bytes) {
+    return bad("has a size that does not match its shape");
+  }
+  if (e.block_bytes == 0 || e.block_bytes % Buddy::kUnit != 0 ||
+      e.num_blocks != (e.size_bytes + e.block_bytes - 1) / e.block_bytes ||
+      e.num_blocks > (uint64_t{1} << 40)) {
+    return bad("has bad block sizes");
+  }
+  if (e.table_units != TableUnits(e.num_blocks, h.max_processes) ||
+      e.table_offset < h.arena_offset ||
+      (e.table_offset - h.arena_offset) % Buddy::kUnit != 0 ||
+      (e.table_offset - h.arena_offset) / Buddy::kUnit > h.arena_units ||
+      e.table_units > h.arena_units -
+                          (e.table_offset - h.arena_offset) / Buddy::kUnit) {
+    return bad("has a block table outside the arena");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+// The segment's lock, held: unlocks when it goes.
+class Segment::Locked {
+ public:
+  explicit Locked(pthread_mutex_t* mu) : mu_(mu) {}
+  Locked(Locked&& other) noexcept : mu_(std::exchange(other.mu_, nullptr)) {}
+  Locked& operator=(Locked&&) = delete;
+  ~Locked() {
+    if (mu_ != nullptr) pthread_mutex_unlock(mu_);
+  }
+
+ private:
+  pthread_mutex_t* mu_;
+};
+
+std::string Segment::ObjectName(std::string_view name) {
+  return absl::StrCat("/strata-", Sv(name));
+}
+
+Segment::Segment(SegmentOptions options, std::byte* base, uint64_t size, int fd)
+    : options_(std::move(options)),
+      name_(ObjectName(options_.name)),
+      base_(base),
+      size_(size),
+      fd_(fd) {}
+
+ProcessSlot& Segment::process(uint32_t i) const {
+  return reinterpret_cast<ProcessSlot*>(at(header().fixed.procs_offset))[i];
+}
+DirEntry& Segment::entry(uint32_t i) const {
+  return reinterpret_cast<DirEntry*>(at(header().fixed.dir_offset))[i];
+}
+BlockRecord* Segment::records(const DirEntry& e) const {
+  return reinterpret_cast<BlockRecord*>(at(e.table_offset));
+}
+uint64_t Segment::CountRowStride(const DirEntry& e) const {
+  return CountRowBytes(e.num_blocks);
+}
+std::atomic<uint32_t>* Segment::counts(const DirEntry& e, uint32_t slot) const {
+  return reinterpret_cast<std::atomic<uint32_t>*>(
+      at(e.table_offset + e.num_blocks * sizeof(BlockRecord) +
+         slot * CountRowStride(e)));
+}
+Buddy Segment::buddy() const {
+  const ImmutableHeader& h = header().fixed;
+  return Buddy(&header().buddy,
+               {reinterpret_cast<uint8_t*>(at(h.map_offset)), h.arena_units},
+               {reinterpret_cast<Buddy::Link*>(at(h.links_offset)), h.arena_units});
+}
+uint64_t Segment::capacity_bytes() const {
+  return header().fixed.arena_units * Buddy::kUnit;
+}
+
+void Segment::Log(std::string_view message) const {
+  if (options_.log) {
+    options_.log(message);
+  } else {
+    std::fprintf(stderr, "strata: %.*s\n", static_cast<int>(message.size()),
+                 message.data());
+  }
+}
+
+absl::StatusOr<std::unique_ptr<Segment>> Segment::Open(SegmentOptions options) {
+  if (!ValidSegmentName(options.name)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "shm segment name '", options.name,
+        "' is invalid; use 1 to 200 of [A-Za-z0-9_.-]"));
+  }
+  const std::string object = ObjectName(options.name);
+  const bool may_create = options.mode != OpenMode::kAttach;
+  if (may_create) {
+    if (options.capacity_bytes == 0 || options.capacity_bytes % Buddy::kUnit != 0 ||
+        options.capacity_bytes / Buddy::kUnit >= Buddy::kNone) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "shm capacity_bytes ", options.capacity_bytes,
+          " is invalid; use a non-zero multiple of 4096 below 16 TiB"));
+    }
+    if (options.max_processes == 0 || options.max_processes > kMaxProcesses) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "shm max_processes ", options.max_processes, " is invalid; use 1..",
+          kMaxProcesses));
+    }
+    if (options.max_tensors == 0 || options.max_tensors > kMaxTensors) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "shm max_tensors ", options.max_tensors, " is invalid; use 1..",
+          kMaxTensors));
+    }
+  }
+  int fd = -1;
+  bool created = false;
+  if (may_create) {
+    fd = shm_open(object.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd >= 0) {
+      created = true;
+    } else if (errno != EEXIST || options.mode == OpenMode::kCreate) {
+      if (errno == EEXIST) {
+        return absl::AlreadyExistsError(absl::StrCat(
+            "shm segment ", object, " exists; attach to it (OpenMode::kAttach) "
+            "or remove it first (`strata shm rm ", options.name, "`)"));
+      }
+      return ErrnoStatus(errno, absl::StrCat("shm_open ", object));
+    }
+  }
+  if (fd < 0) {
+    fd = shm_open(object.c_str(), O_RDWR | O_CLOEXEC, 0);
+    if (fd < 0 && errno == ENOENT) {
+      return absl::NotFoundError(absl::StrCat(
+          "shm segment ", object, " does not exist; create it (OpenMode::kCreate "
+          "or kCreateOrAttach)"));
+    }
+    if (fd < 0) return ErrnoStatus(errno, absl::StrCat("shm_open ", object));
+  }
+  auto fail = [&](absl::Status s) {
+    close(fd);
+    if (created) shm_unlink(object.c_str());
+    return s;
+  };
+
+  if (created) {
+    const uint64_t units = options.capacity_bytes / Buddy::kUnit;
+    const Layout l = ComputeLayout(options.max_processes, options.max_tensors, units);
+    if (ftruncate(fd, static_cast<off_t>(l.total_bytes)) != 0) {
+      return fail(ErrnoStatus(errno, absl::StrCat("sizing shm segment ", object, " to ",
+                                                  l.total_bytes, " bytes"),
+                              "free space in /dev/shm or ask for a smaller capacity"));
+    }
+    void* m = mmap(nullptr, l.total_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (m == MAP_FAILED) {
+      return fail(ErrnoStatus(errno, absl::StrCat("mapping shm segment ", object)));
+    }
+    auto* base = static_cast<std::byte*>(m);
+    auto& h = *reinterpret_cast<Header*>(base);
+    std::memcpy(h.fixed.magic, kMagic, sizeof(kMagic));
+    h.fixed.layout_version = kLayoutVersion;
+    h.fixed.max_processes = options.max_processes;
+    h.fixed.max_tensors = options.max_tensors;
+    h.fixed.total_bytes = l.total_bytes;
+    h.fixed.procs_offset = l.procs_offset;
+    h.fixed.dir_offset = l.dir_offset;
+    h.fixed.map_offset = l.map_offset;
+    h.fixed.links_offset = l.links_offset;
+    h.fixed.arena_offset = l.arena_offset;
+    h.fixed.arena_units = units;
+    h.fixed.created_unix_ns = absl::ToUnixNanos(absl::Now());
+    h.fixed.checksum = HeaderChecksum(h.fixed);
+    pthread_mutexattr_t attr;
+    pthread_mutexattr_init(&attr);
+    pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+    const int rc = pthread_mutex_init(&h.lock, &attr);
+    pthread_mutexattr_destroy(&attr);
+    if (rc != 0) {
+      munmap(m, l.total_bytes);
+      return fail(ErrnoStatus(rc, "initializing the shm segment's robust mutex"));
+    }
+    h.next_generation = 1;
+    std::unique_ptr<Segment> seg(new Segment(std::move(options), base, l.total_bytes, fd));
+    seg->buddy().Format(units);
+    h.ready.store(kReady, std::memory_order_release);
+    Futex(&h.ready, FUTEX_WAKE, INT_MAX, nullptr);
+    if (absl::Status s = seg->TakeSlot(); !s.ok()) {
+      shm_unlink(object.c_str());
+      return s;
+    }
+    seg->StartWatchdog();
+    return seg;
+  }
+
+  // Attach: wait (bounded) for the creator to size and finish the segment.
+  const absl::Time deadline = absl::Now() + options.lock_timeout;
+  struct stat st {};
+  for (;;) {
+    if (fstat(fd, &st) != 0) return fail(ErrnoStatus(errno, absl::StrCat("fstat ", object)));
+    if (static_cast<uint64_t>(st.st_size) >= kHeaderBytes) break;
+    if (absl::Now() > deadline) {
+      return fail(absl::FailedPreconditionError(absl::StrCat(
+          "shm segment ", object, " was never sized by its creator (it died?); "
+          "remove it (`strata shm rm ", options.name, "`) and create it again")));
+    }
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  const uint64_t size = static_cast<uint64_t>(st.st_size);
+  void* m = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (m == MAP_FAILED) return fail(ErrnoStatus(errno, absl::StrCat("mapping shm segment ", object)));
+  auto* base = static_cast<std::byte*>(m);
+  auto& h = *reinterpret_cast<Header*>(base);
+  auto unmap_fail = [&](absl::Status s) {
+    munmap(m, size);
+    return fail(std::move(s));
+  };
+  while (h.ready.load(std::memory_order_acquire) != kReady) {
+    const absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) {
+      return unmap_fail(absl::FailedPreconditionError(absl::StrCat(
+          "shm segment ", object, " was never finished by its creator (it died, or "
+          "this is not a Strata segment); remove it (`strata shm rm ",
+          options.name, "`) and create it again")));
+    }
+    const timespec ts = absl::ToTimespec(std::min(left, kWaitSlice));
+    Futex(&h.ready, FUTEX_WAIT, h.ready.load(), &ts);
+  }
+  if (std::memcmp(h.fixed.magic, kMagic, sizeof(kMagic)) != 0) {
+    return unmap_fail(absl::FailedPreconditionError(absl::StrCat(
+        "shm object ", object, " is not a Strata segment (bad magic); pick "
+        "another name or remove it")));
+  }
+  if (h.fixed.layout_version != kLayoutVersion) {
+    return unmap_fail(absl::FailedPreconditionError(absl::StrCat(
+        "shm segment ", object, " has layout version ", h.fixed.layout_version,
+        "; this build of Strata reads version ", kLayoutVersion,
+        ": attach with a matching build, or remove the segment")));
+  }
+  if (h.fixed.checksum != HeaderChecksum(h.fixed)) {
+    return unmap_fail(Corrupt(object, "its header checksum does not match"));
+  }
+  const ImmutableHeader& f = h.fixed;
+  if (f.max_processes == 0 || f.max_processes > kMaxProcesses ||
+      f.max_tensors == 0 || f.max_tensors > kMaxTensors || f.arena_units == 0 ||
+      f.arena_units >= Buddy::kNone) {
+    return unmap_fail(Corrupt(object, "its header has limits out of range"));
+  }
+  const Layout l = ComputeLayout(f.max_processes, f.max_tensors, f.arena_units);
+  if (l.procs_offset != f.procs_offset || l.dir_offset != f.dir_offset ||
+      l.map_offset != f.map_offset || l.links_offset != f.links_offset ||
+      l.arena_offset != f.arena_offset || l.total_bytes != f.total_bytes ||
+      f.total_bytes != size) {
+    return unmap_fail(Corrupt(object, absl::StrCat("its header's layout does not match its "
+                                                   "size (", size, " bytes)")));
+  }
+  std::unique_ptr<Segment> seg(new Segment(std::move(options), base, size, fd));
+  {
+    // Check everything the directory says before trusting it, and rebuild
+    // the allocator from it: an attach never relies on lists a dead
+    // process may have left half-linked.
+    STRATA_ASSIGN_OR_RETURN(Locked lock, seg->Lock());
+    for (uint32_t i = 0; i < f.max_processes; ++i) {
+      if (seg->process(i).state.load() > ProcessSlot::kLive) {
+        return Corrupt(object, absl::StrCat("process slot ", i, " has a bad state"));
+      }
+    }
+    for (uint32_t i = 0; i < f.max_tensors; ++i) {
+      const DirEntry& e = seg->entry(i);
+      const uint32_t state = e.state.load();
+      if (state > DirEntry::kRemoving) {
+        return Corrupt(object, absl::StrCat("directory entry ", i, " has a bad state"));
+      }
+      if (state == DirEntry::kFree) continue;
+      if (state == DirEntry::kCreating && e.owner >= f.max_processes) {
+        return Corrupt(object, absl::StrCat("directory entry ", i, " has a bad owner"));
+      }
+      STRATA_RETURN_IF_ERROR(CheckEntry(e, i, f, object));
+      const BlockRecord* r = seg->records(e);
+      for (uint64_t b = 0; b < e.num_blocks; ++b) {
+        const uint64_t w = r[b].state.load();
+        for (uint64_t off : {r[b].frame.load(), r[b].shadow.load()}) {
+          if (off != 0 && (off < f.arena_offset || (off - f.arena_offset) % Buddy::kUnit != 0 ||
+                           off - f.arena_offset + RoundUp(e.block_bytes, Buddy::kUnit) >
+                               f.arena_units * Buddy::kUnit)) {
+            return Corrupt(object, absl::StrCat("block ", b, " of tensor '", e.name,
+                                                "' has a frame outside the arena"));
+          }
+        }
+        if (!BlockWord::Valid(w) ||
+            (BlockWord::KindOf(w) == BlockWord::kBusy &&
+             BlockWord::Owner(w) >= f.max_processes) ||
+            (BlockWord::KindOf(w) == BlockWord::kResident && r[b].frame.load() == 0)) {
+          return Corrupt(object, absl::StrCat("block ", b, " of tensor '", e.name,
+                                              "' has a bad state"));
+        }
+      }
+    }
+    seg->RepairLocked(/*lock_was_dead=*/false);
+    seg->RebuildAllocatorLocked();
+  }
+  STRATA_RETURN_IF_ERROR(seg->TakeSlot());
+  seg->StartWatchdog();
+  return seg;
+}
+
+absl::Status Segment::Remove(std::string_view name) {
+  if (!ValidSegmentName(name)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "shm segment name '", Sv(name), "' is invalid; use 1 to 200 of [A-Za-z0-9_.-]"));
+  }
+  const std::string object = ObjectName(name);
+  if (shm_unlink(object.c_str()) != 0) {
+    if (errno == ENOENT) {
+      return absl::NotFoundError(absl::StrCat("shm segment ", object, " does not exist"));
+    }
+    return ErrnoStatus(errno, absl::StrCat("shm_unlink ", object));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<std::string>> Segment::List() {
+  DIR* dir = opendir("/dev/shm");
+  if (dir == nullptr) return ErrnoStatus(errno, "listing /dev/shm");
+  std::vector<std::string> names;
+  while (const dirent* d = readdir(dir)) {
+    std::string_view n = d->d_name;
+    if (n.substr(0, 7) == "strata-" && n.size() > 7) names.emplace_back(n.substr(7));
+  }
+  closedir(dir);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+Segment::~Segment() {
+  {
+    std::lock_guard<std::mutex> l(watchdog_mu_);
+    stopping_ = true;
+  }
+  watchdog_cv_.notify_all();
+  if (watchdog_.joinable()) watchdog_.join();
+  if (slot_ != ~0u) {
+    // Leave as a dead process would be cleaned up: pins this process still
+    // holds are dropped (a caller bug; the engine checks for live pins
+    // before it gets here), its half-done writes discarded.
+    auto lock = Lock();
+    if (lock.ok()) {
+      bool dropped = false;
+      const uint32_t me = slot_;
+      for (uint32_t i = 0; i < header().fixed.max_tensors; ++i) {
+        DirEntry& e = entry(i);
+        if (e.state.load() == DirEntry::kFree || e.state.load() == DirEntry::kCreating) continue;
+        std::atomic<uint32_t>* mine = counts(e, me);
+        BlockRecord* r = records(e);
+        for (uint64_t b = 0; b < e.num_blocks; ++b) {
+          const uint64_t w = r[b].state.load();
+          const bool busy_mine = BlockWord::KindOf(w) == BlockWord::kBusy &&
+                                 BlockWord::Owner(w) == me;
+          if (mine[b].load() == 0 && !busy_mine) continue;
+          dropped = true;
+          mine[b].store(0);
+          if (busy_mine) {
+            r[b].shadow.store(0);
+            r[b].state.store(r[b].frame.load() != 0 ? BlockWord::Resident()
+                                                    : BlockWord::Absent());
+          }
+          Wake(r[b]);
+        }
+      }
+      process(me).state.store(ProcessSlot::kFree);
+      if (dropped) {
+        Log(absl::StrCat("shm segment ", name_, ": detached with pins still held; "
+                         "they were dropped"));
+        RebuildAllocatorLocked();
+      }
+    } else {
+      Log(absl::StrCat("shm segment ", name_, ": detaching without the lock (",
+                       lock.status().ToString(), "); the slot is reclaimed as dead"));
+    }
+  }
+  munmap(base_, size_);
+  close(fd_);
+}
+
+absl::StatusOr<Segment::Locked> Segment::Lock() {
+  const timespec abs = absl::ToTimespec(absl::Now() + options_.lock_timeout);
+  const int rc = pthread_mutex_timedlock(&header().lock, &abs);
+  if (rc == 0) return Locked(&header().lock);
+  if (rc == EOWNERDEAD) {
+    // Its holder died inside a critical section: make the lock usable, then
+    // repair whatever that section may have left half done.
+    pthread_mutex_consistent(&header().lock);
+    Locked held(&header().lock);
+    ++header().lock_repairs;
+    RepairLocked(/*lock_was_dead=*/true);
+    return held;
+  }
+  if (rc == ETIMEDOUT) {
+    return absl::UnavailableError(absl::StrCat(
+        "shm segment ", name_, ": its lock was not free within ",
+        absl::FormatDuration(options_.lock_timeout),
+        "; a live process holds it (see `strata shm stat`)"));
+  }
+  return ErrnoStatus(rc, absl::StrCat("locking shm segment ", name_),
+                     "remove the segment if it cannot be repaired");
+}
+
+absl::Status Segment::TakeSlot() {
+  STRATA_ASSIGN_OR_RETURN(Locked lock, Lock());
+  RepairLocked(false);
+  const std::optional<uint64_t> ticks = StartTicks(getpid());
+  for (uint32_t i = 0; i < header().fixed.max_processes; ++i) {
+    ProcessSlot& p = process(i);
+    if (p.state.load() != ProcessSlot::kFree) continue;
+    p.pid = getpid();
+    p.start_ticks = ticks.value_or(0);
+    p.attached_unix_ns = absl::ToUnixNanos(absl::Now());
+    p.state.store(ProcessSlot::kLive);
+    slot_ = i;
+    return absl::OkStatus();
+  }
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "shm segment ", name_, ": all ", header().fixed.max_processes,
+      " process slots are taken by live processes; detach one, or create the "
+      "segment with a larger max_processes"));
+}
+
+void Segment::StartWatchdog() {
+  if (options_.reclaim_interval <= absl::ZeroDuration()) return;
+  watchdog_ = std::thread([this] {
+    std::unique_lock<std::mutex> l(watchdog_mu_);
+    while (!watchdog_cv_.wait_for(l, absl::ToChronoNanoseconds(options_.reclaim_interval),
+                                  [this] { return stopping_; })) {
+      l.unlock();
+      if (absl::StatusOr<int> n = ReclaimDead(); !n.ok()) {
+        Log(absl::StrCat("shm segment ", name_, ": reclaiming dead processes: ",
+                         n.status().ToString()));
+      }
+      l.lock();
+    }
+  });
+}
+
+bool Segment::SlotAlive(uint32_t slot) const {
+  const ProcessSlot& p = process(slot);
+  if (p.state.load() != ProcessSlot::kLive) return false;
+  if (p.pid == getpid()) return true;  // this process (another attachment of it)
+  const std::optional<uint64_t> ticks = StartTicks(p.pid);
+  return ticks.has_value() && *ticks == p.start_ticks;
+}
+
+absl::StatusOr<int> Segment::ReclaimDead() {
+  bool any = false;
+  for (uint32_t i = 0; i < header().fixed.max_processes && !any; ++i) {
+    any = process(i).state.load() == ProcessSlot::kLive && !SlotAlive(i);
+  }
+  if (!any) return 0;
+  STRATA_ASSIGN_OR_RETURN(Locked lock, Lock());
+  return RepairLocked(false);
+}
+
+int Segment::RepairLocked(bool lock_was_dead) {
+  const ImmutableHeader& f = header().fixed;
+  std::vector<uint32_t> dead;
+  std::vector<bool> is_dead(f.max_processes, false);
+  for (uint32_t i = 0; i < f.max_processes; ++i) {
+    if (process(i).state.load() == ProcessSlot::kLive && !SlotAlive(i)) {
+      dead.push_back(i);
+      is_dead[i] = true;
+    }
+  }
+  if (dead.empty() && !lock_was_dead) return 0;
+  uint64_t pins = 0, writes = 0, tensors = 0;
+  for (uint32_t i = 0; i < f.max_tensors; ++i) {
+    DirEntry& e = entry(i);
+    const uint32_t state = e.state.load();
+    if (state == DirEntry::kFree) continue;
+    if (state == DirEntry::kCreating || state == DirEntry::kRemoving) {
+      // Only a dead lock holder leaves these behind: a half-made tensor is
+      // forgotten; a removal that died before it checked for pins is undone.
+      if (state == DirEntry::kCreating) {
+        e.generation.fetch_add(1);
+        e.state.store(DirEntry::kFree);
+        ++tensors;
+        continue;
+      }
+      e.state.store(DirEntry::kLive);
+    }
+    BlockRecord* r = records(e);
+    for (uint64_t b = 0; b < e.num_blocks; ++b) {
+      bool changed = false;
+      for (uint32_t q : dead) {
+        const uint32_t c = counts(e, q)[b].exchange(0);
+        if (c == 0) continue;
+        pins += c >= kWritePin ? 1 : c;
+        changed = true;
+      }
+      const uint64_t w = r[b].state.load();
+      if (BlockWord::KindOf(w) == BlockWord::kBusy && is_dead[BlockWord::Owner(w)]) {
+        // Its owner died loading or writing: the sealed bytes stay. (If it
+        // died sealing, after the frame was switched, the new bytes are
+        // the sealed ones: all of them were written before the unpin.)
+        r[b].shadow.store(0);
+        r[b].state.store(r[b].frame.load() != 0 ? BlockWord::Resident()
+                                                : BlockWord::Absent());
+        ++writes;
+        changed = true;
+      }
+      if (changed) Wake(r[b]);
+    }
+  }
+  for (uint32_t q : dead) {
+    Log(absl::StrCat("shm segment ", name_, ": process ", process(q).pid,
+                     " (slot ", q, ") died; its pins and locks were reclaimed"));
+    process(q).state.store(ProcessSlot::kFree);
+  }
+  header().dead_reclaimed += dead.size();
+  header().pins_reclaimed += pins;
+  if (lock_was_dead) {
+    Log(absl::StrCat("shm segment ", name_, ": a process died holding the segment "
+                     "lock; the lock and the allocator were repaired"));
+  }
+  (void)writes;
+  (void)tensors;
+  RebuildAllocatorLocked();
+  return static_cast<int>(dead.size());
+}
+
+void Segment::RebuildAllocatorLocked() {
+  const ImmutableHeader& f = header().fixed;
+  auto unit_of = [&](uint64_t offset) { return (offset - f.arena_offset) / Buddy::kUnit; };
+  const uint64_t bad = buddy().Rebuild([&](auto&& mark) {
+    for (uint32_t i = 0; i < f.max_tensors; ++i) {
+      const DirEntry& e = entry(i);
+      const uint32_t state = e.state.load();
+      if (state != DirEntry::kLive && state != DirEntry::kRemoving) continue;
+      mark(unit_of(e.table_offset), e.table_units);
+      const BlockRecord* r = records(e);
+      for (uint64_t b = 0; b < e.num_blocks; ++b) {
+        const uint64_t frame = r[b].frame.load(), shadow = r[b].shadow.load();
+        if (frame != 0) mark(unit_of(frame), FrameUnits(e.block_bytes));
+        if (shadow != 0 && shadow != frame) mark(unit_of(shadow), FrameUnits(e.block_bytes));
+      }
+    }
+  });
+  if (bad != 0) {
+    Log(absl::StrCat("shm segment ", name_, ": ", bad,
+                     " frames referenced twice or out of place were left out while "
+                     "rebuilding the allocator"));
+  }
+}
+
+absl::StatusOr<uint64_t> Segment::AllocateLocked(uint64_t bytes) {
+  const std::optional<uint64_t> unit = buddy().Allocate((bytes + Buddy::kUnit - 1) / Buddy::kUnit);
+  if (!unit) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "shm segment ", name_, " is full: capacity ", capacity_bytes(),
+        " bytes, ", buddy().used_units() * Buddy::kUnit, " used, ",
+        PinnedBytesLocked(), " pinned; unpin blocks or remove shared tensors, or "
+        "create the segment with a larger EngineOptions::shm.capacity_bytes"));
+  }
+  return header().fixed.arena_offset + *unit * Buddy::kUnit;
+}
+
+absl::StatusOr<uint64_t> Segment::AllocateFrame(uint64_t bytes,
+                                                std::atomic<uint64_t>& record_into) {
+  STRATA_ASSIGN_OR_RETURN(Locked lock, Lock());
+  STRATA_ASSIGN_OR_RETURN(uint64_t offset, AllocateLocked(bytes));
+  // Recorded under the lock, so that a rebuild never frees it under us.
+  record_into.store(offset, std::memory_order_relaxed);
+  return offset;
+}
+
+void Segment::FreeFrame(uint64_t offset) {
+  auto lock = Lock();
+  if (!lock.ok()) {
+    Log(absl::StrCat("shm segment ", name_, ": a frame could not be freed (",
+                     lock.status().ToString(), "); it is reclaimed by the next "
+                     "allocator rebuild"));
+    return;
+  }
+  if (!buddy().Free((offset - header().fixed.arena_offset) / Buddy::kUnit)) {
+    Log(absl::StrCat("shm segment ", name_, ": freeing a frame not in use at offset ",
+                     offset, "; rebuilding the allocator"));
+    RebuildAllocatorLocked();
+  }
+}
+
+uint64_t Segment::CountPins(const DirEntry& e, uint64_t block) const {
+  uint64_t n = 0;
+  for (uint32_t q = 0; q < header().fixed.max_processes; ++q) {
+    n += counts(e, q)[block].load(std::memory_order_seq_cst);
+  }
+  return n;
+}
+
+uint64_t Segment::PinnedBytesLocked() const {
+  uint64_t bytes = 0;
+  for (uint32_t i = 0; i < header().fixed.max_tensors; ++i) {
+    const DirEntry& e = entry(i);
+    if (e.state.load() != DirEntry::kLive) continue;
+    for (uint64_t b = 0; b < e.num_blocks; ++b) {
+      if (CountPins(e, b) != 0) bytes += e.block_bytes;
+    }
+  }
+  return bytes;
+}
+
+void Segment::Wake(BlockRecord& r) {
+  r.seq.fetch_add(1, std::memory_order_release);
+  Futex(&r.seq, FUTEX_WAKE, INT_MAX, nullptr);
+}
+
+void Segment::WaitForChange(BlockRecord& r, uint32_t seen, absl::Time deadline) {
+  const absl::Duration left = std::min(deadline - absl::Now(), kWaitSlice);
+  if (left > absl::ZeroDuration()) {
+    const timespec ts = absl::ToTimespec(left);
+    Futex(&r.seq, FUTEX_WAIT, seen, &ts);
+  }
+  // Whoever we waited for may be dead: do not wait for the watchdog.
+  const uint64_t w = r.state.load();
+  if (BlockWord::KindOf(w) == BlockWord::kBusy && !SlotAlive(BlockWord::Owner(w))) {
+    (void)ReclaimDead();
+  }
+}
+
+absl::StatusOr<const DirEntry*> Segment::CheckRef(const SharedRef& ref) const {
+  if (ref.index >= header().fixed.max_tensors ||
+      entry(ref.index).generation.load(std::memory_order_acquire) != ref.generation) {
+    return absl::NotFoundError(absl::StrCat(
+        "shared tensor '", ref.name, "' was removed from shm segment ", name_));
+  }
+  return &entry(ref.index);
+}
+
+namespace {
+
+SharedRef RefOf(const DirEntry& e, uint32_t index) {
+  SharedRef ref;
+  ref.index = index;
+  ref.generation = e.generation.load();
+  ref.name = e.name;
+  ref.spec.dtype = static_cast<DType>(e.dtype);
+  ref.spec.shape.assign(e.shape, e.shape + e.ndims);
+  ref.spec.block_bytes = e.block_bytes;
+  ref.spec.size_bytes = e.size_bytes;
+  ref.spec.num_blocks = e.num_blocks;
+  return ref;
+}
+
+bool SameSpec(const DirEntry& e, const SharedSpec& spec) {
+  return e.dtype == static_cast<uint8_t>(spec.dtype) && e.ndims == spec.shape.size() &&
+         std::equal(spec.shape.begin(), spec.shape.end(), e.shape) &&
+         e.block_bytes == spec.block_bytes;
+}
+
+}  // namespace
+
+absl::StatusOr<SharedRef> Segment::CreateTensor(std::string_view name,
+                                                const SharedSpec& spec,
+                                                bool open_existing) {
+  if (name.empty() || name.size() >= kMaxNameBytes ||
+      name.find('\0') != std::string_view::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "shared tensor name '", Sv(name), "' is invalid; use 1 to ",
+        kMaxNameBytes - 1, " bytes without NUL"));
+  }
+  if (spec.shape.empty() || spec.shape.size() > kMaxDims || spec.block_bytes == 0 ||
+      spec.block_bytes % Buddy::kUnit != 0 || spec.num_blocks == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "shared tensor '", Sv(name), "': a shared tensor has 1 to ", kMaxDims,
+        " dimensions and blocks of a non-zero multiple of 4096 bytes"));
+  }
+  const ImmutableHeader& f = header().fixed;
+  STRATA_ASSIGN_OR_RETURN(Locked lock, Lock());
+  int free_index = -1;
+  for (uint32_t i = 0; i < f.max_tensors; ++i) {
+    DirEntry& e = entry(i);
+    const uint32_t state = e.state.load();
+    if (state == DirEntry::kFree) {
+      if (free_index < 0) free_index = static_cast<int>(i);
+      continue;
+    }
+    if (e.name != name) continue;
+    if (!open_existing) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "shared tensor '", Sv(name), "' exists in shm segment ", name_,
+          "; open it (Engine::OpenSharedTensor) or remove it first"));
+    }
+    if (!SameSpec(e, spec)) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "shared tensor '", Sv(name), "' exists in shm segment ", name_,
+          " with another dtype, shape or block size; open it as it is, or use "
+          "another name"));
+    }
+    return RefOf(e, i);
+  }
+  if (free_index < 0) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "shm segment ", name_, ": its directory is full (", f.max_tensors,
+        " tensors); remove shared tensors, or create the segment with a larger "
+        "max_tensors"));
+  }
+  DirEntry& e = entry(static_cast<uint32_t>(free_index));
+  const uint64_t units = TableUnits(spec.num_blocks, f.max_processes);
+  STRATA_ASSIGN_OR_RETURN(uint64_t table, AllocateLocked(units * Buddy::kUnit));
+  e.owner = slot_;
+  e.state.store(DirEntry::kCreating);
+  std::memset(e.name, 0, kMaxNameBytes);
+  std::memcpy(e.name, name.data(), name.size());
+  e.dtype = static_cast<uint8_t>(spec.dtype);
+  e.ndims = static_cast<uint8_t>(spec.shape.size());
+  std::fill(std::begin(e.shape), std::end(e.shape), 0);
+  std::copy(spec.shape.begin(), spec.shape.end(), e.shape);
+  e.block_bytes = spec.block_bytes;
+  e.size_bytes = spec.size_bytes;
+  e.num_blocks = spec.num_blocks;
+  e.table_offset = table;
+  e.table_units = units;
+  if (options_.test_hook) options_.test_hook("create:table");
+  std::memset(at(table), 0, units * Buddy::kUnit);
+  e.generation.store(header().next_generation++);
+  e.state.store(DirEntry::kLive, std::memory_order_release);
+  return RefOf(e, static_cast<uint32_t>(free_index));
+}
+
+absl::StatusOr<SharedRef> Segment::OpenTensor(std::string_view name) {
+  STRATA_ASSIGN_OR_RETURN(Locked lock, Lock());
+  for (uint32_t i = 0; i < header().fixed.max_tensors; ++i) {
+    const DirEntry& e = entry(i);
+    if (e.state.load() == DirEntry::kLive && e.name == name) return RefOf(e, i);
+  }
+  return absl::NotFoundError(absl::StrCat(
+      "shm segment ", name_, " has no shared tensor '", Sv(name),
+      "'; create it (Engine::CreateSharedTensor) first"));
+}
+
+absl::Status Segment::RemoveTensor(const SharedRef& ref) {
+  STRATA_ASSIGN_OR_RETURN(Locked lock, Lock());
+  STRATA_ASSIGN_OR_RETURN(const DirEntry* ce, CheckRef(ref));
+  DirEntry& e = const_cast<DirEntry&>(*ce);
+  if (e.state.load() != DirEntry::kLive) {
+    return absl::NotFoundError(absl::StrCat("shared tensor '", ref.name, "' is gone"));
+  }
+  // Pinners announce themselves (their count) before they look at the
+  // entry's state; this looks at the counts after setting it: one of the
+  // two sees the other.
+  e.state.store(DirEntry::kRemoving, std::memory_order_seq_cst);
+  const BlockRecord* r = records(e);
+  uint64_t pinned = 0;
+  for (uint64_t b = 0; b < e.num_blocks; ++b) {
+    if (CountPins(e, b) != 0 ||
+        BlockWord::KindOf(r[b].state.load(std::memory_order_seq_cst)) == BlockWord::kBusy) {
+      ++pinned;
+    }
+  }
+  if (pinned != 0) {
+    e.state.store(DirEntry::kLive, std::memory_order_release);
+    return absl::FailedPreconditionError(absl::StrCat(
+        "shared tensor '", ref.name, "' has ", pinned,
+        " pinned blocks; unpin them in every process first (`strata shm stat` "
+        "lists pins per process)"));
+  }
+  e.generation.fetch_add(1);
+  const uint64_t table = e.table_offset;
+  for (uint64_t b = 0; b < e.num_blocks; ++b) {
+    if (const uint64_t frame = r[b].frame.load(); frame != 0) {
+      buddy().Free((frame - header().fixed.arena_offset) / Buddy::kUnit);
+    }
+  }
+  e.state.store(DirEntry::kFree);
+  buddy().Free((table - header().fixed.arena_offset) / Buddy::kUnit);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SharedPin> Segment::Pin(const SharedRef& ref, uint64_t block,
+                                       Access access, absl::Time deadline) {
+  STRATA_ASSIGN_OR_RETURN(const DirEntry* e, CheckRef(ref));
+  if (block >= e->num_blocks) {
+    return absl::OutOfRangeError(absl::StrCat(
+        "block ", block, " is out of range: shared tensor '", ref.name, "' has ",
+        e->num_blocks, " blocks"));
+  }
+  BlockRecord& r = records(*e)[block];
+  std::atomic<uint32_t>& mine = counts(*e, slot_)[block];
+  const uint64_t size = std::min(e->block_bytes, e->size_bytes - block * e->block_bytes);
+  auto gone = [&] {
+    return absl::NotFoundError(absl::StrCat(
+        "shared tensor '", ref.name, "' was removed from shm segment ", name_));
+  };
+  auto timed_out = [&](std::string_view what) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        "block ", block, " of shared tensor '", ref.name, "' ", Sv(what),
+        " past the pin deadline (EngineOptions::pin_wait_timeout); `strata shm "
+        "stat` shows who pins it"));
+  };
+
+  if (access == Access::kRead) {
+    for (;;) {
+      // Announce the pin, then look: a writer or remover claims first and
+      // then looks at the counts, so one of the two sees the other.
+      mine.fetch_add(1, std::memory_order_seq_cst);
+      const bool same = e->generation.load(std::memory_order_seq_cst) == ref.generation;
+      const uint32_t entry_state = e->state.load(std::memory_order_seq_cst);
+      const uint64_t w = r.state.load(std::memory_order_seq_cst);
+      if (same && entry_state == DirEntry::kLive && BlockWord::KindOf(w) == BlockWord::kResident) {
+        if (r.ref.load(std::memory_order_relaxed) == 0) r.ref.store(1, std::memory_order_relaxed);
+        return SharedPin{at(r.frame.load(std::memory_order_acquire)), size, &r, &mine};
+      }
+      Unpin(&r, &mine, /*write=*/false);
+      if (!same) return gone();
+      if (entry_state != DirEntry::kLive) {
+        // A removal checks for pins under the lock: wait for it to decide.
+        STRATA_ASSIGN_OR_RETURN(Locked lock, Lock());
+        continue;
+      }
+      const uint32_t seen = r.seq.load(std::memory_order_acquire);
+      const uint64_t now = r.state.load(std::memory_order_acquire);
+      if (BlockWord::KindOf(now) == BlockWord::kAbsent) {
+        uint64_t expected = now;
+        if (r.state.compare_exchange_strong(expected, BlockWord::Busy(BlockWord::kLoading, slot_))) {
+          // Never written: it reads as zeros.
+          absl::StatusOr<uint64_t> frame = AllocateFrame(e->block_bytes, r.shadow);
+          if (!frame.ok()) {
+            r.state.store(BlockWord::Absent(), std::memory_order_release);
+            Wake(r);
+            return frame.status();
+          }
+          std::memset(at(*frame), 0, e->block_bytes);
+          r.frame.store(*frame, std::memory_order_relaxed);
+          r.shadow.store(0, std::memory_order_relaxed);
+          r.state.store(BlockWord::Resident(), std::memory_order_release);
+          Wake(r);
+        }
+        continue;
+      }
+      if (BlockWord::KindOf(now) == BlockWord::kBusy) {
+        if (absl::Now() >= deadline) return timed_out("was being written");
+        WaitForChange(r, seen, deadline);
+      }
+    }
+  }
+
+  // A write pin: claim the block, wait for its readers to go, then hand
+  // out a shadow frame that Unpin seals.
+  uint64_t before;
+  for (;;) {
+    const uint32_t seen = r.seq.load(std::memory_order_acquire);
+    before = r.state.load(std::memory_order_seq_cst);
+    if (BlockWord::KindOf(before) != BlockWord::kBusy) {
+      if (r.state.compare_exchange_strong(before, BlockWord::Busy(BlockWord::kWriting, slot_),
+                                          std::memory_order_seq_cst)) {
+        break;
+      }
+      continue;
+    }
+    if (absl::Now() >= deadline) return timed_out("was being written by another pin");
+    WaitForChange(r, seen, deadline);
+  }
+  auto give_back = [&](absl::Status s) {
+    r.state.store(before, std::memory_order_release);
+    Wake(r);
+    return s;
+  };
+  for (;;) {
+    const uint32_t seen = r.seq.load(std::memory_order_acquire);
+    if (e->generation.load(std::memory_order_seq_cst) != ref.generation) return give_back(gone());
+    if (e->state.load(std::memory_order_seq_cst) != DirEntry::kLive) {
+      // A removal is deciding; it sees this block busy and backs off.
+      if (absl::Now() >= deadline) return give_back(timed_out("waited for a removal"));
+      WaitForChange(r, seen, deadline);
+      continue;
+    }
+    if (CountPins(*e, block) == 0) break;
+    if (absl::Now() >= deadline) return give_back(timed_out("was pinned by readers"));
+    WaitForChange(r, seen, deadline);
+    (void)ReclaimDead();  // a reader that died drains only by being reclaimed
+  }
+  absl::StatusOr<uint64_t> shadow = AllocateFrame(e->block_bytes, r.shadow);
+  if (!shadow.ok()) {
+    r.shadow.store(0);
+    return give_back(shadow.status());
+  }
+  const uint64_t frame = r.frame.load(std::memory_order_acquire);
+  if (access == Access::kWrite) {
+    if (frame != 0) {
+      std::memcpy(at(*shadow), at(frame), e->block_bytes);
+    } else {
+      std::memset(at(*shadow), 0, e->block_bytes);
+    }
+  }
+  mine.store(kWritePin, std::memory_order_relaxed);
+  return SharedPin{at(*shadow), size, &r, &mine};
+}
+
+void Segment::Unpin(BlockRecord* record, std::atomic<uint32_t>* count, bool write) {
+  BlockRecord& r = *record;
+  if (!write) {
+    count->fetch_sub(1, std::memory_order_seq_cst);
+    // A writer may be waiting for the readers to go.
+    if (BlockWord::KindOf(r.state.load(std::memory_order_seq_cst)) == BlockWord::kBusy) Wake(r);
+    return;
+  }
+  // Seal: the shadow becomes the block's bytes. The order matters to a
+  // reclaimer that finds this process dead half way: frame == shadow means
+  // the new bytes are complete.
+  const uint64_t old = r.frame.load(std::memory_order_relaxed);
+  r.frame.store(r.shadow.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  r.shadow.store(0, std::memory_order_relaxed);
+  r.version.fetch_add(1, std::memory_order_relaxed);
+  count->store(0, std::memory_order_relaxed);
+  r.state.store(BlockWord::Resident(), std::memory_order_release);
+  Wake(r);
+  if (old != 0) FreeFrame(old);
+}
+
+absl::StatusOr<SegmentStat> Segment::Stat() {
+  STRATA_ASSIGN_OR_RETURN(Locked lock, Lock());
+  const ImmutableHeader& f = header().fixed;
+  SegmentStat s;
+  s.name = name_;
+  s.layout_version = f.layout_version;
+  s.created_unix_ns = f.created_unix_ns;
+  s.capacity_bytes = capacity_bytes();
+  s.used_bytes = buddy().used_units() * Buddy::kUnit;
+  s.max_processes = f.max_processes;
+  s.max_tensors = f.max_tensors;
+  s.dead_reclaimed = header().dead_reclaimed;
+  s.pins_reclaimed = header().pins_reclaimed;
+  s.lock_repairs = header().lock_repairs;
+  for (uint32_t q = 0; q < f.max_processes; ++q) {
+    if (process(q).state.load() != ProcessSlot::kLive) continue;
+    s.processes.push_back({q, process(q).pid, q == slot_, 0, 0});
+  }
+  for (uint32_t i = 0; i < f.max_tensors; ++i) {
+    const DirEntry& e = entry(i);
+    if (e.state.load() != DirEntry::kLive) continue;
+    ++s.tensors;
+    s.blocks += e.num_blocks;
+    const BlockRecord* r = records(e);
+    for (uint64_t b = 0; b < e.num_blocks; ++b) {
+      if (BlockWord::KindOf(r[b].state.load()) != BlockWord::kAbsent) ++s.resident_blocks;
+      bool pinned = false;
+      for (ProcessStat& p : s.processes) {
+        const uint32_t c = counts(e, p.slot)[b].load();
+        if (c >= kWritePin) {
+          ++p.write_pins;
+        } else {
+          p.read_pins += c;
+        }
+        pinned |= c != 0;
+      }
+      if (pinned) s.pinned_bytes += e.block_bytes;
+    }
+  }
+  return s;
+}
+
+}  // namespace strata::tiers::shm

@@ -1,0 +1,240 @@
+// The node segment: a POSIX shared-memory object /strata-<name> that the
+// processes of one node attach to, holding a directory of shared tensors,
+// their blocks' states and their bytes (the shm tier; tiers/shm/layout.h
+// has the bytes).
+//
+// Invariants:
+// - A reader never sees a torn block: a write pin writes into a shadow
+//   frame, which replaces the sealed frame only when the pin is released;
+//   a writer that dies leaves the last sealed bytes in place.
+// - A write pin is exclusive: granted once no process pins the block, and
+//   no pin is granted while it lives.
+// - Pins are counted per process (its own row of counts), so a dead
+//   process's pins are known exactly and dropped by whoever notices the
+//   death: a waiter whose wait times out, the watchdog thread of every
+//   attached process (every `reclaim_interval`), or a lock taker that meets
+//   EOWNERDEAD. A dead process is told from a live one by its pid *and* its
+//   start time, so a reused pid is not mistaken for it.
+// - Locks a dead process may hold are robust process-shared mutexes; after
+//   EOWNERDEAD the allocator is rebuilt from the frames the directory
+//   references, never trusted.
+//
+// Threads: every method is thread-safe. Waits use shared futexes with
+// deadlines; nothing spins.
+#ifndef STRATA_TIERS_SHM_SEGMENT_H_
+#define STRATA_TIERS_SHM_SEGMENT_H_
+
+#include <atomic>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "api/strata/strata.h"
+#include "tiers/shm/layout.h"
+
+namespace strata::tiers::shm {
+
+enum class OpenMode : uint8_t { kCreate, kAttach, kCreateOrAttach };
+
+struct SegmentOptions {
+  // [A-Za-z0-9_.-], 1..200 characters; the object is /strata-<name>.
+  std::string name;
+  OpenMode mode = OpenMode::kCreateOrAttach;
+  // When creating: bytes of the arena (frames and tensor tables), a
+  // multiple of 4096; and the most processes and tensors it serves.
+  uint64_t capacity_bytes = uint64_t{1} << 30;
+  uint32_t max_processes = 32;
+  uint32_t max_tensors = 1024;
+  // How long an attach waits for a segment's creator to finish it, and a
+  // lock taker for the lock.
+  absl::Duration lock_timeout = absl::Seconds(10);
+  // How often the watchdog looks for dead processes; zero: no watchdog
+  // (waiters still reclaim when their waits time out).
+  absl::Duration reclaim_interval = absl::Milliseconds(200);
+  // Rare events (a dead process reclaimed, a lock repaired). Empty: stderr.
+  std::function<void(std::string_view)> log;
+  // Tests only: called at named points inside critical sections
+  // ("create:table", with the lock held), so that a test can kill the
+  // process there.
+  std::function<void(std::string_view)> test_hook;
+};
+
+// What a shared tensor is, as the directory holds it.
+struct SharedSpec {
+  DType dtype = DType::kU8;
+  std::vector<int64_t> shape;
+  uint64_t block_bytes = 0;
+  uint64_t size_bytes = 0;
+  uint64_t num_blocks = 0;
+};
+
+// A tensor of the segment, as one process holds it: the directory slot and
+// the generation it had when opened (a removed and re-created tensor has
+// another).
+struct SharedRef {
+  uint32_t index = 0;
+  uint64_t generation = 0;
+  SharedSpec spec;
+  std::string name;
+};
+
+// What a pin of a shared block hands out.
+struct SharedPin {
+  std::byte* data = nullptr;
+  uint64_t size = 0;
+  BlockRecord* record = nullptr;
+  std::atomic<uint32_t>* count = nullptr;  // this process's count of the block
+};
+
+struct ProcessStat {
+  uint32_t slot = 0;
+  int pid = 0;
+  bool self = false;
+  uint64_t read_pins = 0;
+  uint64_t write_pins = 0;
+};
+
+struct SegmentStat {
+  std::string name;
+  uint32_t layout_version = 0;
+  int64_t created_unix_ns = 0;
+  uint64_t capacity_bytes = 0;  // the arena
+  uint64_t used_bytes = 0;      // frames and tables allocated
+  uint64_t pinned_bytes = 0;    // bytes of blocks with a pin
+  uint64_t tensors = 0;
+  uint64_t blocks = 0;
+  uint64_t resident_blocks = 0;
+  uint32_t max_processes = 0;
+  uint32_t max_tensors = 0;
+  std::vector<ProcessStat> processes;
+  uint64_t dead_reclaimed = 0;
+  uint64_t pins_reclaimed = 0;
+  uint64_t lock_repairs = 0;
+};
+
+class Segment {
+ public:
+  // Creates and/or attaches the segment, and takes a process slot in it.
+  // Errors: kInvalidArgument (name, sizes), kAlreadyExists (kCreate of an
+  // existing one), kNotFound (kAttach of a missing one), kFailedPrecondition
+  // (another layout version, a corrupt header or directory, a creator that
+  // never finished), kResourceExhausted (no free process slot; /dev/shm
+  // full), kPermissionDenied.
+  static absl::StatusOr<std::unique_ptr<Segment>> Open(SegmentOptions options);
+  // shm_unlink of /strata-<name>: processes attached keep their mapping.
+  // kNotFound if there is none.
+  static absl::Status Remove(std::string_view name);
+  // Names (without the "strata-" prefix) of the segments in /dev/shm.
+  static absl::StatusOr<std::vector<std::string>> List();
+  // "/strata-<name>".
+  static std::string ObjectName(std::string_view name);
+
+  // Gives the process slot back (pins still held are dropped, as if the
+  // process had died) and unmaps.
+  ~Segment();
+  Segment(const Segment&) = delete;
+  Segment& operator=(const Segment&) = delete;
+
+  // Creates a shared tensor; with `open_existing`, an existing one of the
+  // same spec is opened instead of kAlreadyExists (another spec:
+  // kAlreadyExists naming both). kResourceExhausted: the directory or the
+  // arena is full.
+  absl::StatusOr<SharedRef> CreateTensor(std::string_view name,
+                                         const SharedSpec& spec,
+                                         bool open_existing);
+  // kNotFound if the segment has no such tensor.
+  absl::StatusOr<SharedRef> OpenTensor(std::string_view name);
+  // Removes it for every process: kFailedPrecondition while a process pins
+  // one of its blocks; kNotFound if it is gone already.
+  absl::Status RemoveTensor(const SharedRef& ref);
+
+  // Pins `block` of `ref` zero-copy; blocks until granted or `deadline`.
+  // A read pin of a block never written sees zeros. Errors: kNotFound (the
+  // tensor was removed), kOutOfRange, kDeadlineExceeded (a conflicting pin
+  // held past the deadline), kResourceExhausted (no frame free: names the
+  // segment, its capacity and its pinned bytes), kUnavailable (the lock).
+  absl::StatusOr<SharedPin> Pin(const SharedRef& ref, uint64_t block,
+                                Access access, absl::Time deadline);
+  // Ends a pin of Pin(); a write pin seals its bytes (readers see them
+  // from now on).
+  void Unpin(BlockRecord* record, std::atomic<uint32_t>* count, bool write);
+
+  // Looks for dead processes now and reclaims their pins, locks and
+  // half-made tensors. Returns how many processes it reclaimed.
+  absl::StatusOr<int> ReclaimDead();
+
+  absl::StatusOr<SegmentStat> Stat();
+
+  // A frame of `bytes` from the arena (segment offset), stored into
+  // `record_into` under the lock. Pins use these; a benchmark may too, but
+  // an allocator rebuild (after a process died) keeps only frames that a
+  // BlockRecord in the segment references.
+  absl::StatusOr<uint64_t> AllocateFrame(uint64_t bytes,
+                                         std::atomic<uint64_t>& record_into);
+  void FreeFrame(uint64_t offset);
+
+  const std::string& name() const { return name_; }
+  uint32_t slot() const { return slot_; }
+  // The mapping (for cudaHostRegister).
+  std::byte* base() const { return base_; }
+  uint64_t mapped_bytes() const { return size_; }
+  uint64_t capacity_bytes() const;
+
+ private:
+  class Locked;
+  Segment(SegmentOptions options, std::byte* base, uint64_t size, int fd);
+
+  absl::Status TakeSlot();
+  void StartWatchdog();
+  absl::StatusOr<Locked> Lock();
+  // Under the lock: every repair a dead process may need. `lock_was_dead`:
+  // the lock came back EOWNERDEAD (the allocator is rebuilt then).
+  int RepairLocked(bool lock_was_dead);
+  void RebuildAllocatorLocked();
+  void Log(std::string_view message) const;
+
+  absl::StatusOr<uint64_t> AllocateLocked(uint64_t bytes);
+  uint64_t PinnedBytesLocked() const;
+
+  // Layout accessors.
+  Header& header() const { return *reinterpret_cast<Header*>(base_); }
+  ProcessSlot& process(uint32_t i) const;
+  DirEntry& entry(uint32_t i) const;
+  BlockRecord* records(const DirEntry& e) const;
+  std::atomic<uint32_t>* counts(const DirEntry& e, uint32_t slot) const;
+  uint64_t CountRowStride(const DirEntry& e) const;
+  std::byte* at(uint64_t offset) const { return base_ + offset; }
+  Buddy buddy() const;
+
+  absl::StatusOr<const DirEntry*> CheckRef(const SharedRef& ref) const;
+  bool SlotAlive(uint32_t slot) const;
+  uint64_t CountPins(const DirEntry& e, uint64_t block) const;
+  void WaitForChange(BlockRecord& r, uint32_t seen, absl::Time deadline);
+  static void Wake(BlockRecord& r);
+
+  const SegmentOptions options_;
+  const std::string name_;
+  std::byte* const base_;
+  const uint64_t size_;
+  const int fd_;
+  uint32_t slot_ = ~0u;
+
+  std::mutex watchdog_mu_;
+  std::condition_variable watchdog_cv_;
+  bool stopping_ = false;
+  std::thread watchdog_;
+};
+
+}  // namespace strata::tiers::shm
+
+#endif  // STRATA_TIERS_SHM_SEGMENT_H_
