@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
@@ -17,6 +18,7 @@
 #include <mutex>
 #include <random>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -304,6 +306,44 @@ struct Batch {
 #define REQUIRE_SERVER(s) \
   ASSERT_TRUE((s).ok()) << (s).error()
 
+// What a tier logged (RemoteConfig::log), and waiting for a line.
+class Logs {
+ public:
+  std::function<void(std::string_view)> Sink() {
+    return [this](std::string_view line) {
+      std::lock_guard lock(mu_);
+      lines_.emplace_back(line);
+      cv_.notify_all();
+    };
+  }
+  // Lines that contain `text`.
+  int Count(std::string_view text) {
+    std::lock_guard lock(mu_);
+    return CountLocked(text);
+  }
+  // Whether a line with `text` came within `limit`.
+  bool Await(std::string_view text, std::chrono::milliseconds limit) {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, limit, [&] { return CountLocked(text) > 0; });
+  }
+  std::string All() {
+    std::lock_guard lock(mu_);
+    std::string all;
+    for (const std::string& line : lines_) all += line + "\n";
+    return all;
+  }
+
+ private:
+  int CountLocked(std::string_view text) const {
+    int n = 0;
+    for (const std::string& line : lines_) n += line.find(text) != std::string::npos;
+    return n;
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::string> lines_;
+};
+
 TEST(RemoteTierTest, RandomBlocksRoundTrip) {
   Blockd server(64 * kMiB);
   REQUIRE_SERVER(server);
@@ -438,6 +478,91 @@ TEST(RemoteTierTest, KilledServerFailsEveryTransferInBoundedTime) {
   }
   EXPECT_NE(FirstPatternMismatch(into, Seed(run, 0, 1)), -1)
       << "bytes arrived from a dead server";
+}
+
+// A receive buffer that cannot be posted again (fi_recv failing: injected,
+// the fabric has no seam) would shrink the tier's receive pool until no
+// reply arrives and transfers only time out. The tier fences instead, says
+// so once, and later transfers fail at once naming the server and the error.
+TEST(RemoteTierTest, AReceiveThatCannotBePostedAgainFencesTheTier) {
+  Blockd server(16 * kMiB);
+  REQUIRE_SERVER(server);
+  Logs logs;
+  tiers::RemoteConfig c = Config(server, 4 * kMiB);
+  c.timeout = absl::Seconds(2);
+  c.log = logs.Sink();
+  std::atomic<bool> fail{false};
+  tiers::RemoteFaults faults{.post_receive = [&fail] {
+    return fail.load() ? absl::InternalError("fi_recv: injected failure (EIO)")
+                       : absl::OkStatus();
+  }};
+  ASSERT_OK_AND_ASSIGN(auto tier, tiers::MakeRemoteTier(c, faults));
+  ASSERT_OK_AND_ASSIGN(tiers::Frame f, tier->Allocate(64 * kKiB));
+  fail.store(true);
+  // The next reply's buffer cannot go back: Stat's, or, when its re-post
+  // comes only now, the allocation's (a Call returns before its buffer is
+  // re-posted); then Stat meets the fence, closed or unanswered.
+  const absl::Status stat = tiers::StatRemoteServer(*tier).status();
+  EXPECT_TRUE(stat.ok() || absl::IsFailedPrecondition(stat) || absl::IsDeadlineExceeded(stat))
+      << stat;
+  ASSERT_TRUE(logs.Await("injected failure", std::chrono::seconds(10)))
+      << "the failed post was not logged: " << logs.All();
+  std::vector<std::byte> data(64 * kKiB);
+  FillPattern(data, 11);
+  uint64_t sum = 0;
+  const auto start = std::chrono::steady_clock::now();
+  const absl::Status write = Move(*tier, tiers::Transfer::Op::kWrite, f, data, 0, &sum);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(1))
+      << "a write to a fenced tier did not fail at once";
+  EXPECT_STATUS(write, StatusCode::kUnavailable);
+  EXPECT_NE(write.message().find(server.address()), std::string::npos) << write;
+  EXPECT_NE(write.message().find("injected failure"), std::string::npos) << write;
+  EXPECT_STATUS(tier->Allocate(64 * kKiB), StatusCode::kResourceExhausted);
+  EXPECT_EQ(logs.Count("injected failure"), 1) << logs.All();
+  tier->Free(f);
+}
+
+// A full receive queue is the provider's to drain, not a lost server: the
+// buffer goes back after the next poll, more times than the tier has
+// buffers, and the tier keeps answering. A queue that stays full for the
+// control timeout fences it.
+TEST(RemoteTierTest, AFullReceiveQueueIsRetriedUntilTheTimeout) {
+  Blockd server(16 * kMiB);
+  REQUIRE_SERVER(server);
+  Logs logs;
+  tiers::RemoteConfig c = Config(server, 4 * kMiB);
+  c.timeout = absl::Seconds(2);
+  c.log = logs.Sink();
+  std::atomic<int> full{0};  // posts still to refuse; -1: all of them
+  tiers::RemoteFaults faults{.post_receive = [&full] {
+    int left = full.load();
+    while (left != 0 && !full.compare_exchange_weak(left, left > 0 ? left - 1 : left)) {
+    }
+    return left != 0 ? absl::ResourceExhaustedError("receive queue full (injected)")
+                     : absl::OkStatus();
+  }};
+  ASSERT_OK_AND_ASSIGN(auto tier, tiers::MakeRemoteTier(c, faults));
+  ASSERT_OK_AND_ASSIGN(tiers::Frame f, tier->Allocate(64 * kKiB));
+  full.store(16);
+  for (int i = 0; i < 12; ++i) {
+    ASSERT_OK(tiers::StatRemoteServer(*tier).status()) << "call " << i;
+  }
+  std::vector<std::byte> data(64 * kKiB), back(64 * kKiB);
+  FillPattern(data, 12);
+  uint64_t sum = 0;
+  ASSERT_OK(Move(*tier, tiers::Transfer::Op::kWrite, f, data, 0, &sum));
+  ASSERT_OK(Move(*tier, tiers::Transfer::Op::kRead, f, back, 0, &sum));
+  EXPECT_EQ(FirstPatternMismatch(back, 12), -1);
+  EXPECT_EQ(logs.Count("injected"), 0) << logs.All();
+  full.store(-1);
+  ASSERT_OK(tiers::StatRemoteServer(*tier).status());
+  ASSERT_TRUE(logs.Await("receive queue full (injected)", std::chrono::seconds(10)))
+      << "a receive queue full for the timeout did not fence the tier: " << logs.All();
+  const absl::Status write = Move(*tier, tiers::Transfer::Op::kWrite, f, data, 0, &sum);
+  EXPECT_STATUS(write, StatusCode::kUnavailable);
+  EXPECT_NE(write.message().find(server.address()), std::string::npos) << write;
+  EXPECT_EQ(logs.Count("injected"), 1) << logs.All();
+  tier->Free(f);
 }
 
 // A server restarted at the same address is a new server: a tier of the
