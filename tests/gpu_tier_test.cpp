@@ -258,6 +258,17 @@ TEST(GpuTierTest, AFrameFencedByAStreamThatNeverFinishesIsNotReused) {
   tier->Free(g);
 }
 
+// The device's teardown never fails but says what went wrong there through
+// the tier's log (EngineOptions::log), which the tier hands down.
+TEST(GpuTierTest, HandsItsLogToTheDevice) {
+  auto dev = std::make_shared<FakeGpuDevice>(64 * kMiB);
+  ASSERT_OK_AND_ASSIGN(
+      auto tier, GpuTier::Create({.capacity_bytes = 1 * kMiB,
+                                  .log = [](std::string_view) {}},
+                                 dev));
+  EXPECT_TRUE(dev->has_log());
+}
+
 TEST(GpuTierTest, RegistersTheHostArenaOnce) {
   auto dev = std::make_shared<FakeGpuDevice>(64 * kMiB);
   ASSERT_OK_AND_ASSIGN(auto tier, GpuTier::Create({.capacity_bytes = 1 * kMiB}, dev));
