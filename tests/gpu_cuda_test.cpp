@@ -67,12 +67,9 @@ class GpuCudaTest : public ::testing::Test {
   }
 
   void Open(uint64_t gpu_blocks, uint64_t host_blocks) {
-    EngineOptions o = test::SmallOptions(dir_.Sub("nvme"), host_blocks * kBlock, kBlock);
+    EngineOptions o = test::GpuEngineOptions(dir_.Sub("nvme"), host_blocks * kBlock, kBlock);
     o.nvme.capacity_bytes = 1024 * kMiB;
-    o.tiers = {Tier::kGpu, Tier::kHost, Tier::kNvme};
     o.gpu.capacity_bytes = gpu_blocks * kBlock;
-    o.policy = "lru";
-    o.readahead_blocks = 0;
     auto e = Engine::Open(o);
     ASSERT_TRUE(e.ok()) << e.status();
     engine_ = std::move(e).value();
