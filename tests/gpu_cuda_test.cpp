@@ -12,6 +12,8 @@
 #include <cstdint>
 #include <memory>
 #include <random>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "api/strata/strata.h"
@@ -19,6 +21,7 @@
 #include "tests/gpu_kernels.h"
 #include "tests/gpu_test_util.h"
 #include "tests/test_util.h"
+#include "tiers/gpu/cuda_device.h"
 
 namespace strata {
 namespace {
@@ -64,12 +67,9 @@ class GpuCudaTest : public ::testing::Test {
   }
 
   void Open(uint64_t gpu_blocks, uint64_t host_blocks) {
-    EngineOptions o = test::SmallOptions(dir_.Sub("nvme"), host_blocks * kBlock, kBlock);
+    EngineOptions o = test::GpuEngineOptions(dir_.Sub("nvme"), host_blocks * kBlock, kBlock);
     o.nvme.capacity_bytes = 1024 * kMiB;
-    o.tiers = {Tier::kGpu, Tier::kHost, Tier::kNvme};
     o.gpu.capacity_bytes = gpu_blocks * kBlock;
-    o.policy = "lru";
-    o.readahead_blocks = 0;
     auto e = Engine::Open(o);
     ASSERT_TRUE(e.ok()) << e.status();
     engine_ = std::move(e).value();
@@ -183,6 +183,27 @@ TEST_F(GpuCudaTest, OutOfVramIsResourceExhaustedAndTheNextKernelRuns) {
   EXPECT_NE(p2.status().message().find("gpu.capacity_bytes"), std::string::npos);
   ASSERT_OK(p1->Release());
   ExpectGpu(t, 2, 1);
+}
+
+// Teardown never fails, but the first CUDA error met there is logged once,
+// with its name and what was being torn down: here a pool that was never
+// reserved (cudaFree of host memory: cudaErrorInvalidValue, not sticky).
+TEST(GpuCudaDeviceTest, ATeardownErrorIsLoggedOnce) {
+  std::string why;
+  if (!HaveGpu(&why)) GTEST_SKIP() << "no usable GPU here (" << why << ")";
+  std::vector<std::string> logged;  // outlives the device, which may log
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<tiers::GpuDevice> dev, tiers::OpenCudaDevice(0));
+  dev->set_log([&logged](std::string_view m) { logged.emplace_back(m); });
+  int not_device_memory[4] = {};
+  dev->Unreserve(reinterpret_cast<std::byte*>(not_device_memory));
+  dev->Unreserve(reinterpret_cast<std::byte*>(not_device_memory));
+  ASSERT_EQ(logged.size(), 1u);
+  EXPECT_NE(logged[0].find("cudaFree"), std::string::npos) << logged[0];
+  EXPECT_NE(logged[0].find("releasing the pool"), std::string::npos) << logged[0];
+  EXPECT_NE(logged[0].find("cudaErrorInvalidValue"), std::string::npos) << logged[0];
+  // Cleared: the next call does not report it as its own.
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  EXPECT_OK(dev->MemoryInfo().status());
 }
 
 TEST_F(GpuCudaTest, StickyErrorFencesTheGpuTierOnly) {

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "api/strata/strata.h"
 #include "gtest/gtest.h"
@@ -22,6 +23,20 @@ inline uint64_t RunTag() {
 
 // The seed of version `v` of block `b` in this run.
 inline uint64_t BlockSeed(uint64_t b, uint64_t v) { return Seed(RunTag(), b, v); }
+
+// The GPU over host (`host_bytes`) and, `with_nvme`, NVMe in `nvme_dir`;
+// blocks of `block_bytes`, LRU and no readahead, so that a test decides
+// what is where. The GPU's capacity is the caller's (options, or the tier
+// it brings).
+inline EngineOptions GpuEngineOptions(const std::string& nvme_dir, uint64_t host_bytes,
+                                      uint64_t block_bytes, bool with_nvme = true) {
+  EngineOptions o = SmallOptions(nvme_dir, host_bytes, block_bytes);
+  o.tiers = with_nvme ? std::vector<Tier>{Tier::kGpu, Tier::kHost, Tier::kNvme}
+                      : std::vector<Tier>{Tier::kGpu, Tier::kHost};
+  o.policy = "lru";
+  o.readahead_blocks = 0;
+  return o;
+}
 
 inline Tensor MakeBlocks(Engine& engine, const std::string& name,
                          uint64_t blocks, uint64_t block_bytes) {

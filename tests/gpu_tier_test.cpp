@@ -75,6 +75,11 @@ Transfer MakeTransfer(Transfer::Op op, const tiers::Frame& frame,
   return t;
 }
 
+absl::Status SubmitOne(GpuTier& tier, Transfer& t) {
+  Transfer* one[1] = {&t};
+  return tier.Submit(one);
+}
+
 // Waits for a transfer's completion, which comes from the tier's lane.
 bool AwaitDone(const Done& d) {
   const absl::Time until = absl::Now() + kPatience;
@@ -145,15 +150,13 @@ TEST(GpuTierTest, TransfersRoundTripOnTheCopyStreams) {
   std::vector<std::byte> out(kBlock);
   Done w, r;
   Transfer tw = MakeTransfer(Transfer::Op::kWrite, f, in, w);
-  Transfer* one[1] = {&tw};
-  ASSERT_OK(tier->Submit(one));
+  ASSERT_OK(SubmitOne(*tier, tw));
   ASSERT_TRUE(AwaitDone(w));
   ASSERT_OK(w.status);
   EXPECT_EQ(FirstPatternMismatch(dev->Peek(f.device, kBlock), Seed(RunTag(), 1, 1)), -1)
       << "run tag " << RunTag();
   Transfer tr = MakeTransfer(Transfer::Op::kRead, f, out, r);
-  one[0] = &tr;
-  ASSERT_OK(tier->Submit(one));
+  ASSERT_OK(SubmitOne(*tier, tr));
   ASSERT_TRUE(AwaitDone(r));
   ASSERT_OK(r.status);
   EXPECT_EQ(out, in);
@@ -172,8 +175,7 @@ TEST(GpuTierTest, ACopyCompletesOnlyWhenTheDeviceFinishedIt) {
   dev->Hold(dev->copy_stream(CopyDir::kHostToDevice));  // a busy device
   Done w;
   Transfer tw = MakeTransfer(Transfer::Op::kWrite, f, in, w);
-  Transfer* one[1] = {&tw};
-  ASSERT_OK(tier->Submit(one));
+  ASSERT_OK(SubmitOne(*tier, tw));
   ASSERT_TRUE(dev->AwaitWaiters(1, kPatience));  // the lane waits on its event
   EXPECT_EQ(w.calls.load(), 0);
   EXPECT_EQ(dev->copies(CopyDir::kHostToDevice), 0u);
@@ -216,8 +218,7 @@ TEST(GpuTierTest, AStickyErrorFencesTheTier) {
   dev->Hold(dev->copy_stream(CopyDir::kHostToDevice));
   Done w;
   Transfer tw = MakeTransfer(Transfer::Op::kWrite, f, in, w);
-  Transfer* one[1] = {&tw};
-  ASSERT_OK(tier->Submit(one));
+  ASSERT_OK(SubmitOne(*tier, tw));
   ASSERT_TRUE(dev->AwaitWaiters(1, kPatience));
   dev->InjectStickyError(absl::InternalError(
       "cudaEventSynchronize: cudaErrorIllegalAddress (an illegal memory access)"));
@@ -231,8 +232,7 @@ TEST(GpuTierTest, AStickyErrorFencesTheTier) {
   EXPECT_NE(again.status().message().find("restart the process"), std::string::npos);
   Done later;
   Transfer tl = MakeTransfer(Transfer::Op::kRead, f, in, later);
-  one[0] = &tl;
-  EXPECT_STATUS(tier->Submit(one), StatusCode::kFailedPrecondition);
+  EXPECT_STATUS(SubmitOne(*tier, tl), StatusCode::kFailedPrecondition);
   EXPECT_EQ(later.calls.load(), 0);  // refused: no completion
   tier->Free(f);
 }
@@ -256,6 +256,17 @@ TEST(GpuTierTest, AFrameFencedByAStreamThatNeverFinishesIsNotReused) {
   ASSERT_OK_AND_ASSIGN(tiers::Frame g, tier->Allocate(1 * kMiB));
   EXPECT_EQ(tier->deferred_frames(), 0u);
   tier->Free(g);
+}
+
+// The device's teardown never fails but says what went wrong there through
+// the tier's log (EngineOptions::log), which the tier hands down.
+TEST(GpuTierTest, HandsItsLogToTheDevice) {
+  auto dev = std::make_shared<FakeGpuDevice>(64 * kMiB);
+  ASSERT_OK_AND_ASSIGN(
+      auto tier, GpuTier::Create({.capacity_bytes = 1 * kMiB,
+                                  .log = [](std::string_view) {}},
+                                 dev));
+  EXPECT_TRUE(dev->has_log());
 }
 
 TEST(GpuTierTest, RegistersTheHostArenaOnce) {
@@ -287,11 +298,8 @@ class GpuEngineTest : public ::testing::Test {
 
   // gpu (`gpu_blocks` of kBlock) over host (`host_blocks`) over NVMe.
   void Open(uint64_t gpu_blocks, uint64_t host_blocks, bool with_nvme = true) {
-    EngineOptions o = test::SmallOptions(dir_.Sub("nvme"), host_blocks * kBlock, kBlock);
-    o.tiers = with_nvme ? std::vector<Tier>{Tier::kGpu, Tier::kHost, Tier::kNvme}
-                        : std::vector<Tier>{Tier::kGpu, Tier::kHost};
-    o.policy = "lru";
-    o.readahead_blocks = 0;
+    EngineOptions o =
+        test::GpuEngineOptions(dir_.Sub("nvme"), host_blocks * kBlock, kBlock, with_nvme);
     dev_ = std::make_shared<FakeGpuDevice>(256 * kMiB);
     auto gpu = GpuTier::Create({.capacity_bytes = gpu_blocks * kBlock}, dev_);
     ASSERT_TRUE(gpu.ok()) << gpu.status();

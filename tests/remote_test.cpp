@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
@@ -17,6 +18,7 @@
 #include <mutex>
 #include <random>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -304,6 +306,44 @@ struct Batch {
 #define REQUIRE_SERVER(s) \
   ASSERT_TRUE((s).ok()) << (s).error()
 
+// What a tier logged (RemoteConfig::log), and waiting for a line.
+class Logs {
+ public:
+  std::function<void(std::string_view)> Sink() {
+    return [this](std::string_view line) {
+      std::lock_guard lock(mu_);
+      lines_.emplace_back(line);
+      cv_.notify_all();
+    };
+  }
+  // Lines that contain `text`.
+  int Count(std::string_view text) {
+    std::lock_guard lock(mu_);
+    return CountLocked(text);
+  }
+  // Whether a line with `text` came within `limit`.
+  bool Await(std::string_view text, std::chrono::milliseconds limit) {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, limit, [&] { return CountLocked(text) > 0; });
+  }
+  std::string All() {
+    std::lock_guard lock(mu_);
+    std::string all;
+    for (const std::string& line : lines_) all += line + "\n";
+    return all;
+  }
+
+ private:
+  int CountLocked(std::string_view text) const {
+    int n = 0;
+    for (const std::string& line : lines_) n += line.find(text) != std::string::npos;
+    return n;
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::string> lines_;
+};
+
 TEST(RemoteTierTest, RandomBlocksRoundTrip) {
   Blockd server(64 * kMiB);
   REQUIRE_SERVER(server);
@@ -440,6 +480,93 @@ TEST(RemoteTierTest, KilledServerFailsEveryTransferInBoundedTime) {
       << "bytes arrived from a dead server";
 }
 
+// A tier of `server` with `faults`, logging into `logs`; control calls time
+// out after 2 s.
+absl::StatusOr<std::unique_ptr<tiers::Tier>> FaultyTier(const Blockd& server, Logs& logs,
+                                                        tiers::RemoteFaults faults) {
+  tiers::RemoteConfig c = Config(server, 4 * kMiB);
+  c.timeout = absl::Seconds(2);
+  c.log = logs.Sink();
+  return tiers::MakeRemoteTier(c, std::move(faults));
+}
+
+// A receive buffer that cannot be posted again (fi_recv failing: injected,
+// the fabric has no seam) would shrink the tier's receive pool until no
+// reply arrives and transfers only time out. The tier fences instead, says
+// so once, and later transfers fail at once naming the server and the error.
+TEST(RemoteTierTest, AReceiveThatCannotBePostedAgainFencesTheTier) {
+  Blockd server(16 * kMiB);
+  REQUIRE_SERVER(server);
+  Logs logs;
+  std::atomic<bool> fail{false};
+  ASSERT_OK_AND_ASSIGN(auto tier, FaultyTier(server, logs, {.post_receive = [&fail] {
+    return fail.load() ? absl::InternalError("fi_recv: injected failure (EIO)")
+                       : absl::OkStatus();
+  }}));
+  ASSERT_OK_AND_ASSIGN(tiers::Frame f, tier->Allocate(64 * kKiB));
+  fail.store(true);
+  // The next reply's buffer cannot go back: Stat's, or, when its re-post
+  // comes only now, the allocation's (a Call returns before its buffer is
+  // re-posted); then Stat meets the fence, closed or unanswered.
+  const absl::Status stat = tiers::StatRemoteServer(*tier).status();
+  EXPECT_TRUE(stat.ok() || absl::IsFailedPrecondition(stat) || absl::IsDeadlineExceeded(stat))
+      << stat;
+  ASSERT_TRUE(logs.Await("injected failure", std::chrono::seconds(10)))
+      << "the failed post was not logged: " << logs.All();
+  std::vector<std::byte> data(64 * kKiB);
+  FillPattern(data, 11);
+  uint64_t sum = 0;
+  const auto start = std::chrono::steady_clock::now();
+  const absl::Status write = Move(*tier, tiers::Transfer::Op::kWrite, f, data, 0, &sum);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(1))
+      << "a write to a fenced tier did not fail at once";
+  EXPECT_STATUS(write, StatusCode::kUnavailable);
+  EXPECT_NE(write.message().find(server.address()), std::string::npos) << write;
+  EXPECT_NE(write.message().find("injected failure"), std::string::npos) << write;
+  EXPECT_STATUS(tier->Allocate(64 * kKiB), StatusCode::kResourceExhausted);
+  EXPECT_EQ(logs.Count("injected failure"), 1) << logs.All();
+  tier->Free(f);
+}
+
+// A full receive queue is the provider's to drain, not a lost server: the
+// buffer goes back after the next poll, more times than the tier has
+// buffers, and the tier keeps answering. A queue that stays full for the
+// control timeout fences it.
+TEST(RemoteTierTest, AFullReceiveQueueIsRetriedUntilTheTimeout) {
+  Blockd server(16 * kMiB);
+  REQUIRE_SERVER(server);
+  Logs logs;
+  std::atomic<int> full{0};  // posts still to refuse; -1: all of them
+  ASSERT_OK_AND_ASSIGN(auto tier, FaultyTier(server, logs, {.post_receive = [&full] {
+    int left = full.load();
+    while (left != 0 && !full.compare_exchange_weak(left, left > 0 ? left - 1 : left)) {
+    }
+    return left != 0 ? absl::ResourceExhaustedError("receive queue full (injected)")
+                     : absl::OkStatus();
+  }}));
+  ASSERT_OK_AND_ASSIGN(tiers::Frame f, tier->Allocate(64 * kKiB));
+  full.store(16);
+  for (int i = 0; i < 12; ++i) {
+    ASSERT_OK(tiers::StatRemoteServer(*tier).status()) << "call " << i;
+  }
+  std::vector<std::byte> data(64 * kKiB), back(64 * kKiB);
+  FillPattern(data, 12);
+  uint64_t sum = 0;
+  ASSERT_OK(Move(*tier, tiers::Transfer::Op::kWrite, f, data, 0, &sum));
+  ASSERT_OK(Move(*tier, tiers::Transfer::Op::kRead, f, back, 0, &sum));
+  EXPECT_EQ(FirstPatternMismatch(back, 12), -1);
+  EXPECT_EQ(logs.Count("injected"), 0) << logs.All();
+  full.store(-1);
+  ASSERT_OK(tiers::StatRemoteServer(*tier).status());
+  ASSERT_TRUE(logs.Await("receive queue full (injected)", std::chrono::seconds(10)))
+      << "a receive queue full for the timeout did not fence the tier: " << logs.All();
+  const absl::Status write = Move(*tier, tiers::Transfer::Op::kWrite, f, data, 0, &sum);
+  EXPECT_STATUS(write, StatusCode::kUnavailable);
+  EXPECT_NE(write.message().find(server.address()), std::string::npos) << write;
+  EXPECT_EQ(logs.Count("injected"), 1) << logs.All();
+  tier->Free(f);
+}
+
 // A server restarted at the same address is a new server: a tier of the
 // old one never reads the new one's memory as its blocks (its old key is
 // refused, or it fenced when the old server died), and a new tier gets a
@@ -552,6 +679,49 @@ TEST(RemoteTierTest, ServerSurvivesGarbageAndConfinesRma) {
   EXPECT_NE(log.find("stopped"), std::string::npos) << log;
 }
 
+// ---------------------------------------------------------------------------
+// The engine over host -> remote -> NVMe.
+
+// Host (`host_bytes`, blocks of `block`) over the remote tier (`servers`,
+// each lending `remote_bytes`) over NVMe in `dir`.
+EngineOptions RemoteEngineOptions(const TempDir& dir, uint64_t host_bytes, uint64_t block,
+                                  std::vector<std::string> servers, uint64_t remote_bytes) {
+  EngineOptions o = test::SmallOptions(dir.Sub("nvme"), host_bytes, block);
+  o.tiers = {Tier::kHost, Tier::kRemote, Tier::kNvme};
+  o.remote.servers = std::move(servers);
+  o.remote.secret = kSecret;
+  o.remote.capacity_bytes = remote_bytes;
+  return o;
+}
+
+// Tensor "t" of `blocks` blocks of `block` bytes.
+absl::StatusOr<Tensor> MakeBlocks(Engine& e, uint64_t blocks, uint64_t block) {
+  return e.CreateTensor("t", {.dtype = DType::kU8,
+                              .shape = {static_cast<int64_t>(blocks * block)},
+                              .block_bytes = block});
+}
+
+// Writes version `version` of every block through host pins.
+void WriteBlocks(Engine& e, const Tensor& t, uint64_t blocks, uint64_t run,
+                 uint64_t version) {
+  for (uint64_t b = 0; b < blocks; ++b) {
+    auto pin = e.Pin(t, b, Tier::kHost, Access::kWrite);
+    ASSERT_TRUE(pin.ok()) << "block " << b << ": " << pin.status();
+    FillPattern(pin->bytes(), Seed(run, b, version));
+  }
+}
+
+// Every block reads back as version `version` through host pins.
+void ExpectBlocks(Engine& e, const Tensor& t, uint64_t blocks, uint64_t run,
+                  uint64_t version, std::string_view when) {
+  for (uint64_t b = 0; b < blocks; ++b) {
+    auto pin = e.Pin(t, b, Tier::kHost, Access::kRead);
+    ASSERT_TRUE(pin.ok()) << when << ": block " << b << ": " << pin.status();
+    EXPECT_EQ(FirstPatternMismatch(pin->bytes(), Seed(run, b, version)), -1)
+        << when << ": block " << b;
+  }
+}
+
 // An engine whose host tier holds a quarter of the blocks: victims go to
 // the remote tier, which holds half, and on to NVMe; every block reads back.
 TEST(RemoteEngineTest, VictimsGoToRemoteAndComeBack) {
@@ -560,27 +730,15 @@ TEST(RemoteEngineTest, VictimsGoToRemoteAndComeBack) {
   TempDir dir;
   ASSERT_TRUE(dir.ok());
   constexpr uint64_t kBlock = 256 * kKiB, kBlocks = 64;
-  EngineOptions o = test::SmallOptions(dir.Sub("nvme"), kBlocks / 4 * kBlock, kBlock);
-  o.tiers = {Tier::kHost, Tier::kRemote, Tier::kNvme};
-  o.remote.servers = {server.address()};
-  o.remote.secret = kSecret;
-  o.remote.capacity_bytes = kBlocks / 2 * kBlock;
+  EngineOptions o = RemoteEngineOptions(dir, kBlocks / 4 * kBlock, kBlock,
+                                        {server.address()}, kBlocks / 2 * kBlock);
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<Engine> e, Engine::Open(o));
-  ASSERT_OK_AND_ASSIGN(Tensor t, e->CreateTensor("t", {.dtype = DType::kU8,
-      .shape = {static_cast<int64_t>(kBlocks * kBlock)}, .block_bytes = kBlock}));
+  ASSERT_OK_AND_ASSIGN(Tensor t, MakeBlocks(*e, kBlocks, kBlock));
   const uint64_t run = std::random_device{}();
-  for (int pass = 1; pass <= 2; ++pass) {
-    for (uint64_t b = 0; b < kBlocks; ++b) {
-      auto pin = e->Pin(t, b, Tier::kHost, Access::kWrite);
-      ASSERT_TRUE(pin.ok()) << pin.status();
-      FillPattern(pin->bytes(), Seed(run, b, pass));
-    }
+  for (uint64_t pass = 1; pass <= 2; ++pass) {
+    ASSERT_NO_FATAL_FAILURE(WriteBlocks(*e, t, kBlocks, run, pass));
   }
-  for (uint64_t b = 0; b < kBlocks; ++b) {
-    auto pin = e->Pin(t, b, Tier::kHost, Access::kRead);
-    ASSERT_TRUE(pin.ok()) << "block " << b << ": " << pin.status();
-    EXPECT_EQ(FirstPatternMismatch(pin->bytes(), Seed(run, b, 2)), -1) << "block " << b;
-  }
+  ASSERT_NO_FATAL_FAILURE(ExpectBlocks(*e, t, kBlocks, run, 2, "after two passes"));
   ASSERT_OK(e->FlushAll());
   const EngineStats stats = e->GetStats();
   EXPECT_GT(stats.tier(Tier::kRemote).bytes_in, 0u) << "nothing was demoted to remote";
@@ -608,20 +766,12 @@ TEST(RemoteEngineTest, BlocksOnAKilledServerAreDataLossNotZeros) {
   TempDir dir;
   ASSERT_TRUE(dir.ok());
   constexpr uint64_t kBlock = 64 * kKiB, kBlocks = 64;
-  EngineOptions o = test::SmallOptions(dir.Sub("nvme"), 16 * kBlock, kBlock);
-  o.tiers = {Tier::kHost, Tier::kRemote, Tier::kNvme};
-  o.remote.servers = {server.address()};
-  o.remote.secret = kSecret;
-  o.remote.capacity_bytes = 4 * kMiB;
+  EngineOptions o = RemoteEngineOptions(dir, 16 * kBlock, kBlock, {server.address()},
+                                        4 * kMiB);
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<Engine> e, Engine::Open(o));
-  ASSERT_OK_AND_ASSIGN(Tensor t, e->CreateTensor("t", {.dtype = DType::kU8,
-      .shape = {static_cast<int64_t>(kBlocks * kBlock)}, .block_bytes = kBlock}));
+  ASSERT_OK_AND_ASSIGN(Tensor t, MakeBlocks(*e, kBlocks, kBlock));
   const uint64_t run = std::random_device{}();
-  for (uint64_t b = 0; b < kBlocks; ++b) {
-    auto pin = e->Pin(t, b, Tier::kHost, Access::kWrite);
-    ASSERT_TRUE(pin.ok()) << pin.status();
-    FillPattern(pin->bytes(), Seed(run, b, 1));
-  }
+  ASSERT_NO_FATAL_FAILURE(WriteBlocks(*e, t, kBlocks, run, 1));
   ASSERT_GT(e->GetStats().tier(Tier::kRemote).bytes_in, 0u);
   server.Stop(SIGKILL);
   int lost = 0;
@@ -651,37 +801,19 @@ TEST(RemoteEngineTest, ReplicationTwoSurvivesAKilledServer) {
   TempDir dir;
   ASSERT_TRUE(dir.ok());
   constexpr uint64_t kBlock = 64 * kKiB, kBlocks = 96;
-  EngineOptions o = test::SmallOptions(dir.Sub("nvme"), 16 * kBlock, kBlock);
-  o.tiers = {Tier::kHost, Tier::kRemote, Tier::kNvme};
-  o.remote.servers = {a.address(), b.address(), c.address()};
+  // Each server lends 8 MiB: 3 x 8 / 2 = 12 MiB of blocks.
+  EngineOptions o = RemoteEngineOptions(dir, 16 * kBlock, kBlock,
+                                        {a.address(), b.address(), c.address()}, 8 * kMiB);
   o.remote.replication = 2;
-  o.remote.secret = kSecret;
-  o.remote.capacity_bytes = 8 * kMiB;  // 3 x 8 / 2 = 12 MiB of blocks
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<Engine> e, Engine::Open(o));
-  ASSERT_OK_AND_ASSIGN(Tensor t, e->CreateTensor("t", {.dtype = DType::kU8,
-      .shape = {static_cast<int64_t>(kBlocks * kBlock)}, .block_bytes = kBlock}));
+  ASSERT_OK_AND_ASSIGN(Tensor t, MakeBlocks(*e, kBlocks, kBlock));
   const uint64_t run = std::random_device{}();
-  auto write_all = [&](uint64_t version) {
-    for (uint64_t blk = 0; blk < kBlocks; ++blk) {
-      auto pin = e->Pin(t, blk, Tier::kHost, Access::kWrite);
-      ASSERT_TRUE(pin.ok()) << "block " << blk << ": " << pin.status();
-      FillPattern(pin->bytes(), Seed(run, blk, version));
-    }
-  };
-  auto expect_all = [&](uint64_t version, const char* when) {
-    for (uint64_t blk = 0; blk < kBlocks; ++blk) {
-      auto pin = e->Pin(t, blk, Tier::kHost, Access::kRead);
-      ASSERT_TRUE(pin.ok()) << when << ": block " << blk << ": " << pin.status();
-      EXPECT_EQ(FirstPatternMismatch(pin->bytes(), Seed(run, blk, version)), -1)
-          << when << ": block " << blk;
-    }
-  };
-  ASSERT_NO_FATAL_FAILURE(write_all(1));
+  ASSERT_NO_FATAL_FAILURE(WriteBlocks(*e, t, kBlocks, run, 1));
   ASSERT_GT(e->GetStats().tier(Tier::kRemote).bytes_in, 0u);
   b.Stop(SIGKILL);
-  ASSERT_NO_FATAL_FAILURE(expect_all(1, "after one server died"));
-  ASSERT_NO_FATAL_FAILURE(write_all(2));
-  ASSERT_NO_FATAL_FAILURE(expect_all(2, "rewritten with one server gone"));
+  ASSERT_NO_FATAL_FAILURE(ExpectBlocks(*e, t, kBlocks, run, 1, "after one server died"));
+  ASSERT_NO_FATAL_FAILURE(WriteBlocks(*e, t, kBlocks, run, 2));
+  ASSERT_NO_FATAL_FAILURE(ExpectBlocks(*e, t, kBlocks, run, 2, "rewritten with one server gone"));
   EXPECT_OK(e->FlushAll());
   EXPECT_OK(e->Close());
 }

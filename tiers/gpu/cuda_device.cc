@@ -2,8 +2,10 @@
 
 #include <cuda_runtime_api.h>
 
+#include <functional>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -79,11 +81,18 @@ class CudaDevice : public GpuDevice {
     std::lock_guard lock(mu_);
     return sticky_;
   }
+  void set_log(std::function<void(std::string_view)> log) override {
+    std::lock_guard lock(mu_);
+    log_ = std::move(log);
+  }
 
  private:
   // Sticky errors fence the device; every call checks first.
   absl::Status Check(cudaError_t e, std::string_view call);
   absl::Status Enter();
+  // Teardown goes on whatever CUDA says; the first error met there is
+  // logged, once (after a sticky error every call fails alike).
+  void TeardownCheck(cudaError_t e, std::string_view call, std::string_view what);
 
   const int index_;
   const std::string name_;
@@ -91,6 +100,8 @@ class CudaDevice : public GpuDevice {
   mutable std::mutex mu_;
   absl::Status sticky_;
   std::vector<void*> registered_;
+  std::function<void(std::string_view)> log_;
+  bool teardown_failed_ = false;  // a teardown error was logged (mu_)
 };
 
 absl::Status CudaDevice::Check(cudaError_t e, std::string_view call) {
@@ -123,14 +134,37 @@ absl::Status CudaDevice::Init() {
   return absl::OkStatus();
 }
 
+void CudaDevice::TeardownCheck(cudaError_t e, std::string_view call,
+                               std::string_view what) {
+  if (e == cudaSuccess) return;
+  // Not sticky: clear it, or the next unrelated call (a kernel launch's
+  // cudaGetLastError) would report it as its own. Its value is `e`.
+  if (!IsSticky(e)) (void)cudaGetLastError();
+  std::function<void(std::string_view)> log;
+  {
+    std::lock_guard lock(mu_);
+    if (teardown_failed_) return;
+    teardown_failed_ = true;
+    log = log_;
+  }
+  if (!log) return;
+  log(absl::StrCat("strata: tier gpu: ", describe(), ": ", Sv(call), " failed while ",
+                   Sv(what), ": ", cudaGetErrorName(e), " (", cudaGetErrorString(e),
+                   "); teardown went on (later teardown errors are not logged)"));
+}
+
 CudaDevice::~CudaDevice() {
-  (void)cudaSetDevice(index_);
+  TeardownCheck(cudaSetDevice(index_), "cudaSetDevice", "closing the device");
   for (cudaStream_t s : streams_) {
     if (s == nullptr) continue;
-    (void)cudaStreamSynchronize(s);
-    (void)cudaStreamDestroy(s);
+    TeardownCheck(cudaStreamSynchronize(s), "cudaStreamSynchronize",
+                  "draining a copy stream before destroying it");
+    TeardownCheck(cudaStreamDestroy(s), "cudaStreamDestroy", "destroying a copy stream");
   }
-  for (void* p : registered_) (void)cudaHostUnregister(p);
+  for (void* p : registered_) {
+    TeardownCheck(cudaHostUnregister(p), "cudaHostUnregister",
+                  "unpinning registered host memory");
+  }
 }
 
 absl::StatusOr<DeviceMemory> CudaDevice::MemoryInfo() {
@@ -150,8 +184,8 @@ absl::StatusOr<std::byte*> CudaDevice::Reserve(uint64_t bytes) {
 }
 
 void CudaDevice::Unreserve(std::byte* base) {
-  (void)cudaSetDevice(index_);
-  (void)cudaFree(base);
+  TeardownCheck(cudaSetDevice(index_), "cudaSetDevice", "releasing the pool");
+  TeardownCheck(cudaFree(base), "cudaFree", "releasing the pool");
 }
 
 absl::Status CudaDevice::RegisterHost(std::span<std::byte> host) {
@@ -190,7 +224,8 @@ absl::StatusOr<DeviceEvent> CudaDevice::CreateEvent() {
 }
 
 void CudaDevice::DestroyEvent(DeviceEvent event) {
-  (void)cudaEventDestroy(static_cast<cudaEvent_t>(event));
+  TeardownCheck(cudaEventDestroy(static_cast<cudaEvent_t>(event)), "cudaEventDestroy",
+                "destroying an event");
 }
 
 absl::Status CudaDevice::Record(DeviceEvent event, DeviceStream stream) {

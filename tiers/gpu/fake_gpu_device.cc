@@ -47,6 +47,16 @@ FakeGpuDevice::~FakeGpuDevice() {
 
 absl::Status FakeGpuDevice::CheckLocked() const { return sticky_; }
 
+void FakeGpuDevice::set_log(std::function<void(std::string_view)> log) {
+  std::lock_guard lock(mu_);
+  log_ = std::move(log);
+}
+
+bool FakeGpuDevice::has_log() const {
+  std::lock_guard lock(mu_);
+  return static_cast<bool>(log_);
+}
+
 absl::Status FakeGpuDevice::sticky_error() const {
   std::lock_guard lock(mu_);
   return sticky_;

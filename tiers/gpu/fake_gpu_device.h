@@ -26,6 +26,7 @@
 #include <memory>
 #include <mutex>
 #include <span>
+#include <string_view>
 #include <vector>
 
 #include "absl/time/time.h"
@@ -54,6 +55,8 @@ class FakeGpuDevice : public GpuDevice {
   absl::Status Synchronize(DeviceEvent event) override;
   absl::Status sticky_error() const override;
   bool RefuseFrame(uint64_t bytes) override;
+  // Kept, not used: the double's teardown has nothing that can fail.
+  void set_log(std::function<void(std::string_view)> log) override;
 
   // --- for tests ---
   // A caller's stream (a trainer's compute stream).
@@ -86,6 +89,8 @@ class FakeGpuDevice : public GpuDevice {
   // `timeout` (lets a test know a transfer waits for a held stream).
   bool AwaitWaiters(int n, absl::Duration timeout);
   uint64_t frames_refused() const;
+  // Whether set_log gave it a log (the tier hands down GpuConfig::log).
+  bool has_log() const;
 
  private:
   struct Event;
@@ -122,6 +127,7 @@ class FakeGpuDevice : public GpuDevice {
   uint64_t bytes_[2] = {0, 0};
   uint64_t registered_ = 0;
   int waiters_ = 0;
+  std::function<void(std::string_view)> log_;
 };
 
 }  // namespace strata::tiers

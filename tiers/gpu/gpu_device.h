@@ -9,6 +9,8 @@
 // streams (device-side, no CPU block), queried or synchronized.
 //
 // Errors: every call returns a Status naming the CUDA call and its error.
+// Teardown (Unreserve, DestroyEvent, the destructor) never fails; the first
+// CUDA error met there goes to the log given with set_log, once.
 // After a sticky error (illegal address, launch failure, ECC: the CUDA
 // context is unusable) `sticky_error()` returns it, and the device answers
 // every later call with it.
@@ -19,8 +21,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
+#include <string_view>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -72,6 +76,10 @@ class GpuDevice {
 
   // The sticky error that made the device unusable, or OK.
   virtual absl::Status sticky_error() const = 0;
+
+  // Where the device says what teardown cannot return (GpuConfig::log: the
+  // tier passes its own). Call it before the device is shared.
+  virtual void set_log(std::function<void(std::string_view)> log) { (void)log; }
 
   // Test seam: a double may refuse a frame of the pool to inject running
   // out of device memory. The CUDA device never does.

@@ -63,6 +63,7 @@ absl::StatusOr<std::unique_ptr<GpuTier>> GpuTier::Create(
   if (device == nullptr) {
     return absl::InvalidArgumentError("tier gpu: no device given");
   }
+  if (config.log) device->set_log(config.log);
   if (config.capacity_bytes == 0 &&
       !(config.capacity_fraction > 0 && config.capacity_fraction <= 1)) {
     return absl::InvalidArgumentError(absl::StrCat(

@@ -41,10 +41,11 @@ struct RemoteOp : Fabric::Op {
 
 class RemoteTier final : public Tier {
  public:
-  RemoteTier(const RemoteConfig& config, std::unique_ptr<Fabric> fabric,
-             fi_addr_t server)
+  RemoteTier(const RemoteConfig& config, RemoteFaults faults,
+             std::unique_ptr<Fabric> fabric, fi_addr_t server)
       : Tier("remote", config.capacity_bytes),
         config_(config),
+        faults_(std::move(faults)),
         fabric_(std::move(fabric)),
         server_(server),
         frames_(config.capacity_bytes) {}
@@ -71,10 +72,7 @@ class RemoteTier final : public Tier {
     for (RemoteOp& op : receives_) {
       op.kind = RemoteOp::Kind::kReceive;
       op.bytes.resize(remote::kMaxMessage);
-      if (absl::Status s = fabric_->PostRecv(op.bytes.data(), op.bytes.size(), &op);
-          !s.ok()) {
-        return s;
-      }
+      if (absl::Status s = PostReceive(op); !s.ok()) return s;
     }
     progress_ = std::thread([this] { Progress(); });
     verifier_ = std::thread([this] { Verify(); });
@@ -157,9 +155,12 @@ class RemoteTier final : public Tier {
   absl::Status FencedError(Transfer::Op op) const;
   std::string FenceReason() const;
   void OnReply(RemoteOp& op);
+  absl::Status PostReceive(RemoteOp& op);
+  void Repost(RemoteOp* op);
   absl::StatusOr<Message> Call(Message m, absl::Duration timeout);
 
   RemoteConfig config_;
+  RemoteFaults faults_;
   std::unique_ptr<Fabric> fabric_;
   fi_addr_t server_;
   ExtentAllocator frames_;
@@ -167,6 +168,10 @@ class RemoteTier final : public Tier {
   Fabric::Region arena_;
   std::span<std::byte> arena_span_;
   std::vector<RemoteOp> receives_;
+  // Receive buffers whose re-post met a full queue, retried after each Poll
+  // since the first such failure (progress thread only).
+  std::vector<RemoteOp*> unposted_;
+  std::chrono::steady_clock::time_point unposted_since_;
   std::thread progress_;
   std::atomic<bool> stop_{false};
   // Reads whose bytes arrived, for the verifier thread: checksumming a
@@ -282,6 +287,7 @@ void RemoteTier::Progress() {
     }
     const int n = fabric_->Poll(done, 16, busy ? 0 : 5);
     CheckTimeouts();
+    if (!unposted_.empty()) Repost(nullptr);
     for (int i = 0; i < n; ++i) {
       auto* op = static_cast<RemoteOp*>(done[i]);
       switch (op->kind) {
@@ -434,7 +440,45 @@ void RemoteTier::OnReply(RemoteOp& op) {
                                config_.server, ": ", m.status().message()));
     }
   }
-  (void)fabric_->PostRecv(op.bytes.data(), op.bytes.size(), &op);
+  Repost(&op);
+}
+
+absl::Status RemoteTier::PostReceive(RemoteOp& op) {
+  if (faults_.post_receive) {
+    if (absl::Status s = faults_.post_receive(); !s.ok()) return s;
+  }
+  return fabric_->PostRecv(op.bytes.data(), op.bytes.size(), &op);
+}
+
+// Puts `op` (if any) and the buffers waiting for queue room back into the
+// receive pool. A buffer left out shrinks the pool for good, and with none
+// left no reply arrives (transfers then only time out), so a full queue is
+// retried after the next Poll, up to the control timeout, and anything else
+// fences the tier: later transfers fail at once, naming the error.
+void RemoteTier::Repost(RemoteOp* op) {
+  if (op != nullptr) {
+    if (unposted_.empty()) unposted_since_ = std::chrono::steady_clock::now();
+    unposted_.push_back(op);
+  }
+  // Fenced: the endpoint is closed and lets go of every buffer.
+  if (fenced_.load(std::memory_order_acquire)) {
+    unposted_.clear();
+    return;
+  }
+  absl::Status s;
+  while (!unposted_.empty()) {
+    s = PostReceive(*unposted_.back());
+    if (!s.ok()) break;
+    unposted_.pop_back();
+  }
+  if (unposted_.empty()) return;
+  if (absl::IsResourceExhausted(s) &&
+      std::chrono::steady_clock::now() - unposted_since_ <
+          absl::ToChronoNanoseconds(config_.timeout)) {
+    return;
+  }
+  Fence(absl::UnavailableError(absl::StrCat(
+      "a receive buffer for its replies could not be posted again: ", s.message())));
 }
 
 absl::StatusOr<Message> RemoteTier::Call(Message m, absl::Duration timeout) {
@@ -475,7 +519,8 @@ absl::StatusOr<Message> RemoteTier::Call(Message m, absl::Duration timeout) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Tier>> MakeRemoteTier(const RemoteConfig& config) {
+absl::StatusOr<std::unique_ptr<Tier>> MakeRemoteTier(const RemoteConfig& config,
+                                                     RemoteFaults faults) {
   if (config.capacity_bytes == 0 || config.capacity_bytes % kAlign != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "tier remote: capacity_bytes ", config.capacity_bytes,
@@ -498,7 +543,8 @@ absl::StatusOr<std::unique_ptr<Tier>> MakeRemoteTier(const RemoteConfig& config)
   if (!fabric.ok()) return fabric.status();
   absl::StatusOr<fi_addr_t> server = (*fabric)->Resolve(host, service);
   if (!server.ok()) return server.status();
-  auto tier = std::make_unique<RemoteTier>(config, std::move(fabric).value(), *server);
+  auto tier = std::make_unique<RemoteTier>(config, std::move(faults),
+                                           std::move(fabric).value(), *server);
   if (absl::Status s = tier->Start(); !s.ok()) return s;
   return std::unique_ptr<Tier>(std::move(tier));
 }

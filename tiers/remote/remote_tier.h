@@ -26,6 +26,7 @@
 #include <string>
 #include <string_view>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "tiers/tier.h"
@@ -41,10 +42,20 @@ struct RemoteConfig {
   std::function<void(std::string_view)> log;
 };
 
+// Tests only: faults injected into the tier's use of the fabric (the
+// fabric itself has no seam; a real one fails these posts only when the
+// provider is in trouble).
+struct RemoteFaults {
+  // Called before each post of a receive buffer; a non-OK result stands for
+  // the post's result and the buffer is not posted.
+  std::function<absl::Status()> post_receive;
+};
+
 // Connects, says hello and allocates. kPermissionDenied for a wrong secret,
 // kResourceExhausted when the server has not that much to lend,
 // kUnavailable or kDeadlineExceeded when it cannot be reached.
-absl::StatusOr<std::unique_ptr<Tier>> MakeRemoteTier(const RemoteConfig& config);
+absl::StatusOr<std::unique_ptr<Tier>> MakeRemoteTier(const RemoteConfig& config,
+                                                     RemoteFaults faults = {});
 
 // What the server says of itself (strata-blockd's stat).
 struct RemoteServerStat {
