@@ -12,31 +12,6 @@
 
 namespace strata {
 
-std::string_view TierName(Tier tier) {
-  switch (tier) {
-    case Tier::kGpu: return "gpu";
-    case Tier::kHost: return "host";
-    case Tier::kShm: return "shm";
-    case Tier::kRemote: return "remote";
-    case Tier::kNvme: return "nvme";
-  }
-  return "unknown";
-}
-
-size_t DTypeSize(DType dtype) {
-  switch (dtype) {
-    case DType::kU8:
-    case DType::kI8: return 1;
-    case DType::kF16:
-    case DType::kBF16: return 2;
-    case DType::kI32:
-    case DType::kF32: return 4;
-    case DType::kI64:
-    case DType::kF64: return 8;
-  }
-  return 0;
-}
-
 uint64_t Tensor::block_size(uint64_t block) const {
   if (block >= num_blocks_) return 0;
   return block + 1 < num_blocks_ ? block_bytes_

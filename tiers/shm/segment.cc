@@ -527,7 +527,7 @@ Segment::~Segment() {
   close(fd_);
 }
 
-absl::StatusOr<Segment::Locked> Segment::Lock() {
+absl::StatusOr<Segment::Locked> Segment::Lock(int* reclaimed) {
   const timespec abs = absl::ToTimespec(absl::Now() + options_.lock_timeout);
   const int rc = pthread_mutex_timedlock(&header().lock, &abs);
   if (rc == 0) return Locked(&header().lock);
@@ -537,7 +537,8 @@ absl::StatusOr<Segment::Locked> Segment::Lock() {
     pthread_mutex_consistent(&header().lock);
     Locked held(&header().lock);
     ++header().lock_repairs;
-    RepairLocked(/*lock_was_dead=*/true);
+    const int n = RepairLocked(/*lock_was_dead=*/true);
+    if (reclaimed != nullptr) *reclaimed += n;
     return held;
   }
   if (rc == ETIMEDOUT) {
@@ -600,8 +601,10 @@ absl::StatusOr<int> Segment::ReclaimDead() {
     any = process(i).state.load() == ProcessSlot::kLive && !SlotAlive(i);
   }
   if (!any) return 0;
-  STRATA_ASSIGN_OR_RETURN(Locked lock, Lock());
-  return RepairLocked(false);
+  // Lock() itself repairs when the dead process held the lock: count both.
+  int reclaimed = 0;
+  STRATA_ASSIGN_OR_RETURN(Locked lock, Lock(&reclaimed));
+  return reclaimed + RepairLocked(false);
 }
 
 int Segment::RepairLocked(bool lock_was_dead) {

@@ -196,7 +196,9 @@ class Segment {
 
   absl::Status TakeSlot();
   void StartWatchdog();
-  absl::StatusOr<Locked> Lock();
+  // Takes the lock (with lock_timeout); when its holder died, repairs and
+  // adds the processes it reclaimed to `*reclaimed`.
+  absl::StatusOr<Locked> Lock(int* reclaimed = nullptr);
   // Under the lock: every repair a dead process may need. `lock_was_dead`:
   // the lock came back EOWNERDEAD (the allocator is rebuilt then).
   int RepairLocked(bool lock_was_dead);
