@@ -57,6 +57,10 @@ absl::StatusOr<ShmSegmentInfo> InspectShmSegment(std::string_view name) {
   info.tensors = s.tensors;
   info.blocks = s.blocks;
   info.resident_blocks = s.resident_blocks;
+  info.spilled_blocks = s.spilled_blocks;
+  info.spill_path = s.spill_path;
+  info.spills = s.spills;
+  info.spill_loads = s.spill_loads;
   info.max_processes = s.max_processes;
   info.max_tensors = s.max_tensors;
   for (const tiers::shm::ProcessStat& p : s.processes) {

@@ -33,6 +33,7 @@ absl::StatusOr<std::unique_ptr<SharedTensors>> SharedTensors::Open(
   so.capacity_bytes = options.shm.capacity_bytes;
   so.max_processes = options.shm.max_processes;
   so.max_tensors = options.shm.max_tensors;
+  so.spill_dir = options.shm.spill_path;
   so.log = options.log;
   STRATA_ASSIGN_OR_RETURN(auto segment, tiers::shm::Segment::Open(std::move(so)));
   return std::unique_ptr<SharedTensors>(
@@ -114,6 +115,7 @@ void SharedTensors::FillStats(TierStats& out) const {
   if (absl::StatusOr<tiers::shm::SegmentStat> s = segment_->Stat(); s.ok()) {
     out.used_bytes = s->used_bytes;
     out.pinned_bytes = s->pinned_bytes;
+    out.evictions = s->spills;  // node-wide: every process's evictions
   }
 }
 

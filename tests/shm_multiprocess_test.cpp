@@ -131,6 +131,8 @@ class ShmMultiprocessTest : public ::testing::Test {
     }
   }
 
+  void RunKillCycles(bool spill);
+
   SegmentOptions options_;
   static inline int counter_ = 0;
 };
@@ -138,11 +140,20 @@ class ShmMultiprocessTest : public ::testing::Test {
 // 200 times: a child pins random blocks for reading and writing and is
 // SIGKILLed at a random instant. After each: no pin of it is left, every
 // block is whole (the last sealed bytes), no frame leaked, no wait hangs.
-TEST_F(ShmMultiprocessTest, KillCyclesLeaveNoPinsNoTornBlocksNoLeaks) {
+// With `spill`, the segment holds fewer frames than the tensor has blocks,
+// so the child also evicts and loads (and dies doing it).
+void ShmMultiprocessTest::RunKillCycles(bool spill) {
+  test::TempDir dir;
+  if (spill) {
+    options_.spill_dir = dir.path();
+    options_.capacity_bytes = 96 << 10;  // the table and five 16 KiB frames
+  }
   ASSERT_OK_AND_ASSIGN(auto seg, Segment::Open(options_));
+  ASSERT_OK_AND_ASSIGN(auto empty, seg->Stat());
   ASSERT_OK_AND_ASSIGN(SharedRef t, seg->CreateTensor("t", Spec(8, 16384), false));
-  ExpectWhole(*seg, t, "at the start");  // makes every block resident (zeros)
-  ASSERT_OK_AND_ASSIGN(auto before, seg->Stat());
+  ASSERT_OK_AND_ASSIGN(auto with_table, seg->Stat());
+  const uint64_t table_bytes = with_table.used_bytes - empty.used_bytes;
+  ExpectWhole(*seg, t, "at the start");  // every block resident or spilled
   std::mt19937_64 rng(42);
   const int cycles = std::getenv("STRATA_SHM_KILL_CYCLES") != nullptr
                          ? std::atoi(std::getenv("STRATA_SHM_KILL_CYCLES"))
@@ -161,11 +172,27 @@ TEST_F(ShmMultiprocessTest, KillCyclesLeaveNoPinsNoTornBlocksNoLeaks) {
     ASSERT_OK_AND_ASSIGN(auto s, seg->Stat());
     ASSERT_EQ(s.processes.size(), 1u) << "cycle " << cycle;
     ASSERT_EQ(s.pinned_bytes, 0u) << "cycle " << cycle << ": leaked pins";
-    ASSERT_EQ(s.used_bytes, before.used_bytes) << "cycle " << cycle << ": leaked frames";
+    ASSERT_EQ(s.used_bytes, empty.used_bytes + table_bytes + s.resident_blocks * 16384)
+        << "cycle " << cycle << ": leaked frames";
+    if (!spill) {
+      ASSERT_EQ(s.resident_blocks, 8u);
+    }
     ExpectWhole(*seg, t, absl::StrCat("after cycle ", cycle));
   }
   ASSERT_OK_AND_ASSIGN(auto after, seg->Stat());
   EXPECT_EQ(after.dead_reclaimed, static_cast<uint64_t>(cycles));
+  if (spill) {
+    EXPECT_GT(after.spills, 0u);
+    EXPECT_GT(after.spill_loads, 0u);
+  }
+}
+
+TEST_F(ShmMultiprocessTest, KillCyclesLeaveNoPinsNoTornBlocksNoLeaks) {
+  RunKillCycles(/*spill=*/false);
+}
+
+TEST_F(ShmMultiprocessTest, KillCyclesWhileSpillingLoseNothing) {
+  RunKillCycles(/*spill=*/true);
 }
 
 TEST_F(ShmMultiprocessTest, OfTwoRacingCreatorsExactlyOneWins) {

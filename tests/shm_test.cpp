@@ -422,6 +422,111 @@ TEST_F(ShmTest, FuzzedHeadersAndDirectoriesNeverCrash) {
   EXPECT_LT(opened, iterations);
 }
 
+// A segment smaller than its tensors, over a spill file.
+class ShmSpillTest : public ShmTest {
+ protected:
+  SegmentOptions SpillOptions(uint64_t capacity) {
+    SegmentOptions o = Options(capacity);
+    o.spill_dir = dir_.path();
+    return o;
+  }
+  // Fills block `b` of `t` with 8-byte words `value`.
+  static void Fill(Segment& seg, const SharedRef& t, uint64_t b, uint64_t value) {
+    absl::StatusOr<SharedPin> w = seg.Pin(t, b, Access::kOverwrite, Later());
+    ASSERT_OK(w);
+    std::fill_n(reinterpret_cast<uint64_t*>(w->data), w->size / 8, value);
+    seg.Unpin(w->record, w->count, true);
+  }
+  // The number of 8-byte words of block `b` that are not `value`.
+  static uint64_t Mismatches(Segment& seg, const SharedRef& t, uint64_t b, uint64_t value) {
+    absl::StatusOr<SharedPin> r = seg.Pin(t, b, Access::kRead, Later());
+    EXPECT_OK(r);
+    if (!r.ok()) return ~uint64_t{0};
+    const auto* words = reinterpret_cast<const uint64_t*>(r->data);
+    const uint64_t bad = std::count_if(words, words + r->size / 8,
+                                       [&](uint64_t w) { return w != value; });
+    seg.Unpin(r->record, r->count, false);
+    return bad;
+  }
+  test::TempDir dir_;
+};
+
+TEST_F(ShmSpillTest, AFullSegmentSpillsUnpinnedBlocksAndLoadsThemBack) {
+  // 512 KiB of frames for a tensor of 1 MiB (16 blocks of 64 KiB).
+  SegmentOptions o = SpillOptions(uint64_t{512} << 10);
+  ASSERT_OK_AND_ASSIGN(auto a, Segment::Open(o));
+  auto b = Attach(o);
+  ASSERT_NE(b, nullptr);
+  ASSERT_OK_AND_ASSIGN(SharedRef ta, a->CreateTensor("big", Spec(16, 64 << 10), false));
+  ASSERT_OK_AND_ASSIGN(SharedRef tb, b->OpenTensor("big"));
+  for (uint64_t blk = 0; blk < 16; ++blk) Fill(*a, ta, blk, 1000 + blk);
+  ASSERT_OK_AND_ASSIGN(auto s, a->Stat());
+  EXPECT_GT(s.spills, 0u);
+  EXPECT_GT(s.spilled_blocks, 0u);
+  EXPECT_EQ(s.spill_path, absl::StrCat(dir_.path(), "/strata-", o.name, ".spill"));
+  // The other attachment reads every block back, spilled ones included,
+  // twice (the second pass spills and loads again).
+  for (int pass = 0; pass < 2; ++pass) {
+    for (uint64_t blk = 0; blk < 16; ++blk) {
+      EXPECT_EQ(Mismatches(*b, tb, blk, 1000 + blk), 0u) << "block " << blk;
+    }
+  }
+  ASSERT_OK_AND_ASSIGN(s, b->Stat());
+  EXPECT_GT(s.spill_loads, 0u);
+  // A kWrite pin of a spilled block starts from its bytes.
+  ASSERT_OK_AND_ASSIGN(s, a->Stat());
+  ASSERT_GT(s.spilled_blocks, 0u);
+  for (uint64_t blk = 0; blk < 16; ++blk) {
+    ASSERT_OK_AND_ASSIGN(SharedPin w, a->Pin(ta, blk, Access::kWrite, Later()));
+    EXPECT_EQ(reinterpret_cast<const uint64_t*>(w.data)[5], 1000 + blk);
+    a->Unpin(w.record, w.count, true);
+  }
+}
+
+TEST_F(ShmSpillTest, ACorruptSpillFileIsDataLossNeverZeros) {
+  SegmentOptions o = SpillOptions(uint64_t{256} << 10);
+  ASSERT_OK_AND_ASSIGN(auto a, Segment::Open(o));
+  ASSERT_OK_AND_ASSIGN(SharedRef t, a->CreateTensor("t", Spec(8, 64 << 10), false));
+  for (uint64_t blk = 0; blk < 8; ++blk) Fill(*a, t, blk, 7 + blk);
+  // Block 0 was written first: the clock spilled it. Scribble on its bytes
+  // in the file.
+  ASSERT_OK_AND_ASSIGN(auto s, a->Stat());
+  ASSERT_GT(s.spilled_blocks, 0u);
+  const int fd = open(s.spill_path.c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  const uint64_t junk = 0xBAD;
+  ASSERT_EQ(pwrite(fd, &junk, sizeof(junk), 4096), 8);
+  close(fd);
+  absl::StatusOr<SharedPin> r = a->Pin(t, 0, Access::kRead, Later());
+  EXPECT_STATUS(r, absl::StatusCode::kDataLoss);
+  EXPECT_NE(r.status().message().find(s.spill_path), std::string::npos) << r.status();
+  // Still lost, not silently zeros; other blocks are fine.
+  EXPECT_STATUS(a->Pin(t, 0, Access::kRead, Later()), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(Mismatches(*a, t, 7, 14), 0u);
+  // Overwriting the block heals it.
+  Fill(*a, t, 0, 99);
+  EXPECT_EQ(Mismatches(*a, t, 0, 99), 0u);
+}
+
+TEST_F(ShmSpillTest, EveryBlockPinnedIsStillResourceExhausted) {
+  SegmentOptions o = SpillOptions(uint64_t{256} << 10);
+  ASSERT_OK_AND_ASSIGN(auto a, Segment::Open(o));
+  ASSERT_OK_AND_ASSIGN(SharedRef t, a->CreateTensor("t", Spec(8, 64 << 10), false));
+  std::vector<SharedPin> pins;
+  absl::Status full;
+  for (uint64_t blk = 0; blk < 8 && full.ok(); ++blk) {
+    absl::StatusOr<SharedPin> p = a->Pin(t, blk, Access::kRead, Later());
+    if (p.ok()) pins.push_back(*p);
+    full = p.status();
+  }
+  EXPECT_STATUS(full, absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(full.message().find("pinned"), std::string::npos) << full;
+  for (SharedPin& p : pins) a->Unpin(p.record, p.count, false);
+  absl::StatusOr<SharedPin> last = a->Pin(t, 7, Access::kRead, Later());
+  ASSERT_OK(last) << "unpinned blocks spill now";
+  a->Unpin(last->record, last->count, false);
+}
+
 // The engine's face of it.
 class SharedTensorEngineTest : public ShmTest {
  protected:

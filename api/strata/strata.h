@@ -161,6 +161,13 @@ struct ShmTierOptions {
   uint64_t capacity_bytes = uint64_t{1} << 30;
   uint32_t max_processes = 32;
   uint32_t max_tensors = 1024;
+  // When creating: a directory (created if missing) for the segment's
+  // spill file, strata-<name>.spill. When the segment is full, unpinned
+  // blocks (the clock picks them) are written there, O_DIRECT through
+  // io_uring and checksummed, and come back on the next pin by any
+  // process. Empty: no spill file; a full segment then refuses with
+  // kResourceExhausted. Processes that attach use the creator's.
+  std::string spill_path;
 };
 
 // The one validated value that configures an engine. `Engine::Open` returns
@@ -435,6 +442,10 @@ struct ShmSegmentInfo {
   uint64_t tensors = 0;
   uint64_t blocks = 0;
   uint64_t resident_blocks = 0;
+  uint64_t spilled_blocks = 0;  // in the spill file only
+  std::string spill_path;       // the spill file; empty: none
+  uint64_t spills = 0;          // blocks evicted to it so far
+  uint64_t spill_loads = 0;     // blocks read back from it
   uint32_t max_processes = 0;
   uint32_t max_tensors = 0;
   // Processes attached now (the inspecting process left out), and what

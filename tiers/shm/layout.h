@@ -57,6 +57,9 @@ struct ImmutableHeader {
   uint64_t arena_offset;
   uint64_t arena_units;   // of Buddy::kUnit bytes
   int64_t created_unix_ns;
+  // The spill file every process opens (NUL-terminated; empty: none, and
+  // a full segment refuses new frames).
+  char spill_path[1024];
   uint64_t checksum;      // XXH3 of the fields above
 };
 
@@ -70,6 +73,11 @@ struct alignas(64) Header {
   uint64_t dead_reclaimed;      // processes found dead and cleaned up
   uint64_t pins_reclaimed;      // pins those processes held
   uint64_t lock_repairs;        // EOWNERDEAD recoveries
+  uint64_t spill_next;          // first byte of the spill file not handed out
+  uint64_t spills;              // blocks evicted to the spill file
+  uint64_t spill_loads;         // blocks read back from it
+  uint32_t clock_entry;         // eviction's clock hand: directory entry,
+  uint64_t clock_block;         // and block
   alignas(64) Buddy::State buddy;
 };
 static_assert(sizeof(Header) <= kHeaderBytes);
@@ -105,12 +113,14 @@ struct alignas(64) DirEntry {
   uint64_t num_blocks;
   uint64_t table_offset;    // segment offset of the tensor's table
   uint64_t table_units;     // as allocated
+  uint64_t spill_offset;    // of block 0 in the spill file (blocks follow,
+                            // each a whole number of 4 KiB units)
 };
-static_assert(sizeof(DirEntry) == 256);
+static_assert(sizeof(DirEntry) == 320);
 
 // The shared state of one block, one cache line. `state` packs (segment.cc,
-// BlockWord): the kind (absent, resident, busy) and, while busy, its
-// owner's slot and purpose.
+// BlockWord): the kind (absent, resident, spilled, busy) and, while busy,
+// its owner's slot and purpose.
 struct alignas(64) BlockRecord {
   std::atomic<uint64_t> state;
   std::atomic<uint32_t> seq;    // futex word: bumped on every change waiters await
@@ -119,6 +129,10 @@ struct alignas(64) BlockRecord {
   std::atomic<uint64_t> shadow; // frame being written or loaded, 0: none
   // Seals of the block so far (64 bits: out of reach of wrapping).
   std::atomic<uint64_t> version;
+  // The spill file's copy: `version` + 1 of the bytes it holds (0: none),
+  // and their checksum (util/checksum.h, keyed by the tensor's generation).
+  std::atomic<uint64_t> spill_version;
+  std::atomic<uint64_t> spill_checksum;
 };
 static_assert(sizeof(BlockRecord) == 64);
 

@@ -13,6 +13,7 @@
 #include <climits>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <optional>
 #include <sstream>
@@ -20,6 +21,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "util/checksum.h"
 #include "util/errors.h"
 #include "util/status_macros.h"
 #include "util/strings.h"
@@ -30,20 +32,26 @@ namespace {
 
 // A block's state word: the kind in bits 0-1; while busy, the purpose in
 // bits 2-3 and the owner's process slot in bits 8-15.
+//   absent    never written: reads as zeros, no frame
+//   resident  its sealed bytes are in `frame`
+//   spilled   its sealed bytes are in the spill file only, no frame
+//   busy      its owner loads it, writes it (into `shadow`) or evicts it
 class BlockWord {
  public:
-  enum Kind : uint64_t { kAbsent = 0, kResident = 1, kBusy = 2 };
-  enum Purpose : uint64_t { kLoading = 0, kWriting = 1 };
+  enum Kind : uint64_t { kAbsent = 0, kResident = 1, kBusy = 2, kSpilled = 3 };
+  enum Purpose : uint64_t { kLoading = 0, kWriting = 1, kEvicting = 2 };
 
   static uint64_t Absent() { return kAbsent; }
   static uint64_t Resident() { return kResident; }
+  static uint64_t Spilled() { return kSpilled; }
   static uint64_t Busy(Purpose purpose, uint32_t owner) {
     return kBusy | (purpose << 2) | (uint64_t{owner} << 8);
   }
   static Kind KindOf(uint64_t w) { return static_cast<Kind>(w & 3); }
   static uint32_t Owner(uint64_t w) { return static_cast<uint32_t>((w >> 8) & 0xFF); }
   static bool Valid(uint64_t w) {
-    return KindOf(w) <= kBusy && (KindOf(w) == kBusy || w == KindOf(w));
+    if (KindOf(w) != kBusy) return w == KindOf(w);
+    return ((w >> 2) & 3) <= kEvicting && (w >> 16) == 0 && ((w >> 4) & 0xF) == 0;
   }
 };
 
@@ -158,6 +166,7 @@ absl::Status CheckEntry(const DirEntry& e, uint32_t index, const ImmutableHeader
       e.num_blocks > (uint64_t{1} << 40)) {
     return bad("has bad block sizes");
   }
+  if (e.spill_offset % Buddy::kUnit != 0) return bad("has a misaligned spill region");
   if (e.table_units != TableUnits(e.num_blocks, h.max_processes) ||
       e.table_offset < h.arena_offset ||
       (e.table_offset - h.arena_offset) % Buddy::kUnit != 0 ||
@@ -314,6 +323,21 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Open(SegmentOptions options) {
     h.fixed.arena_offset = l.arena_offset;
     h.fixed.arena_units = units;
     h.fixed.created_unix_ns = absl::ToUnixNanos(absl::Now());
+    if (!options.spill_dir.empty()) {
+      std::error_code ec;
+      std::filesystem::create_directories(options.spill_dir, ec);
+      const std::string path =
+          absl::StrCat(options.spill_dir, "/strata-", options.name, ".spill");
+      if (ec || path.size() >= sizeof(h.fixed.spill_path)) {
+        munmap(m, l.total_bytes);
+        return fail(absl::InvalidArgumentError(absl::StrCat(
+            "shm spill directory ", options.spill_dir,
+            ec ? absl::StrCat(" cannot be created: ", ec.message())
+               : std::string(" makes too long a path"),
+            "; set EngineOptions::shm.spill_path to a writable directory")));
+      }
+      std::memcpy(h.fixed.spill_path, path.data(), path.size());
+    }
     h.fixed.checksum = HeaderChecksum(h.fixed);
     pthread_mutexattr_t attr;
     pthread_mutexattr_init(&attr);
@@ -327,6 +351,15 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Open(SegmentOptions options) {
     }
     h.next_generation = 1;
     std::unique_ptr<Segment> seg(new Segment(std::move(options), base, l.total_bytes, fd));
+    if (h.fixed.spill_path[0] != '\0') {
+      absl::StatusOr<std::unique_ptr<SpillFile>> spill =
+          SpillFile::Open(h.fixed.spill_path, seg->options_.log);
+      if (!spill.ok()) {
+        shm_unlink(object.c_str());
+        return spill.status();
+      }
+      seg->spill_ = std::move(*spill);
+    }
     seg->buddy().Format(units);
     h.ready.store(kReady, std::memory_order_release);
     Futex(&h.ready, FUTEX_WAKE, INT_MAX, nullptr);
@@ -399,7 +432,13 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Open(SegmentOptions options) {
     return unmap_fail(Corrupt(object, absl::StrCat("its header's layout does not match its "
                                                    "size (", size, " bytes)")));
   }
+  if (std::memchr(f.spill_path, '\0', sizeof(f.spill_path)) == nullptr) {
+    return unmap_fail(Corrupt(object, "its spill path is not terminated"));
+  }
   std::unique_ptr<Segment> seg(new Segment(std::move(options), base, size, fd));
+  if (f.spill_path[0] != '\0') {
+    STRATA_ASSIGN_OR_RETURN(seg->spill_, SpillFile::Open(f.spill_path, seg->options_.log));
+  }
   {
     // Check everything the directory says before trusting it, and rebuild
     // the allocator from it: an attach never relies on lists a dead
@@ -506,8 +545,7 @@ Segment::~Segment() {
           mine[b].store(0);
           if (busy_mine) {
             r[b].shadow.store(0);
-            r[b].state.store(r[b].frame.load() != 0 ? BlockWord::Resident()
-                                                    : BlockWord::Absent());
+            r[b].state.store(SettledWord(r[b]));
           }
           Wake(r[b]);
         }
@@ -645,12 +683,9 @@ int Segment::RepairLocked(bool lock_was_dead) {
       }
       const uint64_t w = r[b].state.load();
       if (BlockWord::KindOf(w) == BlockWord::kBusy && is_dead[BlockWord::Owner(w)]) {
-        // Its owner died loading or writing: the sealed bytes stay. (If it
-        // died sealing, after the frame was switched, the new bytes are
-        // the sealed ones: all of them were written before the unpin.)
+        // Its owner died loading, writing or evicting it (SettledWord).
         r[b].shadow.store(0);
-        r[b].state.store(r[b].frame.load() != 0 ? BlockWord::Resident()
-                                                : BlockWord::Absent());
+        r[b].state.store(SettledWord(r[b]));
         ++writes;
         changed = true;
       }
@@ -672,6 +707,17 @@ int Segment::RepairLocked(bool lock_was_dead) {
   (void)tensors;
   RebuildAllocatorLocked();
   return static_cast<int>(dead.size());
+}
+
+uint64_t Segment::SettledWord(const BlockRecord& r) {
+  // Its owner died loading, writing or evicting it: the sealed bytes stay
+  // where they were. (If it died sealing, after the frame was switched,
+  // the new bytes are the sealed ones: all of them were written before the
+  // unpin. If it died evicting after the frame was dropped, the spill
+  // file holds the bytes: spill_version was set before.)
+  if (r.frame.load() != 0) return BlockWord::Resident();
+  if (r.spill_version.load() == r.version.load() + 1) return BlockWord::Spilled();
+  return BlockWord::Absent();
 }
 
 void Segment::RebuildAllocatorLocked() {
@@ -712,11 +758,130 @@ absl::StatusOr<uint64_t> Segment::AllocateLocked(uint64_t bytes) {
 
 absl::StatusOr<uint64_t> Segment::AllocateFrame(uint64_t bytes,
                                                 std::atomic<uint64_t>& record_into) {
-  STRATA_ASSIGN_OR_RETURN(Locked lock, Lock());
-  STRATA_ASSIGN_OR_RETURN(uint64_t offset, AllocateLocked(bytes));
-  // Recorded under the lock, so that a rebuild never frees it under us.
-  record_into.store(offset, std::memory_order_relaxed);
-  return offset;
+  // Each round evicts one block; frames are powers of two, so a large one
+  // may take several neighbours' worth. Bounded by the blocks there are.
+  for (;;) {
+    Victim victim;
+    {
+      STRATA_ASSIGN_OR_RETURN(Locked lock, Lock());
+      absl::StatusOr<uint64_t> offset = AllocateLocked(bytes);
+      if (offset.ok()) {
+        // Recorded under the lock, so that a rebuild never frees it under us.
+        record_into.store(*offset, std::memory_order_relaxed);
+        return offset;
+      }
+      if (spill_ == nullptr) return offset.status();
+      std::optional<Victim> claimed = ClaimVictimLocked();
+      if (!claimed) return offset.status();  // every block pinned or busy
+      victim = *claimed;
+    }
+    STRATA_RETURN_IF_ERROR(Evict(victim));
+  }
+}
+
+uint64_t Segment::SpillOffset(const DirEntry& e, uint64_t block) const {
+  return e.spill_offset + block * FrameUnits(e.block_bytes) * Buddy::kUnit;
+}
+
+std::optional<Segment::Victim> Segment::ClaimVictimLocked() {
+  // The clock: a pin sets a block's `ref`; the hand clears it and takes the
+  // first resident block it finds unset and unpinned. Two sweeps at most.
+  const ImmutableHeader& f = header().fixed;
+  uint64_t total = 0;
+  for (uint32_t i = 0; i < f.max_tensors; ++i) {
+    if (entry(i).state.load() == DirEntry::kLive) total += entry(i).num_blocks;
+  }
+  uint32_t& hand_entry = header().clock_entry;
+  uint64_t& hand_block = header().clock_block;
+  for (uint64_t step = 0; step < 2 * total + 2 && total != 0;) {
+    if (hand_entry >= f.max_tensors) hand_entry = 0, hand_block = 0;
+    DirEntry& e = entry(hand_entry);
+    if (e.state.load() != DirEntry::kLive || hand_block >= e.num_blocks) {
+      ++hand_entry;
+      hand_block = 0;
+      continue;
+    }
+    const uint64_t b = hand_block++;
+    ++step;
+    BlockRecord& r = records(e)[b];
+    uint64_t w = r.state.load(std::memory_order_seq_cst);
+    if (BlockWord::KindOf(w) != BlockWord::kResident) continue;
+    if (r.ref.load(std::memory_order_relaxed) != 0) {
+      r.ref.store(0, std::memory_order_relaxed);
+      continue;
+    }
+    if (!r.state.compare_exchange_strong(w, BlockWord::Busy(BlockWord::kEvicting, slot_),
+                                         std::memory_order_seq_cst)) {
+      continue;
+    }
+    // Claimed, then look at the counts (pinners count, then look): a pin
+    // that came first keeps the block.
+    if (CountPins(e, b) != 0) {
+      r.state.store(w, std::memory_order_release);
+      Wake(r);
+      continue;
+    }
+    return Victim{hand_entry, b};
+  }
+  return std::nullopt;
+}
+
+absl::Status Segment::Evict(const Victim& victim) {
+  DirEntry& e = entry(victim.index);
+  BlockRecord& r = records(e)[victim.block];
+  const uint64_t frame = r.frame.load(std::memory_order_acquire);
+  const uint64_t version = r.version.load(std::memory_order_acquire);
+  if (r.spill_version.load() != version + 1) {
+    const uint64_t size = std::min(e.block_bytes, e.size_bytes - victim.block * e.block_bytes);
+    const uint64_t checksum = BlockChecksum({at(frame), size}, e.generation.load(),
+                                            victim.block, version);
+    absl::Status written = spill_->Write(
+        SpillOffset(e, victim.block), {at(frame), FrameUnits(e.block_bytes) * Buddy::kUnit});
+    if (!written.ok()) {
+      // Nothing is lost: the block stays resident, and the caller who
+      // needed the space gets the error.
+      r.state.store(BlockWord::Resident(), std::memory_order_release);
+      Wake(r);
+      return absl::Status(written.code(),
+                          absl::StrCat("shm segment ", name_, " is full and block ",
+                                       victim.block, " of shared tensor '", e.name,
+                                       "' could not be spilled: ", written.message()));
+    }
+    r.spill_checksum.store(checksum);
+    r.spill_version.store(version + 1);  // before the frame goes (SettledWord)
+  }
+  {
+    auto lock = Lock();
+    if (!lock.ok()) {
+      r.state.store(BlockWord::Resident(), std::memory_order_release);
+      Wake(r);
+      return lock.status();
+    }
+    r.frame.store(0);
+    r.state.store(BlockWord::Spilled(), std::memory_order_release);
+    buddy().Free((frame - header().fixed.arena_offset) / Buddy::kUnit);
+    ++header().spills;
+  }
+  Wake(r);
+  return absl::OkStatus();
+}
+
+absl::Status Segment::LoadSpilled(const DirEntry& e, uint64_t block, BlockRecord& r,
+                                  std::byte* into) {
+  const uint64_t offset = SpillOffset(e, block);
+  STRATA_RETURN_IF_ERROR(spill_->Read(offset, {into, FrameUnits(e.block_bytes) * Buddy::kUnit}));
+  const uint64_t version = r.spill_version.load() - 1;
+  const uint64_t size = std::min(e.block_bytes, e.size_bytes - block * e.block_bytes);
+  if (BlockChecksum({into, size}, e.generation.load(), block, version) !=
+      r.spill_checksum.load()) {
+    return absl::DataLossError(absl::StrCat(
+        "block ", block, " of shared tensor '", e.name, "' read back from spill file ",
+        spill_->path(), " at offset ", offset, " does not match its checksum; the file "
+        "was changed behind the segment's back, or the device returned bad data"));
+  }
+  auto lock = Lock();
+  if (lock.ok()) ++header().spill_loads;
+  return absl::OkStatus();
 }
 
 void Segment::FreeFrame(uint64_t offset) {
@@ -865,6 +1030,10 @@ absl::StatusOr<SharedRef> Segment::CreateTensor(std::string_view name,
   e.num_blocks = spec.num_blocks;
   e.table_offset = table;
   e.table_units = units;
+  e.spill_offset = header().spill_next;
+  if (spill_ != nullptr) {
+    header().spill_next += spec.num_blocks * FrameUnits(spec.block_bytes) * Buddy::kUnit;
+  }
   if (options_.test_hook) options_.test_hook("create:table");
   std::memset(at(table), 0, units * Buddy::kUnit);
   e.generation.store(header().next_generation++);
@@ -918,6 +1087,12 @@ absl::Status Segment::RemoveTensor(const SharedRef& ref) {
   }
   e.state.store(DirEntry::kFree);
   buddy().Free((table - header().fixed.arena_offset) / Buddy::kUnit);
+  if (spill_ != nullptr) {
+    // Its region is never handed out again; give the disk space back.
+    absl::Status punched = spill_->Punch(e.spill_offset,
+                                         e.num_blocks * FrameUnits(e.block_bytes) * Buddy::kUnit);
+    if (!punched.ok()) Log(punched.ToString());
+  }
   return absl::OkStatus();
 }
 
@@ -964,17 +1139,25 @@ absl::StatusOr<SharedPin> Segment::Pin(const SharedRef& ref, uint64_t block,
       }
       const uint32_t seen = r.seq.load(std::memory_order_acquire);
       const uint64_t now = r.state.load(std::memory_order_acquire);
-      if (BlockWord::KindOf(now) == BlockWord::kAbsent) {
+      if (BlockWord::KindOf(now) == BlockWord::kAbsent ||
+          BlockWord::KindOf(now) == BlockWord::kSpilled) {
         uint64_t expected = now;
         if (r.state.compare_exchange_strong(expected, BlockWord::Busy(BlockWord::kLoading, slot_))) {
-          // Never written: it reads as zeros.
-          absl::StatusOr<uint64_t> frame = AllocateFrame(e->block_bytes, r.shadow);
-          if (!frame.ok()) {
-            r.state.store(BlockWord::Absent(), std::memory_order_release);
+          auto give_back = [&](absl::Status s) {
+            r.state.store(now, std::memory_order_release);
             Wake(r);
-            return frame.status();
+            return s;
+          };
+          absl::StatusOr<uint64_t> frame = AllocateFrame(e->block_bytes, r.shadow);
+          if (!frame.ok()) return give_back(frame.status());
+          if (BlockWord::KindOf(now) == BlockWord::kAbsent) {
+            std::memset(at(*frame), 0, e->block_bytes);  // never written: zeros
+          } else if (absl::Status loaded = LoadSpilled(*e, block, r, at(*frame));
+                     !loaded.ok()) {
+            r.shadow.store(0);
+            FreeFrame(*frame);
+            return give_back(loaded);
           }
-          std::memset(at(*frame), 0, e->block_bytes);
           r.frame.store(*frame, std::memory_order_relaxed);
           r.shadow.store(0, std::memory_order_relaxed);
           r.state.store(BlockWord::Resident(), std::memory_order_release);
@@ -1033,6 +1216,12 @@ absl::StatusOr<SharedPin> Segment::Pin(const SharedRef& ref, uint64_t block,
   if (access == Access::kWrite) {
     if (frame != 0) {
       std::memcpy(at(*shadow), at(frame), e->block_bytes);
+    } else if (BlockWord::KindOf(before) == BlockWord::kSpilled) {
+      if (absl::Status loaded = LoadSpilled(*e, block, r, at(*shadow)); !loaded.ok()) {
+        r.shadow.store(0);
+        FreeFrame(*shadow);
+        return give_back(loaded);
+      }
     } else {
       std::memset(at(*shadow), 0, e->block_bytes);
     }
@@ -1076,6 +1265,9 @@ absl::StatusOr<SegmentStat> Segment::Stat() {
   s.dead_reclaimed = header().dead_reclaimed;
   s.pins_reclaimed = header().pins_reclaimed;
   s.lock_repairs = header().lock_repairs;
+  s.spill_path = f.spill_path;
+  s.spills = header().spills;
+  s.spill_loads = header().spill_loads;
   for (uint32_t q = 0; q < f.max_processes; ++q) {
     if (process(q).state.load() != ProcessSlot::kLive) continue;
     s.processes.push_back({q, process(q).pid, q == slot_, 0, 0});
@@ -1087,7 +1279,9 @@ absl::StatusOr<SegmentStat> Segment::Stat() {
     s.blocks += e.num_blocks;
     const BlockRecord* r = records(e);
     for (uint64_t b = 0; b < e.num_blocks; ++b) {
-      if (BlockWord::KindOf(r[b].state.load()) != BlockWord::kAbsent) ++s.resident_blocks;
+      const BlockWord::Kind kind = BlockWord::KindOf(r[b].state.load());
+      s.resident_blocks += kind == BlockWord::kResident || kind == BlockWord::kBusy;
+      s.spilled_blocks += kind == BlockWord::kSpilled;
       bool pinned = false;
       for (ProcessStat& p : s.processes) {
         const uint32_t c = counts(e, p.slot)[b].load();

@@ -31,6 +31,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -41,6 +42,7 @@
 #include "absl/time/time.h"
 #include "api/strata/strata.h"
 #include "tiers/shm/layout.h"
+#include "tiers/shm/spill_file.h"
 
 namespace strata::tiers::shm {
 
@@ -55,6 +57,11 @@ struct SegmentOptions {
   uint64_t capacity_bytes = uint64_t{1} << 30;
   uint32_t max_processes = 32;
   uint32_t max_tensors = 1024;
+  // When creating: a directory for the spill file (created if missing),
+  // where unpinned blocks go when the segment is full; empty: no spill
+  // file, and a full segment refuses new frames. Attaching processes use
+  // the creator's.
+  std::string spill_dir;
   // How long an attach waits for a segment's creator to finish it, and a
   // lock taker for the lock.
   absl::Duration lock_timeout = absl::Seconds(10);
@@ -114,6 +121,10 @@ struct SegmentStat {
   uint64_t tensors = 0;
   uint64_t blocks = 0;
   uint64_t resident_blocks = 0;
+  uint64_t spilled_blocks = 0;
+  std::string spill_path;  // empty: none
+  uint64_t spills = 0;       // blocks evicted to the spill file
+  uint64_t spill_loads = 0;  // blocks read back
   uint32_t max_processes = 0;
   uint32_t max_tensors = 0;
   std::vector<ProcessStat> processes;
@@ -218,6 +229,22 @@ class Segment {
   std::byte* at(uint64_t offset) const { return base_ + offset; }
   Buddy buddy() const;
 
+  // Eviction to the spill file: the clock picks an unpinned resident block
+  // and claims it (busy, evicting); Evict writes it out unless the file
+  // holds its bytes already, then frees its frame.
+  struct Victim {
+    uint32_t index;
+    uint64_t block;
+  };
+  std::optional<Victim> ClaimVictimLocked();
+  absl::Status Evict(const Victim& victim);
+  // Reads block `block` of `e` from the spill file into `into` and checks it.
+  absl::Status LoadSpilled(const DirEntry& e, uint64_t block, BlockRecord& r,
+                           std::byte* into);
+  uint64_t SpillOffset(const DirEntry& e, uint64_t block) const;
+  // The state a block settles in when its busy owner is gone.
+  static uint64_t SettledWord(const BlockRecord& r);
+
   absl::StatusOr<const DirEntry*> CheckRef(const SharedRef& ref) const;
   bool SlotAlive(uint32_t slot) const;
   uint64_t CountPins(const DirEntry& e, uint64_t block) const;
@@ -230,6 +257,7 @@ class Segment {
   const uint64_t size_;
   const int fd_;
   uint32_t slot_ = ~0u;
+  std::unique_ptr<SpillFile> spill_;  // null: the segment has none
 
   std::mutex watchdog_mu_;
   std::condition_variable watchdog_cv_;
