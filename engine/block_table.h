@@ -38,6 +38,10 @@
 #include "engine/wait_table.h"
 #include "tiers/tier.h"
 
+namespace strata::tiers::shm {
+struct SharedRef;
+}
+
 namespace strata::internal {
 
 // Most tiers a chain can hold (one of each kind).
@@ -112,11 +116,10 @@ struct TensorInfo {
   std::mutex errors_mu;
   absl::flat_hash_map<uint64_t, absl::Status> write_back_errors;
 
-  // A shared tensor (engine/shared_tensors.h): its directory slot in the
-  // node segment and that slot's generation when it was opened.
+  // A shared tensor (engine/shared_tensors.h): which tensor of the node
+  // segment, and its directory slot's generation when it was opened.
   bool shared = false;
-  uint32_t shared_index = 0;
-  uint64_t shared_generation = 0;
+  std::shared_ptr<const tiers::shm::SharedRef> shared_ref;
 };
 
 // What a pin reads of one tensor: one cache line. Made by NewTensorState,

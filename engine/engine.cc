@@ -5,6 +5,7 @@
 #include "engine/engine_core.h"
 #include "engine/options.h"
 #include "engine/prefetch_state.h"
+#include "engine/shared_tensors.h"
 #include "engine/testing.h"
 #include "engine/tier_factory.h"
 #include "tiers/shm/segment.h"
@@ -31,7 +32,7 @@ absl::Status Pin::Release() {
 void Pin::WakeWaiters() noexcept { core_->WakeAfterUnpin(*word_); }
 
 void Pin::DropShared() noexcept {
-  core_->UnpinShared(word_, aux_, access_ != Access::kRead);
+  core_->shared()->Unpin(word_, aux_, access_ != Access::kRead);
   Forget();
   released_ = true;
 }

@@ -203,9 +203,10 @@ absl::StatusOr<std::pair<tiers::Tier*, tiers::Frame>> EngineCore::DeviceFrame(
 absl::StatusOr<strata::Pin> EngineCore::PinShared(TensorState& ts,
                                                   uint64_t block, Tier tier,
                                                   Access access) {
-  Lifecycle::Scope scope(life_);
-  STRATA_RETURN_IF_ERROR(life_.CheckOpen());
-  if (ts.dropped()) {
+  // No Lifecycle scope (a shared counter) on this path: a pin announces
+  // itself in the segment, then looks at `closing`; Close sets `closing`,
+  // then counts this process's pins there. One of the two sees the other.
+  if (ABSL_PREDICT_FALSE(ts.dropped())) {
     return absl::NotFoundError(absl::StrCat(
         "shared tensor '", ts.info->name, "' was removed; create it again"));
   }
@@ -222,6 +223,12 @@ absl::StatusOr<strata::Pin> EngineCore::PinShared(TensorState& ts,
   }
   STRATA_ASSIGN_OR_RETURN(tiers::shm::SharedPin shared,
                           shared_->Pin(ts, block, access));
+  if (ABSL_PREDICT_FALSE(life_.closing_seq_cst())) {
+    shared_->Cancel(shared, access != Access::kRead);
+    return life_.CheckOpen().ok()
+               ? absl::FailedPreconditionError("engine closing; Pin refused")
+               : life_.CheckOpen();
+  }
   strata::Pin pin;
   pin.core_ = this;
   pin.word_ = &shared.record->state;
@@ -232,10 +239,6 @@ absl::StatusOr<strata::Pin> EngineCore::PinShared(TensorState& ts,
   pin.access_ = access == Access::kRead ? Access::kRead : Access::kWrite;
   pin.aux_ = shared.count;
   return pin;
-}
-
-void EngineCore::UnpinShared(void* record, void* count, bool write) noexcept {
-  shared_->Unpin(record, count, write);
 }
 
 absl::Status EngineCore::NeedShared() const {

@@ -90,8 +90,6 @@ class EngineCore {
 
   // Called by a Pin whose unpin found waiters.
   void WakeAfterUnpin(std::atomic<uint64_t>& word) { waits_.Wake(word); }
-  // Called by a Pin of a shared tensor.
-  void UnpinShared(void* record, void* count, bool write) noexcept;
   // The node segment, or null when kShm is not in EngineOptions::tiers.
   SharedTensors* shared() const { return shared_.get(); }
 

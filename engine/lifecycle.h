@@ -27,6 +27,9 @@ class Lifecycle {
       : log_(std::move(log)) {}
 
   bool closing() const { return closing_.load(std::memory_order_acquire); }
+  // For a pin that announced itself in shared memory first and then looks
+  // (the shm pin): sequentially consistent, as Close's count scan is.
+  bool closing_seq_cst() const { return closing_.load(std::memory_order_seq_cst); }
   // kFailedPrecondition once Close has begun.
   absl::Status CheckOpen() const;
   static absl::Status ClosedError();

@@ -53,18 +53,9 @@ absl::StatusOr<Tensor> SharedTensors::Handle(const tiers::shm::SharedRef& ref) {
   ts->info->spec = {.dtype = ref.spec.dtype, .shape = ref.spec.shape,
                     .block_bytes = ref.spec.block_bytes};
   ts->info->shared = true;
-  ts->info->shared_index = ref.index;
-  ts->info->shared_generation = ref.generation;
+  ts->info->shared_ref = std::make_shared<const tiers::shm::SharedRef>(ref);
   ts->gate.store(TensorState::kGateShared, std::memory_order_release);
   return Catalog::Handle(std::move(ts));
-}
-
-tiers::shm::SharedRef SharedTensors::RefOf(const TensorState& ts) {
-  tiers::shm::SharedRef ref;
-  ref.index = ts.info->shared_index;
-  ref.generation = ts.info->shared_generation;
-  ref.name = ts.info->name;
-  return ref;
 }
 
 absl::StatusOr<Tensor> SharedTensors::Create(std::string_view name,
@@ -88,25 +79,9 @@ absl::StatusOr<Tensor> SharedTensors::Open(std::string_view name) {
 }
 
 absl::Status SharedTensors::Drop(TensorState& ts) {
-  STRATA_RETURN_IF_ERROR(segment_->RemoveTensor(RefOf(ts)));
+  STRATA_RETURN_IF_ERROR(segment_->RemoveTensor(*ts.info->shared_ref));
   ts.gate.fetch_or(TensorState::kGateDropped, std::memory_order_acq_rel);
   return absl::OkStatus();
-}
-
-absl::StatusOr<tiers::shm::SharedPin> SharedTensors::Pin(TensorState& ts,
-                                                         uint64_t block,
-                                                         Access access) {
-  STRATA_ASSIGN_OR_RETURN(
-      tiers::shm::SharedPin pin,
-      segment_->Pin(RefOf(ts), block, access, absl::Now() + options_.pin_wait_timeout));
-  live_pins_.fetch_add(1, std::memory_order_acq_rel);
-  return pin;
-}
-
-void SharedTensors::Unpin(void* record, void* count, bool write) {
-  segment_->Unpin(static_cast<tiers::shm::BlockRecord*>(record),
-                  static_cast<std::atomic<uint32_t>*>(count), write);
-  live_pins_.fetch_sub(1, std::memory_order_acq_rel);
 }
 
 void SharedTensors::FillStats(TierStats& out) const {

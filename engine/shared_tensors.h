@@ -40,11 +40,18 @@ class SharedTensors {
                                 bool open_existing);
   absl::StatusOr<Tensor> Open(std::string_view name);
   absl::Status Drop(TensorState& ts);
-  absl::StatusOr<tiers::shm::SharedPin> Pin(TensorState& ts, uint64_t block,
-                                            Access access);
-  void Unpin(void* record, void* count, bool write);
+  absl::StatusOr<tiers::shm::SharedPin> Pin(const TensorState& ts, uint64_t block,
+                                            Access access) {
+    return segment_->Pin(*ts.info->shared_ref, block, access, options_.pin_wait_timeout);
+  }
+  void Unpin(void* record, void* count, bool write) {
+    segment_->Unpin(static_cast<tiers::shm::BlockRecord*>(record),
+                    static_cast<std::atomic<uint32_t>*>(count), write);
+  }
 
-  uint64_t live_pins() const { return live_pins_.load(std::memory_order_acquire); }
+  void Cancel(const tiers::shm::SharedPin& pin, bool write) { segment_->Cancel(pin, write); }
+  // Pins of shared tensors this process holds (O(blocks): for Close).
+  uint64_t live_pins() const { return segment_->PinsHeld(); }
   void FillStats(TierStats& out) const;
   tiers::shm::Segment& segment() { return *segment_; }
 
@@ -55,14 +62,12 @@ class SharedTensors {
       : options_(options), core_(core), catalog_(catalog),
         segment_(std::move(segment)) {}
   absl::StatusOr<Tensor> Handle(const tiers::shm::SharedRef& ref);
-  static tiers::shm::SharedRef RefOf(const TensorState& ts);
 
   const EngineOptions& options_;
   EngineCore* const core_;
   const Catalog& catalog_;
   std::unique_ptr<tiers::shm::Segment> segment_;
   const std::shared_ptr<StateArena> arena_ = std::make_shared<StateArena>();
-  std::atomic<uint64_t> live_pins_{0};
 };
 
 }  // namespace strata::internal

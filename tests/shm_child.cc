@@ -42,7 +42,7 @@ int Hammer(shm::Segment& seg, uint64_t seed) {
   for (uint64_t n = 0;; ++n) {
     const uint64_t block = rng() % t->spec.num_blocks;
     const int what = static_cast<int>(rng() % 3);
-    const absl::Time deadline = absl::Now() + absl::Seconds(5);
+    const absl::Duration deadline = absl::Seconds(5);
     if (what == 0) {
       auto p = seg.Pin(*t, block, strata::Access::kRead, deadline);
       if (!p.ok()) continue;
@@ -104,7 +104,7 @@ int main(int argc, char** argv) {
     const bool write = argv[4][0] == 'w';
     auto p = (*seg)->Pin(*t, std::strtoull(argv[3], nullptr, 10),
                          write ? strata::Access::kWrite : strata::Access::kRead,
-                         absl::Now() + absl::Seconds(10));
+                         absl::Seconds(10));
     if (!p.ok()) return 1;
     if (write) std::memset(p->data, 0xEE, p->size);  // never sealed
     Ready();

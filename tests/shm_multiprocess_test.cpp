@@ -115,7 +115,7 @@ class ShmMultiprocessTest : public ::testing::Test {
             .size_bytes = blocks * block_bytes,
             .num_blocks = blocks};
   }
-  static absl::Time Deadline() { return absl::Now() + absl::Seconds(10); }
+  static absl::Duration Deadline() { return absl::Seconds(10); }
 
   // Every block of `t` reads as one repeated 8-byte word (never torn).
   static void ExpectWhole(Segment& seg, const SharedRef& t, std::string_view when) {
@@ -239,7 +239,7 @@ TEST_F(ShmMultiprocessTest, AWriterWaitingOnADeadReaderGetsTheBlock) {
   reader.Kill();
   // The waiting writer itself finds the reader dead (within its 1 s).
   ASSERT_OK_AND_ASSIGN(SharedPin w, seg->Pin(t, 1, Access::kOverwrite,
-                                             absl::Now() + absl::Seconds(1)));
+                                             absl::Seconds(1)));
   seg->Unpin(w.record, w.count, true);
 }
 
@@ -254,7 +254,7 @@ TEST_F(ShmMultiprocessTest, AWriterKilledBeforeSealingLeavesTheSealedBytes) {
   Child writer({"pin", options_.name, "0", "w"});  // fills with 0xEE, never seals
   ASSERT_TRUE(writer.WaitReady());
   writer.Kill();
-  ASSERT_OK_AND_ASSIGN(SharedPin r, seg->Pin(t, 0, Access::kRead, absl::Now() + absl::Seconds(1)));
+  ASSERT_OK_AND_ASSIGN(SharedPin r, seg->Pin(t, 0, Access::kRead, absl::Seconds(1)));
   EXPECT_EQ(std::to_integer<int>(r.data[0]), 0x42);
   EXPECT_EQ(std::to_integer<int>(r.data[r.size - 1]), 0x42);
   seg->Unpin(r.record, r.count, false);

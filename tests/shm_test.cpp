@@ -142,8 +142,8 @@ class ShmTest : public ::testing::Test {
             .size_bytes = blocks * block_bytes,
             .num_blocks = blocks};
   }
-  static absl::Time Soon() { return absl::Now() + absl::Milliseconds(50); }
-  static absl::Time Later() { return absl::Now() + absl::Seconds(10); }
+  static absl::Duration Soon() { return absl::Milliseconds(50); }
+  static absl::Duration Later() { return absl::Seconds(10); }
 
   std::vector<std::string> names_;
 };

@@ -1097,7 +1097,13 @@ absl::Status Segment::RemoveTensor(const SharedRef& ref) {
 }
 
 absl::StatusOr<SharedPin> Segment::Pin(const SharedRef& ref, uint64_t block,
-                                       Access access, absl::Time deadline) {
+                                       Access access, absl::Duration timeout) {
+  // The deadline is read off the clock only once the pin has to wait.
+  absl::Time deadline_at = absl::InfinitePast();
+  auto deadline = [&] {
+    if (deadline_at == absl::InfinitePast()) deadline_at = absl::Now() + timeout;
+    return deadline_at;
+  };
   STRATA_ASSIGN_OR_RETURN(const DirEntry* e, CheckRef(ref));
   if (block >= e->num_blocks) {
     return absl::OutOfRangeError(absl::StrCat(
@@ -1166,8 +1172,8 @@ absl::StatusOr<SharedPin> Segment::Pin(const SharedRef& ref, uint64_t block,
         continue;
       }
       if (BlockWord::KindOf(now) == BlockWord::kBusy) {
-        if (absl::Now() >= deadline) return timed_out("was being written");
-        WaitForChange(r, seen, deadline);
+        if (absl::Now() >= deadline()) return timed_out("was being written");
+        WaitForChange(r, seen, deadline());
       }
     }
   }
@@ -1185,8 +1191,8 @@ absl::StatusOr<SharedPin> Segment::Pin(const SharedRef& ref, uint64_t block,
       }
       continue;
     }
-    if (absl::Now() >= deadline) return timed_out("was being written by another pin");
-    WaitForChange(r, seen, deadline);
+    if (absl::Now() >= deadline()) return timed_out("was being written by another pin");
+    WaitForChange(r, seen, deadline());
   }
   auto give_back = [&](absl::Status s) {
     r.state.store(before, std::memory_order_release);
@@ -1198,13 +1204,13 @@ absl::StatusOr<SharedPin> Segment::Pin(const SharedRef& ref, uint64_t block,
     if (e->generation.load(std::memory_order_seq_cst) != ref.generation) return give_back(gone());
     if (e->state.load(std::memory_order_seq_cst) != DirEntry::kLive) {
       // A removal is deciding; it sees this block busy and backs off.
-      if (absl::Now() >= deadline) return give_back(timed_out("waited for a removal"));
-      WaitForChange(r, seen, deadline);
+      if (absl::Now() >= deadline()) return give_back(timed_out("waited for a removal"));
+      WaitForChange(r, seen, deadline());
       continue;
     }
     if (CountPins(*e, block) == 0) break;
-    if (absl::Now() >= deadline) return give_back(timed_out("was pinned by readers"));
-    WaitForChange(r, seen, deadline);
+    if (absl::Now() >= deadline()) return give_back(timed_out("was pinned by readers"));
+    WaitForChange(r, seen, deadline());
     (void)ReclaimDead();  // a reader that died drains only by being reclaimed
   }
   absl::StatusOr<uint64_t> shadow = AllocateFrame(e->block_bytes, r.shadow);
@@ -1230,14 +1236,33 @@ absl::StatusOr<SharedPin> Segment::Pin(const SharedRef& ref, uint64_t block,
   return SharedPin{at(*shadow), size, &r, &mine};
 }
 
-void Segment::Unpin(BlockRecord* record, std::atomic<uint32_t>* count, bool write) {
-  BlockRecord& r = *record;
-  if (!write) {
-    count->fetch_sub(1, std::memory_order_seq_cst);
-    // A writer may be waiting for the readers to go.
-    if (BlockWord::KindOf(r.state.load(std::memory_order_seq_cst)) == BlockWord::kBusy) Wake(r);
-    return;
+uint64_t Segment::PinsHeld() const {
+  uint64_t pins = 0;
+  for (uint32_t i = 0; i < header().fixed.max_tensors; ++i) {
+    const DirEntry& e = entry(i);
+    if (e.state.load() != DirEntry::kLive) continue;
+    const std::atomic<uint32_t>* mine = counts(e, slot_);
+    for (uint64_t b = 0; b < e.num_blocks; ++b) {
+      const uint32_t c = mine[b].load(std::memory_order_seq_cst);
+      pins += c >= kWritePin ? 1 : c;
+    }
   }
+  return pins;
+}
+
+void Segment::Cancel(const SharedPin& pin, bool write) {
+  if (!write) return Unpin(pin.record, pin.count, false);
+  BlockRecord& r = *pin.record;
+  const uint64_t shadow = r.shadow.load(std::memory_order_relaxed);
+  r.shadow.store(0, std::memory_order_relaxed);
+  pin.count->store(0, std::memory_order_relaxed);
+  r.state.store(SettledWord(r), std::memory_order_release);
+  Wake(r);
+  if (shadow != 0) FreeFrame(shadow);
+}
+
+void Segment::Seal(BlockRecord& r, std::atomic<uint32_t>& count) {
+  static_assert(kBusyKind == BlockWord::kBusy, "the inline Unpin's busy test");
   // Seal: the shadow becomes the block's bytes. The order matters to a
   // reclaimer that finds this process dead half way: frame == shadow means
   // the new bytes are complete.
@@ -1245,7 +1270,7 @@ void Segment::Unpin(BlockRecord* record, std::atomic<uint32_t>* count, bool writ
   r.frame.store(r.shadow.load(std::memory_order_relaxed), std::memory_order_relaxed);
   r.shadow.store(0, std::memory_order_relaxed);
   r.version.fetch_add(1, std::memory_order_relaxed);
-  count->store(0, std::memory_order_relaxed);
+  count.store(0, std::memory_order_relaxed);
   r.state.store(BlockWord::Resident(), std::memory_order_release);
   Wake(r);
   if (old != 0) FreeFrame(old);

@@ -174,11 +174,24 @@ class Segment {
   // tensor was removed), kOutOfRange, kDeadlineExceeded (a conflicting pin
   // held past the deadline), kResourceExhausted (no frame free: names the
   // segment, its capacity and its pinned bytes), kUnavailable (the lock).
+  // A pin of a resident block is an atomic add on this process's count, a
+  // few loads, and no clock read (the deadline is computed when it waits).
   absl::StatusOr<SharedPin> Pin(const SharedRef& ref, uint64_t block,
-                                Access access, absl::Time deadline);
+                                Access access, absl::Duration timeout);
   // Ends a pin of Pin(); a write pin seals its bytes (readers see them
   // from now on).
-  void Unpin(BlockRecord* record, std::atomic<uint32_t>* count, bool write);
+  void Unpin(BlockRecord* record, std::atomic<uint32_t>* count, bool write) {
+    if (write) return Seal(*record, *count);
+    count->fetch_sub(1, std::memory_order_seq_cst);
+    // A writer or evicter may be waiting for the readers to go (busy).
+    if ((record->state.load(std::memory_order_seq_cst) & 3) == kBusyKind) Wake(*record);
+  }
+  // Takes back a pin its caller will not hand out: a read pin is unpinned;
+  // a write pin is discarded unsealed (the sealed bytes stay).
+  void Cancel(const SharedPin& pin, bool write);
+  // Pins this process holds now, over every tensor (O(blocks); read with
+  // the same ordering as Pin's announcement).
+  uint64_t PinsHeld() const;
 
   // Looks for dead processes now and reclaims their pins, locks and
   // half-made tensors. Returns how many processes it reclaimed.
@@ -202,7 +215,9 @@ class Segment {
   uint64_t capacity_bytes() const;
 
  private:
+  static constexpr uint64_t kBusyKind = 2;  // BlockWord::kBusy (segment.cc)
   class Locked;
+  void Seal(BlockRecord& r, std::atomic<uint32_t>& count);
   Segment(SegmentOptions options, std::byte* base, uint64_t size, int fd);
 
   absl::Status TakeSlot();
