@@ -26,7 +26,9 @@ namespace strata::internal {
 
 // Where a load takes its bytes from.
 struct Source {
-  enum Kind { kZeros, kCopy, kWait, kLost };
+  // kShared: the block of a shared tensor in the node segment (the loader
+  // holds a read pin of it there while it copies).
+  enum Kind { kZeros, kCopy, kWait, kLost, kShared };
   Kind kind = kLost;
   int pos = -1;            // kCopy: the copy read; kWait: the copy to wait on
   uint64_t seen = 0;       // kWait: its word as seen

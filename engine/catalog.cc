@@ -137,6 +137,19 @@ absl::StatusOr<TensorState*> Catalog::Check(const Tensor& tensor) const {
   return ts;
 }
 
+absl::Status Catalog::AddShared(const std::shared_ptr<TensorState>& ts) {
+  std::unique_lock lock(mu_);
+  if (next_id_ == std::numeric_limits<uint32_t>::max()) {
+    return absl::ResourceExhaustedError(
+        "2^32-1 tensors were created or opened in this engine, the most it can "
+        "name; open a new engine");
+  }
+  ts->id = next_id_++;
+  ts->gate.fetch_or(gate_, std::memory_order_release);
+  by_id_.emplace(ts->id, ts);
+  return absl::OkStatus();
+}
+
 std::shared_ptr<TensorState> Catalog::Find(uint32_t id) const {
   std::shared_lock lock(mu_);
   auto it = by_id_.find(id);

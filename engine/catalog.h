@@ -39,6 +39,11 @@ class Catalog {
   // (dropped, or being dropped).
   absl::StatusOr<TensorState*> Check(const Tensor& tensor) const;
 
+  // Registers the state of a shared tensor's handle (shared_tensors.h): an
+  // id for its private copies, and the gates; no name (shared tensors are
+  // named in the node segment). kResourceExhausted when ids run out.
+  absl::Status AddShared(const std::shared_ptr<TensorState>& ts);
+
   std::shared_ptr<TensorState> Find(uint32_t id) const;
   std::vector<std::shared_ptr<TensorState>> All() const;
   // Forgets a dropped tensor: its name is free again.

@@ -27,7 +27,7 @@ void CopyBatch::Add(const CopyJob& job) {
   t.user = x;
   if (job.src == kZerosSource) {
     if (!AddZeros(x)) return;
-  } else if (chain_->host_data(job.src)) {
+  } else if (job.src == kHostSource || chain_->host_data(job.src)) {
     t.op = Transfer::Op::kWrite;
     t.frame = job.dst_frame;
     t.host = {job.src_frame.data, job.bytes};

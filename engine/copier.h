@@ -33,6 +33,9 @@ struct CopyResult {
 
 // CopyJob::src of a block never written: the destination gets zeros.
 inline constexpr int kZerosSource = -1;
+// CopyJob::src of bytes outside the chain, in host memory at
+// src_frame.data (a shared block's frame in the node segment).
+inline constexpr int kHostSource = -2;
 
 struct CopyJob {
   int src = kZerosSource;

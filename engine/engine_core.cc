@@ -133,7 +133,7 @@ absl::StatusOr<strata::Pin> EngineCore::PinGated(const Tensor& tensor,
   TensorState* ts = tensor.state_.get();
   if (ts != nullptr && ts->core == this &&
       (ts->gate.load(std::memory_order_acquire) & TensorState::kGateShared)) {
-    return PinShared(*ts, block, tier, access);
+    return PinShared(tensor, *ts, block, tier, access);
   }
   const int pos = pin_pos_[static_cast<uint8_t>(tier)];
   if (ts == nullptr || ts->core != this || pos < 0 ||
@@ -200,7 +200,8 @@ absl::StatusOr<std::pair<tiers::Tier*, tiers::Frame>> EngineCore::DeviceFrame(
 // ---------------------------------------------------------------------------
 // Pin: refusals and the slow path
 
-absl::StatusOr<strata::Pin> EngineCore::PinShared(TensorState& ts,
+absl::StatusOr<strata::Pin> EngineCore::PinShared(const Tensor& tensor,
+                                                  TensorState& ts,
                                                   uint64_t block, Tier tier,
                                                   Access access) {
   // No Lifecycle scope (a shared counter) on this path: a pin announces
@@ -215,12 +216,7 @@ absl::StatusOr<strata::Pin> EngineCore::PinShared(TensorState& ts,
         "access value ", static_cast<int>(access),
         " is not a strata::Access; use Access::kRead, kWrite or kOverwrite"));
   }
-  if (tier != Tier::kShm) {
-    return absl::UnimplementedError(absl::StrCat(
-        "shared tensor '", ts.info->name, "': pins in tier ", Sv(TierName(tier)),
-        " (a private copy of a shared block) are not built yet; pin shared "
-        "tensors in Tier::kShm"));
-  }
+  if (tier != Tier::kShm) return PinSharedCopy(tensor, ts, block, tier, access);
   STRATA_ASSIGN_OR_RETURN(tiers::shm::SharedPin shared,
                           shared_->Pin(ts, block, access));
   if (ABSL_PREDICT_FALSE(life_.closing_seq_cst())) {
@@ -239,6 +235,45 @@ absl::StatusOr<strata::Pin> EngineCore::PinShared(TensorState& ts,
   pin.access_ = access == Access::kRead ? Access::kRead : Access::kWrite;
   pin.aux_ = shared.count;
   return pin;
+}
+
+absl::StatusOr<strata::Pin> EngineCore::PinSharedCopy(const Tensor& tensor,
+                                                      TensorState& ts,
+                                                      uint64_t block, Tier tier,
+                                                      Access access) {
+  const int pos = pin_pos_[static_cast<uint8_t>(tier)];
+  if (pos < 0 || block >= ts.num_blocks) return PinRefused(tensor, block, tier, access);
+  if (access != Access::kRead) {
+    return absl::UnimplementedError(absl::StrCat(
+        "shared tensor '", ts.info->name, "': its private copies (tier ",
+        Sv(TierName(tier)), ") are read-only; write it in Tier::kShm"));
+  }
+  CopySlot& slot = ts.copy(pos, block);
+  for (bool refreshed = false;;) {
+    absl::StatusOr<strata::Pin> pin;
+    const uint64_t seen = TryPinResident(slot, access);
+    ThreadState& thread = *stats_->Local().state;
+    if (seen != 0) {
+      pin = Grant(ts, block, pos, access, thread, /*hit=*/true, seen, 0);
+    } else {
+      pin = PinSlow(tensor, block, pos, access, thread, NowNanos());
+    }
+    if (!pin.ok()) return pin;
+    // The copy's version is stable while it is pinned; the segment's moves
+    // when another process seals the block.
+    STRATA_ASSIGN_OR_RETURN(const uint64_t sealed, shared_->SealedVersion(ts, block));
+    if (slot.version == sealed || refreshed) return pin;
+    // A stale snapshot: drop it and load it anew, unless other pins of it
+    // live (they keep the snapshot they have; this pin gets it too).
+    *pin = strata::Pin();
+    uint64_t w = slot.word.load(std::memory_order_acquire);
+    const uint64_t claimed = S(w).Claimed();
+    if (claimed != 0 && slot.word.compare_exchange_strong(w, claimed, std::memory_order_acq_rel)) {
+      DropClaimed(parts_, ts, block, pos);
+    } else {
+      refreshed = true;
+    }
+  }
 }
 
 absl::Status EngineCore::NeedShared() const {
@@ -424,10 +459,10 @@ absl::StatusOr<PrefetchHandle> EngineCore::Prefetch(const Tensor& tensor,
   Lifecycle::Scope scope(life_);
   STRATA_RETURN_IF_ERROR(life_.CheckOpen());
   STRATA_ASSIGN_OR_RETURN(TensorState * ts, catalog_->Check(tensor));
-  if (ts->info->shared) {
+  if (ts->info->shared && tier == Tier::kShm) {
     return absl::UnimplementedError(absl::StrCat(
-        "shared tensor '", ts->info->name, "': Prefetch of shared tensors is "
-        "not built yet; their blocks are in the segment already (pin them)"));
+        "shared tensor '", ts->info->name, "': Prefetch in Tier::kShm is not "
+        "built yet (pin the blocks); Prefetch into a private tier (host, gpu) works"));
   }
   const int pos = pin_pos_[static_cast<uint8_t>(tier)];
   if (pos < 0) return PinRefused(tensor, 0, tier, Access::kRead).status();
@@ -501,7 +536,6 @@ absl::Status EngineCore::DropTensor(const Tensor& tensor) {
   Lifecycle::Scope scope(life_);
   STRATA_RETURN_IF_ERROR(life_.CheckOpen());
   STRATA_ASSIGN_OR_RETURN(TensorState * ts, catalog_->Check(tensor));
-  if (ts->info->shared) return shared_->Drop(*ts);
   // One drop at a time; pins, Prefetch and Flush see the tensor gone from
   // here on.
   uint32_t gate = ts->gate.load(std::memory_order_acquire);
@@ -518,6 +552,14 @@ absl::Status EngineCore::DropTensor(const Tensor& tensor) {
     RollBackClaims(*ts, claimed);
     ts->gate.fetch_and(~TensorState::kGateDropping, std::memory_order_seq_cst);
     return s;
+  }
+  if (ts->info->shared) {
+    // Its private copies are claimed; now the segment, for every process.
+    if (absl::Status s = shared_->Remove(*ts); !s.ok()) {
+      RollBackClaims(*ts, claimed);
+      ts->gate.fetch_and(~TensorState::kGateDropping, std::memory_order_seq_cst);
+      return s;
+    }
   }
   ts->gate.fetch_or(TensorState::kGateDropped, std::memory_order_seq_cst);
   ForgetEveryCopy(*ts);
@@ -770,7 +812,23 @@ absl::Status EngineCore::Build() {
   mover_ = std::make_unique<Mover>(parts_);
   parts_.mover = mover_.get();
   if (HasTier(options_, Tier::kShm) && chain_->position(Tier::kShm) < 0) {
-    STRATA_ASSIGN_OR_RETURN(shared_, SharedTensors::Open(options_, this, *catalog_));
+    STRATA_ASSIGN_OR_RETURN(shared_,
+                            SharedTensors::Open(options_, this, *catalog_, chain_->size()));
+    parts_.shared = shared_.get();
+    // Shared blocks promote to VRAM from the mapping itself: register it
+    // with CUDA once, as the host arena is.
+    for (int pos = 0; pos < chain_->size(); ++pos) {
+      if (chain_->kind(pos) != Tier::kGpu) continue;
+      tiers::shm::Segment& seg = shared_->segment();
+      absl::Status registered =
+          chain_->tier(pos).RegisterHostMemory({seg.base(), seg.mapped_bytes()});
+      if (!registered.ok() && options_.log) {
+        options_.log(absl::StrCat("strata: shm segment ", seg.name(),
+                                  " not registered with the GPU tier (",
+                                  registered.message(), "); shared blocks copy "
+                                  "to VRAM from pageable memory"));
+      }
+    }
   }
   return absl::OkStatus();
 }

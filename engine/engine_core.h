@@ -112,8 +112,11 @@ class EngineCore {
   // Pin paths.
   absl::StatusOr<strata::Pin> PinRefused(const Tensor& tensor, uint64_t block,
                                          Tier tier, Access access) const;
-  absl::StatusOr<strata::Pin> PinShared(TensorState& ts, uint64_t block,
-                                        Tier tier, Access access);
+  absl::StatusOr<strata::Pin> PinShared(const Tensor& tensor, TensorState& ts,
+                                        uint64_t block, Tier tier, Access access);
+  // A pin of a shared tensor's private copy (host, gpu).
+  absl::StatusOr<strata::Pin> PinSharedCopy(const Tensor& tensor, TensorState& ts,
+                                            uint64_t block, Tier tier, Access access);
   absl::Status NeedShared() const;
   absl::StatusOr<strata::Pin> PinGated(const Tensor& tensor, uint64_t block,
                                        Tier tier, Access access);

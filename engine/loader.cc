@@ -7,6 +7,7 @@
 #include "engine/chain.h"
 #include "engine/lifecycle.h"
 #include "engine/residency.h"
+#include "engine/shared_tensors.h"
 #include "engine/stats.h"
 #include "engine/prefetch_state.h"
 
@@ -27,6 +28,7 @@ struct Loader::Op {
   bool holds_frame = false;
   bool read_bytes = false;  // bytes were copied or zero-filled (not overwrite)
   Source source;
+  tiers::shm::SharedPin shared_pin;  // Source::kShared: held while copying
   Clock::time_point copy_started;
   std::shared_ptr<Op> self;  // alive until Finish
 
@@ -62,6 +64,10 @@ std::shared_ptr<Loader::Op> Loader::Start(
   parts_.life->AsyncBegin();
   if (absl::Status s = ReserveFrame(*op, deadline, batch); !s.ok()) {
     Complete(*op, s);
+    return op;
+  }
+  if (op->ts->info->shared) {
+    StartShared(op, batch);
     return op;
   }
   if (want == Want::kOverwrite && PublishOverwrite(*op)) return op;
@@ -139,9 +145,29 @@ absl::StatusOr<Source> Loader::PickSource(Op& op, Deadline deadline,
   }
 }
 
+void Loader::StartShared(const std::shared_ptr<Op>& op, CopyBatch* batch) {
+  // The pin below may wait for another process's writer: copies gathered
+  // so far must not wait with it.
+  if (batch != nullptr) batch->Submit();
+  absl::StatusOr<tiers::shm::SharedPin> pin =
+      parts_.shared->Pin(*op->ts, op->block, Access::kRead);
+  if (!pin.ok()) {
+    Complete(*op, pin.status());
+    return;
+  }
+  op->shared_pin = *pin;
+  op->source = {.kind = Source::kShared, .version = pin->version};
+  op->source.frame.data = pin->data;
+  op->source.frame.bytes = pin->size;
+  op->read_bytes = true;
+  StartCopy(op, batch);
+}
+
 void Loader::StartCopy(const std::shared_ptr<Op>& op, CopyBatch* batch) {
   CopyJob job;
-  job.src = op->source.kind == Source::kZeros ? kZerosSource : op->source.pos;
+  job.src = op->source.kind == Source::kZeros    ? kZerosSource
+            : op->source.kind == Source::kShared ? kHostSource
+                                                 : op->source.pos;
   job.src_frame = op->source.frame;
   job.src_checksum = op->source.checksum;
   job.dst = op->pos;
@@ -188,6 +214,9 @@ void Loader::OnCopied(void* user, const CopyResult& result) {
   Loader& self = *op.loader;
   if (op.source.kind == Source::kCopy) {
     ReleaseSource(self.parts_, *op.ts, op.block, op.source.pos);
+  }
+  if (op.source.kind == Source::kShared) {
+    self.parts_.shared->Unpin(op.shared_pin.record, op.shared_pin.count, false);
   }
   if (result.status.ok() && op.source.kind == Source::kCopy) {
     self.parts_.stats->tier(op.source.pos).bytes_out.fetch_add(

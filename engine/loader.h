@@ -78,6 +78,8 @@ class Loader {
   absl::StatusOr<Source> PickSource(Op& op, Deadline deadline,
                                     CopyBatch* batch);
   void StartCopy(const std::shared_ptr<Op>& op, CopyBatch* batch);
+  // A shared tensor's private copy: its bytes come from the node segment.
+  void StartShared(const std::shared_ptr<Op>& op, CopyBatch* batch);
   bool PublishOverwrite(Op& op);
   static void OnCopied(void* user, const CopyResult& result);
   void Complete(Op& op, absl::Status status);

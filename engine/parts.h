@@ -11,6 +11,8 @@
 //   copier.h      moving bytes between two tiers' frames
 //   mover.h       the background thread: prefetch, readahead, step plans
 //   steps.h       recording and replaying step plans, per thread
+//   shared_tensors.h  tensors of the node segment (tier shm), and the source
+//                 of their private copies
 //   stats.h       counters and per-thread access rings
 //   lifecycle.h   open/closed, calls and transfers in flight
 //   engine_core.h the public API on top of them
@@ -32,6 +34,7 @@ class Lifecycle;
 class Loader;
 class Mover;
 class Residency;
+class SharedTensors;
 class Stats;
 class Steps;
 class TierChain;
@@ -50,6 +53,7 @@ struct EngineParts {
   WriteBacks* write_backs = nullptr;
   Mover* mover = nullptr;
   Steps* steps = nullptr;
+  SharedTensors* shared = nullptr;  // null without the node segment
 
   Residency& tier(int pos) const { return *(*residency)[pos]; }
 };

@@ -21,7 +21,8 @@ tiers::shm::OpenMode ModeOf(ShmTierOptions::Open open) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<SharedTensors>> SharedTensors::Open(
-    const EngineOptions& options, EngineCore* core, const Catalog& catalog) {
+    const EngineOptions& options, EngineCore* core, Catalog& catalog,
+    int chain_size) {
   if (options.shm.name.empty()) {
     return absl::InvalidArgumentError(
         "EngineOptions::shm.name is empty; name the node segment (1 to 200 of "
@@ -37,13 +38,22 @@ absl::StatusOr<std::unique_ptr<SharedTensors>> SharedTensors::Open(
   so.log = options.log;
   STRATA_ASSIGN_OR_RETURN(auto segment, tiers::shm::Segment::Open(std::move(so)));
   return std::unique_ptr<SharedTensors>(
-      new SharedTensors(options, core, catalog, std::move(segment)));
+      new SharedTensors(options, core, catalog, chain_size, std::move(segment)));
 }
 
 absl::StatusOr<Tensor> SharedTensors::Handle(const tiers::shm::SharedRef& ref) {
-  std::shared_ptr<TensorState> ts = NewTensorState(arena_, 0, 0);
+  std::lock_guard lock(mu_);
+  const std::pair<uint32_t, uint64_t> key{ref.index, ref.generation};
+  if (auto it = open_.find(key); it != open_.end()) {
+    if (std::shared_ptr<TensorState> ts = it->second.lock(); ts != nullptr && !ts->dropped()) {
+      return Catalog::Handle(std::move(ts));
+    }
+  }
+  std::shared_ptr<TensorState> ts = NewTensorState(arena_, ref.spec.num_blocks, chain_size_);
   if (ts == nullptr) {
-    return absl::ResourceExhaustedError("no memory for a shared tensor's handle");
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "shared tensor '", ref.name, "': no memory for the table of its ",
+        ref.spec.num_blocks, " blocks' private copies"));
   }
   ts->core = core_;
   ts->num_blocks = ref.spec.num_blocks;
@@ -55,6 +65,8 @@ absl::StatusOr<Tensor> SharedTensors::Handle(const tiers::shm::SharedRef& ref) {
   ts->info->shared = true;
   ts->info->shared_ref = std::make_shared<const tiers::shm::SharedRef>(ref);
   ts->gate.store(TensorState::kGateShared, std::memory_order_release);
+  STRATA_RETURN_IF_ERROR(catalog_.AddShared(ts));
+  open_[key] = ts;
   return Catalog::Handle(std::move(ts));
 }
 
@@ -78,9 +90,10 @@ absl::StatusOr<Tensor> SharedTensors::Open(std::string_view name) {
   return Handle(ref);
 }
 
-absl::Status SharedTensors::Drop(TensorState& ts) {
+absl::Status SharedTensors::Remove(TensorState& ts) {
   STRATA_RETURN_IF_ERROR(segment_->RemoveTensor(*ts.info->shared_ref));
-  ts.gate.fetch_or(TensorState::kGateDropped, std::memory_order_acq_rel);
+  std::lock_guard lock(mu_);
+  open_.erase({ts.info->shared_ref->index, ts.info->shared_ref->generation});
   return absl::OkStatus();
 }
 

@@ -4,9 +4,13 @@
 // and pins into the segment's, and counts this engine's live shm pins (so
 // that Close refuses while one lives).
 //
-// A shared tensor's TensorState has no columns (chain_size 0) and carries
-// TensorState::kGateShared, which sends every pin of it off the hot path to
-// EngineCore::PinShared.
+// A shared tensor's TensorState (one per tensor and process, however often
+// it is opened) is registered with the catalog by id, has the chain's
+// columns for its private copies, and carries TensorState::kGateShared,
+// which sends every pin of it to EngineCore::PinShared. Its private copies
+// (host, gpu) are read-only snapshots of the segment's block: the loader
+// copies them from there (Source::kShared), and a pin that finds the block
+// sealed again since drops the copy and loads it anew.
 //
 // The shm tier is not a column of the chain: it holds shared tensors only,
 // and private tensors' blocks move between the other tiers.
@@ -18,8 +22,11 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
+#include <utility>
 #include <string_view>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "api/strata/strata.h"
@@ -34,12 +41,19 @@ class SharedTensors {
  public:
   // Attaches to (or creates) the segment EngineOptions::shm names.
   static absl::StatusOr<std::unique_ptr<SharedTensors>> Open(
-      const EngineOptions& options, EngineCore* core, const Catalog& catalog);
+      const EngineOptions& options, EngineCore* core, Catalog& catalog,
+      int chain_size);
 
   absl::StatusOr<Tensor> Create(std::string_view name, const TensorSpec& spec,
                                 bool open_existing);
   absl::StatusOr<Tensor> Open(std::string_view name);
-  absl::Status Drop(TensorState& ts);
+  // Removes the tensor from the segment (DropTensor, with the private
+  // copies claimed): kFailedPrecondition while a process pins it there.
+  absl::Status Remove(TensorState& ts);
+  // The segment's version of a block (see Segment::SealedVersion).
+  absl::StatusOr<uint64_t> SealedVersion(const TensorState& ts, uint64_t block) const {
+    return segment_->SealedVersion(*ts.info->shared_ref, block);
+  }
   absl::StatusOr<tiers::shm::SharedPin> Pin(const TensorState& ts, uint64_t block,
                                             Access access) {
     return segment_->Pin(*ts.info->shared_ref, block, access, options_.pin_wait_timeout);
@@ -57,17 +71,22 @@ class SharedTensors {
 
  private:
   SharedTensors(const EngineOptions& options, EngineCore* core,
-                const Catalog& catalog,
+                Catalog& catalog, int chain_size,
                 std::unique_ptr<tiers::shm::Segment> segment)
       : options_(options), core_(core), catalog_(catalog),
-        segment_(std::move(segment)) {}
+        chain_size_(chain_size), segment_(std::move(segment)) {}
   absl::StatusOr<Tensor> Handle(const tiers::shm::SharedRef& ref);
 
   const EngineOptions& options_;
   EngineCore* const core_;
-  const Catalog& catalog_;
+  Catalog& catalog_;
+  const int chain_size_;
   std::unique_ptr<tiers::shm::Segment> segment_;
   const std::shared_ptr<StateArena> arena_ = std::make_shared<StateArena>();
+  // Handles opened so far, by directory slot and generation.
+  std::mutex mu_;
+  absl::flat_hash_map<std::pair<uint32_t, uint64_t>, std::weak_ptr<TensorState>>
+      open_;
 };
 
 }  // namespace strata::internal

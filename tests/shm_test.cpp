@@ -16,6 +16,9 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "tests/test_util.h"
+#include "engine/testing.h"
+#include "tiers/gpu/fake_gpu_device.h"
+#include "tiers/gpu/gpu_tier.h"
 #include "tiers/shm/buddy.h"
 #include "tiers/shm/layout.h"
 #include "tiers/shm/segment.h"
@@ -561,7 +564,11 @@ TEST_F(SharedTensorEngineTest, TwoEnginesShareATensorThroughTheSegment) {
   ASSERT_OK_AND_ASSIGN(Pin r, e2->Pin(t2, 1, Tier::kShm, Access::kRead));
   EXPECT_EQ(r.as<float>()[0], 2.5f);
   EXPECT_EQ(r.as<float>()[2047], 2.5f);
-  EXPECT_STATUS(e2->Pin(t2, 1, Tier::kHost, Access::kRead), absl::StatusCode::kUnimplemented);
+  {
+    ASSERT_OK_AND_ASSIGN(Pin h, e2->Pin(t2, 1, Tier::kHost, Access::kRead));
+    EXPECT_EQ(h.as<float>()[5], 2.5f) << "a private copy of the sealed bytes";
+  }
+  EXPECT_STATUS(e2->Pin(t2, 1, Tier::kHost, Access::kWrite), absl::StatusCode::kUnimplemented);
   EXPECT_STATUS(e2->Pin(t2, 2, Tier::kShm, Access::kRead), absl::StatusCode::kOutOfRange);
   EXPECT_STATUS(e2->Prefetch(t2, BlockRange::All(), Tier::kShm), absl::StatusCode::kUnimplemented);
   EXPECT_OK(e2->Flush(t2));
@@ -574,6 +581,105 @@ TEST_F(SharedTensorEngineTest, TwoEnginesShareATensorThroughTheSegment) {
   ASSERT_OK(e1->DropTensor(t1));
   EXPECT_STATUS(e2->Pin(t2, 0, Tier::kShm, Access::kRead), absl::StatusCode::kNotFound);
   EXPECT_OK(e2->Close());
+}
+
+// Fills a pin's bytes with 8-byte words `value`.
+void FillWords(const Pin& pin, uint64_t value) { std::ranges::fill(pin.as<uint64_t>(), value); }
+bool AllWords(std::span<const std::byte> bytes, uint64_t value) {
+  const auto* w = reinterpret_cast<const uint64_t*>(bytes.data());
+  return std::all_of(w, w + bytes.size() / 8, [&](uint64_t x) { return x == value; });
+}
+
+TEST_F(SharedTensorEngineTest, HostPinsAreSnapshotsRefreshedWhenAnotherProcessSeals) {
+  const std::string name = UniqueName("copies");
+  names_.push_back(name);
+  ASSERT_OK_AND_ASSIGN(auto e1, OpenEngine(name));
+  ASSERT_OK_AND_ASSIGN(auto e2, OpenEngine(name));
+  const TensorSpec spec{.dtype = DType::kI64, .shape = {4096}, .block_bytes = 16384};
+  ASSERT_OK_AND_ASSIGN(Tensor t1, e1->CreateSharedTensor("w", spec));
+  ASSERT_OK_AND_ASSIGN(Tensor t2, e2->OpenSharedTensor("w"));
+  {
+    ASSERT_OK_AND_ASSIGN(Pin w, e1->Pin(t1, 0, Tier::kShm, Access::kOverwrite));
+    FillWords(w, 11);
+  }
+  std::byte* shm_bytes = nullptr;
+  {
+    ASSERT_OK_AND_ASSIGN(Pin s, e2->Pin(t2, 0, Tier::kShm, Access::kRead));
+    shm_bytes = s.bytes().data();
+  }
+  {
+    ASSERT_OK_AND_ASSIGN(Pin h, e2->Pin(t2, 0, Tier::kHost, Access::kRead));
+    EXPECT_EQ(h.tier(), Tier::kHost);
+    EXPECT_NE(h.bytes().data(), shm_bytes) << "a private copy";
+    EXPECT_TRUE(AllWords(h.bytes(), 11));
+  }
+  EXPECT_EQ(e2->GetStats().tier(Tier::kHost).misses, 1u);
+  { ASSERT_OK(e2->Pin(t2, 0, Tier::kHost, Access::kRead)); }
+  EXPECT_EQ(e2->GetStats().tier(Tier::kHost).hits, 1u);
+  // The other engine seals a new version: the snapshot is dropped and
+  // loaded again, unless a pin holds it.
+  ASSERT_OK_AND_ASSIGN(Pin held, e2->Pin(t2, 0, Tier::kHost, Access::kRead));
+  {
+    ASSERT_OK_AND_ASSIGN(Pin w, e1->Pin(t1, 0, Tier::kShm, Access::kWrite));
+    FillWords(w, 22);
+  }
+  {
+    ASSERT_OK_AND_ASSIGN(Pin h, e2->Pin(t2, 0, Tier::kHost, Access::kRead));
+    EXPECT_TRUE(AllWords(h.bytes(), 11)) << "held: the snapshot it has";
+  }
+  held = Pin();
+  {
+    ASSERT_OK_AND_ASSIGN(Pin h, e2->Pin(t2, 0, Tier::kHost, Access::kRead));
+    EXPECT_TRUE(AllWords(h.bytes(), 22)) << "refreshed";
+  }
+  EXPECT_STATUS(e2->Pin(t2, 0, Tier::kHost, Access::kWrite), absl::StatusCode::kUnimplemented);
+  // Prefetch into the private tier, then every pin hits.
+  ASSERT_OK_AND_ASSIGN(PrefetchHandle pf, e2->Prefetch(t2, BlockRange::All(), Tier::kHost));
+  ASSERT_OK(pf.Wait());
+  const uint64_t misses = e2->GetStats().tier(Tier::kHost).misses;
+  for (uint64_t b = 0; b < t2.num_blocks(); ++b) {
+    ASSERT_OK_AND_ASSIGN(Pin h, e2->Pin(t2, b, Tier::kHost, Access::kRead));
+    EXPECT_TRUE(AllWords(h.bytes(), b == 0 ? 22 : 0)) << "block " << b;
+  }
+  EXPECT_EQ(e2->GetStats().tier(Tier::kHost).misses, misses);
+  // A private pin keeps the tensor; then it goes for every process.
+  ASSERT_OK_AND_ASSIGN(Pin h, e2->Pin(t2, 1, Tier::kHost, Access::kRead));
+  EXPECT_STATUS(e2->DropTensor(t2), absl::StatusCode::kFailedPrecondition);
+  h = Pin();
+  ASSERT_OK(e2->DropTensor(t2));
+  EXPECT_STATUS(e1->Pin(t1, 0, Tier::kShm, Access::kRead), absl::StatusCode::kNotFound);
+  EXPECT_STATUS(e2->Pin(t2, 0, Tier::kHost, Access::kRead), absl::StatusCode::kNotFound);
+  EXPECT_EQ(e2->GetStats().tier(Tier::kHost).used_bytes, 0u) << "private copies freed";
+}
+
+TEST_F(SharedTensorEngineTest, GpuPinsLoadFromTheRegisteredMapping) {
+  const std::string name = UniqueName("gpu");
+  names_.push_back(name);
+  auto dev = std::make_shared<tiers::FakeGpuDevice>(64 << 20);
+  ASSERT_OK_AND_ASSIGN(auto gpu, tiers::GpuTier::Create({.capacity_bytes = 8 << 20}, dev));
+  internal::TierOverrides overrides;
+  overrides.tiers[Tier::kGpu] = std::move(gpu);
+  EngineOptions o;
+  o.tiers = {Tier::kGpu, Tier::kHost, Tier::kShm};
+  o.host.capacity_bytes = 8 << 20;
+  o.shm.name = name;
+  o.shm.capacity_bytes = 8 << 20;
+  o.log = [](std::string_view) {};
+  ASSERT_OK_AND_ASSIGN(auto e, testing::OpenWithTiers(o, std::move(overrides)));
+  ASSERT_OK_AND_ASSIGN(ShmSegmentInfo info, InspectShmSegment(name));
+  EXPECT_GT(dev->registered_bytes(), o.host.capacity_bytes + info.capacity_bytes)
+      << "the host arena and the segment's mapping";
+  ASSERT_OK_AND_ASSIGN(Tensor t, e->CreateSharedTensor("w", {.dtype = DType::kI64,
+                                                             .shape = {2048},
+                                                             .block_bytes = 16384}));
+  {
+    ASSERT_OK_AND_ASSIGN(Pin w, e->Pin(t, 0, Tier::kShm, Access::kOverwrite));
+    FillWords(w, 33);
+  }
+  ASSERT_OK_AND_ASSIGN(Pin g, e->Pin(t, 0, Tier::kGpu, Access::kRead));
+  ASSERT_NE(g.device_ptr(), nullptr);
+  std::vector<std::byte> seen = dev->Peek(g.device_ptr(), g.size());
+  EXPECT_TRUE(AllWords(seen, 33));
 }
 
 TEST_F(SharedTensorEngineTest, SharedTensorsNeedTheShmTier) {

@@ -1134,7 +1134,8 @@ absl::StatusOr<SharedPin> Segment::Pin(const SharedRef& ref, uint64_t block,
       const uint64_t w = r.state.load(std::memory_order_seq_cst);
       if (same && entry_state == DirEntry::kLive && BlockWord::KindOf(w) == BlockWord::kResident) {
         if (r.ref.load(std::memory_order_relaxed) == 0) r.ref.store(1, std::memory_order_relaxed);
-        return SharedPin{at(r.frame.load(std::memory_order_acquire)), size, &r, &mine};
+        return SharedPin{at(r.frame.load(std::memory_order_acquire)), size, &r, &mine,
+                         r.version.load(std::memory_order_acquire)};
       }
       Unpin(&r, &mine, /*write=*/false);
       if (!same) return gone();
@@ -1248,6 +1249,13 @@ uint64_t Segment::PinsHeld() const {
     }
   }
   return pins;
+}
+
+absl::StatusOr<uint64_t> Segment::SealedVersion(const SharedRef& ref,
+                                                uint64_t block) const {
+  STRATA_ASSIGN_OR_RETURN(const DirEntry* e, CheckRef(ref));
+  if (block >= e->num_blocks) return absl::OutOfRangeError("block out of range");
+  return records(*e)[block].version.load(std::memory_order_acquire);
 }
 
 void Segment::Cancel(const SharedPin& pin, bool write) {

@@ -101,6 +101,7 @@ struct SharedPin {
   uint64_t size = 0;
   BlockRecord* record = nullptr;
   std::atomic<uint32_t>* count = nullptr;  // this process's count of the block
+  uint64_t version = 0;  // seals of the block so far (read pins)
 };
 
 struct ProcessStat {
@@ -186,6 +187,9 @@ class Segment {
     // A writer or evicter may be waiting for the readers to go (busy).
     if ((record->state.load(std::memory_order_seq_cst) & 3) == kBusyKind) Wake(*record);
   }
+  // How many times block `block` was sealed (private copies compare it
+  // with the version they were loaded at). kNotFound if removed.
+  absl::StatusOr<uint64_t> SealedVersion(const SharedRef& ref, uint64_t block) const;
   // Takes back a pin its caller will not hand out: a read pin is unpinned;
   // a write pin is discarded unsealed (the sealed bytes stay).
   void Cancel(const SharedPin& pin, bool write);
