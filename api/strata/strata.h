@@ -163,8 +163,8 @@ struct ShmTierOptions {
   uint32_t max_tensors = 1024;
   // When creating: a directory (created if missing) for the segment's
   // spill file, strata-<name>.spill. When the segment is full, unpinned
-  // blocks (the clock picks them) are written there, O_DIRECT through
-  // io_uring and checksummed, and come back on the next pin by any
+  // blocks (the clock picks them) are written there, O_DIRECT and
+  // checksummed, and come back on the next pin by any
   // process. Empty: no spill file; a full segment then refuses with
   // kResourceExhausted. Processes that attach use the creator's.
   std::string spill_path;

@@ -892,11 +892,7 @@ void Segment::FreeFrame(uint64_t offset) {
                      "allocator rebuild"));
     return;
   }
-  if (!buddy().Free((offset - header().fixed.arena_offset) / Buddy::kUnit)) {
-    Log(absl::StrCat("shm segment ", name_, ": freeing a frame not in use at offset ",
-                     offset, "; rebuilding the allocator"));
-    RebuildAllocatorLocked();
-  }
+  FreeLocked(offset);
 }
 
 uint64_t Segment::CountPins(const DirEntry& e, uint64_t block) const {
@@ -1161,8 +1157,7 @@ absl::StatusOr<SharedPin> Segment::Pin(const SharedRef& ref, uint64_t block,
             std::memset(at(*frame), 0, e->block_bytes);  // never written: zeros
           } else if (absl::Status loaded = LoadSpilled(*e, block, r, at(*frame));
                      !loaded.ok()) {
-            r.shadow.store(0);
-            FreeFrame(*frame);
+            DropShadow(r);
             return give_back(loaded);
           }
           r.frame.store(*frame, std::memory_order_relaxed);
@@ -1225,8 +1220,7 @@ absl::StatusOr<SharedPin> Segment::Pin(const SharedRef& ref, uint64_t block,
       std::memcpy(at(*shadow), at(frame), e->block_bytes);
     } else if (BlockWord::KindOf(before) == BlockWord::kSpilled) {
       if (absl::Status loaded = LoadSpilled(*e, block, r, at(*shadow)); !loaded.ok()) {
-        r.shadow.store(0);
-        FreeFrame(*shadow);
+        DropShadow(r);
         return give_back(loaded);
       }
     } else {
@@ -1261,27 +1255,58 @@ absl::StatusOr<uint64_t> Segment::SealedVersion(const SharedRef& ref,
 void Segment::Cancel(const SharedPin& pin, bool write) {
   if (!write) return Unpin(pin.record, pin.count, false);
   BlockRecord& r = *pin.record;
-  const uint64_t shadow = r.shadow.load(std::memory_order_relaxed);
-  r.shadow.store(0, std::memory_order_relaxed);
+  DropShadow(r);
   pin.count->store(0, std::memory_order_relaxed);
   r.state.store(SettledWord(r), std::memory_order_release);
   Wake(r);
-  if (shadow != 0) FreeFrame(shadow);
 }
 
 void Segment::Seal(BlockRecord& r, std::atomic<uint32_t>& count) {
   static_assert(kBusyKind == BlockWord::kBusy, "the inline Unpin's busy test");
-  // Seal: the shadow becomes the block's bytes. The order matters to a
-  // reclaimer that finds this process dead half way: frame == shadow means
-  // the new bytes are complete.
-  const uint64_t old = r.frame.load(std::memory_order_relaxed);
-  r.frame.store(r.shadow.load(std::memory_order_relaxed), std::memory_order_relaxed);
-  r.shadow.store(0, std::memory_order_relaxed);
-  r.version.fetch_add(1, std::memory_order_relaxed);
-  count.store(0, std::memory_order_relaxed);
-  r.state.store(BlockWord::Resident(), std::memory_order_release);
+  // Under the lock: a frame is unreferenced and freed in one step, so that
+  // an allocator rebuild (after some process died) never sees it free and
+  // hands it out before this frees it a second time. The order of the
+  // stores matters to a reclaimer if this process dies half way (it holds
+  // the lock then): frame == shadow means the new bytes are complete.
+  {
+    absl::StatusOr<Locked> lock = Lock();
+    const uint64_t old = r.frame.load(std::memory_order_relaxed);
+    r.frame.store(r.shadow.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    r.shadow.store(0, std::memory_order_relaxed);
+    r.version.fetch_add(1, std::memory_order_relaxed);
+    count.store(0, std::memory_order_relaxed);
+    r.state.store(BlockWord::Resident(), std::memory_order_release);
+    if (old != 0) {
+      if (lock.ok()) {
+        FreeLocked(old);
+      } else {
+        Log(absl::StrCat("shm segment ", name_, ": a sealed block's old frame stays "
+                         "allocated until the next allocator rebuild (",
+                         lock.status().ToString(), ")"));
+      }
+    }
+  }  // unlocked before waking
   Wake(r);
-  if (old != 0) FreeFrame(old);
+}
+
+void Segment::DropShadow(BlockRecord& r) {
+  absl::StatusOr<Locked> lock = Lock();
+  const uint64_t shadow = r.shadow.exchange(0, std::memory_order_relaxed);
+  if (shadow == 0 || shadow == r.frame.load(std::memory_order_relaxed)) return;
+  if (lock.ok()) {
+    FreeLocked(shadow);
+  } else {
+    Log(absl::StrCat("shm segment ", name_, ": a discarded frame stays allocated "
+                     "until the next allocator rebuild (", lock.status().ToString(), ")"));
+  }
+}
+
+void Segment::FreeLocked(uint64_t offset) {
+  if (!buddy().Free((offset - header().fixed.arena_offset) / Buddy::kUnit)) {
+    Log(absl::StrCat("shm segment ", name_, ": freeing a frame not in use at offset ",
+                     offset, "; rebuilding the allocator"));
+    RebuildAllocatorLocked();
+  }
 }
 
 absl::StatusOr<SegmentStat> Segment::Stat() {

@@ -222,6 +222,10 @@ class Segment {
   static constexpr uint64_t kBusyKind = 2;  // BlockWord::kBusy (segment.cc)
   class Locked;
   void Seal(BlockRecord& r, std::atomic<uint32_t>& count);
+  // Unreferences and frees a block's shadow frame in one step under the
+  // lock (an allocator rebuild in between would otherwise see it free).
+  void DropShadow(BlockRecord& r);
+  void FreeLocked(uint64_t offset);
   Segment(SegmentOptions options, std::byte* base, uint64_t size, int fd);
 
   absl::Status TakeSlot();

@@ -26,24 +26,13 @@ absl::StatusOr<std::unique_ptr<SpillFile>> SpillFile::Open(
                        "make its directory writable, or create the segment with "
                        "another EngineOptions::shm.spill_path");
   }
-  std::unique_ptr<SpillFile> file(new SpillFile(path, fd));
-  if (int rc = io_uring_queue_init(8, &file->ring_, 0); rc < 0) {
-    return ErrnoStatus(-rc, absl::StrCat("shm spill file ", path, ": io_uring_setup"),
-                       "the spill file needs io_uring (Linux >= 5.6, not disabled "
-                       "by kernel.io_uring_disabled)");
-  }
-  file->ring_open_ = true;
-  return file;
+  return std::unique_ptr<SpillFile>(new SpillFile(path, fd));
 }
 
-SpillFile::~SpillFile() {
-  if (ring_open_) io_uring_queue_exit(&ring_);
-  close(fd_);
-}
+SpillFile::~SpillFile() { close(fd_); }
 
 absl::Status SpillFile::Transfer(bool write, uint64_t offset, std::byte* data,
                                  uint64_t len) {
-  std::lock_guard lock(mu_);
   uint64_t done = 0;
   int stalls = 0;
   while (done < len) {
@@ -52,33 +41,17 @@ absl::Status SpillFile::Transfer(bool write, uint64_t offset, std::byte* data,
           "shm spill file ", path_, ": no progress ", write ? "writing" : "reading",
           " offset ", offset + done, " after 100 short transfers"));
     }
-    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
-    if (sqe == nullptr) return absl::InternalError("shm spill file: io_uring queue full");
-    const unsigned n = static_cast<unsigned>(std::min<uint64_t>(len - done, 1u << 30));
-    if (write) {
-      io_uring_prep_write(sqe, fd_, data + done, n, offset + done);
-    } else {
-      io_uring_prep_read(sqe, fd_, data + done, n, offset + done);
-    }
-    if (int rc = io_uring_submit(&ring_); rc < 0) {
-      return ErrnoStatus(-rc, absl::StrCat("shm spill file ", path_, ": io_uring_submit"));
-    }
-    io_uring_cqe* cqe = nullptr;
-    int rc;
-    do {
-      rc = io_uring_wait_cqe(&ring_, &cqe);
-    } while (rc == -EINTR);
-    if (rc < 0) return ErrnoStatus(-rc, absl::StrCat("shm spill file ", path_, ": io_uring_wait_cqe"));
-    const int res = cqe->res;
-    io_uring_cqe_seen(&ring_, cqe);
-    if (res == -EAGAIN || res == -EINTR) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(len - done, 1u << 30));
+    const off_t at = static_cast<off_t>(offset + done);
+    const ssize_t res = write ? ::pwrite(fd_, data + done, n, at) : ::pread(fd_, data + done, n, at);
+    if (res < 0 && (errno == EINTR || errno == EAGAIN)) {
       ++stalls;
       continue;
     }
     if (res < 0) {
-      return ErrnoStatus(-res, absl::StrCat(write ? "writing " : "reading ", len,
-                                            " bytes at offset ", offset,
-                                            " of shm spill file ", path_),
+      return ErrnoStatus(errno, absl::StrCat(write ? "writing " : "reading ", len,
+                                             " bytes at offset ", offset,
+                                             " of shm spill file ", path_),
                          write ? "free space under the spill path" : "");
     }
     if (res == 0) {

@@ -2,24 +2,32 @@
 // the segment is full, and come back from on the next pin by whichever
 // process asks. One file per segment (its path is in the segment's header,
 // so every process opens the same one), opened O_DIRECT by each attached
-// process and driven by a small io_uring of that process.
+// process.
+//
+// Why synchronous pread/pwrite and not io_uring, as the NVMe tier uses: a
+// process can die (SIGKILL) with I/O in flight, and the segment's other
+// processes then reclaim the frames it was reading into or writing from
+// and reuse them. Synchronous direct I/O completes before its task can
+// exit (the task waits for the bio uninterruptibly), so a dead process's
+// I/O is over once it is reaped. io_uring requests are not: at exit the
+// kernel waits only for "tracked" requests, and a plain read's DMA can land
+// in the shared mapping after the process is gone, in a frame that now
+// holds another block (the kill-cycle test caught exactly that under load:
+// a spilled block read back with a checksum mismatch).
 //
 // A block's place in the file is fixed when its tensor is created (the
 // segment hands out regions), so the file needs no allocator; a removed
 // tensor's region is punched out (FALLOC_FL_PUNCH_HOLE).
 //
-// Threads: thread-safe (one mutex around the ring; an eviction or a load
+// Threads: thread-safe (pread/pwrite on one fd; an eviction or a load
 // waits for its own I/O, and they are rare next to pins).
 #ifndef STRATA_TIERS_SHM_SPILL_FILE_H_
 #define STRATA_TIERS_SHM_SPILL_FILE_H_
-
-#include <liburing.h>
 
 #include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
@@ -55,9 +63,6 @@ class SpillFile {
 
   const std::string path_;
   const int fd_;
-  std::mutex mu_;
-  io_uring ring_{};
-  bool ring_open_ = false;
 };
 
 }  // namespace strata::tiers::shm
