@@ -47,31 +47,7 @@ absl::StatusOr<ShmSegmentInfo> InspectShmSegment(std::string_view name) {
   options.mode = tiers::shm::OpenMode::kAttach;
   options.reclaim_interval = absl::ZeroDuration();
   STRATA_ASSIGN_OR_RETURN(auto segment, tiers::shm::Segment::Open(std::move(options)));
-  STRATA_ASSIGN_OR_RETURN(tiers::shm::SegmentStat s, segment->Stat());
-  ShmSegmentInfo info;
-  info.name = std::string(name);
-  info.layout_version = s.layout_version;
-  info.created = absl::FromUnixNanos(s.created_unix_ns);
-  info.capacity_bytes = s.capacity_bytes;
-  info.used_bytes = s.used_bytes;
-  info.pinned_bytes = s.pinned_bytes;
-  info.tensors = s.tensors;
-  info.blocks = s.blocks;
-  info.resident_blocks = s.resident_blocks;
-  info.spilled_blocks = s.spilled_blocks;
-  info.spill_path = s.spill_path;
-  info.spills = s.spills;
-  info.spill_loads = s.spill_loads;
-  info.max_processes = s.max_processes;
-  info.max_tensors = s.max_tensors;
-  for (const tiers::shm::ProcessStat& p : s.processes) {
-    if (p.self) continue;
-    info.processes.push_back({p.pid, p.read_pins, p.write_pins});
-  }
-  info.dead_reclaimed = s.dead_reclaimed;
-  info.pins_reclaimed = s.pins_reclaimed;
-  info.lock_repairs = s.lock_repairs;
-  return info;
+  return segment->Stat(/*include_self=*/false);
 }
 
 absl::Status RemoveShmSegment(std::string_view name) {

@@ -100,7 +100,7 @@ absl::Status SharedTensors::Remove(TensorState& ts) {
 void SharedTensors::FillStats(TierStats& out) const {
   out.present = true;
   out.capacity_bytes = segment_->capacity_bytes();
-  if (absl::StatusOr<tiers::shm::SegmentStat> s = segment_->Stat(); s.ok()) {
+  if (absl::StatusOr<ShmSegmentInfo> s = segment_->Stat(); s.ok()) {
     out.used_bytes = s->used_bytes;
     out.pinned_bytes = s->pinned_bytes;
     out.evictions = s->spills;  // node-wide: every process's evictions

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -145,6 +146,28 @@ class ShmTest : public ::testing::Test {
             .size_bytes = blocks * block_bytes,
             .num_blocks = blocks};
   }
+  // A segment attached twice (as two processes would), with tensor "t"
+  // created through the first and opened through the second.
+  struct Two {
+    std::unique_ptr<Segment> a, b;
+    SharedRef ta, tb;
+  };
+  std::optional<Two> TwoAttachments(const SharedSpec& spec) {
+    SegmentOptions o = Options();
+    absl::StatusOr<std::unique_ptr<Segment>> a = Segment::Open(o);
+    EXPECT_OK(a);
+    if (!a.ok()) return std::nullopt;
+    Two two{.a = std::move(*a), .b = Attach(o)};
+    if (two.b == nullptr) return std::nullopt;
+    absl::StatusOr<SharedRef> ta = two.a->CreateTensor("t", spec, false);
+    EXPECT_OK(ta);
+    absl::StatusOr<SharedRef> tb = ta.ok() ? two.b->OpenTensor("t") : ta;
+    EXPECT_OK(tb);
+    if (!tb.ok()) return std::nullopt;
+    two.ta = *ta;
+    two.tb = *tb;
+    return two;
+  }
   static absl::Duration Soon() { return absl::Milliseconds(50); }
   static absl::Duration Later() { return absl::Seconds(10); }
 
@@ -152,12 +175,9 @@ class ShmTest : public ::testing::Test {
 };
 
 TEST_F(ShmTest, AWriteInOneAttachmentIsSeenInTheOtherWithoutACopy) {
-  SegmentOptions o = Options();
-  ASSERT_OK_AND_ASSIGN(auto a, Segment::Open(o));
-  auto b = Attach(o);
-  ASSERT_NE(b, nullptr);
-  ASSERT_OK_AND_ASSIGN(SharedRef ta, a->CreateTensor("t", Spec(2), false));
-  ASSERT_OK_AND_ASSIGN(SharedRef tb, b->OpenTensor("t"));
+  std::optional<Two> two = TwoAttachments(Spec(2));
+  ASSERT_TRUE(two.has_value());
+  auto& [a, b, ta, tb] = *two;
 
   ASSERT_OK_AND_ASSIGN(SharedPin w, a->Pin(ta, 1, Access::kOverwrite, Later()));
   std::memset(w.data, 0x5A, w.size);
@@ -186,12 +206,9 @@ TEST_F(ShmTest, ABlockNeverWrittenReadsAsZeros) {
 }
 
 TEST_F(ShmTest, AWriteIsInvisibleUntilSealedAndExclusive) {
-  SegmentOptions o = Options();
-  ASSERT_OK_AND_ASSIGN(auto a, Segment::Open(o));
-  auto b = Attach(o);
-  ASSERT_NE(b, nullptr);
-  ASSERT_OK_AND_ASSIGN(SharedRef ta, a->CreateTensor("t", Spec(1), false));
-  ASSERT_OK_AND_ASSIGN(SharedRef tb, b->OpenTensor("t"));
+  std::optional<Two> two = TwoAttachments(Spec(1));
+  ASSERT_TRUE(two.has_value());
+  auto& [a, b, ta, tb] = *two;
   {
     ASSERT_OK_AND_ASSIGN(SharedPin w, a->Pin(ta, 0, Access::kOverwrite, Later()));
     std::memset(w.data, 1, w.size);
@@ -252,12 +269,9 @@ TEST_F(ShmTest, AFullSegmentNamesItsCapacityAndPinnedBytes) {
 }
 
 TEST_F(ShmTest, RemovingATensorWaitsForItsPinsAndOldHandlesSeeItGone) {
-  SegmentOptions o = Options();
-  ASSERT_OK_AND_ASSIGN(auto a, Segment::Open(o));
-  auto b = Attach(o);
-  ASSERT_NE(b, nullptr);
-  ASSERT_OK_AND_ASSIGN(SharedRef ta, a->CreateTensor("t", Spec(2), false));
-  ASSERT_OK_AND_ASSIGN(SharedRef tb, b->OpenTensor("t"));
+  std::optional<Two> two = TwoAttachments(Spec(2));
+  ASSERT_TRUE(two.has_value());
+  auto& [a, b, ta, tb] = *two;
   ASSERT_OK_AND_ASSIGN(SharedPin r, b->Pin(tb, 0, Access::kRead, Later()));
   EXPECT_STATUS(a->RemoveTensor(ta), absl::StatusCode::kFailedPrecondition);
   b->Unpin(r.record, r.count, false);

@@ -286,7 +286,7 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Open(SegmentOptions options) {
     fd = shm_open(object.c_str(), O_RDWR | O_CLOEXEC, 0);
     if (fd < 0 && errno == ENOENT) {
       return absl::NotFoundError(absl::StrCat(
-          "shm segment ", object, " does not exist; create it (OpenMode::kCreate "
+          "shm segment ", object, " does not exist; create it (ShmTierOptions::Open::kCreate "
           "or kCreateOrAttach)"));
     }
     if (fd < 0) return ErrnoStatus(errno, absl::StrCat("shm_open ", object));
@@ -1309,13 +1309,13 @@ void Segment::FreeLocked(uint64_t offset) {
   }
 }
 
-absl::StatusOr<SegmentStat> Segment::Stat() {
+absl::StatusOr<ShmSegmentInfo> Segment::Stat(bool include_self) {
   STRATA_ASSIGN_OR_RETURN(Locked lock, Lock());
   const ImmutableHeader& f = header().fixed;
-  SegmentStat s;
-  s.name = name_;
+  ShmSegmentInfo s;
+  s.name = options_.name;
   s.layout_version = f.layout_version;
-  s.created_unix_ns = f.created_unix_ns;
+  s.created = absl::FromUnixNanos(f.created_unix_ns);
   s.capacity_bytes = capacity_bytes();
   s.used_bytes = buddy().used_units() * Buddy::kUnit;
   s.max_processes = f.max_processes;
@@ -1326,9 +1326,12 @@ absl::StatusOr<SegmentStat> Segment::Stat() {
   s.spill_path = f.spill_path;
   s.spills = header().spills;
   s.spill_loads = header().spill_loads;
+  std::vector<uint32_t> slots;  // of the processes listed
   for (uint32_t q = 0; q < f.max_processes; ++q) {
     if (process(q).state.load() != ProcessSlot::kLive) continue;
-    s.processes.push_back({q, process(q).pid, q == slot_, 0, 0});
+    if (q == slot_ && !include_self) continue;
+    s.processes.push_back({.pid = process(q).pid});
+    slots.push_back(q);
   }
   for (uint32_t i = 0; i < f.max_tensors; ++i) {
     const DirEntry& e = entry(i);
@@ -1340,17 +1343,15 @@ absl::StatusOr<SegmentStat> Segment::Stat() {
       const BlockWord::Kind kind = BlockWord::KindOf(r[b].state.load());
       s.resident_blocks += kind == BlockWord::kResident || kind == BlockWord::kBusy;
       s.spilled_blocks += kind == BlockWord::kSpilled;
-      bool pinned = false;
-      for (ProcessStat& p : s.processes) {
-        const uint32_t c = counts(e, p.slot)[b].load();
+      if (CountPins(e, b) != 0) s.pinned_bytes += e.block_bytes;
+      for (size_t k = 0; k < slots.size(); ++k) {
+        const uint32_t c = counts(e, slots[k])[b].load();
         if (c >= kWritePin) {
-          ++p.write_pins;
+          ++s.processes[k].write_pins;
         } else {
-          p.read_pins += c;
+          s.processes[k].read_pins += c;
         }
-        pinned |= c != 0;
       }
-      if (pinned) s.pinned_bytes += e.block_bytes;
     }
   }
   return s;

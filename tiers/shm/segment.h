@@ -104,36 +104,6 @@ struct SharedPin {
   uint64_t version = 0;  // seals of the block so far (read pins)
 };
 
-struct ProcessStat {
-  uint32_t slot = 0;
-  int pid = 0;
-  bool self = false;
-  uint64_t read_pins = 0;
-  uint64_t write_pins = 0;
-};
-
-struct SegmentStat {
-  std::string name;
-  uint32_t layout_version = 0;
-  int64_t created_unix_ns = 0;
-  uint64_t capacity_bytes = 0;  // the arena
-  uint64_t used_bytes = 0;      // frames and tables allocated
-  uint64_t pinned_bytes = 0;    // bytes of blocks with a pin
-  uint64_t tensors = 0;
-  uint64_t blocks = 0;
-  uint64_t resident_blocks = 0;
-  uint64_t spilled_blocks = 0;
-  std::string spill_path;  // empty: none
-  uint64_t spills = 0;       // blocks evicted to the spill file
-  uint64_t spill_loads = 0;  // blocks read back
-  uint32_t max_processes = 0;
-  uint32_t max_tensors = 0;
-  std::vector<ProcessStat> processes;
-  uint64_t dead_reclaimed = 0;
-  uint64_t pins_reclaimed = 0;
-  uint64_t lock_repairs = 0;
-};
-
 class Segment {
  public:
   // Creates and/or attaches the segment, and takes a process slot in it.
@@ -201,7 +171,9 @@ class Segment {
   // half-made tensors. Returns how many processes it reclaimed.
   absl::StatusOr<int> ReclaimDead();
 
-  absl::StatusOr<SegmentStat> Stat();
+  // What `strata shm stat` prints; `include_self`: this process among the
+  // processes listed.
+  absl::StatusOr<ShmSegmentInfo> Stat(bool include_self = true);
 
   // A frame of `bytes` from the arena (segment offset), stored into
   // `record_into` under the lock. Pins use these; a benchmark may too, but
