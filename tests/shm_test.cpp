@@ -38,7 +38,7 @@ using tiers::shm::SharedSpec;
 // A buddy allocator over plain vectors.
 struct BuddyFixture {
   explicit BuddyFixture(uint64_t units) : map(units), links(units) {
-    buddy.Format(units);
+    buddy.Format();
   }
   Buddy::State state{};
   std::vector<uint8_t> map;
@@ -372,6 +372,36 @@ TEST_F(ShmTest, AnotherLayoutVersionOrABadHeaderIsAClearError) {
 
   Scribble(o.name, 0, "NOTSTRAT", 8);
   EXPECT_STATUS(Segment::Open(attach), absl::StatusCode::kFailedPrecondition);
+}
+
+// Found by the fuzzer below: the allocator's state in the segment is not
+// covered by the header's checksum, and a rebuild trusted its unit count.
+TEST_F(ShmTest, GarbageInTheAllocatorStateIsRebuiltAtAttach) {
+  SegmentOptions o = Options();
+  uint64_t used = 0;
+  {
+    ASSERT_OK_AND_ASSIGN(auto a, Segment::Open(o));
+    ASSERT_OK_AND_ASSIGN(SharedRef t, a->CreateTensor("t", Spec(2), false));
+    ASSERT_OK_AND_ASSIGN(SharedPin w, a->Pin(t, 0, Access::kOverwrite, Later()));
+    std::memset(w.data, 9, w.size);
+    a->Unpin(w.record, w.count, true);
+    used = a->Stat()->used_bytes;
+  }
+  const uint64_t garbage_units = uint64_t{1} << 60;
+  Scribble(o.name, offsetof(tiers::shm::Header, buddy) + offsetof(Buddy::State, units),
+           &garbage_units, sizeof(garbage_units));
+  const uint32_t garbage_head = 12345;
+  Scribble(o.name, offsetof(tiers::shm::Header, buddy), &garbage_head, sizeof(garbage_head));
+  SegmentOptions attach = o;
+  attach.mode = OpenMode::kAttach;
+  ASSERT_OK_AND_ASSIGN(auto b, Segment::Open(attach));
+  EXPECT_EQ(b->Stat()->used_bytes, used);
+  ASSERT_OK_AND_ASSIGN(SharedRef t, b->OpenTensor("t"));
+  ASSERT_OK_AND_ASSIGN(SharedPin r, b->Pin(t, 0, Access::kRead, Later()));
+  EXPECT_EQ(std::to_integer<int>(r.data[100]), 9);
+  b->Unpin(r.record, r.count, false);
+  ASSERT_OK_AND_ASSIGN(SharedPin w, b->Pin(t, 1, Access::kOverwrite, Later()));
+  b->Unpin(w.record, w.count, true);
 }
 
 // Mutates bytes of a valid segment's header, process table and directory

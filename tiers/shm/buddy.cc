@@ -14,8 +14,7 @@ int Buddy::OrderFor(uint64_t units) {
   return std::bit_width(units - 1);
 }
 
-void Buddy::Format(uint64_t units) {
-  state_->units = units;
+void Buddy::Format() {
   BeginRebuild();
   EndRebuild();
 }
@@ -52,6 +51,10 @@ void Buddy::AddFreeRange(uint64_t begin, uint64_t end) {
 }
 
 void Buddy::BeginRebuild() {
+  // The state in the segment is not trusted (it is what a rebuild repairs,
+  // and a corrupt segment may hold anything there): the unit count comes
+  // from the arrays, which the segment sized from its checksummed header.
+  state_->units = map_.size();
   std::fill(std::begin(state_->heads), std::end(state_->heads), kNone);
   std::fill(map_.begin(), map_.begin() + static_cast<ptrdiff_t>(state_->units), 0);
   state_->used_units = 0;

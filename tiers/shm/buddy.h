@@ -46,8 +46,8 @@ class Buddy {
   Buddy(State* state, std::span<uint8_t> order_map, std::span<Link> links)
       : state_(state), map_(order_map), links_(links) {}
 
-  // Makes every unit free.
-  void Format(uint64_t units);
+  // Makes every unit of the arena (as many as the arrays hold) free.
+  void Format();
   // Rebuilds from the frames in use: `used` is called with a visitor that
   // must be called once per frame in use with (first unit, units). Frames
   // that overlap or lie outside the arena are ignored (and counted in the

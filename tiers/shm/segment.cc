@@ -360,7 +360,7 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Open(SegmentOptions options) {
       }
       seg->spill_ = std::move(*spill);
     }
-    seg->buddy().Format(units);
+    seg->buddy().Format();
     h.ready.store(kReady, std::memory_order_release);
     Futex(&h.ready, FUTEX_WAKE, INT_MAX, nullptr);
     if (absl::Status s = seg->TakeSlot(); !s.ok()) {
