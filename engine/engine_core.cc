@@ -217,8 +217,11 @@ absl::StatusOr<strata::Pin> EngineCore::PinShared(const Tensor& tensor,
         " is not a strata::Access; use Access::kRead, kWrite or kOverwrite"));
   }
   if (tier != Tier::kShm) return PinSharedCopy(tensor, ts, block, tier, access);
-  STRATA_ASSIGN_OR_RETURN(tiers::shm::SharedPin shared,
-                          shared_->Pin(ts, block, access));
+  tiers::shm::SharedPin shared;
+  if (access != Access::kRead || block >= ts.num_blocks ||
+      !SharedTensors::TryPinRead(ts, block, &shared)) {
+    STRATA_ASSIGN_OR_RETURN(shared, shared_->Pin(ts, block, access));
+  }
   if (ABSL_PREDICT_FALSE(life_.closing_seq_cst())) {
     shared_->Cancel(shared, access != Access::kRead);
     return life_.CheckOpen().ok()

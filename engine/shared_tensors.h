@@ -54,6 +54,12 @@ class SharedTensors {
   absl::StatusOr<uint64_t> SealedVersion(const TensorState& ts, uint64_t block) const {
     return segment_->SealedVersion(*ts.info->shared_ref, block);
   }
+  // A resident block's read pin without leaving the header (see
+  // Segment::TryPinRead); false: call Pin.
+  static bool TryPinRead(const TensorState& ts, uint64_t block,
+                         tiers::shm::SharedPin* pin) {
+    return tiers::shm::Segment::TryPinRead(*ts.info->shared_ref, block, pin);
+  }
   absl::StatusOr<tiers::shm::SharedPin> Pin(const TensorState& ts, uint64_t block,
                                             Access access) {
     return segment_->Pin(*ts.info->shared_ref, block, access, options_.pin_wait_timeout);

@@ -136,6 +136,34 @@ struct alignas(64) BlockRecord {
 };
 static_assert(sizeof(BlockRecord) == 64);
 
+// A block's state word: the kind in bits 0-1; while busy, the purpose in
+// bits 2-3 and the owner's process slot in bits 8-15.
+//   absent    never written: reads as zeros, no frame
+//   resident  its sealed bytes are in `frame`
+//   spilled   its sealed bytes are in the spill file only, no frame
+//   busy      its owner loads it, writes it (into `shadow`) or evicts it
+class BlockWord {
+ public:
+  enum Kind : uint64_t { kAbsent = 0, kResident = 1, kBusy = 2, kSpilled = 3 };
+  enum Purpose : uint64_t { kLoading = 0, kWriting = 1, kEvicting = 2 };
+
+  static uint64_t Absent() { return kAbsent; }
+  static uint64_t Resident() { return kResident; }
+  static uint64_t Spilled() { return kSpilled; }
+  static uint64_t Busy(Purpose purpose, uint32_t owner) {
+    return kBusy | (purpose << 2) | (uint64_t{owner} << 8);
+  }
+  static Kind KindOf(uint64_t w) { return static_cast<Kind>(w & 3); }
+  static uint32_t Owner(uint64_t w) { return static_cast<uint32_t>((w >> 8) & 0xFF); }
+  static bool Valid(uint64_t w) {
+    if (KindOf(w) != kBusy) return w == KindOf(w);
+    return ((w >> 2) & 3) <= kEvicting && (w >> 16) == 0 && ((w >> 4) & 0xF) == 0;
+  }
+};
+
+// A write pin's count: above any number of read pins one process holds.
+inline constexpr uint32_t kWritePin = uint32_t{1} << 24;
+
 }  // namespace strata::tiers::shm
 
 #endif  // STRATA_TIERS_SHM_LAYOUT_H_

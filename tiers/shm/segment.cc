@@ -30,33 +30,6 @@
 namespace strata::tiers::shm {
 namespace {
 
-// A block's state word: the kind in bits 0-1; while busy, the purpose in
-// bits 2-3 and the owner's process slot in bits 8-15.
-//   absent    never written: reads as zeros, no frame
-//   resident  its sealed bytes are in `frame`
-//   spilled   its sealed bytes are in the spill file only, no frame
-//   busy      its owner loads it, writes it (into `shadow`) or evicts it
-class BlockWord {
- public:
-  enum Kind : uint64_t { kAbsent = 0, kResident = 1, kBusy = 2, kSpilled = 3 };
-  enum Purpose : uint64_t { kLoading = 0, kWriting = 1, kEvicting = 2 };
-
-  static uint64_t Absent() { return kAbsent; }
-  static uint64_t Resident() { return kResident; }
-  static uint64_t Spilled() { return kSpilled; }
-  static uint64_t Busy(Purpose purpose, uint32_t owner) {
-    return kBusy | (purpose << 2) | (uint64_t{owner} << 8);
-  }
-  static Kind KindOf(uint64_t w) { return static_cast<Kind>(w & 3); }
-  static uint32_t Owner(uint64_t w) { return static_cast<uint32_t>((w >> 8) & 0xFF); }
-  static bool Valid(uint64_t w) {
-    if (KindOf(w) != kBusy) return w == KindOf(w);
-    return ((w >> 2) & 3) <= kEvicting && (w >> 16) == 0 && ((w >> 4) & 0xF) == 0;
-  }
-};
-
-// A write pin's count: above any number of read pins one process holds.
-constexpr uint32_t kWritePin = uint32_t{1} << 24;
 constexpr absl::Duration kWaitSlice = absl::Milliseconds(100);
 
 uint64_t RoundUp(uint64_t v, uint64_t to) { return (v + to - 1) / to * to; }
@@ -566,8 +539,12 @@ Segment::~Segment() {
 }
 
 absl::StatusOr<Segment::Locked> Segment::Lock(int* reclaimed) {
-  const timespec abs = absl::ToTimespec(absl::Now() + options_.lock_timeout);
-  const int rc = pthread_mutex_timedlock(&header().lock, &abs);
+  // A free lock is taken without reading the clock for a deadline.
+  int rc = pthread_mutex_trylock(&header().lock);
+  if (rc == EBUSY) {
+    const timespec abs = absl::ToTimespec(absl::Now() + options_.lock_timeout);
+    rc = pthread_mutex_timedlock(&header().lock, &abs);
+  }
   if (rc == 0) return Locked(&header().lock);
   if (rc == EOWNERDEAD) {
     // Its holder died inside a critical section: make the lock usable, then
@@ -944,7 +921,7 @@ absl::StatusOr<const DirEntry*> Segment::CheckRef(const SharedRef& ref) const {
 
 namespace {
 
-SharedRef RefOf(const DirEntry& e, uint32_t index) {
+SharedRef RefOfEntry(const DirEntry& e, uint32_t index) {
   SharedRef ref;
   ref.index = index;
   ref.generation = e.generation.load();
@@ -964,6 +941,15 @@ bool SameSpec(const DirEntry& e, const SharedSpec& spec) {
 }
 
 }  // namespace
+
+SharedRef Segment::RefOf(const DirEntry& e, uint32_t index) const {
+  SharedRef ref = RefOfEntry(e, index);
+  ref.base = base_;
+  ref.entry = &e;
+  ref.records = records(e);
+  ref.my_counts = counts(e, slot_);
+  return ref;
+}
 
 absl::StatusOr<SharedRef> Segment::CreateTensor(std::string_view name,
                                                 const SharedSpec& spec,
@@ -1262,7 +1248,6 @@ void Segment::Cancel(const SharedPin& pin, bool write) {
 }
 
 void Segment::Seal(BlockRecord& r, std::atomic<uint32_t>& count) {
-  static_assert(kBusyKind == BlockWord::kBusy, "the inline Unpin's busy test");
   // Under the lock: a frame is unreferenced and freed in one step, so that
   // an allocator rebuild (after some process died) never sees it free and
   // hands it out before this frees it a second time. The order of the

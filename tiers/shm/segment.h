@@ -37,6 +37,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/base/optimization.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -88,11 +89,20 @@ struct SharedSpec {
 // A tensor of the segment, as one process holds it: the directory slot and
 // the generation it had when opened (a removed and re-created tensor has
 // another).
+//
+// It also holds where the tensor lies in the mapping of the Segment that
+// made it (the directory entry, the block records, this process's row of
+// counts): a table never moves while its generation lives, so a pin finds
+// them without arithmetic. A SharedRef is only good with that Segment.
 struct SharedRef {
   uint32_t index = 0;
   uint64_t generation = 0;
   SharedSpec spec;
   std::string name;
+  std::byte* base = nullptr;  // the mapping
+  const DirEntry* entry = nullptr;
+  BlockRecord* records = nullptr;
+  std::atomic<uint32_t>* my_counts = nullptr;
 };
 
 // What a pin of a shared block hands out.
@@ -149,13 +159,42 @@ class Segment {
   // few loads, and no clock read (the deadline is computed when it waits).
   absl::StatusOr<SharedPin> Pin(const SharedRef& ref, uint64_t block,
                                 Access access, absl::Duration timeout);
+  // Pin's first step for a read pin, inline: true and `*pin` filled when
+  // block `block` (in range) of a live tensor is resident; false (nothing
+  // held) when Pin must do the rest.
+  static bool TryPinRead(const SharedRef& ref, uint64_t block, SharedPin* pin) {
+    std::atomic<uint32_t>& mine = ref.my_counts[block];
+    BlockRecord& r = ref.records[block];
+    // Announce, then look (a writer or remover claims, then counts).
+    mine.fetch_add(1, std::memory_order_seq_cst);
+    if (ABSL_PREDICT_TRUE(
+            ref.entry->generation.load(std::memory_order_seq_cst) == ref.generation &&
+            ref.entry->state.load(std::memory_order_seq_cst) == DirEntry::kLive &&
+            BlockWord::KindOf(r.state.load(std::memory_order_seq_cst)) ==
+                BlockWord::kResident)) {
+      if (r.ref.load(std::memory_order_relaxed) == 0) r.ref.store(1, std::memory_order_relaxed);
+      const uint64_t size = block + 1 < ref.spec.num_blocks
+                                ? ref.spec.block_bytes
+                                : ref.spec.size_bytes - block * ref.spec.block_bytes;
+      *pin = {ref.base + r.frame.load(std::memory_order_acquire), size, &r, &mine,
+              r.version.load(std::memory_order_acquire)};
+      return true;
+    }
+    ReadUnpin(&r, &mine);
+    return false;
+  }
   // Ends a pin of Pin(); a write pin seals its bytes (readers see them
   // from now on).
   void Unpin(BlockRecord* record, std::atomic<uint32_t>* count, bool write) {
     if (write) return Seal(*record, *count);
+    ReadUnpin(record, count);
+  }
+  static void ReadUnpin(BlockRecord* record, std::atomic<uint32_t>* count) {
     count->fetch_sub(1, std::memory_order_seq_cst);
     // A writer or evicter may be waiting for the readers to go (busy).
-    if ((record->state.load(std::memory_order_seq_cst) & 3) == kBusyKind) Wake(*record);
+    if (BlockWord::KindOf(record->state.load(std::memory_order_seq_cst)) == BlockWord::kBusy) {
+      Wake(*record);
+    }
   }
   // How many times block `block` was sealed (private copies compare it
   // with the version they were loaded at). kNotFound if removed.
@@ -191,7 +230,6 @@ class Segment {
   uint64_t capacity_bytes() const;
 
  private:
-  static constexpr uint64_t kBusyKind = 2;  // BlockWord::kBusy (segment.cc)
   class Locked;
   void Seal(BlockRecord& r, std::atomic<uint32_t>& count);
   // Unreferences and frees a block's shadow frame in one step under the
@@ -241,10 +279,16 @@ class Segment {
   static uint64_t SettledWord(const BlockRecord& r);
 
   absl::StatusOr<const DirEntry*> CheckRef(const SharedRef& ref) const;
+  // What CreateTensor and OpenTensor hand out for entry `index`.
+  SharedRef RefOf(const DirEntry& e, uint32_t index) const;
   bool SlotAlive(uint32_t slot) const;
   uint64_t CountPins(const DirEntry& e, uint64_t block) const;
   void WaitForChange(BlockRecord& r, uint32_t seen, absl::Time deadline);
+ public:
+  // Bumps the block's futex word and wakes every process waiting on it.
   static void Wake(BlockRecord& r);
+
+ private:
 
   const SegmentOptions options_;
   const std::string name_;
