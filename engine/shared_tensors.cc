@@ -35,6 +35,7 @@ absl::StatusOr<std::unique_ptr<SharedTensors>> SharedTensors::Open(
   so.max_processes = options.shm.max_processes;
   so.max_tensors = options.shm.max_tensors;
   so.spill_dir = options.shm.spill_path;
+  so.clock_max = tiers::shm::ClockMaxForPolicy(options.policy);
   so.log = options.log;
   STRATA_ASSIGN_OR_RETURN(auto segment, tiers::shm::Segment::Open(std::move(so)));
   return std::unique_ptr<SharedTensors>(

@@ -530,6 +530,33 @@ TEST_F(ShmSpillTest, AFullSegmentSpillsUnpinnedBlocksAndLoadsThemBack) {
   }
 }
 
+// The segment's clock follows the policy: CLOCK ("lru", clock_max 1)
+// forgets how often a block was pinned, GCLOCK ("default", 3) keeps a
+// block pinned three times over blocks pinned once.
+TEST_F(ShmSpillTest, TheClockWeighsPinsByThePolicy) {
+  for (const uint32_t clock_max : {1u, 3u}) {
+    SCOPED_TRACE(absl::StrCat("clock_max ", clock_max));
+    // Four 64 KiB frames (and a unit for the table).
+    SegmentOptions o = SpillOptions(uint64_t{320} << 10);
+    o.clock_max = clock_max;
+    ASSERT_OK_AND_ASSIGN(auto a, Segment::Open(o));
+    ASSERT_OK_AND_ASSIGN(SharedRef t, a->CreateTensor("t", Spec(8, 64 << 10), false));
+    for (uint64_t blk = 0; blk < 4; ++blk) Fill(*a, t, blk, blk);
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(Mismatches(*a, t, 0, 0), 0u);
+    for (uint64_t blk = 1; blk < 4; ++blk) EXPECT_EQ(Mismatches(*a, t, blk, blk), 0u);
+    ASSERT_OK_AND_ASSIGN(auto before, a->Stat());
+    ASSERT_EQ(before.spills, 0u);
+    EXPECT_EQ(Mismatches(*a, t, 4, 0), 0u);  // needs a frame: one block goes
+    ASSERT_OK_AND_ASSIGN(auto evicted, a->Stat());
+    EXPECT_EQ(evicted.spills, 1u);
+    EXPECT_EQ(Mismatches(*a, t, 0, 0), 0u);
+    ASSERT_OK_AND_ASSIGN(auto after, a->Stat());
+    EXPECT_EQ(after.spill_loads, clock_max == 1 ? 1u : 0u)
+        << "block 0, pinned three times, was " << (clock_max == 1 ? "not " : "")
+        << "expected to stay";
+  }
+}
+
 TEST_F(ShmSpillTest, ACorruptSpillFileIsDataLossNeverZeros) {
   SegmentOptions o = SpillOptions(uint64_t{256} << 10);
   ASSERT_OK_AND_ASSIGN(auto a, Segment::Open(o));

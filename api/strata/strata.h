@@ -167,6 +167,10 @@ struct ShmTierOptions {
   // checksummed, and come back on the next pin by any
   // process. Empty: no spill file; a full segment then refuses with
   // kResourceExhausted. Processes that attach use the creator's.
+  // Eviction in the segment follows EngineOptions::policy of the process
+  // that creates it, as a clock over the segment's blocks: "lru" is CLOCK,
+  // "lfu" and "default" GCLOCK (pins raise a block's count, to 7 and 3;
+  // "hinted" falls back to "default": hints do not cross processes).
   std::string spill_path;
 };
 

@@ -48,7 +48,10 @@ struct ImmutableHeader {
   uint32_t layout_version;
   uint32_t max_processes;
   uint32_t max_tensors;
-  uint32_t reserved0;
+  // Eviction's clock: a pin raises a block's `ref` up to this, the hand
+  // lowers it by one per pass and takes a block at 0 (1: CLOCK, LRU-like;
+  // more: GCLOCK, frequency-aware).
+  uint32_t clock_max;
   uint64_t total_bytes;   // the segment's size
   uint64_t procs_offset;
   uint64_t dir_offset;
@@ -124,7 +127,7 @@ static_assert(sizeof(DirEntry) == 320);
 struct alignas(64) BlockRecord {
   std::atomic<uint64_t> state;
   std::atomic<uint32_t> seq;    // futex word: bumped on every change waiters await
-  std::atomic<uint32_t> ref;    // set by pins, for eviction's clock
+  std::atomic<uint32_t> ref;    // raised by pins, for eviction's clock
   std::atomic<uint64_t> frame;  // segment offset of the sealed bytes, 0: none
   std::atomic<uint64_t> shadow; // frame being written or loaded, 0: none
   // Seals of the block so far (64 bits: out of reach of wrapping).

@@ -234,6 +234,10 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Open(SegmentOptions options) {
           "shm max_processes ", options.max_processes, " is invalid; use 1..",
           kMaxProcesses));
     }
+    if (options.clock_max == 0 || options.clock_max > 15) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "shm clock_max ", options.clock_max, " is invalid; use 1..15"));
+    }
     if (options.max_tensors == 0 || options.max_tensors > kMaxTensors) {
       return absl::InvalidArgumentError(absl::StrCat(
           "shm max_tensors ", options.max_tensors, " is invalid; use 1..",
@@ -288,6 +292,7 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Open(SegmentOptions options) {
     h.fixed.layout_version = kLayoutVersion;
     h.fixed.max_processes = options.max_processes;
     h.fixed.max_tensors = options.max_tensors;
+    h.fixed.clock_max = options.clock_max;
     h.fixed.total_bytes = l.total_bytes;
     h.fixed.procs_offset = l.procs_offset;
     h.fixed.dir_offset = l.dir_offset;
@@ -394,6 +399,7 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Open(SegmentOptions options) {
   const ImmutableHeader& f = h.fixed;
   if (f.max_processes == 0 || f.max_processes > kMaxProcesses ||
       f.max_tensors == 0 || f.max_tensors > kMaxTensors || f.arena_units == 0 ||
+      f.clock_max == 0 || f.clock_max > 15 ||
       f.arena_units >= Buddy::kNone) {
     return unmap_fail(Corrupt(object, "its header has limits out of range"));
   }
@@ -761,8 +767,9 @@ uint64_t Segment::SpillOffset(const DirEntry& e, uint64_t block) const {
 }
 
 std::optional<Segment::Victim> Segment::ClaimVictimLocked() {
-  // The clock: a pin sets a block's `ref`; the hand clears it and takes the
-  // first resident block it finds unset and unpinned. Two sweeps at most.
+  // The clock: a pin raises a block's `ref` (up to clock_max); the hand
+  // lowers it and takes the first resident, unpinned block it finds at 0.
+  // clock_max + 1 sweeps at most.
   const ImmutableHeader& f = header().fixed;
   uint64_t total = 0;
   for (uint32_t i = 0; i < f.max_tensors; ++i) {
@@ -770,7 +777,7 @@ std::optional<Segment::Victim> Segment::ClaimVictimLocked() {
   }
   uint32_t& hand_entry = header().clock_entry;
   uint64_t& hand_block = header().clock_block;
-  for (uint64_t step = 0; step < 2 * total + 2 && total != 0;) {
+  for (uint64_t step = 0; step < (f.clock_max + 1) * total + 2 && total != 0;) {
     if (hand_entry >= f.max_tensors) hand_entry = 0, hand_block = 0;
     DirEntry& e = entry(hand_entry);
     if (e.state.load() != DirEntry::kLive || hand_block >= e.num_blocks) {
@@ -783,8 +790,8 @@ std::optional<Segment::Victim> Segment::ClaimVictimLocked() {
     BlockRecord& r = records(e)[b];
     uint64_t w = r.state.load(std::memory_order_seq_cst);
     if (BlockWord::KindOf(w) != BlockWord::kResident) continue;
-    if (r.ref.load(std::memory_order_relaxed) != 0) {
-      r.ref.store(0, std::memory_order_relaxed);
+    if (const uint32_t used = r.ref.load(std::memory_order_relaxed); used != 0) {
+      r.ref.store(used - 1, std::memory_order_relaxed);
       continue;
     }
     if (!r.state.compare_exchange_strong(w, BlockWord::Busy(BlockWord::kEvicting, slot_),
@@ -948,7 +955,14 @@ SharedRef Segment::RefOf(const DirEntry& e, uint32_t index) const {
   ref.entry = &e;
   ref.records = records(e);
   ref.my_counts = counts(e, slot_);
+  ref.clock_max = header().fixed.clock_max;
   return ref;
+}
+
+uint32_t ClockMaxForPolicy(std::string_view policy) {
+  if (policy == "lru") return 1;
+  if (policy == "lfu") return 7;
+  return 3;
 }
 
 absl::StatusOr<SharedRef> Segment::CreateTensor(std::string_view name,
@@ -1115,7 +1129,8 @@ absl::StatusOr<SharedPin> Segment::Pin(const SharedRef& ref, uint64_t block,
       const uint32_t entry_state = e->state.load(std::memory_order_seq_cst);
       const uint64_t w = r.state.load(std::memory_order_seq_cst);
       if (same && entry_state == DirEntry::kLive && BlockWord::KindOf(w) == BlockWord::kResident) {
-        if (r.ref.load(std::memory_order_relaxed) == 0) r.ref.store(1, std::memory_order_relaxed);
+        const uint32_t used = r.ref.load(std::memory_order_relaxed);
+        if (used < ref.clock_max) r.ref.store(used + 1, std::memory_order_relaxed);
         return SharedPin{at(r.frame.load(std::memory_order_acquire)), size, &r, &mine,
                          r.version.load(std::memory_order_acquire)};
       }

@@ -58,6 +58,11 @@ struct SegmentOptions {
   uint64_t capacity_bytes = uint64_t{1} << 30;
   uint32_t max_processes = 32;
   uint32_t max_tensors = 1024;
+  // When creating: how eviction weighs use, 1..15 (the clock's counter
+  // limit: 1 is CLOCK, an LRU approximation; 3 or more is GCLOCK, which
+  // keeps often pinned blocks longer). ClockMaxForPolicy maps the engine's
+  // policy names.
+  uint32_t clock_max = 3;
   // When creating: a directory for the spill file (created if missing),
   // where unpinned blocks go when the segment is full; empty: no spill
   // file, and a full segment refuses new frames. Attaching processes use
@@ -103,7 +108,13 @@ struct SharedRef {
   const DirEntry* entry = nullptr;
   BlockRecord* records = nullptr;
   std::atomic<uint32_t>* my_counts = nullptr;
+  uint32_t clock_max = 1;
 };
+
+// The clock limit that stands for an EngineOptions::policy name: "lru" 1,
+// "lfu" 7, anything else ("default", "hinted": hints do not cross
+// processes) 3.
+uint32_t ClockMaxForPolicy(std::string_view policy);
 
 // What a pin of a shared block hands out.
 struct SharedPin {
@@ -172,7 +183,8 @@ class Segment {
             ref.entry->state.load(std::memory_order_seq_cst) == DirEntry::kLive &&
             BlockWord::KindOf(r.state.load(std::memory_order_seq_cst)) ==
                 BlockWord::kResident)) {
-      if (r.ref.load(std::memory_order_relaxed) == 0) r.ref.store(1, std::memory_order_relaxed);
+      const uint32_t used = r.ref.load(std::memory_order_relaxed);
+      if (used < ref.clock_max) r.ref.store(used + 1, std::memory_order_relaxed);
       const uint64_t size = block + 1 < ref.spec.num_blocks
                                 ? ref.spec.block_bytes
                                 : ref.spec.size_bytes - block * ref.spec.block_bytes;
