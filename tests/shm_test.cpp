@@ -12,6 +12,7 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -229,6 +230,37 @@ TEST_F(ShmTest, AWriteIsInvisibleUntilSealedAndExclusive) {
   b->Unpin(r.record, r.count, false);
   ASSERT_OK_AND_ASSIGN(SharedPin w2, a->Pin(ta, 0, Access::kWrite, Later()));
   a->Unpin(w2.record, w2.count, true);
+}
+
+// Threads of one process share its row of counts: readers that announce
+// themselves and back off while a write pin of the block lives must not
+// lose or leave counts behind.
+TEST_F(ShmTest, ReadersAndAWriterOfOneProcessLeaveNoCountsBehind) {
+  SegmentOptions o = Options();
+  ASSERT_OK_AND_ASSIGN(auto seg, Segment::Open(o));
+  ASSERT_OK_AND_ASSIGN(SharedRef t, seg->CreateTensor("t", Spec(1), false));
+  std::atomic<bool> stop{false};
+  std::thread reader([&] {
+    while (!stop.load()) {
+      absl::StatusOr<SharedPin> r = seg->Pin(t, 0, Access::kRead, absl::Milliseconds(1));
+      if (r.ok()) seg->Unpin(r->record, r->count, false);
+    }
+  });
+  for (int i = 0; i < 200000; ++i) {
+    absl::StatusOr<SharedPin> w = seg->Pin(t, 0, Access::kOverwrite, Later());
+    ASSERT_OK(w) << "write " << i;
+    seg->Unpin(w->record, w->count, true);
+  }
+  stop = true;
+  reader.join();
+  ASSERT_OK_AND_ASSIGN(auto s, seg->Stat());
+  ASSERT_EQ(s.processes.size(), 1u);
+  EXPECT_EQ(s.processes[0].read_pins, 0u);
+  EXPECT_EQ(s.processes[0].write_pins, 0u);
+  EXPECT_EQ(s.pinned_bytes, 0u);
+  absl::StatusOr<SharedPin> last = seg->Pin(t, 0, Access::kOverwrite, Soon());
+  ASSERT_OK(last) << "nothing left pinned";
+  seg->Unpin(last->record, last->count, true);
 }
 
 TEST_F(ShmTest, CreatingIsExclusiveAndOpeningChecksTheSpec) {

@@ -164,7 +164,8 @@ class BlockWord {
   }
 };
 
-// A write pin's count: above any number of read pins one process holds.
+// A write pin's share of its process's count of the block: above any number
+// of read pins (count / kWritePin write pins, count % kWritePin read pins).
 inline constexpr uint32_t kWritePin = uint32_t{1} << 24;
 
 }  // namespace strata::tiers::shm

@@ -661,7 +661,7 @@ int Segment::RepairLocked(bool lock_was_dead) {
       for (uint32_t q : dead) {
         const uint32_t c = counts(e, q)[b].exchange(0);
         if (c == 0) continue;
-        pins += c >= kWritePin ? 1 : c;
+        pins += c / kWritePin + c % kWritePin;
         changed = true;
       }
       const uint64_t w = r[b].state.load();
@@ -1228,7 +1228,9 @@ absl::StatusOr<SharedPin> Segment::Pin(const SharedRef& ref, uint64_t block,
       std::memset(at(*shadow), 0, e->block_bytes);
     }
   }
-  mine.store(kWritePin, std::memory_order_relaxed);
+  // Added, never stored: readers of this process may be between their
+  // announcement and their retreat on this same count.
+  mine.fetch_add(kWritePin, std::memory_order_seq_cst);
   return SharedPin{at(*shadow), size, &r, &mine};
 }
 
@@ -1240,7 +1242,7 @@ uint64_t Segment::PinsHeld() const {
     const std::atomic<uint32_t>* mine = counts(e, slot_);
     for (uint64_t b = 0; b < e.num_blocks; ++b) {
       const uint32_t c = mine[b].load(std::memory_order_seq_cst);
-      pins += c >= kWritePin ? 1 : c;
+      pins += c / kWritePin + c % kWritePin;
     }
   }
   return pins;
@@ -1257,7 +1259,7 @@ void Segment::Cancel(const SharedPin& pin, bool write) {
   if (!write) return Unpin(pin.record, pin.count, false);
   BlockRecord& r = *pin.record;
   DropShadow(r);
-  pin.count->store(0, std::memory_order_relaxed);
+  pin.count->fetch_sub(kWritePin, std::memory_order_seq_cst);
   r.state.store(SettledWord(r), std::memory_order_release);
   Wake(r);
 }
@@ -1274,7 +1276,7 @@ void Segment::Seal(BlockRecord& r, std::atomic<uint32_t>& count) {
     r.frame.store(r.shadow.load(std::memory_order_relaxed), std::memory_order_relaxed);
     r.shadow.store(0, std::memory_order_relaxed);
     r.version.fetch_add(1, std::memory_order_relaxed);
-    count.store(0, std::memory_order_relaxed);
+    count.fetch_sub(kWritePin, std::memory_order_seq_cst);
     r.state.store(BlockWord::Resident(), std::memory_order_release);
     if (old != 0) {
       if (lock.ok()) {
@@ -1346,11 +1348,8 @@ absl::StatusOr<ShmSegmentInfo> Segment::Stat(bool include_self) {
       if (CountPins(e, b) != 0) s.pinned_bytes += e.block_bytes;
       for (size_t k = 0; k < slots.size(); ++k) {
         const uint32_t c = counts(e, slots[k])[b].load();
-        if (c >= kWritePin) {
-          ++s.processes[k].write_pins;
-        } else {
-          s.processes[k].read_pins += c;
-        }
+        s.processes[k].write_pins += c / kWritePin;
+        s.processes[k].read_pins += c % kWritePin;
       }
     }
   }
