@@ -140,8 +140,13 @@ int ShmStat(std::string_view name) {
            absl::FormatTime("%Y-%m-%d %H:%M:%S %z", s.created, absl::LocalTimeZone()),
            absl::FormatDuration(absl::Trunc(age, absl::Seconds(1)))));
   line("tensors", absl::StrFormat("%d of at most %d", s.tensors, s.max_tensors));
-  line("blocks", absl::StrFormat("%d, %d resident (%s)", s.blocks, s.resident_blocks,
-                                 Percent(s.resident_blocks, s.blocks)));
+  line("blocks", absl::StrFormat("%d, %d resident (%s), %d spilled", s.blocks,
+                                 s.resident_blocks, Percent(s.resident_blocks, s.blocks),
+                                 s.spilled_blocks));
+  line("spill file", s.spill_path.empty()
+                         ? std::string("none (a full segment refuses new blocks)")
+                         : absl::StrFormat("%s (%d evicted to it, %d read back)",
+                                           s.spill_path, s.spills, s.spill_loads));
   line("capacity", ExactBytes(s.capacity_bytes));
   line("used", absl::StrFormat("%s, %s of capacity", ExactBytes(s.used_bytes),
                                Percent(s.used_bytes, s.capacity_bytes)));

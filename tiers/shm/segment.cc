@@ -106,7 +106,7 @@ uint64_t FrameUnits(uint64_t block_bytes) {
 absl::Status Corrupt(std::string_view segment, std::string_view what) {
   return absl::FailedPreconditionError(absl::StrCat(
       "shm segment ", Sv(segment), " is corrupt: ", Sv(what),
-      "; remove it (`strata shm rm <name>`, or Segment::Remove) once no "
+      "; remove it (`strata shm rm <name>`, or strata::RemoveShmSegment) once no "
       "process uses it, and create it again"));
 }
 
