@@ -2,8 +2,9 @@
 //
 // A trainer opens one `Engine`, creates tensors, and pins the block it computes
 // on in the tier it needs; the engine moves blocks along its chain of tiers
-// (host RAM and NVMe today; GPU, shared memory and remote tiers plug into the
-// same chain) behind its back.
+// (GPU VRAM, host RAM, other nodes' RAM, NVMe) behind its back. Processes of
+// one node share tensors through a node segment (Tier::kShm, see
+// CreateSharedTensor).
 //
 //   auto engine = strata::Engine::Open({});
 //   auto t = (*engine)->CreateTensor("layer3.w", {.dtype = strata::DType::kF32,
