@@ -187,12 +187,23 @@ PyPin PinBlock(const EngineRef& engine, py::object tensor_obj,
   const Tensor& handle = tensor.tensor;
   auto state = std::make_shared<PinState>();
   state->engine = engine;
-  absl::StatusOr<strata::Pin> pin;
-  {
-    py::gil_scoped_release release;
-    pin = engine->engine->Pin(handle, b, t, a);
+  // A resident block is pinned with the GIL held (a load and a CAS; giving
+  // the GIL up and taking it back cost more than the pin); only a pin that
+  // may wait (a load, a conflicting pin) lets other threads run.
+  absl::StatusOr<std::optional<strata::Pin>> hit =
+      engine->engine->TryPin(handle, b, t, a);
+  if (hit.ok() && hit->has_value()) {
+    state->pin = std::move(**hit);
+  } else {
+    absl::StatusOr<strata::Pin> pin;
+    if (!hit.ok()) {
+      pin = std::move(hit).status();
+    } else {
+      py::gil_scoped_release release;
+      pin = engine->engine->Pin(handle, b, t, a);
+    }
+    state->pin = ValueOrThrow(std::move(pin));
   }
-  state->pin = ValueOrThrow(std::move(pin));
   PyPin out;
   out.nbytes = state->pin.bytes().size();
   out.state = std::move(state);
