@@ -166,14 +166,21 @@ py::tuple ToTuple(const Dims& dims) {
   return out;
 }
 
+// An isinstance check and the value of the pybind11 instance, with the
+// type_info looked up once: pybind11's caster looks it up by the C++ type's
+// name on every call.
 const PyTensor& AsTensor(py::handle h) {
-  py::detail::make_caster<PyTensor> caster;
-  if (!caster.load(h, /*convert=*/false)) {
-    throw py::type_error(absl::StrCat(
-        "tensor must be a strata.Tensor, not ",
-        py::repr(py::type::handle_of(h)).cast<std::string>()));
+  static py::detail::type_info* const tensor_type =
+      py::detail::get_type_info(typeid(PyTensor));
+  if (PyObject_TypeCheck(h.ptr(), tensor_type->type)) {
+    py::detail::value_and_holder vh =
+        reinterpret_cast<py::detail::instance*>(h.ptr())->get_value_and_holder(
+            tensor_type, /*throw_if_missing=*/false);
+    if (vh && vh.holder_constructed()) return *vh.value_ptr<PyTensor>();
   }
-  return py::detail::cast_op<const PyTensor&>(caster);
+  throw py::type_error(absl::StrCat(
+      "tensor must be a strata.Tensor, not ",
+      py::repr(py::type::handle_of(h)).cast<std::string>()));
 }
 
 namespace {
