@@ -133,6 +133,10 @@ absl::StatusOr<strata::Pin> Engine::Pin(const Tensor& tensor, uint64_t block,
                                         Tier tier, Access access) {
   return core_->Pin(tensor, block, tier, access);
 }
+absl::StatusOr<std::optional<strata::Pin>> Engine::TryPin(
+    const Tensor& tensor, uint64_t block, Tier tier, Access access) {
+  return core_->TryPin(tensor, block, tier, access);
+}
 absl::StatusOr<PrefetchHandle> Engine::Prefetch(const Tensor& tensor,
                                                 BlockRange range, Tier tier) {
   return core_->Prefetch(tensor, range, tier);

@@ -127,6 +127,63 @@ absl::StatusOr<strata::Pin> EngineCore::Pin(const Tensor& tensor,
   return MakePin(*ts, block, slot, tier, access);
 }
 
+// Pin's hot path without its waits: every branch where Pin would go to
+// PinSlow (a miss, a conflicting pin) or PinShared (a shared tensor) returns
+// nullopt instead, and the caller may call Pin. A step's gate is taken as
+// PinGated takes it (Grant hands the pin to the thread's plan; no I/O, no
+// wait). Bad arguments get PinRefused's errors, those of Pin.
+absl::StatusOr<std::optional<strata::Pin>> EngineCore::TryPin(
+    const Tensor& tensor, uint64_t block, Tier tier, Access access) {
+  TensorState* ts = tensor.state_.get();
+  const int pos = pin_pos_[static_cast<uint8_t>(tier)];
+  if (ABSL_PREDICT_FALSE(ts == nullptr || ts->core != this || pos < 0 ||
+                         block >= ts->num_blocks || !IsValid(access) ||
+                         ts->gate.load(std::memory_order_acquire) != 0)) {
+    return TryPinGated(tensor, block, tier, access);
+  }
+  Stats::Tls& local = Stats::Cached();
+  if (ABSL_PREDICT_FALSE(local.uid != uid_)) stats_->Register();
+  ThreadRing& ring = *local.rings[pos];
+  const bool timed = (ring.head.load(std::memory_order_relaxed) & 63) == 0;
+  const int64_t start = timed ? NowNanos() : 0;
+  CopySlot& slot = ts->copy(pos, block);
+  const uint64_t seen = TryPinResident(slot, access);
+  // Not counted as a miss: the caller's Pin counts it.
+  if (ABSL_PREDICT_FALSE(seen == 0)) return std::nullopt;
+  ring.Record(ts->Key(block));  // also counts the hit
+  if (timed) ring.hit_latency.Record(NowNanos() - start);
+  if (ABSL_PREDICT_FALSE(S(seen).prefetched())) {
+    mover_->OnPrefetchedHit(*ts, block, pos);
+  }
+  return MakePin(*ts, block, slot, tier, access);
+}
+
+absl::StatusOr<std::optional<strata::Pin>> EngineCore::TryPinGated(
+    const Tensor& tensor, uint64_t block, Tier tier, Access access) {
+  TensorState* ts = tensor.state_.get();
+  if (ts != nullptr && ts->core == this &&
+      (ts->gate.load(std::memory_order_acquire) & TensorState::kGateShared)) {
+    return std::nullopt;  // PinShared may wait on the segment
+  }
+  const int pos = pin_pos_[static_cast<uint8_t>(tier)];
+  if (ts == nullptr || ts->core != this || pos < 0 ||
+      block >= ts->num_blocks || !IsValid(access)) {
+    absl::StatusOr<strata::Pin> refused =
+        PinRefused(tensor, block, tier, access);
+    if (!refused.ok()) return refused.status();
+    return std::optional<strata::Pin>(*std::move(refused));
+  }
+  if ((ts->gate.load(std::memory_order_acquire) & ~TensorState::kGateStep) != 0) {
+    return std::nullopt;  // dropped or closing: Pin's slow path says which
+  }
+  Stats::Tls& local = stats_->Local();
+  const bool timed = (local.rings[pos]->head.load(std::memory_order_relaxed) & 63) == 0;
+  const int64_t start = timed ? NowNanos() : 0;
+  const uint64_t seen = TryPinResident(ts->copy(pos, block), access);
+  if (seen == 0) return std::nullopt;
+  return Grant(*ts, block, pos, access, *local.state, /*hit=*/true, seen, start);
+}
+
 absl::StatusOr<strata::Pin> EngineCore::PinGated(const Tensor& tensor,
                                                  uint64_t block, Tier tier,
                                                  Access access) {

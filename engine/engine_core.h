@@ -73,6 +73,9 @@ class EngineCore {
   absl::Status DropTensor(const Tensor& tensor);
   absl::StatusOr<strata::Pin> Pin(const Tensor& tensor, uint64_t block,
                                   Tier tier, Access access);
+  absl::StatusOr<std::optional<strata::Pin>> TryPin(const Tensor& tensor,
+                                                    uint64_t block, Tier tier,
+                                                    Access access);
   absl::StatusOr<PrefetchHandle> Prefetch(const Tensor& tensor,
                                           BlockRange range, Tier tier);
   absl::Status Flush(const Tensor& tensor);
@@ -120,6 +123,8 @@ class EngineCore {
   absl::Status NeedShared() const;
   absl::StatusOr<strata::Pin> PinGated(const Tensor& tensor, uint64_t block,
                                        Tier tier, Access access);
+  absl::StatusOr<std::optional<strata::Pin>> TryPinGated(
+      const Tensor& tensor, uint64_t block, Tier tier, Access access);
   absl::StatusOr<strata::Pin> PinSlow(const Tensor& tensor, uint64_t block,
                                       int pos, Access access,
                                       ThreadState& thread, int64_t start_ns);

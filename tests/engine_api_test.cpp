@@ -13,6 +13,7 @@
 #include <exception>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -405,6 +406,84 @@ TEST_F(EngineApiTest, PinBadInput) {
   WriteBlock(*other, foreign, 0, 2);
   ExpectBlock(*e, t, 0, 1);
   ExpectBlock(*other, foreign, 0, 2);
+}
+
+// TryPin: a resident copy is pinned as by Pin; anything that would wait
+// (absent, a conflicting pin) is nullopt with nothing loaded or counted; bad
+// arguments get Pin's errors.
+TEST_F(EngineApiTest, TryPinPinsOnlyWithoutWaiting) {
+  ASSERT_OK_AND_ASSIGN(auto e, OpenSmall(Options()));
+  ASSERT_OK_AND_ASSIGN(Tensor t, e->CreateTensor("t", BlocksSpec(4)));
+
+  const EngineStats fresh = e->GetStats();
+  ASSERT_OK_AND_ASSIGN(std::optional<Pin> absent,
+                       e->TryPin(t, 0, Tier::kHost, Access::kRead));
+  EXPECT_FALSE(absent.has_value());
+  const EngineStats after = e->GetStats();
+  EXPECT_EQ(after.tier(Tier::kHost).used_bytes, fresh.tier(Tier::kHost).used_bytes);
+  EXPECT_EQ(after.tier(Tier::kHost).misses, fresh.tier(Tier::kHost).misses);
+  EXPECT_EQ(after.tier(Tier::kHost).hits, fresh.tier(Tier::kHost).hits);
+
+  WriteBlock(*e, t, 0, 1);  // resident from here on
+  {
+    const EngineStats before = e->GetStats();
+    ASSERT_OK_AND_ASSIGN(std::optional<Pin> hit,
+                         e->TryPin(t, 0, Tier::kHost, Access::kRead));
+    ASSERT_TRUE(hit.has_value());
+    EXPECT_EQ(hit->block(), 0u);
+    EXPECT_EQ(hit->tier(), Tier::kHost);
+    EXPECT_EQ(hit->access(), Access::kRead);
+    EXPECT_EQ(FirstPatternMismatch(hit->bytes(), Seed(1, 0, 1)), -1);
+    EXPECT_EQ(e->GetStats().tier(Tier::kHost).hits,
+              before.tier(Tier::kHost).hits + 1);
+    // A second reader shares the copy; a writer would wait for both.
+    ASSERT_OK_AND_ASSIGN(std::optional<Pin> second,
+                         e->TryPin(t, 0, Tier::kHost, Access::kRead));
+    EXPECT_TRUE(second.has_value());
+    ASSERT_OK_AND_ASSIGN(std::optional<Pin> writer,
+                         e->TryPin(t, 0, Tier::kHost, Access::kWrite));
+    EXPECT_FALSE(writer.has_value());
+  }
+  {
+    ASSERT_OK_AND_ASSIGN(std::optional<Pin> writer,
+                         e->TryPin(t, 0, Tier::kHost, Access::kWrite));
+    ASSERT_TRUE(writer.has_value());
+    EXPECT_EQ(writer->access(), Access::kWrite);
+    ASSERT_OK_AND_ASSIGN(std::optional<Pin> reader,
+                         e->TryPin(t, 0, Tier::kHost, Access::kRead));
+    EXPECT_FALSE(reader.has_value());
+  }
+  EXPECT_EQ(e->GetStats().tier(Tier::kHost).pinned_bytes, 0u);
+
+  EXPECT_STATUS(e->TryPin(t, 4, Tier::kHost, Access::kRead),
+                StatusCode::kOutOfRange);
+  EXPECT_STATUS(e->TryPin(t, ~uint64_t{0}, Tier::kHost, Access::kWrite),
+                StatusCode::kOutOfRange);
+  EXPECT_STATUS(e->TryPin(t, 0, Tier::kNvme, Access::kRead),
+                StatusCode::kInvalidArgument);
+  EXPECT_STATUS(e->TryPin(t, 0, Tier::kGpu, Access::kRead),
+                StatusCode::kUnimplemented);
+  EXPECT_STATUS(e->TryPin(t, 0, Tier::kHost, static_cast<Access>(42)),
+                StatusCode::kInvalidArgument);
+  EXPECT_STATUS(e->TryPin(Tensor(), 0, Tier::kHost, Access::kRead),
+                StatusCode::kInvalidArgument);
+  TempDir other_dir;
+  ASSERT_TRUE(other_dir.ok());
+  ASSERT_OK_AND_ASSIGN(auto other,
+                       Engine::Open(SmallOptions(other_dir.Sub("nvme"))));
+  ASSERT_OK_AND_ASSIGN(Tensor foreign, other->CreateTensor("t", BlocksSpec(4)));
+  EXPECT_STATUS(e->TryPin(foreign, 0, Tier::kHost, Access::kRead),
+                StatusCode::kInvalidArgument);
+
+  // A dropped tensor: nullopt, and Pin says why.
+  ASSERT_OK_AND_ASSIGN(Tensor dropped, e->CreateTensor("d", BlocksSpec(1)));
+  WriteBlock(*e, dropped, 0, 1);
+  ASSERT_TRUE(e->DropTensor(dropped).ok());
+  ASSERT_OK_AND_ASSIGN(std::optional<Pin> gone,
+                       e->TryPin(dropped, 0, Tier::kHost, Access::kRead));
+  EXPECT_FALSE(gone.has_value());
+  EXPECT_STATUS(e->Pin(dropped, 0, Tier::kHost, Access::kRead),
+                StatusCode::kNotFound);
 }
 
 TEST_F(EngineApiTest, PinAccessors) {

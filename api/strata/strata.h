@@ -27,6 +27,7 @@
 #include <functional>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -547,6 +548,30 @@ class Engine {
   // The hot path (resident copy) is a load and a CAS.
   absl::StatusOr<strata::Pin> Pin(const Tensor& tensor, uint64_t block,
                                   Tier tier, Access access);
+
+  // Pins block `block` of `tensor` in `tier` only if that takes no wait:
+  // the copy is resident and no conflicting pin holds it. Returns nullopt
+  // otherwise (not resident, being loaded or evicted, a conflicting pin, a
+  // shared tensor, a tensor being dropped or an engine closing), having
+  // loaded, evicted and counted nothing; Pin() then does the rest, with its
+  // errors. Never blocks, does no I/O: a caller holding a lock other threads
+  // need (Python's GIL) tries this first and releases the lock only for Pin().
+  // Errors: those of Pin() for bad arguments (kNotFound, kOutOfRange,
+  // kInvalidArgument, kUnimplemented); a dropped tensor or a closed engine
+  // gets nullopt, and Pin() says which. Thread-safe, as Pin().
+  //
+  //   auto hit = engine->TryPin(t, b, strata::Tier::kHost, strata::Access::kRead);
+  //   if (!hit.ok()) return hit.status();
+  //   if (!*hit) {
+  //     Unlock();  // Pin() may wait for a load
+  //     hit = engine->Pin(t, b, strata::Tier::kHost, strata::Access::kRead);
+  //     Lock();
+  //     if (!hit.ok()) return hit.status();
+  //   }
+  //   strata::Pin pin = std::move(**hit);
+  absl::StatusOr<std::optional<strata::Pin>> TryPin(const Tensor& tensor,
+                                                    uint64_t block, Tier tier,
+                                                    Access access);
 
   // Starts bringing `range` of `tensor` into `tier` (pinnable) without
   // pinning; returns at once. Blocks that do not fit (every frame pinned)

@@ -43,8 +43,9 @@ struct PinState {
   strata::Pin pin;
 };
 
-// The Python Pin: its PinState until release() (or collection), and the
-// Python Tensor it came from (for the view's dtype and shape).
+// The Python Pin (inside a hand-written CPython object, pin_binding.cc): its
+// PinState until release() (or collection), and the Python Tensor it came
+// from (for the view's dtype and shape).
 struct PyPin {
   std::shared_ptr<PinState> state;
   pybind11::object tensor;         // the Python Tensor, kept alive here
@@ -68,9 +69,10 @@ std::pair<uint64_t, uint64_t> BlockElements(const Tensor& tensor,
 
 void BindEngine(pybind11::module_& m);
 void BindPin(pybind11::module_& m);
-// Pins `block` of `tensor` (GIL released while the engine works);
-// `tensor_obj` is the Python object holding `tensor`.
-PyPin PinBlock(const EngineRef& engine, pybind11::object tensor_obj,
+// Pins `block` of `tensor` (GIL released only if the pin may wait) and
+// returns a new strata.Pin; `tensor_obj` is the Python object holding
+// `tensor`.
+pybind11::object PinBlock(const EngineRef& engine, pybind11::object tensor_obj,
                const PyTensor& tensor, pybind11::handle block,
                pybind11::handle tier, pybind11::handle access);
 // The PyTensor inside `h`, or TypeError; one type lookup.

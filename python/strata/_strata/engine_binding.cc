@@ -188,6 +188,88 @@ struct PyEngine {
 
 namespace {
 
+// engine.pin(tensor, block, tier="host", access="r"), a METH_FASTCALL C
+// function on _Engine rather than a pybind11 method: its dispatcher (the
+// argument casters, a lookup of each C++ type by name) cost more than the
+// pin itself (docs/PERFORMANCE.md, "Python"). The method descriptor makes
+// sure `self` is an _Engine; the PyEngine inside is found through its
+// pybind11 type_info, looked up once.
+constexpr const char* kPinArgs[] = {"tensor", "block", "tier", "access"};
+
+PyObject* EnginePin(PyObject* self, PyObject* const* args, Py_ssize_t nargs,
+                    PyObject* kwnames) {
+  static py::detail::type_info* const engine_type =
+      py::detail::get_type_info(typeid(PyEngine));
+  static PyObject* const default_tier = PyUnicode_InternFromString("host");
+  static PyObject* const default_access = PyUnicode_InternFromString("r");
+  PyObject* values[4] = {nullptr, nullptr, default_tier, default_access};
+  bool given[4] = {false, false, false, false};
+  if (nargs > 4) {
+    PyErr_Format(PyExc_TypeError,
+                 "pin() takes at most 4 arguments (%zd given)", nargs);
+    return nullptr;
+  }
+  for (Py_ssize_t i = 0; i < nargs; ++i) {
+    values[i] = args[i];
+    given[i] = true;
+  }
+  const Py_ssize_t nkw = kwnames == nullptr ? 0 : PyTuple_GET_SIZE(kwnames);
+  for (Py_ssize_t k = 0; k < nkw; ++k) {
+    PyObject* name = PyTuple_GET_ITEM(kwnames, k);
+    int i = 0;
+    while (i < 4 && PyUnicode_CompareWithASCIIString(name, kPinArgs[i]) != 0) ++i;
+    if (i == 4) {
+      PyErr_Format(PyExc_TypeError,
+                   "pin() got an unexpected keyword argument '%U'", name);
+      return nullptr;
+    }
+    if (given[i]) {
+      PyErr_Format(PyExc_TypeError, "pin() got multiple values for argument '%s'",
+                   kPinArgs[i]);
+      return nullptr;
+    }
+    values[i] = args[nargs + k];
+    given[i] = true;
+  }
+  for (int i = 0; i < 2; ++i) {
+    if (!given[i]) {
+      PyErr_Format(PyExc_TypeError, "pin() missing required argument '%s'",
+                   kPinArgs[i]);
+      return nullptr;
+    }
+  }
+  try {
+    py::detail::value_and_holder vh =
+        reinterpret_cast<py::detail::instance*>(self)->get_value_and_holder(
+            engine_type, /*throw_if_missing=*/false);
+    if (!vh || !vh.holder_constructed()) {
+      PyErr_SetString(PyExc_TypeError,
+                      "pin(): the engine was not initialized (call "
+                      "_Engine.__init__)");
+      return nullptr;
+    }
+    const PyEngine& engine = *vh.value_ptr<PyEngine>();
+    py::handle tensor(values[0]);
+    const PyTensor& t = engine.Own(AsTensor(tensor));
+    return PinBlock(engine.ref, py::reinterpret_borrow<py::object>(tensor), t,
+                    values[1], values[2], values[3])
+        .release()
+        .ptr();
+  } catch (...) {
+    return SetCurrentError();
+  }
+}
+
+PyMethodDef engine_pin_def = {
+    "pin",
+    reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&EnginePin)),
+    METH_FASTCALL | METH_KEYWORDS,
+    "pin(tensor, block, tier=\"host\", access=\"r\")\n"
+    "Pins `block` of `tensor` in `tier` (\"host\"), loading it if needed "
+    "(without the GIL). access: \"r\" (shared), \"w\" (exclusive, marks "
+    "it dirty) or \"overwrite\" (\"w\" without loading the old bytes). "
+    "torch.from_dlpack(pin) / numpy.from_dlpack(pin) / pin.numpy() view it."};
+
 PyEngine OpenEngine(const py::kwargs& kwargs) {
   EngineOptions options = ParseOptions(kwargs);
   absl::StatusOr<std::unique_ptr<Engine>> engine;
@@ -371,8 +453,8 @@ void BindEngine(py::module_& m) {
       })
       .def_property_readonly("done", [](const PyPrefetch& p) { return p.handle.done(); });
 
-  py::class_<PyEngine>(m, "_Engine")
-      .def(py::init(&OpenEngine))
+  py::class_<PyEngine> engine(m, "_Engine");
+  engine.def(py::init(&OpenEngine))
       .def("_create_tensor", &CreateTensor, py::arg("name"), py::arg("dtype"),
            py::arg("shape"), py::arg("block_bytes") = 0)
       .def("open_tensor", [](const PyEngine& self, const std::string& name) {
@@ -381,16 +463,6 @@ void BindEngine(py::module_& m) {
       .def("drop_tensor", &DropTensor, py::arg("tensor"),
            "Forgets the tensor and frees its blocks in every tier. "
            "FailedPreconditionError while a block is pinned or viewed.")
-      .def("pin", [](const PyEngine& self, py::object tensor, py::handle block,
-                     py::handle tier, py::handle access) {
-        const PyTensor& t = self.Own(AsTensor(tensor));
-        return PinBlock(self.ref, std::move(tensor), t, block, tier, access);
-      }, py::arg("tensor"), py::arg("block"), py::arg("tier") = "host",
-         py::arg("access") = "r",
-         "Pins `block` of `tensor` in `tier` (\"host\"), loading it if needed "
-         "(without the GIL). access: \"r\" (shared), \"w\" (exclusive, marks "
-         "it dirty) or \"overwrite\" (\"w\" without loading the old bytes). "
-         "torch.from_dlpack(pin) / numpy.from_dlpack(pin) / pin.numpy() view it.")
       .def("_prefetch", &Prefetch)
       .def("flush", &Flush, py::arg("tensor") = nullptr,
            "Writes the dirty blocks of `tensor` (None: of every tensor) to the "
@@ -404,6 +476,10 @@ void BindEngine(py::module_& m) {
       .def("close", &Blocking<&Engine::Close>,
            "Closes the engine; later calls raise FailedPreconditionError. "
            "Refused (FailedPreconditionError) while a pin or view lives.");
+  PyObject* pin = PyDescr_NewMethod(
+      reinterpret_cast<PyTypeObject*>(engine.ptr()), &engine_pin_def);
+  if (pin == nullptr) throw py::error_already_set();
+  engine.attr("pin") = py::reinterpret_steal<py::object>(pin);
 }
 
 }  // namespace strata::python

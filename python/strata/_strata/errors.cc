@@ -1,6 +1,8 @@
 // StatusError → strata.Error subclasses (see errors.h).
 #include "errors.h"
 
+#include <new>
+
 namespace py = pybind11;
 
 namespace strata::python {
@@ -34,6 +36,35 @@ void ThrowFailedPrecondition(const std::string& message) {
 }
 void ThrowUnimplemented(const std::string& message) {
   throw StatusError(absl::UnimplementedError(message));
+}
+
+void SetError(const absl::Status& status) noexcept {
+  try {
+    Raise(status);
+  } catch (py::error_already_set& e) {
+    e.restore();  // making the exception failed: raise that instead
+  } catch (...) {
+    PyErr_NoMemory();
+  }
+}
+
+PyObject* SetCurrentError() noexcept {
+  try {
+    throw;
+  } catch (const StatusError& e) {
+    SetError(e.status());
+  } catch (py::error_already_set& e) {
+    e.restore();
+  } catch (const py::builtin_exception& e) {
+    e.set_error();
+  } catch (const std::bad_alloc&) {
+    PyErr_NoMemory();
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+  } catch (...) {
+    PyErr_SetString(PyExc_RuntimeError, "unknown C++ exception");
+  }
+  return nullptr;
 }
 
 void RegisterErrors(py::module_& m) {

@@ -42,6 +42,14 @@ T ValueOrThrow(absl::StatusOr<T> result) {
 [[noreturn]] void ThrowFailedPrecondition(const std::string& message);
 [[noreturn]] void ThrowUnimplemented(const std::string& message);
 
+// For C functions called by CPython directly (not through pybind11): sets
+// the Python exception for `status` (as the translator does); and, in a
+// catch (...) block, for the exception being handled (StatusError, pybind11's
+// errors, std::bad_alloc, any std::exception), returning nullptr to return.
+// Both need the GIL.
+void SetError(const absl::Status& status) noexcept;
+PyObject* SetCurrentError() noexcept;
+
 // Imports strata._errors and registers the translator. Called once, from
 // the module's init.
 void RegisterErrors(pybind11::module_& m);

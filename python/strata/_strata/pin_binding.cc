@@ -1,7 +1,17 @@
-// strata._strata.Pin: pinning a block (without the GIL), the DLPack
-// protocol (__dlpack__, __dlpack_device__) that torch.from_dlpack and
-// numpy.from_dlpack use, and Pin.numpy(), a NumPy view that is read-only for
-// read pins. Every view holds the PinState; see bindings.h for lifetimes.
+// strata._strata.Pin: pinning a block (without the GIL when it may wait),
+// the DLPack protocol (__dlpack__, __dlpack_device__) that torch.from_dlpack
+// and numpy.from_dlpack use, and Pin.numpy(), a NumPy view that is read-only
+// for read pins. Every view holds the PinState; see bindings.h for lifetimes.
+//
+// Pin is a hand-written CPython type, not a pybind11 class: a pin and its
+// view are a handful of calls per block, and pybind11's dispatcher (argument
+// casters, a type lookup per argument and result) cost more than the engine's
+// pin and NumPy's own DLPack methods together (docs/PERFORMANCE.md,
+// "Python"). Its methods are METH_NOARGS / METH_FASTCALL C functions; errors
+// are set with SetError (errors.h) rather than thrown through pybind11.
+#include <cstddef>
+#include <new>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -10,6 +20,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include "absl/base/optimization.h"
 #include "absl/strings/str_cat.h"
 #include "bindings.h"
 #include "convert.h"
@@ -59,12 +70,8 @@ Dims RowMajorStrides(const Dims& shape) {
 
 const PyTensor& TensorOf(const PyPin& pin) { return *pin.tensor_; }
 
-py::capsule ToDLPack(const PyPin& self, py::handle stream) {
-  PinState& state = self.Live("__dlpack__");
-  if (!stream.is_none()) {
-    ThrowInvalid("__dlpack__(stream=...) of a host pin takes stream=None; "
-                 "host memory has no stream to synchronize with");
-  }
+// A new "dltensor" capsule owning a DLPackView of the pin's block.
+PyObject* ToDLPack(const PyPin& self, PinState& state) {
   const Tensor& tensor = TensorOf(self).tensor;
   auto view = std::make_unique<DLPackView>();
   view->state = self.state;
@@ -80,9 +87,10 @@ py::capsule ToDLPack(const PyPin& self, py::handle stream) {
   t.byte_offset = 0;
   view->managed.manager_ctx = view.get();
   view->managed.deleter = &DeleteView;
-  // The capsule owns the view from here (DestroyCapsule).
-  py::capsule capsule(&view->managed, "dltensor", &DestroyCapsule);
-  view.release();
+  PyObject* capsule =
+      PyCapsule_New(&view->managed, "dltensor", &DestroyCapsule);
+  // From here the capsule owns the view (DestroyCapsule).
+  if (capsule != nullptr) view.release();
   return capsule;
 }
 
@@ -110,11 +118,6 @@ py::array ToNumPy(const PyPin& self) {
     array.attr("setflags")(py::arg("write") = false);
   }
   return array;
-}
-
-void Release(PyPin& self) {
-  self.Live("release()");
-  self.state.reset();  // unpins now unless a view still holds the block
 }
 
 std::string Repr(const PyPin& self) {
@@ -163,19 +166,199 @@ py::tuple ToTuple(const Dims& dims) {
   return out;
 }
 
+// An isinstance check and the value of the pybind11 instance, with the
+// type_info looked up once: pybind11's caster looks it up by the C++ type's
+// name on every call.
 const PyTensor& AsTensor(py::handle h) {
-  py::detail::make_caster<PyTensor> caster;
-  if (!caster.load(h, /*convert=*/false)) {
-    throw py::type_error(absl::StrCat(
-        "tensor must be a strata.Tensor, not ",
-        py::repr(py::type::handle_of(h)).cast<std::string>()));
+  static py::detail::type_info* const tensor_type =
+      py::detail::get_type_info(typeid(PyTensor));
+  if (PyObject_TypeCheck(h.ptr(), tensor_type->type)) {
+    py::detail::value_and_holder vh =
+        reinterpret_cast<py::detail::instance*>(h.ptr())->get_value_and_holder(
+            tensor_type, /*throw_if_missing=*/false);
+    if (vh && vh.holder_constructed()) return *vh.value_ptr<PyTensor>();
   }
-  return py::detail::cast_op<const PyTensor&>(caster);
+  throw py::type_error(absl::StrCat(
+      "tensor must be a strata.Tensor, not ",
+      py::repr(py::type::handle_of(h)).cast<std::string>()));
 }
 
-PyPin PinBlock(const EngineRef& engine, py::object tensor_obj,
-               const PyTensor& tensor, py::handle block, py::handle tier,
-               py::handle access) {
+namespace {
+
+struct PinObject {
+  PyObject_HEAD
+  PyPin pin;
+  PyObject* weakrefs;  // tp_weaklistoffset, as pybind11 instances have
+};
+
+PyPin& Self(PyObject* self) { return reinterpret_cast<PinObject*>(self)->pin; }
+
+// The pin's state, or nullptr with FailedPreconditionError set (as Live).
+PinState* LiveOrSetError(PyObject* self, const char* what) {
+  PyPin& pin = Self(self);
+  if (ABSL_PREDICT_TRUE(pin.state != nullptr)) return pin.state.get();
+  try {
+    pin.Live(what);
+  } catch (...) {
+    SetCurrentError();
+  }
+  return nullptr;
+}
+
+// (kDLCPU, 0): every host pin's __dlpack_device__, made once.
+PyObject* cpu_device = nullptr;
+
+PyObject* PinDLPack(PyObject* self, PyObject* const* args, Py_ssize_t nargs,
+                    PyObject* kwnames) {
+  PyObject* stream = Py_None;
+  const Py_ssize_t nkw = kwnames == nullptr ? 0 : PyTuple_GET_SIZE(kwnames);
+  if (nargs > 1 || nargs + nkw > 1) {
+    PyErr_SetString(PyExc_TypeError,
+                    "__dlpack__() takes at most one argument (stream)");
+    return nullptr;
+  }
+  if (nargs == 1) stream = args[0];
+  if (nkw == 1) {
+    if (PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0),
+                                         "stream") != 0) {
+      PyErr_Format(PyExc_TypeError,
+                   "__dlpack__() got an unexpected keyword argument '%U'",
+                   PyTuple_GET_ITEM(kwnames, 0));
+      return nullptr;
+    }
+    stream = args[0];
+  }
+  PinState* state = LiveOrSetError(self, "__dlpack__");
+  if (state == nullptr) return nullptr;
+  if (stream != Py_None) {
+    SetError(absl::InvalidArgumentError(
+        "__dlpack__(stream=...) of a host pin takes stream=None; host memory "
+        "has no stream to synchronize with"));
+    return nullptr;
+  }
+  try {
+    return ToDLPack(Self(self), *state);
+  } catch (...) {
+    return SetCurrentError();
+  }
+}
+
+PyObject* PinDLPackDevice(PyObject* self, PyObject*) {
+  if (LiveOrSetError(self, "__dlpack_device__") == nullptr) return nullptr;
+  Py_INCREF(cpu_device);
+  return cpu_device;
+}
+
+PyObject* PinNumPy(PyObject* self, PyObject*) {
+  try {
+    return ToNumPy(Self(self)).release().ptr();
+  } catch (...) {
+    return SetCurrentError();
+  }
+}
+
+PyObject* PinRelease(PyObject* self, PyObject*) {
+  if (LiveOrSetError(self, "release()") == nullptr) return nullptr;
+  Self(self).state.reset();  // unpins now unless a view still holds the block
+  Py_RETURN_NONE;
+}
+
+PyObject* PinEnter(PyObject* self, PyObject*) {
+  Py_INCREF(self);
+  return self;
+}
+
+// Ends the pin whatever happened in the block, released or not; returns
+// None, so an exception goes on.
+PyObject* PinExit(PyObject* self, PyObject* const*, Py_ssize_t) {
+  Self(self).state.reset();
+  Py_RETURN_NONE;
+}
+
+PyObject* PinReleased(PyObject* self, void*) {
+  return PyBool_FromLong(Self(self).state == nullptr);
+}
+PyObject* PinBlockIndex(PyObject* self, void*) {
+  return PyLong_FromUnsignedLongLong(Self(self).block);
+}
+PyObject* PinNBytes(PyObject* self, void*) {
+  return PyLong_FromSize_t(Self(self).nbytes);
+}
+PyObject* PinTensor(PyObject* self, void*) {
+  return Self(self).tensor.inc_ref().ptr();
+}
+PyObject* Str(std::string_view s) {
+  return PyUnicode_FromStringAndSize(s.data(), static_cast<Py_ssize_t>(s.size()));
+}
+PyObject* PinTier(PyObject* self, void*) { return Str(TierName(Self(self).tier)); }
+PyObject* PinAccess(PyObject* self, void*) {
+  return Str(AccessName(Self(self).access));
+}
+PyObject* PinRepr(PyObject* self) {
+  try {
+    return Str(Repr(Self(self)));
+  } catch (...) {
+    return SetCurrentError();
+  }
+}
+
+void PinDealloc(PyObject* self) {
+  auto* obj = reinterpret_cast<PinObject*>(self);
+  if (obj->weakrefs != nullptr) PyObject_ClearWeakRefs(self);
+  obj->pin.~PyPin();  // unpins unless a view still holds the block
+  Py_TYPE(self)->tp_free(self);
+}
+
+PyMethodDef pin_methods[] = {
+    {"__dlpack__", reinterpret_cast<PyCFunction>(
+                       reinterpret_cast<void (*)()>(&PinDLPack)),
+     METH_FASTCALL | METH_KEYWORDS,
+     "__dlpack__(stream=None): a DLPack capsule viewing the block."},
+    {"__dlpack_device__", &PinDLPackDevice, METH_NOARGS,
+     "(kDLCPU, 0): the block is in host memory."},
+    {"numpy", &PinNumPy, METH_NOARGS,
+     "A NumPy view of the block: writable for write pins, read-only for read "
+     "pins; it keeps the block pinned while it lives."},
+    {"release", &PinRelease, METH_NOARGS,
+     "Ends this pin; the block is unpinned once no view of it is left. A "
+     "second call raises FailedPreconditionError."},
+    {"__enter__", &PinEnter, METH_NOARGS, nullptr},
+    {"__exit__", reinterpret_cast<PyCFunction>(
+                     reinterpret_cast<void (*)()>(&PinExit)),
+     METH_FASTCALL, nullptr},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyGetSetDef pin_getset[] = {
+    {"released", &PinReleased, nullptr, nullptr, nullptr},
+    {"block", &PinBlockIndex, nullptr, nullptr, nullptr},
+    {"nbytes", &PinNBytes, nullptr, nullptr, nullptr},
+    {"tensor", &PinTensor, nullptr, nullptr, nullptr},
+    {"tier", &PinTier, nullptr, nullptr, nullptr},
+    {"access", &PinAccess, nullptr, nullptr, nullptr},
+    {nullptr, nullptr, nullptr, nullptr, nullptr}};
+
+// No tp_new: Python cannot make a Pin (TypeError), only engine.pin().
+PyTypeObject pin_type = [] {
+  PyTypeObject t{PyVarObject_HEAD_INIT(nullptr, 0)};
+  t.tp_name = "strata._strata.Pin";
+  t.tp_basicsize = sizeof(PinObject);
+  t.tp_dealloc = &PinDealloc;
+  t.tp_repr = &PinRepr;
+  t.tp_flags = Py_TPFLAGS_DEFAULT;
+  t.tp_doc = "A pinned block: view it with torch.from_dlpack(pin), "
+             "numpy.from_dlpack(pin) or pin.numpy(); release() or a with "
+             "block ends it.";
+  t.tp_weaklistoffset = offsetof(PinObject, weakrefs);
+  t.tp_methods = pin_methods;
+  t.tp_getset = pin_getset;
+  return t;
+}();
+
+}  // namespace
+
+py::object PinBlock(const EngineRef& engine, py::object tensor_obj,
+                    const PyTensor& tensor, py::handle block, py::handle tier,
+                    py::handle access) {
   const uint64_t b = ParseIndex(block, "block");
   const Tier t = ParseTier(tier, "tier");
   const Access a = ParseAccess(access);
@@ -187,49 +370,43 @@ PyPin PinBlock(const EngineRef& engine, py::object tensor_obj,
   const Tensor& handle = tensor.tensor;
   auto state = std::make_shared<PinState>();
   state->engine = engine;
-  absl::StatusOr<strata::Pin> pin;
-  {
-    py::gil_scoped_release release;
-    pin = engine->engine->Pin(handle, b, t, a);
+  // A resident block is pinned with the GIL held (a load and a CAS; giving
+  // the GIL up and taking it back cost more than the pin); only a pin that
+  // may wait (a load, a conflicting pin) lets other threads run.
+  absl::StatusOr<std::optional<strata::Pin>> hit =
+      engine->engine->TryPin(handle, b, t, a);
+  if (hit.ok() && hit->has_value()) {
+    state->pin = std::move(**hit);
+  } else {
+    absl::StatusOr<strata::Pin> pin;
+    if (!hit.ok()) {
+      pin = std::move(hit).status();
+    } else {
+      py::gil_scoped_release release;
+      pin = engine->engine->Pin(handle, b, t, a);
+    }
+    state->pin = ValueOrThrow(std::move(pin));
   }
-  state->pin = ValueOrThrow(std::move(pin));
-  PyPin out;
-  out.nbytes = state->pin.bytes().size();
-  out.state = std::move(state);
-  out.tensor = std::move(tensor_obj);
-  out.tensor_ = &tensor;
-  out.block = b;
-  out.access = a;
-  out.tier = t;
-  return out;
+  auto* obj = PyObject_New(PinObject, &pin_type);
+  if (obj == nullptr) throw py::error_already_set();
+  obj->weakrefs = nullptr;
+  PyPin* out = new (&obj->pin) PyPin;
+  out->nbytes = state->pin.bytes().size();
+  out->state = std::move(state);
+  out->tensor = std::move(tensor_obj);
+  out->tensor_ = &tensor;
+  out->block = b;
+  out->access = a;
+  out->tier = t;
+  return py::reinterpret_steal<py::object>(reinterpret_cast<PyObject*>(obj));
 }
 
 void BindPin(py::module_& m) {
-  py::class_<PyPin>(m, "Pin")
-      .def("__dlpack__", &ToDLPack, py::arg("stream") = py::none())
-      .def("__dlpack_device__", [](const PyPin& self) {
-        self.Live("__dlpack_device__");
-        return py::make_tuple(static_cast<int>(kDLCPU), 0);
-      })
-      .def("numpy", &ToNumPy,
-           "A NumPy view of the block: writable for write pins, read-only "
-           "for read pins; it keeps the block pinned while it lives.")
-      .def("release", &Release,
-           "Ends this pin; the block is unpinned once no view of it is left. "
-           "A second call raises FailedPreconditionError.")
-      .def("__enter__", [](py::object self) { return self; })
-      .def("__exit__", [](PyPin& self, py::args) { self.state.reset(); })
-      .def_property_readonly("released", [](const PyPin& p) { return !p.state; })
-      .def_property_readonly("block", [](const PyPin& p) { return p.block; })
-      .def_property_readonly("nbytes", [](const PyPin& p) { return p.nbytes; })
-      .def_property_readonly("tensor", [](const PyPin& p) { return p.tensor; })
-      .def_property_readonly("tier", [](const PyPin& p) {
-        return std::string(TierName(p.tier));
-      })
-      .def_property_readonly("access", [](const PyPin& p) {
-        return std::string(AccessName(p.access));
-      })
-      .def("__repr__", &Repr);
+  if (PyType_Ready(&pin_type) < 0) throw py::error_already_set();
+  cpu_device = py::make_tuple(static_cast<int>(kDLCPU), 0).release().ptr();
+  Py_INCREF(&pin_type);
+  m.attr("Pin") = py::reinterpret_steal<py::object>(
+      reinterpret_cast<PyObject*>(&pin_type));
 }
 
 }  // namespace strata::python
