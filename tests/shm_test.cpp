@@ -8,9 +8,13 @@
 
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <optional>
 #include <random>
+#include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -458,6 +462,59 @@ TEST_F(ShmTest, FuzzedHeadersAndDirectoriesNeverCrash) {
   }
   SegmentOptions attach = o;
   attach.mode = OpenMode::kAttach;
+  // Writes `pristine` with `mutations` (offset, byte) into the segment and
+  // attaches; a segment that passes the checks must work: open, pin, stat.
+  using Mutations = std::vector<std::pair<uint64_t, uint8_t>>;
+  auto attach_mutated = [&](const Mutations& mutations) -> absl::Status {
+    std::vector<std::byte> bytes = pristine;
+    for (auto [at, value] : mutations) {
+      if (at < bytes.size()) bytes[at] = static_cast<std::byte>(value);
+    }
+    Scribble(o.name, 0, bytes.data(), bytes.size());
+    absl::StatusOr<std::unique_ptr<Segment>> s = Segment::Open(attach);
+    if (!s.ok()) return s.status();
+    if (absl::StatusOr<SharedRef> t = (*s)->OpenTensor("weights"); t.ok()) {
+      for (uint64_t b = 0; b < t->spec.num_blocks; ++b) {
+        absl::StatusOr<SharedPin> p = (*s)->Pin(*t, b, Access::kRead, Soon());
+        if (p.ok()) (*s)->Unpin(p->record, p->count, false);
+      }
+    }
+    return (*s)->Stat().status();
+  };
+
+  // The corpus (tests/shm_corpus, one file per kind of damage that made a
+  // distinct error, "offset byte" per line) first, then random seeds.
+  // STRATA_SHM_CORPUS_SAVE=DIR writes such files for the seeds run.
+  if (const char* dir = std::getenv("STRATA_SHM_CORPUS")) {
+    int files = 0;
+    for (const auto& file : std::filesystem::directory_iterator(dir)) {
+      std::ifstream in(file.path());
+      Mutations mutations;
+      std::string line, expected;
+      while (std::getline(in, line)) {
+        if (line.rfind("# ", 0) == 0 && expected.empty()) {
+          // The outcome recorded with the file: "attaches" or the code.
+          expected = line.substr(2, line.find(':') == std::string::npos
+                                        ? std::string::npos
+                                        : line.find(':') - 2);
+          continue;
+        }
+        std::istringstream fields(line);
+        uint64_t at = 0;
+        unsigned value = 0;
+        if (fields >> at >> value) mutations.emplace_back(at, static_cast<uint8_t>(value));
+      }
+      ++files;
+      const absl::Status status = attach_mutated(mutations);
+      EXPECT_EQ(status.ok() ? std::string("attaches")
+                            : absl::StatusCodeToString(status.code()),
+                expected)
+          << file.path() << ": " << status;
+    }
+    EXPECT_GT(files, 0) << "no corpus in " << dir;
+  }
+  const char* save = std::getenv("STRATA_SHM_CORPUS_SAVE");
+  std::set<std::string> saved;
   // STRATA_SHM_FUZZ_ITERATIONS runs it longer (docs/PERFORMANCE.md says
   // how long it ran under ASan/UBSan).
   const char* env = std::getenv("STRATA_SHM_FUZZ_ITERATIONS");
@@ -465,11 +522,11 @@ TEST_F(ShmTest, FuzzedHeadersAndDirectoriesNeverCrash) {
   int opened = 0;
   for (int seed = 0; seed < iterations; ++seed) {
     std::mt19937_64 rng(seed);
-    std::vector<std::byte> bytes = pristine;
+    Mutations mutations;
     const int flips = 1 + static_cast<int>(rng() % 8);
     for (int i = 0; i < flips; ++i) {
       // Mostly the metadata, sometimes a tensor's table in the arena.
-      const uint64_t limit = rng() % 4 == 0 ? bytes.size() : meta_bytes;
+      const uint64_t limit = rng() % 4 == 0 ? pristine.size() : meta_bytes;
       const uint64_t at = rng() % limit;
       // Leave the lock alone: a garbage mutex is its own test (a timed
       // lock); here it would only slow every seed down to lock_timeout.
@@ -477,23 +534,19 @@ TEST_F(ShmTest, FuzzedHeadersAndDirectoriesNeverCrash) {
           at < offsetof(tiers::shm::Header, lock) + sizeof(pthread_mutex_t)) {
         continue;
       }
-      bytes[at] = static_cast<std::byte>(rng());
+      mutations.emplace_back(at, static_cast<uint8_t>(rng()));
     }
-    Scribble(o.name, 0, bytes.data(), bytes.size());
-    absl::StatusOr<std::unique_ptr<Segment>> s = Segment::Open(attach);
-    if (!s.ok()) {
-      EXPECT_NE(s.status().code(), absl::StatusCode::kOk);
-      continue;
+    const absl::Status status = attach_mutated(mutations);
+    opened += status.ok();
+    // What kind of damage: the message without its numbers.
+    std::string kind(status.message());
+    std::erase_if(kind, [](char c) { return c >= '0' && c <= '9'; });
+    kind.resize(std::min<size_t>(kind.size(), 80));
+    if (save != nullptr && saved.insert(kind).second) {
+      std::ofstream out(absl::StrCat(save, "/seed-", seed, ".txt"));
+      out << "# " << (status.ok() ? std::string("attaches") : status.ToString()) << "\n";
+      for (auto [at, value] : mutations) out << at << " " << unsigned{value} << "\n";
     }
-    ++opened;
-    // A segment that passed the checks works: open, pin, stat.
-    if (absl::StatusOr<SharedRef> t = (*s)->OpenTensor("weights"); t.ok()) {
-      for (uint64_t b = 0; b < t->spec.num_blocks; ++b) {
-        absl::StatusOr<SharedPin> p = (*s)->Pin(*t, b, Access::kRead, Soon());
-        if (p.ok()) (*s)->Unpin(p->record, p->count, false);
-      }
-    }
-    (void)(*s)->Stat();
   }
   // Some mutations hit bytes nobody checks (names of free entries, padding):
   // the fuzzer must have exercised both outcomes.
