@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "api/strata/strata.h"
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "tests/gpu_kernels.h"
 #include "tests/gpu_test_util.h"
@@ -133,6 +134,41 @@ TEST_F(GpuCudaTest, PinsMatchHostCopiesBothWays) {
   EXPECT_EQ(attr.type, cudaMemoryTypeDevice);
   ASSERT_OK_AND_ASSIGN(GpuEvent ready, pin->ready_event());
   EXPECT_EQ(cudaEventQuery(static_cast<cudaEvent_t>(ready)), cudaSuccess);
+}
+
+// A shared tensor's block promotes to VRAM from the node segment, whose
+// mapping the engine registered with CUDA at Open (cudaHostRegister on a
+// shm mapping: verified to work on the GPU machine).
+TEST_F(GpuCudaTest, SharedBlocksPromoteFromTheRegisteredSegment) {
+  EngineOptions o = test::GpuEngineOptions(dir_.Sub("nvme"), 16 * kBlock, kBlock);
+  o.tiers = {Tier::kGpu, Tier::kHost, Tier::kShm};
+  o.gpu.capacity_bytes = 8 * kBlock;
+  o.shm.name = absl::StrCat("gpu-cuda-test-", getpid());
+  o.shm.capacity_bytes = 16 * kBlock;
+  auto e = Engine::Open(o);
+  ASSERT_TRUE(e.ok()) << e.status();
+  engine_ = std::move(e).value();
+  struct Unlink {
+    std::string name;
+    ~Unlink() { (void)RemoveShmSegment(name); }
+  } unlink{o.shm.name};
+  auto t = engine_->CreateSharedTensor("shared", {.dtype = DType::kU8,
+                                                  .shape = {static_cast<int64_t>(4 * kBlock)},
+                                                  .block_bytes = kBlock});
+  ASSERT_TRUE(t.ok()) << t.status();
+  for (uint64_t b = 0; b < 4; ++b) {
+    auto w = engine_->Pin(*t, b, Tier::kShm, Access::kOverwrite);
+    ASSERT_TRUE(w.ok()) << w.status();
+    test::FillPattern(w->bytes(), Seed(RunTag(), b, 1));
+  }
+  // The mapping is registered: CUDA knows its pages as host memory.
+  auto s = engine_->Pin(*t, 0, Tier::kShm, Access::kRead);
+  ASSERT_TRUE(s.ok()) << s.status();
+  cudaPointerAttributes attr{};
+  CUDA_OK(cudaPointerGetAttributes(&attr, s->bytes().data()));
+  EXPECT_EQ(attr.type, cudaMemoryTypeHost) << "the segment's mapping is not registered";
+  *s = Pin();
+  for (uint64_t b = 0; b < 4; ++b) ExpectGpu(*t, b, 1);
 }
 
 TEST_F(GpuCudaTest, EvictionUnderVramPressureLosesNothing) {
