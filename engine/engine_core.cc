@@ -93,6 +93,38 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline uint64_t TryPinResident(CopySlot& slot,
 
 }  // namespace
 
+// The hot path Pin and TryPin share, always inlined into both.
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline bool EngineCore::OnHotPath(const TensorState* ts,
+                                                             int pos, uint64_t block,
+                                                             Access access) const {
+  return ts != nullptr && ts->core == this && pos >= 0 && block < ts->num_blocks &&
+         IsValid(access) && ts->gate.load(std::memory_order_acquire) == 0;
+}
+
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline EngineCore::Hit EngineCore::TryHit(TensorState& ts,
+                                                                     uint64_t block,
+                                                                     int pos,
+                                                                     Access access) {
+  Stats::Tls& local = Stats::Cached();
+  if (ABSL_PREDICT_FALSE(local.uid != uid_)) stats_->Register();
+  ThreadRing& ring = *local.rings[pos];
+  // One hit in 64 is timed, so that the hot path rarely reads a clock.
+  const bool timed = (ring.head.load(std::memory_order_relaxed) & 63) == 0;
+  Hit hit{&ring, &ts.copy(pos, block), local.state, 0, timed ? NowNanos() : 0};
+  hit.seen = TryPinResident(*hit.slot, access);
+  return hit;
+}
+
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline strata::Pin EngineCore::CountHit(
+    TensorState& ts, uint64_t block, int pos, Tier tier, Access access, const Hit& hit) {
+  hit.ring->Record(ts.Key(block));  // also counts the hit
+  if (hit.start != 0) hit.ring->hit_latency.Record(NowNanos() - hit.start);
+  if (ABSL_PREDICT_FALSE(S(hit.seen).prefetched())) {
+    mover_->OnPrefetchedHit(ts, block, pos);
+  }
+  return MakePin(ts, block, *hit.slot, tier, access);
+}
+
 absl::StatusOr<strata::Pin> EngineCore::Pin(const Tensor& tensor,
                                             uint64_t block, Tier tier,
                                             Access access) {
@@ -102,29 +134,15 @@ absl::StatusOr<strata::Pin> EngineCore::Pin(const Tensor& tensor,
   // DropTensor that sets it then claims every unpinned copy, so a pin that
   // read the gate open either got its CAS in first (and they see it) or
   // finds the copy claimed.
-  if (ABSL_PREDICT_FALSE(ts == nullptr || ts->core != this || pos < 0 ||
-                         block >= ts->num_blocks || !IsValid(access) ||
-                         ts->gate.load(std::memory_order_acquire) != 0)) {
+  if (ABSL_PREDICT_FALSE(!OnHotPath(ts, pos, block, access))) {
     return PinGated(tensor, block, tier, access);
   }
-  Stats::Tls& local = Stats::Cached();
-  if (ABSL_PREDICT_FALSE(local.uid != uid_)) stats_->Register();
-  ThreadRing& ring = *local.rings[pos];
-  // One hit in 64 is timed, so that the hot path rarely reads a clock.
-  const bool timed = (ring.head.load(std::memory_order_relaxed) & 63) == 0;
-  const int64_t start = timed ? NowNanos() : 0;
-  CopySlot& slot = ts->copy(pos, block);
-  const uint64_t seen = TryPinResident(slot, access);
-  if (ABSL_PREDICT_FALSE(seen == 0)) {
-    return PinSlow(tensor, block, pos, access, *local.state,
-                   timed ? start : NowNanos());
+  const Hit hit = TryHit(*ts, block, pos, access);
+  if (ABSL_PREDICT_FALSE(hit.seen == 0)) {
+    return PinSlow(tensor, block, pos, access, *hit.thread,
+                   hit.start != 0 ? hit.start : NowNanos());
   }
-  ring.Record(ts->Key(block));  // also counts the hit
-  if (timed) ring.hit_latency.Record(NowNanos() - start);
-  if (ABSL_PREDICT_FALSE(S(seen).prefetched())) {
-    mover_->OnPrefetchedHit(*ts, block, pos);
-  }
-  return MakePin(*ts, block, slot, tier, access);
+  return CountHit(*ts, block, pos, tier, access, hit);
 }
 
 // Pin's hot path without its waits: every branch where Pin would go to
@@ -136,26 +154,13 @@ absl::StatusOr<std::optional<strata::Pin>> EngineCore::TryPin(
     const Tensor& tensor, uint64_t block, Tier tier, Access access) {
   TensorState* ts = tensor.state_.get();
   const int pos = pin_pos_[static_cast<uint8_t>(tier)];
-  if (ABSL_PREDICT_FALSE(ts == nullptr || ts->core != this || pos < 0 ||
-                         block >= ts->num_blocks || !IsValid(access) ||
-                         ts->gate.load(std::memory_order_acquire) != 0)) {
+  if (ABSL_PREDICT_FALSE(!OnHotPath(ts, pos, block, access))) {
     return TryPinGated(tensor, block, tier, access);
   }
-  Stats::Tls& local = Stats::Cached();
-  if (ABSL_PREDICT_FALSE(local.uid != uid_)) stats_->Register();
-  ThreadRing& ring = *local.rings[pos];
-  const bool timed = (ring.head.load(std::memory_order_relaxed) & 63) == 0;
-  const int64_t start = timed ? NowNanos() : 0;
-  CopySlot& slot = ts->copy(pos, block);
-  const uint64_t seen = TryPinResident(slot, access);
+  const Hit hit = TryHit(*ts, block, pos, access);
   // Not counted as a miss: the caller's Pin counts it.
-  if (ABSL_PREDICT_FALSE(seen == 0)) return std::nullopt;
-  ring.Record(ts->Key(block));  // also counts the hit
-  if (timed) ring.hit_latency.Record(NowNanos() - start);
-  if (ABSL_PREDICT_FALSE(S(seen).prefetched())) {
-    mover_->OnPrefetchedHit(*ts, block, pos);
-  }
-  return MakePin(*ts, block, slot, tier, access);
+  if (ABSL_PREDICT_FALSE(hit.seen == 0)) return std::nullopt;
+  return CountHit(*ts, block, pos, tier, access, hit);
 }
 
 absl::StatusOr<std::optional<strata::Pin>> EngineCore::TryPinGated(

@@ -38,6 +38,7 @@ class IoBackend;
 
 namespace strata::internal {
 
+struct ThreadRing;
 struct ThreadState;
 class SharedTensors;
 class TierChain;
@@ -112,7 +113,20 @@ class EngineCore {
   EngineCore(EngineOptions options, std::unique_ptr<TierChain> chain);
   absl::Status Build();
 
-  // Pin paths.
+  // Pin paths. Pin's and TryPin's shared hot path: whether a pin may take
+  // it, the resident pin's CAS (seen 0: a miss; start 0: not timed), and
+  // counting a hit.
+  struct Hit {
+    ThreadRing* ring;
+    CopySlot* slot;
+    ThreadState* thread;
+    uint64_t seen;
+    int64_t start;
+  };
+  bool OnHotPath(const TensorState* ts, int pos, uint64_t block, Access access) const;
+  Hit TryHit(TensorState& ts, uint64_t block, int pos, Access access);
+  strata::Pin CountHit(TensorState& ts, uint64_t block, int pos, Tier tier,
+                       Access access, const Hit& hit);
   absl::StatusOr<strata::Pin> PinRefused(const Tensor& tensor, uint64_t block,
                                          Tier tier, Access access) const;
   absl::StatusOr<strata::Pin> PinShared(const Tensor& tensor, TensorState& ts,
