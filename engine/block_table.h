@@ -103,10 +103,13 @@ struct TensorInfo {
   TensorSpec spec;  // as created, block_bytes filled in
 
   // Sequential readahead: the last block a demand miss or a first pin of a
-  // prefetched block touched, and the end of the blocks already asked for
-  // (0: not reading ahead).
-  std::atomic<uint64_t> last_sequential{~uint64_t{0}};
+  // prefetched block touched; reading upwards, the end of the blocks
+  // already asked for (0: not reading ahead upwards); reading downwards (a
+  // backward pass), the first of them (kNoReadahead: not reading downwards).
+  static constexpr uint64_t kNoReadahead = ~uint64_t{0};
+  std::atomic<uint64_t> last_sequential{kNoReadahead};
   std::atomic<uint64_t> readahead_to{0};
+  std::atomic<uint64_t> readahead_from{kNoReadahead};
   // Flush and DropTensor of one tensor run one at a time.
   std::mutex flush_mu;
 

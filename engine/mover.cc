@@ -148,24 +148,41 @@ uint64_t Mover::Window(int pos) const {
 void Mover::OnDemandMiss(TensorState& ts, uint64_t block, int pos) {
   const uint64_t window = Window(pos);
   if (window == 0) return;
-  const uint64_t previous = ts.info->last_sequential.exchange(block);
-  if (previous + 1 != block) {
-    ts.info->readahead_to.store(0);
-    return;
+  TensorInfo& info = *ts.info;
+  const uint64_t previous = info.last_sequential.exchange(block);
+  if (previous + 1 == block) {
+    info.readahead_from.store(TensorInfo::kNoReadahead);
+    const uint64_t to = info.readahead_to.load();
+    if (to > block + 1) return;  // a window is already on its way
+    ExtendReadahead(ts, block + 1, to, window, pos);
+  } else if (block + 1 == previous) {
+    info.readahead_to.store(0);
+    const uint64_t from = info.readahead_from.load();
+    if (from < block) return;  // a window is already on its way
+    ExtendReadaheadDown(ts, block, from, window, pos);
+  } else {
+    info.readahead_to.store(0);
+    info.readahead_from.store(TensorInfo::kNoReadahead);
   }
-  const uint64_t to = ts.info->readahead_to.load();
-  if (to > block + 1) return;  // a window is already on its way
-  ExtendReadahead(ts, block + 1, to, window, pos);
 }
 
 void Mover::OnPrefetchedHit(TensorState& ts, uint64_t block, int pos) {
   const uint64_t window = Window(pos);
-  ts.info->last_sequential.store(block);
-  const uint64_t to = ts.info->readahead_to.load();
-  if (window == 0 || to == 0 || to >= ts.num_blocks) return;
+  TensorInfo& info = *ts.info;
+  info.last_sequential.store(block);
+  if (window == 0) return;
   // Slide on when the reader is half a window from the end of it.
+  const uint64_t slide = std::max<uint64_t>(window / 2, 1);
+  const uint64_t from = info.readahead_from.load();
+  if (from != TensorInfo::kNoReadahead) {
+    if (from == 0 || block > from + window / 2) return;
+    ExtendReadaheadDown(ts, from, from, slide, pos);
+    return;
+  }
+  const uint64_t to = info.readahead_to.load();
+  if (to == 0 || to >= ts.num_blocks) return;
   if (block + window / 2 + 1 < to) return;
-  ExtendReadahead(ts, to, to, std::max<uint64_t>(window / 2, 1), pos);
+  ExtendReadahead(ts, to, to, slide, pos);
 }
 
 void Mover::ExtendReadahead(TensorState& ts, uint64_t from,
@@ -177,6 +194,19 @@ void Mover::ExtendReadahead(TensorState& ts, uint64_t from,
   std::shared_ptr<TensorState> owner = parts_.catalog->Find(ts.id);
   if (owner == nullptr) return;  // dropped meanwhile
   Prefetch(std::move(owner), from, end, pos, nullptr);
+}
+
+void Mover::ExtendReadaheadDown(TensorState& ts, uint64_t to,
+                                uint64_t expected_from, uint64_t count,
+                                int pos) {
+  const uint64_t begin = to > count ? to - count : 0;
+  if (begin >= to) return;
+  if (!ts.info->readahead_from.compare_exchange_strong(expected_from, begin)) {
+    return;
+  }
+  std::shared_ptr<TensorState> owner = parts_.catalog->Find(ts.id);
+  if (owner == nullptr) return;  // dropped meanwhile
+  Prefetch(std::move(owner), begin, to, pos, nullptr);
 }
 
 }  // namespace strata::internal

@@ -5,10 +5,12 @@
 // submission for many small blocks).
 //
 // Sequential readahead, like a file system's: a demand miss right after the
-// previous one in the same tensor starts a window of blocks on the mover;
-// the first pin of a block it brought (the prefetched bit, cleared by that
-// pin's CAS) slides the window on. Readahead is speculative: a reader whose
-// block failed to arrive loads it again itself and gets the error itself.
+// previous one in the same tensor (the block after it, or the block before
+// it: a backward pass reads its layers last to first) starts a window of
+// blocks on the mover in that direction; the first pin of a block it
+// brought (the prefetched bit, cleared by that pin's CAS) slides the window
+// on. Readahead is speculative: a reader whose block failed to arrive loads
+// it again itself and gets the error itself.
 //
 // Threads: Enqueue-side calls are thread-safe; the jobs run on the mover's
 // own thread.
@@ -70,8 +72,14 @@ class Mover {
   void Enqueue(Job job);
   void Loop();
   void Run(Job& job);
+  // Asks for `count` blocks from `from` upwards, if the window still ends
+  // at `expected_to` (one thread moves a window at a time).
   void ExtendReadahead(TensorState& ts, uint64_t from, uint64_t expected_to,
                        uint64_t count, int pos);
+  // Asks for `count` blocks below `to`, if the window still starts at
+  // `expected_from`.
+  void ExtendReadaheadDown(TensorState& ts, uint64_t to,
+                           uint64_t expected_from, uint64_t count, int pos);
   uint64_t Window(int pos) const;
 
   EngineParts& parts_;

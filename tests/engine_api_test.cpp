@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "api/strata/strata.h"
 #include "gtest/gtest.h"
 #include "tests/test_util.h"
@@ -965,19 +966,29 @@ TEST_F(EngineApiTest, StatsAreExactForASingleThread) {
   EXPECT_LE(s.pin_miss_latency.p50_us, s.pin_miss_latency.max_us);
 }
 
+// Both directions: a backward pass reads its layers last to first.
 TEST_F(EngineApiTest, SequentialReadaheadTurnsMissesIntoHits) {
+  for (const bool descending : {false, true}) {
   for (int readahead : {0, 8}) {
-    SCOPED_TRACE(readahead);
+    SCOPED_TRACE(absl::StrCat(descending ? "descending" : "ascending",
+                              ", readahead ", readahead));
     EngineOptions o = Options();
     o.readahead_blocks = readahead;
-    o.nvme.path = dir_.Sub("nvme-readahead-" + std::to_string(readahead));
+    o.nvme.path = dir_.Sub(absl::StrCat("nvme-readahead-", descending, "-",
+                                        readahead));
     ASSERT_OK_AND_ASSIGN(auto e, OpenSmall(std::move(o)));
     const uint64_t n = 4 * kFrames;
     ASSERT_OK_AND_ASSIGN(Tensor t, e->CreateTensor("t", BlocksSpec(n)));
-    for (uint64_t b = 0; b < n; ++b) WriteBlock(*e, t, b, 1);
+    // Written in the order it is read, so that the blocks left resident
+    // are the ones read last.
+    for (uint64_t i = 0; i < n; ++i) {
+      WriteBlock(*e, t, descending ? n - 1 - i : i, 1);
+    }
     ASSERT_OK(e->Flush(t));
     const EngineStats before = e->GetStats();
-    for (uint64_t b = 0; b < n; ++b) ExpectBlock(*e, t, b, 1);
+    for (uint64_t i = 0; i < n; ++i) {
+      ExpectBlock(*e, t, descending ? n - 1 - i : i, 1);
+    }
     const EngineStats after = e->GetStats();
     const uint64_t misses = after.tier(Tier::kHost).misses -
                             before.tier(Tier::kHost).misses;
@@ -991,6 +1002,7 @@ TEST_F(EngineApiTest, SequentialReadaheadTurnsMissesIntoHits) {
       // it overtook) miss.
       EXPECT_LT(misses, n / 4) << "hits " << hits;
     }
+  }
   }
 }
 
