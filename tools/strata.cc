@@ -7,6 +7,10 @@
 //   strata shm stat NAME     everything InspectShmSegment says of one
 //   strata shm rm NAME       unlinks it (attached processes keep their
 //                            mapping; no new one can attach)
+//   strata bench WORKLOAD    the tiering workloads (train, embed, shared)
+//                            beside what a user would do without Strata
+//                            (tools/strata_bench.cc; built with the
+//                            benchmarks)
 //   strata help              this text (also --help, -h)
 //
 // Exit status: 0 success; 1 an operation failed (the Status message follows
@@ -14,7 +18,8 @@
 // argument, or no command at all), with the usage on stderr.
 //
 // Uses only the public API (api/strata/strata.h): a tool is a client like
-// any other, so what it shows is what every engine can see.
+// any other, so what it shows is what every engine can see (the workloads
+// of `strata bench` too).
 #include "strata/strata.h"
 
 #include <algorithm>
@@ -30,6 +35,9 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#if STRATA_HAVE_WORKLOADS
+#include "tools/strata_bench.h"
+#endif
 
 namespace {
 
@@ -37,7 +45,8 @@ namespace {
 // command line is a path of subcommands (`shm stat NAME`) with positional
 // operands and no options, which absl flags do not model (it parses
 // --flags and leaves positionals for the caller to sort out anyway), and
-// its --help would describe flags this tool does not have.
+// its --help would describe flags this tool does not have. `bench` takes a
+// few options, parsed the same way (tools/strata_bench.cc).
 constexpr char kUsage[] =
     "usage: strata <command> [arguments]\n"
     "\n"
@@ -57,9 +66,17 @@ constexpr int kOk = 0;
 constexpr int kFailed = 1;
 constexpr int kUsageError = 2;
 
+void PrintUsage(FILE* to) {
+  std::fputs(kUsage, to);
+#if STRATA_HAVE_WORKLOADS
+  std::fputs("\n", to);
+  std::fputs(kBenchUsage, to);
+#endif
+}
+
 int Usage(std::string_view why) {
-  std::fprintf(stderr, "strata: %.*s\n\n%s", static_cast<int>(why.size()), why.data(),
-               kUsage);
+  std::fprintf(stderr, "strata: %.*s\n\n", static_cast<int>(why.size()), why.data());
+  PrintUsage(stderr);
   return kUsageError;
 }
 
@@ -193,7 +210,7 @@ int Shm(const std::vector<std::string_view>& args) {
     return command == "stat" ? ShmStat(args[1]) : ShmRemove(args[1]);
   }
   if (command == "help" || command == "--help" || command == "-h") {
-    std::fputs(kUsage, stdout);
+    PrintUsage(stdout);
     return kOk;
   }
   return Usage(absl::StrCat("unknown shm command '", std::string(command), "'"));
@@ -206,9 +223,13 @@ int main(int argc, char** argv) {
   if (args.empty()) return Usage("missing a command");
   const std::string_view command = args[0];
   if (command == "help" || command == "--help" || command == "-h") {
-    std::fputs(kUsage, stdout);
+    PrintUsage(stdout);
     return kOk;
   }
   if (command == "shm") return Shm({args.begin() + 1, args.end()});
+#if STRATA_HAVE_WORKLOADS
+  if (command == "bench") return BenchCommand({args.begin() + 1, args.end()});
+  if (command == "bench-reader") return BenchReaderCommand(argc - 2, argv + 2);
+#endif
   return Usage(absl::StrCat("unknown command '", std::string(command), "'"));
 }

@@ -1,0 +1,420 @@
+// train: an offloaded optimizer step in ZeRO-Infinity's manner. Parameters
+// p and the two Adam moments m, v (fp32) are `scale` times the host tier;
+// every step sweeps all of them block by block (pin p, m, v for writing,
+// run Adam on them, unpin), so each step reads from NVMe whatever the tier
+// no longer holds and writes back what it evicts. The first step records
+// the step plan (BeginStep/EndStep) and is not timed; the others are.
+//
+// Against, in the same run and on the same disk:
+//   pread_pwrite_swap  what DeepSpeed's optimizer swapper does: the blocks
+//                      that fit in the same memory stay in RAM, the others
+//                      are read with pread before their update and written
+//                      back with pwrite after it (O_DIRECT, one block of
+//                      each tensor at a time)
+//   mmap               one file holding p, m, v, mapped MAP_SHARED, the
+//                      kernel's page cache limited to the same memory
+//                      (memory cgroup), MADV_SEQUENTIAL and MADV_WILLNEED
+//                      of the next block as hints
+// and the floor: max(compute time, the bytes that must cross the disk per
+// step / raw O_DIRECT bandwidth), both measured in the same run (compute:
+// the same Adam over in-memory blocks; bandwidth: bench/nvme_baseline's
+// sequential io_uring reads and writes). All three runs must end with the
+// same parameters, bit for bit (XXH3 of p), or the workload fails.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+
+#include <xxhash.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "bench/nvme_baseline.h"
+#include "bench/workloads/common.h"
+#include "strata/strata.h"
+
+namespace strata::bench {
+namespace {
+
+constexpr uint64_t kBlock = uint64_t{2} << 20;
+constexpr uint64_t kFloats = kBlock / sizeof(float);
+
+struct Shape {
+  uint64_t blocks = 0;       // per tensor
+  uint64_t host_bytes = 0;   // the memory every side gets
+  uint64_t tensor_bytes() const { return blocks * kBlock; }
+  uint64_t working_set() const { return 3 * tensor_bytes(); }
+};
+
+// One Adam step on one block of p, m, v; the gradient is that of
+// 0.5 * |p - 0.1|^2, so every update depends on the bytes that came back.
+void Adam(float* p, float* m, float* v, int step) {
+  constexpr float kB1 = 0.9f, kB2 = 0.999f, kLr = 1e-3f, kEps = 1e-8f;
+  const float c1 = 1.0f - std::pow(kB1, static_cast<float>(step));
+  const float c2 = 1.0f - std::pow(kB2, static_cast<float>(step));
+  for (uint64_t i = 0; i < kFloats; ++i) {
+    const float g = p[i] - 0.1f;
+    m[i] = kB1 * m[i] + (1.0f - kB1) * g;
+    v[i] = kB2 * v[i] + (1.0f - kB2) * g * g;
+    p[i] -= kLr * (m[i] / c1) / (std::sqrt(v[i] / c2) + kEps);
+  }
+}
+
+// Initial parameters of block b (m and v start at zero).
+void InitParams(uint64_t b, float* p) {
+  for (uint64_t i = 0; i < kFloats; ++i) {
+    p[i] = static_cast<float>((b * 7919 + i) % 1000) * 1e-3f;
+  }
+}
+
+struct Timing {
+  double step_seconds = 0;   // mean of the timed steps
+  uint64_t checksum = 0;     // XXH3 over p's blocks, in order
+  double disk_bytes = 0;     // per timed step, where known
+};
+
+// --- Strata -------------------------------------------------------------
+
+absl::StatusOr<Timing> RunStrata(const Shape& shape,
+                                 const WorkloadOptions& options,
+                                 const std::string& dir, const std::string& what) {
+  EngineOptions o;
+  o.host.capacity_bytes = shape.host_bytes;
+  o.nvme.path = dir;
+  o.default_block_bytes = kBlock;
+  absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Open(o);
+  if (!engine.ok()) return engine.status();
+  Engine& e = **engine;
+  const TensorSpec spec{.dtype = DType::kF32, .shape = {static_cast<int64_t>(shape.blocks),
+                                                       static_cast<int64_t>(kFloats)}};
+  Tensor t[3];
+  for (int i = 0; i < 3; ++i) {
+    absl::StatusOr<Tensor> made = e.CreateTensor(std::string("pmv").substr(i, 1), spec);
+    if (!made.ok()) return made.status();
+    t[i] = *made;
+  }
+  for (uint64_t b = 0; b < shape.blocks; ++b) {
+    for (int i = 0; i < 3; ++i) {
+      absl::StatusOr<Pin> pin = e.Pin(t[i], b, Tier::kHost, Access::kOverwrite);
+      if (!pin.ok()) return pin.status();
+      if (i == 0) {
+        InitParams(b, pin->as<float>().data());
+      } else {
+        std::memset(pin->bytes().data(), 0, kBlock);
+      }
+    }
+  }
+  for (const Tensor& x : t) {
+    if (absl::Status s = e.Flush(x); !s.ok()) return s;
+  }
+  Timing timing;
+  Progress progress(options, what, options.steps, "steps");
+  const EngineStats before_timed = e.GetStats();
+  Clock::time_point timed_start;
+  for (int step = 1; step <= options.steps; ++step) {
+    if (step == 2) timed_start = Clock::now();
+    if (absl::Status s = e.BeginStep(); !s.ok()) return s;
+    for (uint64_t b = 0; b < shape.blocks; ++b) {
+      absl::StatusOr<Pin> pins[3];
+      for (int i = 0; i < 3; ++i) {
+        pins[i] = e.Pin(t[i], b, Tier::kHost, Access::kWrite);
+        if (!pins[i].ok()) return pins[i].status();
+      }
+      Adam(pins[0]->as<float>().data(), pins[1]->as<float>().data(),
+           pins[2]->as<float>().data(), step);
+    }
+    if (absl::Status s = e.EndStep(); !s.ok()) return s;
+    progress.Update(step);
+  }
+  progress.Done();
+  const int timed = options.steps - 1;
+  timing.step_seconds = SecondsSince(timed_start) / timed;
+  const EngineStats after = e.GetStats();
+  const TierStats& n0 = before_timed.tier(Tier::kNvme);
+  const TierStats& n1 = after.tier(Tier::kNvme);
+  timing.disk_bytes = static_cast<double>(n1.bytes_in - n0.bytes_in +
+                                          n1.bytes_out - n0.bytes_out) /
+                      timed;
+  XXH3_state_t* h = XXH3_createState();
+  XXH3_64bits_reset(h);
+  for (uint64_t b = 0; b < shape.blocks; ++b) {
+    absl::StatusOr<Pin> pin = e.Pin(t[0], b, Tier::kHost, Access::kRead);
+    if (!pin.ok()) {
+      XXH3_freeState(h);
+      return pin.status();
+    }
+    XXH3_64bits_update(h, pin->bytes().data(), kBlock);
+  }
+  timing.checksum = XXH3_64bits_digest(h);
+  XXH3_freeState(h);
+  for (const Tensor& x : t) {
+    if (absl::Status s = e.DropTensor(x); !s.ok()) return s;
+  }
+  if (absl::Status s = e.Close(); !s.ok()) return s;
+  return timing;
+}
+
+// --- pread/pwrite swap -----------------------------------------------------
+
+absl::StatusOr<Timing> RunSwap(const Shape& shape, const WorkloadOptions& options,
+                               const std::string& path, const std::string& what) {
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_DIRECT, 0644);
+  if (fd < 0) return SysError(errno, absl::StrCat("open ", path, " O_DIRECT"));
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  // Blocks [0, resident) of each tensor stay in RAM: as many triples as the
+  // memory holds, less the one triple of swap buffers.
+  const uint64_t triples = shape.host_bytes / (3 * kBlock);
+  const uint64_t resident = std::min(shape.blocks, triples > 0 ? triples - 1 : 0);
+  AlignedBuffer ram(std::max<uint64_t>(resident, 1) * 3 * kBlock);
+  AlignedBuffer swap(3 * kBlock);
+  auto block_of = [&](uint64_t b, int i) {
+    return b < resident ? ram.data() + (b * 3 + i) * kBlock
+                        : swap.data() + i * kBlock;
+  };
+  auto offset = [&](uint64_t b, int i) {
+    return static_cast<uint64_t>(i) * shape.tensor_bytes() + b * kBlock;
+  };
+  for (uint64_t b = 0; b < shape.blocks; ++b) {
+    for (int i = 0; i < 3; ++i) {
+      std::byte* buf = block_of(b, i);
+      if (i == 0) {
+        InitParams(b, reinterpret_cast<float*>(buf));
+      } else {
+        std::memset(buf, 0, kBlock);
+      }
+      if (b >= resident) {
+        if (absl::Status s = PwriteAll(fd, buf, kBlock, offset(b, i), path); !s.ok()) {
+          return s;
+        }
+      }
+    }
+  }
+  if (::fsync(fd) != 0) return SysError(errno, "fsync " + path);
+  Timing timing;
+  Progress progress(options, what, options.steps, "steps");
+  Clock::time_point timed_start;
+  for (int step = 1; step <= options.steps; ++step) {
+    if (step == 2) timed_start = Clock::now();
+    for (uint64_t b = 0; b < shape.blocks; ++b) {
+      for (int i = 0; i < 3 && b >= resident; ++i) {
+        if (absl::Status s = PreadAll(fd, block_of(b, i), kBlock, offset(b, i), path);
+            !s.ok()) {
+          return s;
+        }
+      }
+      Adam(reinterpret_cast<float*>(block_of(b, 0)),
+           reinterpret_cast<float*>(block_of(b, 1)),
+           reinterpret_cast<float*>(block_of(b, 2)), step);
+      for (int i = 0; i < 3 && b >= resident; ++i) {
+        if (absl::Status s = PwriteAll(fd, block_of(b, i), kBlock, offset(b, i), path);
+            !s.ok()) {
+          return s;
+        }
+      }
+    }
+    progress.Update(step);
+  }
+  progress.Done();
+  timing.step_seconds = SecondsSince(timed_start) / (options.steps - 1);
+  timing.disk_bytes = 6.0 * static_cast<double>((shape.blocks - resident) * kBlock);
+  XXH3_state_t* h = XXH3_createState();
+  XXH3_64bits_reset(h);
+  for (uint64_t b = 0; b < shape.blocks; ++b) {
+    if (b >= resident) {
+      if (absl::Status s = PreadAll(fd, swap.data(), kBlock, offset(b, 0), path);
+          !s.ok()) {
+        XXH3_freeState(h);
+        return s;
+      }
+    }
+    XXH3_64bits_update(h, block_of(b, 0), kBlock);
+  }
+  timing.checksum = XXH3_64bits_digest(h);
+  XXH3_freeState(h);
+  return timing;
+}
+
+// --- mmap + page cache --------------------------------------------------
+
+absl::StatusOr<Timing> RunMmap(const Shape& shape, const WorkloadOptions& options,
+                               const std::string& path, const std::string& what,
+                               const MemoryLimit* limit) {
+  // p, then m, then v; m and v start as zeros.
+  absl::Status written = WriteFile(path, shape.working_set(), [&](uint64_t page, std::byte* out) {
+    const uint64_t off = page * 4096;
+    if (off >= shape.tensor_bytes()) {
+      std::memset(out, 0, 4096);
+      return;
+    }
+    const uint64_t b = off / kBlock, first = (off % kBlock) / sizeof(float);
+    auto* f = reinterpret_cast<float*>(out);
+    for (uint64_t i = 0; i < 4096 / sizeof(float); ++i) {
+      f[i] = static_cast<float>((b * 7919 + first + i) % 1000) * 1e-3f;
+    }
+  });
+  if (!written.ok()) return written;
+  absl::StatusOr<std::vector<double>> r = RunInChild(limit, [&]() -> absl::StatusOr<std::vector<double>> {
+    const int fd = ::open(path.c_str(), O_RDWR);
+    if (fd < 0) return SysError(errno, "open " + path);
+    void* map = ::mmap(nullptr, shape.working_set(), PROT_READ | PROT_WRITE,
+                       MAP_SHARED, fd, 0);
+    ::close(fd);
+    if (map == MAP_FAILED) return SysError(errno, "mmap " + path);
+    auto* base = static_cast<std::byte*>(map);
+    ::madvise(base, shape.working_set(), MADV_SEQUENTIAL);
+    auto at = [&](uint64_t b, int i) {
+      return base + static_cast<uint64_t>(i) * shape.tensor_bytes() + b * kBlock;
+    };
+    Progress progress(options, what, options.steps, "steps");
+    Clock::time_point timed_start;
+    for (int step = 1; step <= options.steps; ++step) {
+      if (step == 2) timed_start = Clock::now();
+      for (uint64_t b = 0; b < shape.blocks; ++b) {
+        if (b + 1 < shape.blocks) {
+          for (int i = 0; i < 3; ++i) ::madvise(at(b + 1, i), kBlock, MADV_WILLNEED);
+        }
+        Adam(reinterpret_cast<float*>(at(b, 0)), reinterpret_cast<float*>(at(b, 1)),
+             reinterpret_cast<float*>(at(b, 2)), step);
+      }
+      progress.Update(step);
+    }
+    progress.Done();
+    const double secs = SecondsSince(timed_start) / (options.steps - 1);
+    const uint64_t sum = XXH3_64bits(base, shape.tensor_bytes());
+    ::munmap(map, shape.working_set());
+    // A uint64 does not survive a double: send it in two halves.
+    return std::vector<double>{secs, static_cast<double>(sum >> 32),
+                               static_cast<double>(sum & 0xffffffffu)};
+  });
+  if (!r.ok()) return r.status();
+  Timing timing;
+  timing.step_seconds = (*r)[0];
+  timing.checksum = (static_cast<uint64_t>((*r)[1]) << 32) | static_cast<uint64_t>((*r)[2]);
+  return timing;
+}
+
+// --- the floor -------------------------------------------------------------
+
+// Seconds of Adam over `blocks` triples already in memory.
+double ComputeSeconds(uint64_t blocks) {
+  AlignedBuffer buf(3 * kBlock);
+  auto* f = reinterpret_cast<float*>(buf.data());
+  InitParams(0, f);
+  const Clock::time_point start = Clock::now();
+  for (uint64_t b = 0; b < blocks; ++b) {
+    Adam(f, f + kFloats, f + 2 * kFloats, 2 + static_cast<int>(b % 3));
+  }
+  return SecondsSince(start);
+}
+
+struct RawBandwidth {
+  double read = 0, write = 0;  // bytes/s
+};
+
+absl::StatusOr<RawBandwidth> MeasureRaw(const std::string& path, uint64_t bytes,
+                                        uint64_t memory) {
+  const uint64_t total = std::max<uint64_t>(bytes / kBlock, 16) * kBlock;
+  absl::StatusOr<RawIoResult> w = RawSequentialWrite(path, kBlock, 16, total, memory);
+  if (!w.ok()) return w.status();
+  absl::StatusOr<RawIoResult> r = RawSequentialRead(path, kBlock, 16, total, memory);
+  if (!r.ok()) return r.status();
+  std::filesystem::remove(path);
+  return RawBandwidth{r->bytes_per_second(), w->bytes_per_second()};
+}
+
+absl::StatusOr<std::vector<Result>> RunOneSize(uint64_t working_set,
+                                               const WorkloadOptions& options) {
+  Shape shape;
+  shape.host_bytes = options.tier_bytes;
+  shape.blocks = std::max<uint64_t>(working_set / (3 * kBlock), 1);
+  const double scale = static_cast<double>(shape.working_set()) / options.tier_bytes;
+  const std::string tag = absl::StrFormat("train %.3gx (%s)", scale,
+                                          Bytes(shape.working_set()));
+  const std::string dir = options.dir + "/train";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+
+  absl::StatusOr<Timing> strata = RunStrata(shape, options, dir + "/strata", tag + ", strata");
+  if (!strata.ok()) return strata.status();
+  absl::StatusOr<Timing> swap = RunSwap(shape, options, dir + "/swap.bin", tag + ", pread/pwrite swap");
+  if (!swap.ok()) return swap.status();
+  std::filesystem::remove(dir + "/swap.bin");
+  // The child's own memory (stack, code, page tables) beside the cache.
+  std::optional<MemoryLimit> limit = MemoryLimit::Create(shape.host_bytes + (uint64_t{16} << 20));
+  absl::StatusOr<Timing> mmap = RunMmap(shape, options, dir + "/mmap.bin",
+                                        tag + ", mmap", limit ? &*limit : nullptr);
+  if (!mmap.ok()) return mmap.status();
+  std::filesystem::remove(dir + "/mmap.bin");
+  for (const Timing* other : {&*swap, &*mmap}) {
+    if (other->checksum != strata->checksum) {
+      return absl::DataLossError(absl::StrFormat(
+          "train: %s: the baselines' parameters differ from the engine's after "
+          "%d steps (XXH3 %016x, %016x, %016x): a bug in the engine or the "
+          "workload",
+          tag, options.steps, strata->checksum, swap->checksum, mmap->checksum));
+    }
+  }
+
+  // The floor: each byte the tier cannot hold crosses the disk twice a step.
+  absl::StatusOr<RawBandwidth> raw =
+      MeasureRaw(dir + "/raw.bin", shape.working_set(), shape.host_bytes);
+  if (!raw.ok()) return raw.status();
+  const double must_cross = static_cast<double>(
+      shape.working_set() > shape.host_bytes ? shape.working_set() - shape.host_bytes : 0);
+  const double io_floor = must_cross / raw->read + must_cross / raw->write;
+  const double compute = ComputeSeconds(shape.blocks);
+  const double floor = std::max(compute, io_floor);
+
+  std::vector<Result> results;
+  auto add = [&](const std::string& baseline_name, const Timing& base, std::string note) {
+    Result r;
+    r.name = "train";
+    r.metric = "step_time";
+    r.strata = strata->step_seconds;
+    r.baseline = base.step_seconds;
+    r.baseline_name = baseline_name;
+    r.unit = "s/step";
+    r.ratio = r.strata / r.baseline;
+    r.scale = scale;
+    r.working_set_bytes = shape.working_set();
+    r.tier_bytes = shape.host_bytes;
+    r.extra = {{"floor_s", floor},
+               {"compute_s", compute},
+               {"io_floor_s", io_floor},
+               {"strata_vs_floor", strata->step_seconds / floor},
+               {"raw_read_bytes_per_s", raw->read},
+               {"raw_write_bytes_per_s", raw->write},
+               {"strata_disk_bytes_per_step", strata->disk_bytes}};
+    r.note = std::move(note);
+    results.push_back(std::move(r));
+  };
+  add("pread_pwrite_swap", *swap, "");
+  add("mmap", *mmap, limit ? "" : "page cache not limited (no memory cgroup): mmap had all RAM");
+  results.back().extra["limited"] = limit ? 1 : 0;
+  std::filesystem::remove_all(dir);
+  return results;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<Result>> RunTrain(const WorkloadOptions& options) {
+  if (options.steps < 2) {
+    return absl::InvalidArgumentError("train: --steps must be at least 2 (the first one is not timed)");
+  }
+  std::vector<Result> all;
+  for (uint64_t ws : WorkingSets(options)) {
+    absl::StatusOr<std::vector<Result>> r = RunOneSize(ws, options);
+    if (!r.ok()) return r.status();
+    all.insert(all.end(), r->begin(), r->end());
+  }
+  return all;
+}
+
+}  // namespace strata::bench
