@@ -42,6 +42,7 @@ Residency::Residency(EngineParts& parts, int pos,
   reserve_bytes_ = evicts() && has_lower
                        ? max_write_backs_ * parts.options->default_block_bytes
                        : 0;
+  policy_capacity_ = frames;  // EngineCore made the policy for as many
 }
 
 std::string Residency::NoRoomMessage() const {
@@ -485,6 +486,36 @@ void Residency::Insert(uint64_t key) {
   std::lock_guard lock(policy_mu_);
   DrainLocked();
   policy_->Insert(key);
+  if (policy_->size() > 2 * policy_capacity_) ResizePolicyLocked();
+}
+
+void Residency::ResizePolicyLocked() {
+  // The policy was made for the tier's capacity in default blocks, and the
+  // tier holds more than twice that many: its blocks are smaller (4 KiB
+  // rows of an embedding table under 2 MiB default blocks). Sized for 1/64
+  // of what it tracks, an LFU halves its counts every few hundred requests
+  // and an ARC's ghosts forget almost everything: the policy would no
+  // longer rank what it holds. Make it again, for the blocks the tier holds
+  // when full at the blocks' present size, with the resident keys inserted
+  // in the old policy's eviction order (recency survives; frequency counts
+  // and ghosts start over, once per doubling, while the tier fills).
+  const uint64_t used = tier_.used();
+  const size_t resident = policy_->size();
+  if (used == 0) return;
+  const size_t capacity = std::max<size_t>(
+      2 * policy_capacity_,
+      static_cast<size_t>(static_cast<double>(tier_.capacity()) * resident / used));
+  absl::StatusOr<std::unique_ptr<policy::EvictionPolicy>> made =
+      policy::MakePolicy(parts_.options->policy, capacity);
+  if (!made.ok()) return;  // the name was valid at Open: cannot happen
+  std::vector<uint64_t> keys;
+  keys.reserve(resident);
+  while (std::optional<uint64_t> key = policy_->Evict([](uint64_t) { return true; })) {
+    keys.push_back(*key);
+  }
+  for (uint64_t key : keys) (*made)->Insert(key);
+  policy_ = *std::move(made);
+  policy_capacity_ = capacity;
 }
 
 void Residency::Erase(uint64_t key) {

@@ -21,6 +21,10 @@
 // offset for that. Evict-ahead likewise keeps one free range of a default
 // block in its reserve, so that a miss of a default block finds one.
 //
+// The policy is made for the tier's capacity in default blocks; when the
+// tier holds more than twice that many (its blocks are smaller), it is made
+// again for the blocks it holds (ResizePolicyLocked).
+//
 // The lowest tier of the chain has no policy and never evicts: it holds
 // every block written out; when it is full, demotions into it fail with
 // kResourceExhausted.
@@ -161,6 +165,7 @@ class Residency {
   void RestoreWord(const Victim& v);
   void EvictAhead();
   void DrainLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(policy_mu_);
+  void ResizePolicyLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(policy_mu_);
   void NotifySpace();
   bool WaitForSpace(uint64_t seen_epoch, Deadline deadline);
   std::string NoRoomMessage() const;
@@ -170,6 +175,9 @@ class Residency {
   tiers::Tier& tier_;
   std::mutex policy_mu_;
   std::unique_ptr<policy::EvictionPolicy> policy_ ABSL_GUARDED_BY(policy_mu_);
+  // Blocks the policy was made for (its ghosts, aging and targets scale
+  // with it); see ResizePolicyLocked.
+  size_t policy_capacity_ ABSL_GUARDED_BY(policy_mu_) = 1;
 
   std::atomic<int64_t> in_transit_{0};       // load frames + victims in flight
   std::atomic<int64_t> demand_waiting_{0};   // pins short of a frame here

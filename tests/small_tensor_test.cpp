@@ -317,6 +317,47 @@ TEST(ManySmallTensors, FreeSpaceInPiecesEvictsOneWindow) {
   EXPECT_OK((*e)->Close());
 }
 
+// Only small blocks in the host tier (4 KiB, where the default block is
+// 256 KiB): free space is "in pieces" only for a block nobody asks for, so
+// eviction follows the policy alone. Under LFU a hot set of 256 blocks,
+// read ten times, survives a scan of four times the tier read once (the
+// tier holds 2048 blocks). Evicting ahead by windows of the default block
+// (which picks neighbours in the arena, not the policy's victims), or
+// keeping a reserve of default blocks free, throws hot blocks out.
+TEST(ManySmallTensors, SmallBlocksAloneAreEvictedByThePolicy) {
+  TempDir dir;
+  ASSERT_TRUE(dir.ok());
+  constexpr uint64_t kSmall = 4 * kKiB;
+  constexpr uint64_t kHot = 256;
+  constexpr uint64_t kBlocks = 4 * kHost / kSmall;
+  EngineOptions options = SmallOptions(dir.Sub("nvme"), kHost, kBlock);
+  options.policy = "lfu";
+  options.readahead_blocks = 0;
+  auto e = Engine::Open(options);
+  ASSERT_TRUE(e.ok()) << e.status();
+  auto t = (*e)->CreateTensor("emb", {.dtype = DType::kU8,
+                                      .shape = {static_cast<int64_t>(kBlocks * kSmall)},
+                                      .block_bytes = kSmall});
+  ASSERT_TRUE(t.ok()) << t.status();
+  ASSERT_NO_FATAL_FAILURE(WriteTensor(**e, *t, 7));
+  ASSERT_OK((*e)->Flush(*t));
+  auto read = [&](uint64_t b) {
+    auto pin = (*e)->Pin(*t, b, Tier::kHost, Access::kRead);
+    ASSERT_TRUE(pin.ok()) << pin.status();
+  };
+  for (int i = 0; i < 10; ++i) {
+    for (uint64_t b = 0; b < kHot; ++b) ASSERT_NO_FATAL_FAILURE(read(b));
+  }
+  for (uint64_t b = kHot; b < kBlocks; ++b) ASSERT_NO_FATAL_FAILURE(read(b));
+  const TierStats before = (*e)->GetStats().tier(Tier::kHost);
+  for (uint64_t b = 0; b < kHot; ++b) ASSERT_NO_FATAL_FAILURE(read(b));
+  const TierStats after = (*e)->GetStats().tier(Tier::kHost);
+  const uint64_t misses = after.misses - before.misses;
+  EXPECT_LE(misses * 100, kHot) << misses << " of the " << kHot
+                                << " hot blocks were evicted by a scan read once";
+  EXPECT_OK((*e)->Close());
+}
+
 // Four threads create, write, read back and drop tensors of mixed sizes
 // (4 KiB .. 1 MiB, blocks of up to 256 KiB) over a host tier a quarter of
 // their live bytes: the host's free space is in pieces all the time, so
