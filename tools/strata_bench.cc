@@ -27,6 +27,8 @@ const char kBenchUsage[] =
     "    --steps N             train: steps, the first untimed (default 3)\n"
     "    --lookups N           embed: timed lookups per size (default 200000)\n"
     "    --readers N           shared: reader processes (default 4)\n"
+    "    --policy NAME         the engine's eviction policy (train, embed):\n"
+    "                          default, lru, lfu or hinted\n"
     "    --quick               a small run that checks everything works\n"
     "  One progress line per phase goes to standard error, the table of\n"
     "  results to standard output. BYTES take K, M, G, T (binary) suffixes.\n";
@@ -139,6 +141,8 @@ Args Parse(const std::vector<absl::string_view>& argv) {
     } else if (flag == "--lookups") {
       if (!absl::SimpleAtoi(v, &n) || n < 256 || n > 1'000'000'000) a.error = "--lookups must be 256..1e9";
       a.options.lookups = static_cast<uint64_t>(n);
+    } else if (flag == "--policy") {
+      a.options.policy = std::string(v);
     } else if (flag == "--readers") {
       if (!absl::SimpleAtoi(v, &n) || n < 1 || n > 60) a.error = "--readers must be 1..60";
       a.options.readers = static_cast<int>(n);

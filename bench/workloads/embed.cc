@@ -119,6 +119,7 @@ absl::StatusOr<Run> RunStrata(const Table& table, const std::vector<uint32_t>& l
   EngineOptions o;
   o.host.capacity_bytes = options.tier_bytes;
   o.nvme.path = dir;
+  o.policy = options.policy;
   absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Open(o);
   if (!engine.ok()) return engine.status();
   Engine& e = **engine;

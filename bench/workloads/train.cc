@@ -86,6 +86,7 @@ absl::StatusOr<Timing> RunStrata(const Shape& shape,
   o.host.capacity_bytes = shape.host_bytes;
   o.nvme.path = dir;
   o.default_block_bytes = kBlock;
+  o.policy = options.policy;
   absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Open(o);
   if (!engine.ok()) return engine.status();
   Engine& e = **engine;

@@ -67,6 +67,8 @@ struct WorkloadOptions {
   int steps = 3;              // train: steps, the first one untimed
   uint64_t lookups = 200000;  // embed: timed lookups per size
   int readers = 4;            // shared: reader processes
+  // EngineOptions::policy of the engines (train, embed).
+  std::string policy = "default";
   // One line per phase (what, how far, rate, time left); null: quiet.
   std::function<void(std::string_view)> progress;
 };
