@@ -195,6 +195,8 @@ def markdown(workloads, micro, plots, plot_note, when):
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in workloads:
             extra = ", ".join(f"{k} {fmt(v)}" for k, v in sorted(r.get("extra", {}).items()))
+            if r.get("policy"):
+                extra = f"policy {r['policy']}, {extra}"
             if r.get("note"):
                 extra = f"**{r['note']}**; {extra}"
             lines.append(

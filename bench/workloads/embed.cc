@@ -287,6 +287,7 @@ absl::StatusOr<std::vector<Result>> RunOneSize(uint64_t working_set,
   r.scale = scale;
   r.working_set_bytes = blocks * kBlock;
   r.tier_bytes = options.tier_bytes;
+  r.policy = options.policy;
   r.extra = {{"strata_hit_ratio", strata->hit_ratio},
              {"baseline_hit_ratio", mmap->hit_ratio},
              {"rows", static_cast<double>(rows)},

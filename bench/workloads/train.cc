@@ -386,6 +386,7 @@ absl::StatusOr<std::vector<Result>> RunOneSize(uint64_t working_set,
     r.scale = scale;
     r.working_set_bytes = shape.working_set();
     r.tier_bytes = shape.host_bytes;
+    r.policy = options.policy;
     r.extra = {{"floor_s", floor},
                {"compute_s", compute},
                {"io_floor_s", io_floor},

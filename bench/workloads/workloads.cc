@@ -38,6 +38,7 @@ std::string ResultsJson(const std::vector<Result>& results) {
                         {"tier_bytes", r.tier_bytes},
                         {"extra", r.extra}};
     if (!r.note.empty()) j["note"] = r.note;
+    if (!r.policy.empty()) j["policy"] = r.policy;
     out.push_back(std::move(j));
   }
   return out.dump(2) + "\n";

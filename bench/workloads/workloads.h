@@ -53,6 +53,7 @@ struct Result {
   // Workload-specific figures (hit ratios, floors, RAM used, ...).
   std::map<std::string, double> extra;
   std::string note;           // a caveat, when there is one
+  std::string policy;         // the engine's eviction policy, where it matters
 };
 
 struct WorkloadOptions {
