@@ -24,7 +24,7 @@ const char kBenchUsage[] =
     "    --dir DIR             scratch directory on the disk to measure\n"
     "                          (default ./strata-bench; created, emptied after)\n"
     "    --json FILE           also write the results as JSON (bench/report.py)\n"
-    "    --steps N             train: steps, the first untimed (default 3)\n"
+    "    --steps N             train: steps, the first half untimed (default 12)\n"
     "    --lookups N           embed: timed lookups per size (default 200000)\n"
     "    --readers N           shared: reader processes (default 4)\n"
     "    --policy NAME         the engine's eviction policy (train, embed):\n"

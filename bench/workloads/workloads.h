@@ -65,7 +65,7 @@ struct WorkloadOptions {
   std::vector<uint64_t> sizes;
   // Scratch directory for block files and baseline files (created).
   std::string dir = "./strata-bench";
-  int steps = 3;              // train: steps, the first one untimed
+  int steps = 12;             // train: steps, the first half untimed
   uint64_t lookups = 200000;  // embed: timed lookups per size
   int readers = 4;            // shared: reader processes
   // EngineOptions::policy of the engines (train, embed).
