@@ -24,7 +24,7 @@ const char kBenchUsage[] =
     "    --dir DIR             scratch directory on the disk to measure\n"
     "                          (default ./strata-bench; created, emptied after)\n"
     "    --json FILE           also write the results as JSON (bench/report.py)\n"
-    "    --steps N             train: steps, the first half untimed (default 12)\n"
+    "    --steps N             train: timed steps, after warm-up ones (default 6)\n"
     "    --lookups N           embed: timed lookups per size (default 200000)\n"
     "    --readers N           shared: reader processes (default 4)\n"
     "    --policy NAME         the engine's eviction policy (train, embed):\n"
@@ -136,7 +136,7 @@ Args Parse(const std::vector<absl::string_view>& argv) {
     } else if (flag == "--json") {
       a.json = std::string(v);
     } else if (flag == "--steps") {
-      if (!absl::SimpleAtoi(v, &n) || n < 2 || n > 1000) a.error = "--steps must be 2..1000";
+      if (!absl::SimpleAtoi(v, &n) || n < 1 || n > 1000) a.error = "--steps must be 1..1000";
       a.options.steps = static_cast<int>(n);
     } else if (flag == "--lookups") {
       if (!absl::SimpleAtoi(v, &n) || n < 256 || n > 1'000'000'000) a.error = "--lookups must be 256..1e9";
@@ -159,7 +159,8 @@ strata::bench::WorkloadOptions OptionsFor(const Args& a, const std::string& name
   if (a.quick) {
     o.tier_bytes = uint64_t{16} << 20;
     o.scales = {1, 4};
-    o.steps = 2;
+    o.steps = 1;
+    o.max_warm_steps = 2;
     o.lookups = 4096;
     o.readers = 2;
   }

@@ -4,7 +4,7 @@
 // run Adam on them, unpin), so each step reads from NVMe whatever the tier
 // no longer holds and writes back what it evicts. Every step is a recorded
 // step (BeginStep/EndStep: the first records the plan the others prefetch
-// along); the first half of the steps warm up, the second half is timed.
+// along); untimed steps warm up first (StepPlan below), then the timed ones.
 //
 // Against, in the same run and on the same disk:
 //   pread_pwrite_swap  what DeepSpeed's optimizer swapper does: the blocks
@@ -27,6 +27,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -74,11 +75,27 @@ void InitParams(uint64_t b, float* p) {
   }
 }
 
-// The first half of the steps warm up (the first records the step plan;
-// the default policy settles on its candidate after a few thousand
-// requests); the second half is timed.
-int FirstTimedStep(const WorkloadOptions& o) { return o.steps / 2 + 1; }
-int TimedSteps(const WorkloadOptions& o) { return o.steps - o.steps / 2; }
+// Untimed steps first: the first records the step plan, and the default
+// policy settles on one of its candidates after two epochs of 4096
+// requests (engine/policy/adaptive.cc), which a trainer's thousands of
+// steps pass early; then options.steps timed ones. Every side runs all of
+// them, so that all end with the same parameters.
+struct StepPlan {
+  int warm = 1;
+  int timed = 1;
+  int total() const { return warm + timed; }
+  int first_timed() const { return warm + 1; }
+};
+
+StepPlan PlanSteps(const WorkloadOptions& o, uint64_t blocks) {
+  constexpr uint64_t kSettle = 2 * 4096;  // requests: three per block
+  StepPlan plan;
+  const uint64_t settle = (kSettle + 3 * blocks - 1) / (3 * blocks);
+  plan.warm = static_cast<int>(
+      std::clamp<uint64_t>(settle, 1, std::max(o.max_warm_steps, 1)));
+  plan.timed = o.steps;
+  return plan;
+}
 
 struct Timing {
   double step_seconds = 0;   // mean of the timed steps
@@ -89,7 +106,7 @@ struct Timing {
 
 // --- Strata -------------------------------------------------------------
 
-absl::StatusOr<Timing> RunStrata(const Shape& shape,
+absl::StatusOr<Timing> RunStrata(const Shape& shape, const StepPlan& steps,
                                  const WorkloadOptions& options,
                                  const std::string& dir, const std::string& what) {
   EngineOptions o;
@@ -123,11 +140,11 @@ absl::StatusOr<Timing> RunStrata(const Shape& shape,
     if (absl::Status s = e.Flush(x); !s.ok()) return s;
   }
   Timing timing;
-  Progress progress(options, what, options.steps, "steps");
+  Progress progress(options, what, steps.total(), "steps");
   EngineStats before_timed;
   Clock::time_point timed_start;
-  for (int step = 1; step <= options.steps; ++step) {
-    if (step == FirstTimedStep(options)) {
+  for (int step = 1; step <= steps.total(); ++step) {
+    if (step == steps.first_timed()) {
       before_timed = e.GetStats();
       timed_start = Clock::now();
     }
@@ -145,7 +162,7 @@ absl::StatusOr<Timing> RunStrata(const Shape& shape,
     progress.Update(step);
   }
   progress.Done();
-  const int timed = TimedSteps(options);
+  const int timed = steps.timed;
   timing.step_seconds = SecondsSince(timed_start) / timed;
   const EngineStats after = e.GetStats();
   const TierStats& n0 = before_timed.tier(Tier::kNvme);
@@ -173,7 +190,8 @@ absl::StatusOr<Timing> RunStrata(const Shape& shape,
 
 // --- pread/pwrite swap -----------------------------------------------------
 
-absl::StatusOr<Timing> RunSwap(const Shape& shape, const WorkloadOptions& options,
+absl::StatusOr<Timing> RunSwap(const Shape& shape, const StepPlan& steps,
+                               const WorkloadOptions& options,
                                const std::string& path, const std::string& what) {
   const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_DIRECT, 0644);
   if (fd < 0) return SysError(errno, absl::StrCat("open ", path, " O_DIRECT"));
@@ -211,10 +229,10 @@ absl::StatusOr<Timing> RunSwap(const Shape& shape, const WorkloadOptions& option
   }
   if (::fsync(fd) != 0) return SysError(errno, "fsync " + path);
   Timing timing;
-  Progress progress(options, what, options.steps, "steps");
+  Progress progress(options, what, steps.total(), "steps");
   Clock::time_point timed_start;
-  for (int step = 1; step <= options.steps; ++step) {
-    if (step == FirstTimedStep(options)) timed_start = Clock::now();
+  for (int step = 1; step <= steps.total(); ++step) {
+    if (step == steps.first_timed()) timed_start = Clock::now();
     for (uint64_t b = 0; b < shape.blocks; ++b) {
       for (int i = 0; i < 3 && b >= resident; ++i) {
         if (absl::Status s = PreadAll(fd, block_of(b, i), kBlock, offset(b, i), path);
@@ -235,7 +253,7 @@ absl::StatusOr<Timing> RunSwap(const Shape& shape, const WorkloadOptions& option
     progress.Update(step);
   }
   progress.Done();
-  timing.step_seconds = SecondsSince(timed_start) / TimedSteps(options);
+  timing.step_seconds = SecondsSince(timed_start) / steps.timed;
   timing.disk_read = 3.0 * static_cast<double>((shape.blocks - resident) * kBlock);
   timing.disk_written = timing.disk_read;
   XXH3_state_t* h = XXH3_createState();
@@ -257,7 +275,8 @@ absl::StatusOr<Timing> RunSwap(const Shape& shape, const WorkloadOptions& option
 
 // --- mmap + page cache --------------------------------------------------
 
-absl::StatusOr<Timing> RunMmap(const Shape& shape, const WorkloadOptions& options,
+absl::StatusOr<Timing> RunMmap(const Shape& shape, const StepPlan& steps,
+                               const WorkloadOptions& options,
                                const std::string& path, const std::string& what,
                                const MemoryLimit* limit) {
   // p, then m, then v; m and v start as zeros.
@@ -286,10 +305,10 @@ absl::StatusOr<Timing> RunMmap(const Shape& shape, const WorkloadOptions& option
     auto at = [&](uint64_t b, int i) {
       return base + static_cast<uint64_t>(i) * shape.tensor_bytes() + b * kBlock;
     };
-    Progress progress(options, what, options.steps, "steps");
+    Progress progress(options, what, steps.total(), "steps");
     Clock::time_point timed_start;
-    for (int step = 1; step <= options.steps; ++step) {
-      if (step == FirstTimedStep(options)) timed_start = Clock::now();
+    for (int step = 1; step <= steps.total(); ++step) {
+      if (step == steps.first_timed()) timed_start = Clock::now();
       for (uint64_t b = 0; b < shape.blocks; ++b) {
         if (b + 1 < shape.blocks) {
           for (int i = 0; i < 3; ++i) ::madvise(at(b + 1, i), kBlock, MADV_WILLNEED);
@@ -300,7 +319,7 @@ absl::StatusOr<Timing> RunMmap(const Shape& shape, const WorkloadOptions& option
       progress.Update(step);
     }
     progress.Done();
-    const double secs = SecondsSince(timed_start) / TimedSteps(options);
+    const double secs = SecondsSince(timed_start) / steps.timed;
     const uint64_t sum = XXH3_64bits(base, shape.tensor_bytes());
     ::munmap(map, shape.working_set());
     // A uint64 does not survive a double: send it in two halves.
@@ -355,14 +374,15 @@ absl::StatusOr<std::vector<Result>> RunOneSize(uint64_t working_set,
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
 
-  absl::StatusOr<Timing> strata = RunStrata(shape, options, dir + "/strata", tag + ", strata");
+  const StepPlan steps = PlanSteps(options, shape.blocks);
+  absl::StatusOr<Timing> strata = RunStrata(shape, steps, options, dir + "/strata", tag + ", strata");
   if (!strata.ok()) return strata.status();
-  absl::StatusOr<Timing> swap = RunSwap(shape, options, dir + "/swap.bin", tag + ", pread/pwrite swap");
+  absl::StatusOr<Timing> swap = RunSwap(shape, steps, options, dir + "/swap.bin", tag + ", pread/pwrite swap");
   if (!swap.ok()) return swap.status();
   std::filesystem::remove(dir + "/swap.bin");
   // The child's own memory (stack, code, page tables) beside the cache.
   std::optional<MemoryLimit> limit = MemoryLimit::Create(shape.host_bytes + (uint64_t{16} << 20));
-  absl::StatusOr<Timing> mmap = RunMmap(shape, options, dir + "/mmap.bin",
+  absl::StatusOr<Timing> mmap = RunMmap(shape, steps, options, dir + "/mmap.bin",
                                         tag + ", mmap", limit ? &*limit : nullptr);
   if (!mmap.ok()) return mmap.status();
   std::filesystem::remove(dir + "/mmap.bin");
@@ -372,7 +392,7 @@ absl::StatusOr<std::vector<Result>> RunOneSize(uint64_t working_set,
           "train: %s: the baselines' parameters differ from the engine's after "
           "%d steps (XXH3 %016x, %016x, %016x): a bug in the engine or the "
           "workload",
-          tag, options.steps, strata->checksum, swap->checksum, mmap->checksum));
+          tag, steps.total(), strata->checksum, swap->checksum, mmap->checksum));
     }
   }
 
@@ -422,9 +442,8 @@ absl::StatusOr<std::vector<Result>> RunOneSize(uint64_t working_set,
 }  // namespace
 
 absl::StatusOr<std::vector<Result>> RunTrain(const WorkloadOptions& options) {
-  if (options.steps < 2) {
-    return absl::InvalidArgumentError(
-        "train: --steps must be at least 2 (the first half warms up)");
+  if (options.steps < 1) {
+    return absl::InvalidArgumentError("train: --steps (timed steps) must be at least 1");
   }
   std::vector<Result> all;
   for (uint64_t ws : WorkingSets(options)) {

@@ -65,7 +65,8 @@ struct WorkloadOptions {
   std::vector<uint64_t> sizes;
   // Scratch directory for block files and baseline files (created).
   std::string dir = "./strata-bench";
-  int steps = 12;             // train: steps, the first half untimed
+  int steps = 6;              // train: timed steps (after warm-up ones)
+  int max_warm_steps = 300;   // train: at most this many untimed ones
   uint64_t lookups = 200000;  // embed: timed lookups per size
   int readers = 4;            // shared: reader processes
   // EngineOptions::policy of the engines (train, embed).
