@@ -106,6 +106,55 @@ struct Timing {
 
 // --- Strata -------------------------------------------------------------
 
+absl::Status InitStrata(Engine& e, const Tensor (&t)[3], uint64_t blocks) {
+  for (uint64_t b = 0; b < blocks; ++b) {
+    for (int i = 0; i < 3; ++i) {
+      absl::StatusOr<Pin> pin = e.Pin(t[i], b, Tier::kHost, Access::kOverwrite);
+      if (!pin.ok()) return pin.status();
+      if (i == 0) {
+        InitParams(b, pin->as<float>().data());
+      } else {
+        std::memset(pin->bytes().data(), 0, kBlock);
+      }
+    }
+  }
+  for (const Tensor& x : t) {
+    if (absl::Status s = e.Flush(x); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+// One recorded step: Adam over every block triple, pinned for writing.
+absl::Status StepStrata(Engine& e, const Tensor (&t)[3], uint64_t blocks, int step) {
+  if (absl::Status s = e.BeginStep(); !s.ok()) return s;
+  for (uint64_t b = 0; b < blocks; ++b) {
+    absl::StatusOr<Pin> pins[3];
+    for (int i = 0; i < 3; ++i) {
+      pins[i] = e.Pin(t[i], b, Tier::kHost, Access::kWrite);
+      if (!pins[i].ok()) return pins[i].status();
+    }
+    Adam(pins[0]->as<float>().data(), pins[1]->as<float>().data(),
+         pins[2]->as<float>().data(), step);
+  }
+  return e.EndStep();
+}
+
+absl::StatusOr<uint64_t> ChecksumStrata(Engine& e, const Tensor& p, uint64_t blocks) {
+  XXH3_state_t* h = XXH3_createState();
+  XXH3_64bits_reset(h);
+  for (uint64_t b = 0; b < blocks; ++b) {
+    absl::StatusOr<Pin> pin = e.Pin(p, b, Tier::kHost, Access::kRead);
+    if (!pin.ok()) {
+      XXH3_freeState(h);
+      return pin.status();
+    }
+    XXH3_64bits_update(h, pin->bytes().data(), kBlock);
+  }
+  const uint64_t sum = XXH3_64bits_digest(h);
+  XXH3_freeState(h);
+  return sum;
+}
+
 absl::StatusOr<Timing> RunStrata(const Shape& shape, const StepPlan& steps,
                                  const WorkloadOptions& options,
                                  const std::string& dir, const std::string& what) {
@@ -125,62 +174,28 @@ absl::StatusOr<Timing> RunStrata(const Shape& shape, const StepPlan& steps,
     if (!made.ok()) return made.status();
     t[i] = *made;
   }
-  for (uint64_t b = 0; b < shape.blocks; ++b) {
-    for (int i = 0; i < 3; ++i) {
-      absl::StatusOr<Pin> pin = e.Pin(t[i], b, Tier::kHost, Access::kOverwrite);
-      if (!pin.ok()) return pin.status();
-      if (i == 0) {
-        InitParams(b, pin->as<float>().data());
-      } else {
-        std::memset(pin->bytes().data(), 0, kBlock);
-      }
-    }
-  }
-  for (const Tensor& x : t) {
-    if (absl::Status s = e.Flush(x); !s.ok()) return s;
-  }
-  Timing timing;
+  if (absl::Status s = InitStrata(e, t, shape.blocks); !s.ok()) return s;
   Progress progress(options, what, steps.total(), "steps");
-  EngineStats before_timed;
+  EngineStats before;
   Clock::time_point timed_start;
   for (int step = 1; step <= steps.total(); ++step) {
     if (step == steps.first_timed()) {
-      before_timed = e.GetStats();
+      before = e.GetStats();
       timed_start = Clock::now();
     }
-    if (absl::Status s = e.BeginStep(); !s.ok()) return s;
-    for (uint64_t b = 0; b < shape.blocks; ++b) {
-      absl::StatusOr<Pin> pins[3];
-      for (int i = 0; i < 3; ++i) {
-        pins[i] = e.Pin(t[i], b, Tier::kHost, Access::kWrite);
-        if (!pins[i].ok()) return pins[i].status();
-      }
-      Adam(pins[0]->as<float>().data(), pins[1]->as<float>().data(),
-           pins[2]->as<float>().data(), step);
-    }
-    if (absl::Status s = e.EndStep(); !s.ok()) return s;
+    if (absl::Status s = StepStrata(e, t, shape.blocks, step); !s.ok()) return s;
     progress.Update(step);
   }
   progress.Done();
-  const int timed = steps.timed;
-  timing.step_seconds = SecondsSince(timed_start) / timed;
-  const EngineStats after = e.GetStats();
-  const TierStats& n0 = before_timed.tier(Tier::kNvme);
-  const TierStats& n1 = after.tier(Tier::kNvme);
-  timing.disk_read = static_cast<double>(n1.bytes_out - n0.bytes_out) / timed;
-  timing.disk_written = static_cast<double>(n1.bytes_in - n0.bytes_in) / timed;
-  XXH3_state_t* h = XXH3_createState();
-  XXH3_64bits_reset(h);
-  for (uint64_t b = 0; b < shape.blocks; ++b) {
-    absl::StatusOr<Pin> pin = e.Pin(t[0], b, Tier::kHost, Access::kRead);
-    if (!pin.ok()) {
-      XXH3_freeState(h);
-      return pin.status();
-    }
-    XXH3_64bits_update(h, pin->bytes().data(), kBlock);
-  }
-  timing.checksum = XXH3_64bits_digest(h);
-  XXH3_freeState(h);
+  Timing timing;
+  timing.step_seconds = SecondsSince(timed_start) / steps.timed;
+  const TierStats& n0 = before.tier(Tier::kNvme);
+  const TierStats n1 = e.GetStats().tier(Tier::kNvme);
+  timing.disk_read = static_cast<double>(n1.bytes_out - n0.bytes_out) / steps.timed;
+  timing.disk_written = static_cast<double>(n1.bytes_in - n0.bytes_in) / steps.timed;
+  absl::StatusOr<uint64_t> sum = ChecksumStrata(e, t[0], shape.blocks);
+  if (!sum.ok()) return sum.status();
+  timing.checksum = *sum;
   for (const Tensor& x : t) {
     if (absl::Status s = e.DropTensor(x); !s.ok()) return s;
   }
