@@ -205,6 +205,66 @@ TEST(GpuTierTest, AFailedCopyFailsItsTransferOnly) {
   EXPECT_OK(tier->Allocate(kBlock).status());
 }
 
+TEST(GpuTierTest, ACopyIntoAFrameAnnouncesItsReadyEventWhenEnqueued) {
+  auto dev = std::make_shared<FakeGpuDevice>(64 * kMiB);
+  ASSERT_OK_AND_ASSIGN(auto tier, GpuTier::Create({.capacity_bytes = 1 * kMiB}, dev));
+  ASSERT_OK_AND_ASSIGN(tiers::Frame f, tier->Allocate(kBlock));
+  ASSERT_OK_AND_ASSIGN(void* unfilled, tier->ReadyEvent(f));  // no copy yet
+  ASSERT_OK_AND_ASSIGN(bool done, dev->Query(unfilled));
+  EXPECT_TRUE(done);
+  std::vector<std::byte> in = Pattern(kBlock, Seed(RunTag(), 4, 1));
+  tiers::DeviceStream h2d = dev->copy_stream(CopyDir::kHostToDevice);
+  dev->Hold(h2d);
+  // on_enqueued sees the copy's event, pending, before any completion.
+  struct Seen : Done {
+    GpuTier* tier = nullptr;
+    int enqueued = 0;
+    int completions_before = -1;
+    void* event = nullptr;
+    static void Enqueued(Transfer* t) {
+      // `user` is the Seen (Done::Call reads its Done part).
+      auto* s = static_cast<Seen*>(static_cast<Done*>(t->user));
+      ++s->enqueued;
+      s->completions_before = s->calls.load();
+      absl::StatusOr<void*> e = s->tier->ReadyEvent(t->frame);
+      s->event = e.ok() ? *e : nullptr;
+    }
+  };
+  Seen seen;
+  seen.tier = tier.get();
+  Transfer tw = MakeTransfer(Transfer::Op::kWrite, f, in, seen);
+  tw.on_enqueued = &Seen::Enqueued;
+  ASSERT_OK(SubmitOne(*tier, tw));
+  EXPECT_EQ(seen.enqueued, 1);  // from Submit, on this thread
+  EXPECT_EQ(seen.completions_before, 0);
+  ASSERT_NE(seen.event, nullptr);
+  ASSERT_OK_AND_ASSIGN(done, dev->Query(seen.event));
+  EXPECT_FALSE(done);
+  dev->Release(h2d);
+  ASSERT_TRUE(AwaitDone(seen));
+  ASSERT_OK(seen.status);
+  ASSERT_OK_AND_ASSIGN(void* landed, tier->ReadyEvent(f));
+  EXPECT_EQ(landed, seen.event);
+  ASSERT_OK_AND_ASSIGN(done, dev->Query(landed));
+  EXPECT_TRUE(done);
+  // A copy that fails when it runs: its error stays with the frame until
+  // the frame is freed.
+  dev->FailNthCopyWhenItRuns(1, absl::InternalError("cudaErrorUnknown (fake)"));
+  Done bad;
+  Transfer tb = MakeTransfer(Transfer::Op::kWrite, f, in, bad);
+  ASSERT_OK(SubmitOne(*tier, tb));
+  ASSERT_TRUE(AwaitDone(bad));
+  EXPECT_STATUS(bad.status, StatusCode::kInternal);
+  EXPECT_STATUS(tier->ReadyEvent(f), StatusCode::kInternal);
+  EXPECT_STATUS(tier->WaitReady(f, dev->CreateStream()), StatusCode::kInternal);
+  EXPECT_OK(tier->fenced());
+  tier->Free(f);
+  ASSERT_OK_AND_ASSIGN(tiers::Frame again, tier->Allocate(kBlock));
+  EXPECT_EQ(again.offset, f.offset);
+  EXPECT_OK(tier->ReadyEvent(again).status());
+  tier->Free(again);
+}
+
 TEST(GpuTierTest, AStickyErrorFencesTheTier) {
   auto dev = std::make_shared<FakeGpuDevice>(64 * kMiB);
   std::vector<std::string> logged;
