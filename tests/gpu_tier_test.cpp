@@ -910,6 +910,64 @@ TEST_F(GpuEngineTest, PinAsyncOfOtherTiersAndWritePinsIsPin) {
                 StatusCode::kInvalidArgument);
 }
 
+TEST_F(GpuEngineTest, AsyncAndPlainPinsRaceWithEvictionAndHostWrites) {
+  // Readers pin blocks of a tensor 3x the GPU, asynchronously or not, and
+  // check them with a kernel ordered by WaitOn; a writer keeps rewriting
+  // blocks on the host with the same bytes, which drops their GPU copies
+  // (waiting for copies in flight). Every kernel must see the block's bytes.
+  constexpr uint64_t kBlocks = 12;
+  constexpr int kReaders = 3;
+  constexpr int kRounds = 150;
+  ASSERT_NO_FATAL_FAILURE(Open(/*gpu_blocks=*/4, /*host_blocks=*/16));
+  stream_ = dev_->CreateStream();
+  Tensor t = Make("t", kBlocks);
+  for (uint64_t b = 0; b < kBlocks; ++b) WriteHost(t, b, 1);
+  std::atomic<int> bad{0};
+  std::atomic<int> errors{0};
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> readers;
+  for (int r = 0; r < kReaders; ++r) {
+    readers.emplace_back([&, r] {
+      tiers::DeviceStream stream = dev_->CreateStream();
+      std::mt19937_64 rng(Seed(RunTag(), 100 + r, 0));
+      for (int i = 0; i < kRounds; ++i) {
+        const uint64_t b = rng() % kBlocks;
+        auto pin = (rng() & 1) ? engine_->PinAsync(t, b, Tier::kGpu, Access::kRead)
+                               : engine_->Pin(t, b, Tier::kGpu, Access::kRead);
+        if (!pin.ok() || !pin->WaitOn(stream).ok()) {
+          errors.fetch_add(1);
+          continue;
+        }
+        const uint64_t seed = Seed(RunTag(), b, 1);
+        absl::Status launched = dev_->Launch(
+            stream, pin->device_ptr(), pin->size(), [&bad, seed](std::span<std::byte> mem) {
+              if (FirstPatternMismatch(mem, seed) != -1) bad.fetch_add(1);
+            });
+        if (!launched.ok() || !pin->ReleaseAfter(stream).ok()) errors.fetch_add(1);
+      }
+    });
+  }
+  std::thread writer([&] {
+    std::mt19937_64 rng(Seed(RunTag(), 200, 0));
+    while (!stop.load()) {
+      const uint64_t b = rng() % kBlocks;
+      auto pin = engine_->Pin(t, b, Tier::kHost, Access::kWrite);
+      if (!pin.ok()) {
+        errors.fetch_add(1);
+        continue;
+      }
+      test::FillPattern(pin->bytes(), Seed(RunTag(), b, 1));
+    }
+  });
+  for (std::thread& th : readers) th.join();
+  stop.store(true);
+  writer.join();
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_EQ(bad.load(), 0) << "kernels saw other bytes; run tag " << RunTag();
+  EXPECT_EQ(Of(Tier::kGpu).errors, 0u);
+  for (uint64_t b = 0; b < kBlocks; ++b) ExpectGpu(t, b, 1);
+}
+
 TEST_F(GpuEngineTest, OpenRejectsBadGpuOptions) {
   EngineOptions o = test::SmallOptions(dir_.Sub("nvme"));
   o.tiers = {Tier::kGpu, Tier::kHost};
