@@ -87,8 +87,9 @@ class CopyState {
     return resident() && pins() == 0 && !in_flight();
   }
   // Resident with its bytes in place: neither in flight nor failed.
-  constexpr bool usable() const {
-    return resident() && (w_ & (kInFlight | kFailed)) == 0;
+  constexpr bool usable() const {  // one mask and compare: the hot path's
+    return (w_ & (kStateMask | kInFlight | kFailed)) ==
+           (static_cast<uint64_t>(kResident) << kStateShift);
   }
   // The same state, pins and flags, ignoring who waits.
   constexpr bool SameAs(CopyState o) const {
