@@ -586,11 +586,12 @@ class Engine {
   // What may still block: bringing the block into host memory first, when
   // its nearest copy is in a lower tier (NVMe, remote: read into a host
   // staging buffer), finding a VRAM frame (evicting, writing a dirty victim
-  // back), and a conflicting pin, as Pin() waits for them; only the final
-  // host-to-device copy is not waited for. Pins of a copy that is still in
+  // back), a conflicting pin, and a load of the block that Pin() or
+  // Prefetch() started, as Pin() waits for them; only the final
+  // host-to-device copy of a load PinAsync starts is not waited for. Pins of a copy that is still in
   // flight: another PinAsync gets it at once with the same event; Pin(),
-  // TryPin(), eviction, write pins and copies out of it wait until the copy
-  // finished.
+  // eviction, write pins and copies out of it wait until the copy finished,
+  // and TryPin() declines it (nullopt).
   // Errors of the copy itself reach the caller through the pin (see
   // Pin::ready_event and Pin::Synchronize) and count in
   // TierStats::errors; the failed copy is dropped once its pins are
