@@ -13,6 +13,14 @@
 //   BM_GpuPromoteDemote/strata/<MiB>  a Prefetch of one range while a Flush
 //                                     demotes another, both at once
 //   BM_GpuPromoteDemote/baseline/<MiB> H2D and D2H on two streams at once
+//   BM_GpuPinAsync/strata/<MiB>       demand read pins of every block of a
+//                                     range held on host (evicting the
+//                                     other range), each PinAsync +
+//                                     WaitOn + ReleaseAfter on a caller's
+//                                     stream, then one stream sync; also
+//                                     `vs_pin`: its speed over the same
+//                                     loop with Pin, which waits for each
+//                                     copy
 //   BM_GpuPinResident/strata          Pin(kGpu) + unpin of a resident block
 //   BM_PinUnpinResident/strata        Pin(kHost) + unpin of a resident block
 //
@@ -262,6 +270,55 @@ void BM_GpuPromoteDemote_baseline(benchmark::State& state) {
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * total_bytes));
 }
 
+// Demand read pins of every block of `t` into the GPU, each ordered on
+// `stream` (WaitOn, ReleaseAfter); PinAsync lets the CPU go on while the
+// copies run, Pin waits for each. Returns the seconds until the stream
+// finished.
+double PinRange(Fixture& f, const strata::Tensor& t, bool async, cudaStream_t stream) {
+  const auto t0 = Clock::now();
+  for (uint64_t i = 0; i < t.num_blocks(); ++i) {
+    auto pin = async ? f.engine->PinAsync(t, i, Tier::kGpu, Access::kRead)
+                     : f.engine->Pin(t, i, Tier::kGpu, Access::kRead);
+    Check(pin.status(), async ? "PinAsync" : "Pin");
+    Check(pin->WaitOn(stream), "WaitOn");
+    Check(pin->ReleaseAfter(stream), "ReleaseAfter");
+  }
+  Check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  return Seconds(Clock::now() - t0);
+}
+
+void BM_GpuPinAsync_strata(benchmark::State& state) {
+  Fixture& f = TheFixture(static_cast<uint64_t>(state.range(0)) << 20);
+  static cudaStream_t stream = [] {
+    cudaStream_t s = nullptr;
+    Check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "stream");
+    return s;
+  }();
+  Promote(f, f.a);
+  bool flip = false;
+  double s = 0;
+  const uint64_t in0 = GpuBytes(f, true);
+  for (auto _ : state) {
+    s += PinRange(f, flip ? f.a : f.b, /*async=*/true, stream);  // evicts the other
+    flip = !flip;
+  }
+  const uint64_t moved = GpuBytes(f, true) - in0;
+  double sync_s = 0;
+  const uint64_t sync_in0 = GpuBytes(f, true);
+  for (benchmark::IterationCount i = 0; i < state.iterations(); ++i) {
+    sync_s += PinRange(f, flip ? f.a : f.b, /*async=*/false, stream);
+    flip = !flip;
+  }
+  const uint64_t sync_moved = GpuBytes(f, true) - sync_in0;
+  double base = 0;
+  for (benchmark::IterationCount i = 0; i < state.iterations(); ++i) {
+    base += TheRaw().Copy(f.block, true, false);
+  }
+  Report(state, moved, s, base);
+  state.counters["vs_pin"] = (static_cast<double>(moved) / s) /
+                             (static_cast<double>(sync_moved) / sync_s);
+}
+
 double PinLoop(Fixture& f, Tier tier, benchmark::IterationCount n) {
   const auto t0 = Clock::now();
   for (benchmark::IterationCount i = 0; i < n; ++i) {
@@ -306,6 +363,7 @@ BENCHMARK(BM_GpuDemote_strata)->Name("BM_GpuDemote/strata")->Apply(Sizes);
 BENCHMARK(BM_GpuDemote_baseline)->Name("BM_GpuDemote/baseline")->Apply(Sizes);
 BENCHMARK(BM_GpuPromoteDemote_strata)->Name("BM_GpuPromoteDemote/strata")->Apply(Sizes);
 BENCHMARK(BM_GpuPromoteDemote_baseline)->Name("BM_GpuPromoteDemote/baseline")->Apply(Sizes);
+BENCHMARK(BM_GpuPinAsync_strata)->Name("BM_GpuPinAsync/strata")->Apply(Sizes);
 BENCHMARK(BM_GpuPinResident_strata)->Name("BM_GpuPinResident/strata");
 BENCHMARK(BM_PinUnpinResident_strata)->Name("BM_PinUnpinResident/strata");
 

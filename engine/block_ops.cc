@@ -78,7 +78,10 @@ Source ChooseSource(EngineParts& parts, TensorState& ts, uint64_t block,
     ForNearest(n, target, [&](int i) {
       CopySlot& slot = ts.copy(i, block);
       const S w = Load(slot.word);
-      if (slot.version != version || w.state() == S::kAbsent) return false;
+      // A failed copy (its asynchronous transfer failed) holds no bytes.
+      if (slot.version != version || w.state() == S::kAbsent || w.failed()) {
+        return false;
+      }
       if (w.resident()) {
         candidate = i;
         return true;
@@ -254,6 +257,9 @@ bool TakeClaimedFrame(EngineParts& parts, TensorState& ts, uint64_t block,
   LatchGuard latch(ts.record(block).latch, *parts.waits);
   CopySlot& slot = ts.copy(pos, block);
   if (slot.frame.bytes < bytes || slot.frame.bytes - bytes >= 4096) return false;
+  // A failed copy's frame goes back through its tier, which forgets the
+  // failure with it (the GPU's ready event and error).
+  if (Load(slot.word).failed()) return false;
   *frame = slot.frame;
   slot.frame = {};
   slot.version = 0;

@@ -79,7 +79,8 @@ void DropClaimed(EngineParts& parts, TensorState& ts, uint64_t block, int pos);
 // Like DropClaimed, but hands the frame to the caller instead of freeing it
 // when it fits `bytes` (at least that, less than 4 KiB more): the thread
 // that evicted for a frame gets it, not whoever allocates first. False (the
-// copy untouched, still claimed) when it does not fit.
+// copy untouched, still claimed) when it does not fit, or the copy is
+// failed (its frame must go back through its tier).
 bool TakeClaimedFrame(EngineParts& parts, TensorState& ts, uint64_t block,
                       int pos, uint64_t bytes, tiers::Frame* frame);
 

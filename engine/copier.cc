@@ -56,6 +56,9 @@ void CopyBatch::Add(const CopyJob& job) {
     x->first_pos = job.src;
     x->second_pos = job.dst;
   }
+  if (t.op == Transfer::Op::kWrite && job.enqueued != nullptr) {
+    t.on_enqueued = &OnEnqueued;
+  }
   if (by_tier_.size() < static_cast<size_t>(chain_->size())) {
     by_tier_.resize(chain_->size());
   }
@@ -103,6 +106,11 @@ void CopyBatch::Submit() {
   }
 }
 
+void CopyBatch::OnEnqueued(Transfer* t) {
+  auto* x = static_cast<Xfer*>(t->user);
+  x->job.enqueued(x->job.user);
+}
+
 void CopyBatch::OnFirstDone(Transfer* t) {
   auto* x = static_cast<Xfer*>(t->user);
   if (!t->status.ok()) {
@@ -120,6 +128,7 @@ void CopyBatch::OnFirstDone(Transfer* t) {
   w.frame = x->job.dst_frame;
   w.host = {x->staging, x->job.bytes};
   w.on_done = &OnSecondDone;
+  if (x->job.enqueued != nullptr) w.on_enqueued = &OnEnqueued;
   w.user = x;
   Transfer* one[1] = {&w};
   absl::Status s = x->chain->tier(x->second_pos).Submit(one);

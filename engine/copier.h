@@ -46,6 +46,9 @@ struct CopyJob {
   tiers::BlockKey key;
   uint64_t bytes = 0;
   void (*done)(void* user, const CopyResult& result) = nullptr;
+  // Optional: called once the write into `dst` is enqueued on a device
+  // stream (tiers/tier.h, Transfer::on_enqueued), before `done`.
+  void (*enqueued)(void* user) = nullptr;
   void* user = nullptr;
 };
 
@@ -65,6 +68,7 @@ class CopyBatch {
   struct Xfer;
   // Sets up a write of zeros; false when it finished the job (no memory).
   bool AddZeros(Xfer* x);
+  static void OnEnqueued(tiers::Transfer* t);
   static void OnFirstDone(tiers::Transfer* t);
   static void OnSecondDone(tiers::Transfer* t);
   static void Finish(Xfer* x, const CopyResult& result);

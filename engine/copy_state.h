@@ -9,6 +9,8 @@
 //   bit  21      prefetched and not pinned since
 //   bit  22      shared: another copy may need invalidating before a write
 //   bit  23      new: written since its bytes last got a version
+//   bit  24      in flight: resident for asynchronous pins only (below)
+//   bit  25      failed: its asynchronous copy failed; holds no bytes
 //
 // What the bits mean for the block (DESIGN.md, invariants 1-6):
 // - dirty: the copy is the lowest one holding the block's newest bytes and
@@ -22,8 +24,21 @@
 //   (the hot path); with it, the writer first invalidates the others
 //   (BlockOps::MakeSole) under the block latch.
 //
+// - in flight: a device copy (the GPU's) published resident as soon as the
+//   copy of its bytes was enqueued on the device's stream, for an
+//   asynchronous pin (Engine::PinAsync) that orders its work after the
+//   copy's event instead of waiting for it. Until the copy's completion
+//   clears the bit, only asynchronous read pins take the copy
+//   (ReadPinnedInFlight): a plain pin waits for the bit to clear, and no
+//   one claims (evicts, drops), holds for copying out, or write-pins it.
+// - failed: that copy's transfer failed after the copy was published. Its
+//   frame holds no valid bytes and it is never dirty: nobody pins it; once
+//   its pins are gone it is claimed and dropped like a clean copy (by
+//   eviction, or by the next pinner, who then loads the block anew).
+//
 // Every resident copy of a pinnable tier holds the block's newest bytes: a
-// write pin of one copy drops every other pinnable copy first.
+// write pin of one copy drops every other pinnable copy first (a failed
+// copy holds none, and nobody reads it).
 #ifndef STRATA_ENGINE_COPY_STATE_H_
 #define STRATA_ENGINE_COPY_STATE_H_
 
@@ -45,6 +60,8 @@ class CopyState {
   static constexpr uint64_t kPrefetched = uint64_t{1} << 21;
   static constexpr uint64_t kShared = uint64_t{1} << 22;
   static constexpr uint64_t kNew = uint64_t{1} << 23;
+  static constexpr uint64_t kInFlight = uint64_t{1} << 24;
+  static constexpr uint64_t kFailed = uint64_t{1} << 25;
 
   enum State : uint64_t { kAbsent = 0, kLoading = 1, kResident = 2, kEvicting = 3 };
 
@@ -61,9 +78,19 @@ class CopyState {
   constexpr bool shared() const { return (w_ & kShared) != 0; }
   constexpr bool prefetched() const { return (w_ & kPrefetched) != 0; }
   constexpr bool has_waiters() const { return (w_ & kWaiters) != 0; }
+  constexpr bool in_flight() const { return (w_ & kInFlight) != 0; }
+  constexpr bool failed() const { return (w_ & kFailed) != 0; }
   constexpr bool resident() const { return state() == kResident; }
-  // Resident with no pin at all: eviction may claim it.
-  constexpr bool idle() const { return resident() && pins() == 0; }
+  // Resident, its bytes in place or known lost (not in flight), with no pin
+  // at all: eviction may claim it.
+  constexpr bool idle() const {
+    return resident() && pins() == 0 && !in_flight();
+  }
+  // Resident with its bytes in place: neither in flight nor failed.
+  constexpr bool usable() const {  // one mask and compare: the hot path's
+    return (w_ & (kStateMask | kInFlight | kFailed)) ==
+           (static_cast<uint64_t>(kResident) << kStateShift);
+  }
   // The same state, pins and flags, ignoring who waits.
   constexpr bool SameAs(CopyState o) const {
     return (w_ & ~kWaiters) == (o.w_ & ~kWaiters);
@@ -75,19 +102,25 @@ class CopyState {
 
   // A shared read pin of a resident copy: one more pin, prefetched cleared.
   constexpr uint64_t ReadPinned() const {
-    if (!resident() || exclusive() || pins() == kPinMask) return 0;
+    if (!usable() || exclusive() || pins() == kPinMask) return 0;
+    return (w_ + 1) & ~kPrefetched;
+  }
+  // An asynchronous read pin (Engine::PinAsync): like a read pin, and also
+  // of a copy still in flight (the pin then orders work after its event).
+  constexpr uint64_t ReadPinnedInFlight() const {
+    if (!resident() || failed() || exclusive() || pins() == kPinMask) return 0;
     return (w_ + 1) & ~kPrefetched;
   }
   // The engine's own read pin of a copy it copies out (a load's source, a
   // Flush): like a read pin, but leaves the prefetched bit alone.
   constexpr uint64_t HeldForCopy() const {
-    if (!resident() || exclusive() || pins() == kPinMask) return 0;
+    if (!usable() || exclusive() || pins() == kPinMask) return 0;
     return w_ + 1;
   }
   // An exclusive write pin: only of an unpinned resident copy that no other
   // copy needs invalidating for. Marks it dirty and new.
   constexpr uint64_t WritePinned() const {
-    if (!idle() || shared()) return 0;
+    if (!idle() || failed() || shared()) return 0;
     return ((w_ + 1) | kExclusive | kDirty | kNew) & ~kPrefetched;
   }
   // Eviction (or a drop) claims an unpinned resident copy.
@@ -99,6 +132,12 @@ class CopyState {
   constexpr uint64_t Loading() const {
     if (state() != kAbsent) return 0;
     return CopyState(0).With(kLoading) | (w_ & kWaiters);
+  }
+  // The completion of an in-flight copy's transfer: its bytes are in place
+  // (`ok`), or the copy is failed. Pins and flags stay.
+  constexpr uint64_t Landed(bool ok) const {
+    if (!resident() || !in_flight()) return 0;
+    return (w_ & ~kInFlight) | (ok ? 0 : kFailed);
   }
   // A write-back claims the copy of a lower tier it overwrites: absent, or
   // resident, stale and unpinned.

@@ -64,6 +64,10 @@ absl::Status Pin::WaitOn(GpuStream stream) const {
   return where.first->WaitReady(where.second, stream);
 }
 
+absl::Status Pin::Synchronize() const {
+  return internal::EngineCore::Synchronize(*this);
+}
+
 absl::Status Pin::ReleaseAfter(GpuStream stream) {
   STRATA_ASSIGN_OR_RETURN(auto where, internal::EngineCore::DeviceFrame(*this));
   STRATA_RETURN_IF_ERROR(where.first->FenceAfter(where.second, stream));
@@ -132,6 +136,11 @@ absl::Status Engine::DropTensor(const Tensor& tensor) {
 absl::StatusOr<strata::Pin> Engine::Pin(const Tensor& tensor, uint64_t block,
                                         Tier tier, Access access) {
   return core_->Pin(tensor, block, tier, access);
+}
+absl::StatusOr<strata::Pin> Engine::PinAsync(const Tensor& tensor,
+                                             uint64_t block, Tier tier,
+                                             Access access) {
+  return core_->PinAsync(tensor, block, tier, access);
 }
 absl::StatusOr<std::optional<strata::Pin>> Engine::TryPin(
     const Tensor& tensor, uint64_t block, Tier tier, Access access) {

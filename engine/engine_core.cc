@@ -163,6 +163,54 @@ absl::StatusOr<std::optional<strata::Pin>> EngineCore::TryPin(
   return CountHit(*ts, block, pos, tier, access, hit);
 }
 
+// Pin's asynchronous form. Only a read pin of a private tensor's GPU copy
+// differs from Pin: a resident copy is pinned as Pin pins it; a miss is
+// granted as soon as the copy into VRAM is enqueued (Loader, "early"), and
+// a copy still in flight is pinned too (ReadPinnedInFlight); the pin's
+// ready event orders the caller's work after the copy.
+absl::StatusOr<strata::Pin> EngineCore::PinAsync(const Tensor& tensor,
+                                                 uint64_t block, Tier tier,
+                                                 Access access) {
+  TensorState* ts = tensor.state_.get();
+  const int pos = pin_pos_[static_cast<uint8_t>(tier)];
+  if (tier != Tier::kGpu || access != Access::kRead || ts == nullptr ||
+      ts->core != this || pos < 0 || block >= ts->num_blocks ||
+      (ts->gate.load(std::memory_order_acquire) & ~TensorState::kGateStep) != 0) {
+    // Other tiers, write pins, shared tensors, bad arguments, a dropped
+    // tensor or a closing engine: as Pin (it waits, or says what is wrong).
+    return Pin(tensor, block, tier, access);
+  }
+  Stats::Tls& local = stats_->Local();
+  const bool timed = (local.rings[pos]->head.load(std::memory_order_relaxed) & 63) == 0;
+  const int64_t start = timed ? NowNanos() : 0;
+  const uint64_t seen = TryPinResident(ts->copy(pos, block), access);
+  if (seen == 0) {
+    return PinSlow(tensor, block, pos, access, *local.state,
+                   timed ? start : NowNanos(), /*async=*/true);
+  }
+  return Grant(*ts, block, pos, access, *local.state, /*hit=*/true, seen, start);
+}
+
+absl::Status EngineCore::Synchronize(const strata::Pin& pin) {
+  STRATA_ASSIGN_OR_RETURN(auto where, DeviceFrame(pin));
+  EngineCore& core = *pin.core_;
+  const Deadline deadline =
+      Clock::now() + absl::ToChronoNanoseconds(core.options_.io_timeout);
+  for (;;) {
+    const uint64_t w = pin.word_->load(std::memory_order_acquire);
+    if (!S(w).in_flight()) break;
+    if (!core.waits_.WaitForChange(*pin.word_, w, deadline)) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "tier gpu: the copy of block ", pin.block_, " into VRAM did not "
+          "complete within EngineOptions::io_timeout (",
+          absl::FormatDuration(core.options_.io_timeout),
+          "); the device may be stalled"));
+    }
+  }
+  // The tier keeps a failed copy's error with its frame.
+  return where.first->ReadyEvent(where.second).status();
+}
+
 absl::StatusOr<std::optional<strata::Pin>> EngineCore::TryPinGated(
     const Tensor& tensor, uint64_t block, Tier tier, Access access) {
   TensorState* ts = tensor.state_.get();
@@ -402,7 +450,7 @@ absl::StatusOr<strata::Pin> EngineCore::PinSlow(const Tensor& tensor,
                                                 uint64_t block, int pos,
                                                 Access access,
                                                 ThreadState& thread,
-                                                int64_t start_ns) {
+                                                int64_t start_ns, bool async) {
   Lifecycle::Scope scope(life_);
   TensorState& ts = *tensor.state_;
   const Deadline deadline =
@@ -414,14 +462,16 @@ absl::StatusOr<strata::Pin> EngineCore::PinSlow(const Tensor& tensor,
     MaybePin pin;
     switch (S(w).state()) {
       case S::kResident:
-        pin = PinResident(ts, block, pos, access, w, deadline, thread, start_ns);
+        pin = PinResident(ts, block, pos, access, w, deadline, thread,
+                          start_ns, async);
         break;
       case S::kLoading:
       case S::kEvicting:
         pin = PinInTransit(ts, block, pos, w, deadline);
         break;
       case S::kAbsent:
-        pin = PinAbsent(tensor, block, pos, access, w, deadline, thread, start_ns);
+        pin = PinAbsent(tensor, block, pos, access, w, deadline, thread,
+                        start_ns, async);
         break;
     }
     if (!pin.ok()) return pin.status();
@@ -433,11 +483,13 @@ EngineCore::MaybePin EngineCore::PinResident(TensorState& ts, uint64_t block,
                                              int pos, Access access,
                                              uint64_t seen, Deadline deadline,
                                              ThreadState& thread,
-                                             int64_t start_ns) {
+                                             int64_t start_ns, bool async) {
   CopySlot& slot = ts.copy(pos, block);
   const S state(seen);
   const uint64_t desired =
-      access == Access::kRead ? state.ReadPinned() : state.WritePinned();
+      access != Access::kRead ? state.WritePinned()
+      : async                 ? state.ReadPinnedInFlight()
+                              : state.ReadPinned();
   if (desired != 0) {
     uint64_t w = seen;
     if (!slot.word.compare_exchange_strong(w, desired, std::memory_order_seq_cst)) {
@@ -451,14 +503,36 @@ EngineCore::MaybePin EngineCore::PinResident(TensorState& ts, uint64_t block,
         BlockName(ts, block), " has ", S::kPinMask,
         " read pins, the most a block can hold; release some"));
   }
+  if (state.failed() && state.idle()) {
+    // Its asynchronous copy failed and nobody pins it any more: drop it and
+    // load the block anew (this pin gets its own result).
+    uint64_t w = seen;
+    if (slot.word.compare_exchange_strong(w, state.Claimed(),
+                                          std::memory_order_acq_rel)) {
+      parts_.tier(pos).Erase(ts.Key(block));
+      DropClaimed(parts_, ts, block, pos);
+    }
+    return std::nullopt;
+  }
   if (access != Access::kRead && state.idle() && state.shared()) {
     absl::StatusOr<bool> pinned = MakeSoleAndPin(parts_, ts, block, pos, deadline);
     if (!pinned.ok()) return pinned.status();
     if (!*pinned) return std::nullopt;
     return Grant(ts, block, pos, access, thread, /*hit=*/true, seen, start_ns);
   }
-  // A conflicting pin: wait for it to go.
+  // A conflicting pin, a copy in flight to the device (its completion
+  // clears the bit), or a failed one still pinned: wait for it to change.
   if (!waits_.WaitForChange(slot.word, seen, deadline)) {
+    if (state.in_flight() || state.failed()) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          BlockName(ts, block), ": its copy into tier ",
+          Sv(TierName(kind_of_[pos])),
+          state.in_flight() ? " stayed in flight" : " failed and stayed pinned",
+          " for ", absl::FormatDuration(options_.pin_wait_timeout),
+          "; the device may be stalled, or pins of the failed copy are "
+          "still held (release them), or raise "
+          "EngineOptions::pin_wait_timeout"));
+    }
     return absl::DeadlineExceededError(absl::StrCat(
         BlockName(ts, block), " stayed pinned ",
         state.exclusive() ? "for writing" : "for reading", " for ",
@@ -492,7 +566,7 @@ EngineCore::MaybePin EngineCore::PinAbsent(const Tensor& tensor,
                                            Access access, uint64_t seen,
                                            Deadline deadline,
                                            ThreadState& thread,
-                                           int64_t start_ns) {
+                                           int64_t start_ns, bool async) {
   TensorState& ts = *tensor.state_;
   std::atomic<uint64_t>& word = ts.copy(pos, block).word;
   const uint64_t loading = S(seen).Loading();
@@ -508,7 +582,7 @@ EngineCore::MaybePin EngineCore::PinAbsent(const Tensor& tensor,
                                                        : Loader::Want::kOverwrite;
   std::shared_ptr<Loader::Op> op =
       loader_->Start(tensor.state_, block, pos, want, /*speculative=*/false,
-                     nullptr, deadline, nullptr);
+                     nullptr, deadline, nullptr, /*early=*/async);
   const Loader::Outcome outcome = loader_->AwaitOwn(*op, deadline);
   if (!outcome.status.ok()) return outcome.status;
   if (!outcome.granted) return std::nullopt;  // a write waits for MakeSole
@@ -653,13 +727,14 @@ absl::Status EngineCore::ClaimEveryCopy(TensorState& ts,
           }
           continue;
         }
-        if (state.resident()) {
+        if (state.resident() && state.pins() != 0) {
           return absl::FailedPreconditionError(absl::StrCat(
               BlockName(ts, b), " is pinned in tier ",
               Sv(TierName(chain_->kind(pos))), "; release its pins before ",
               Sv(caller)));
         }
-        // Loading or being written back: its transfer ends soon.
+        // Loading, being written back, or in flight to the device: its
+        // transfer ends soon.
         if (!waits_.WaitForChange(word, w, deadline)) {
           return absl::DeadlineExceededError(absl::StrCat(
               BlockName(ts, b), " stayed in transit for io_timeout during ",

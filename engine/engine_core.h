@@ -77,6 +77,8 @@ class EngineCore {
   absl::StatusOr<std::optional<strata::Pin>> TryPin(const Tensor& tensor,
                                                     uint64_t block, Tier tier,
                                                     Access access);
+  absl::StatusOr<strata::Pin> PinAsync(const Tensor& tensor, uint64_t block,
+                                       Tier tier, Access access);
   absl::StatusOr<PrefetchHandle> Prefetch(const Tensor& tensor,
                                           BlockRange range, Tier tier);
   absl::Status Flush(const Tensor& tensor);
@@ -91,6 +93,10 @@ class EngineCore {
   // kFailedPrecondition for an empty pin or a pin of another tier.
   static absl::StatusOr<std::pair<tiers::Tier*, tiers::Frame>> DeviceFrame(
       const strata::Pin& pin);
+
+  // Pin::Synchronize: waits until the copy of a live GPU pin is no longer
+  // in flight, then returns the copy's error.
+  static absl::Status Synchronize(const strata::Pin& pin);
 
   // Called by a Pin whose unpin found waiters.
   void WakeAfterUnpin(std::atomic<uint64_t>& word) { waits_.Wake(word); }
@@ -141,15 +147,18 @@ class EngineCore {
       const Tensor& tensor, uint64_t block, Tier tier, Access access);
   absl::StatusOr<strata::Pin> PinSlow(const Tensor& tensor, uint64_t block,
                                       int pos, Access access,
-                                      ThreadState& thread, int64_t start_ns);
+                                      ThreadState& thread, int64_t start_ns,
+                                      bool async = false);
+  // `async`: PinAsync's read pin of a GPU copy, granted while the copy is in
+  // flight.
   MaybePin PinResident(TensorState& ts, uint64_t block, int pos, Access access,
                        uint64_t seen, Deadline deadline, ThreadState& thread,
-                       int64_t start_ns);
+                       int64_t start_ns, bool async);
   MaybePin PinInTransit(TensorState& ts, uint64_t block, int pos,
                         uint64_t seen, Deadline deadline);
   MaybePin PinAbsent(const Tensor& tensor, uint64_t block, int pos,
                      Access access, uint64_t seen, Deadline deadline,
-                     ThreadState& thread, int64_t start_ns);
+                     ThreadState& thread, int64_t start_ns, bool async);
   // Counts a granted pin (hit or miss) and builds the handle.
   strata::Pin Grant(TensorState& ts, uint64_t block, int pos, Access access,
                     ThreadState& thread, bool hit, uint64_t seen,

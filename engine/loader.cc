@@ -38,6 +38,8 @@ struct Loader::Op {
   absl::Status status;
   bool owner_waiting = false;  // a pin may be granted in the published word
   bool granted = false;
+  bool early = false;      // publish in flight once enqueued (PinAsync)
+  bool published = false;  // published in flight; Land completes it
 
   CopySlot& slot() const { return ts->copy(pos, block); }
 };
@@ -45,8 +47,9 @@ struct Loader::Op {
 std::shared_ptr<Loader::Op> Loader::Start(
     std::shared_ptr<TensorState> ts, uint64_t block, int pos, Want want,
     bool speculative, std::shared_ptr<PrefetchState> prefetch,
-    Deadline deadline, CopyBatch* batch) {
+    Deadline deadline, CopyBatch* batch, bool early) {
   auto op = std::make_shared<Op>();
+  op->early = early && want == Want::kRead;
   op->loader = this;
   op->block = block;
   op->pos = pos;
@@ -175,6 +178,7 @@ void Loader::StartCopy(const std::shared_ptr<Op>& op, CopyBatch* batch) {
   job.key = {op->ts->id, op->block, op->source.version};
   job.bytes = op->bytes;
   job.done = &Loader::OnCopied;
+  if (op->early) job.enqueued = &Loader::OnEnqueued;
   job.user = op.get();
   op->copy_started = Clock::now();
   if (batch != nullptr) {
@@ -232,7 +236,66 @@ void Loader::OnCopied(void* user, const CopyResult& result) {
   self.Complete(op, result.status);
 }
 
+void Loader::OnEnqueued(void* user) {
+  Op& op = *static_cast<Op*>(user);
+  Loader& self = *op.loader;
+  TensorState& ts = *op.ts;
+  {
+    LatchGuard latch(ts.record(op.block).latch, *self.parts_.waits);
+    CopySlot& slot = op.slot();
+    slot.frame = op.frame;
+    slot.version = op.source.version;
+    slot.checksum = 0;
+    // The source stays held, and keeps its dirty mark, until the copy
+    // landed (Land): a failed copy then loses nothing.
+    uint64_t flags = S::kInFlight;
+    if (NeedsShared(self.parts_, ts, op.block, op.pos)) flags |= S::kShared;
+    {
+      std::lock_guard lock(op.mu);
+      if (op.owner_waiting) {
+        flags += 1;
+        op.granted = true;
+      }
+      op.published = true;
+    }
+    self.parts_.waits->Publish(slot.word, S::Resident(flags));
+  }
+  std::lock_guard lock(op.mu);
+  op.cv.notify_all();
+}
+
+void Loader::Land(Op& op, const absl::Status& status) {
+  TensorState& ts = *op.ts;
+  LatchGuard latch(ts.record(op.block).latch, *parts_.waits);
+  uint64_t dirty = 0;
+  if (status.ok() && op.source.kind == Source::kCopy && op.source.moves_dirty) {
+    std::atomic<uint64_t>& src = ts.copy(op.source.pos, op.block).word;
+    if (S(src.fetch_and(~S::kDirty, std::memory_order_acq_rel)).dirty()) {
+      dirty = S::kDirty;
+    }
+  }
+  std::atomic<uint64_t>& word = op.slot().word;
+  uint64_t w = word.load(std::memory_order_acquire);
+  for (;;) {
+    const uint64_t landed = S(w).Landed(status.ok());
+    ABSL_ASSERT(landed != 0 && "a copy in flight left its state");
+    if (landed == 0) return;
+    if (word.compare_exchange_weak(w, (landed | dirty) & ~S::kWaiters,
+                                   std::memory_order_acq_rel)) {
+      break;
+    }
+  }
+  if (S(w).has_waiters()) parts_.waits->Wake(word);
+}
+
 void Loader::Complete(Op& op, absl::Status status) {
+  if (op.published) {
+    // Published in flight (OnEnqueued): its pins may live, so the copy
+    // stays; a failed one is dropped once they are gone.
+    Land(op, status);
+    Finish(op, status);
+    return;
+  }
   {
     LatchGuard latch(op.ts->record(op.block).latch, *parts_.waits);
     if (status.ok()) {
@@ -277,8 +340,12 @@ void Loader::PublishLocked(Op& op) {
 
 void Loader::Finish(Op& op, const absl::Status& status) {
   Residency& tier = parts_.tier(op.pos);
-  if (status.ok()) {
+  // A failed copy published in flight stays resident until it is dropped:
+  // eviction must find it.
+  if (status.ok() || op.published) {
     tier.Insert(op.ts->Key(op.block));
+  }
+  if (status.ok()) {
     if (op.read_bytes) {
       parts_.stats->tier(op.pos).bytes_in.fetch_add(op.bytes,
                                                     std::memory_order_relaxed);
@@ -338,7 +405,10 @@ absl::Status Loader::AwaitOther(Op& op, Deadline deadline) {
   const Deadline io = Clock::now() + absl::ToChronoNanoseconds(parts_.options->io_timeout);
   const Deadline until = std::min(deadline, io);
   std::unique_lock lock(op.mu);
-  op.cv.wait_until(lock, until, [&] { return op.done || parts_.life->closing(); });
+  op.cv.wait_until(lock, until, [&] {
+    return op.done || op.published || parts_.life->closing();
+  });
+  if (op.published && !op.done) return absl::OkStatus();  // look at the copy
   if (op.done) {
     // A demand load's error reaches every waiter; a speculative one's
     // waiters load again themselves.

@@ -17,6 +17,13 @@
 // a failed demand load returns its error to every waiter, a failed
 // speculative load (prefetch, readahead) lets them try again themselves.
 //
+// An early load (Engine::PinAsync's read pin of a GPU copy) does not wait
+// for the device: when the copy into the device frame is enqueued on the
+// tier's stream, the copy is published resident and in flight
+// (copy_state.h) with the pin counted, and the pinner returns; the copy's
+// completion clears the in-flight bit, or marks the copy failed. The frame,
+// the source's hold and any staging buffer stay until that completion.
+//
 // Threads: thread-safe.
 #ifndef STRATA_ENGINE_LOADER_H_
 #define STRATA_ENGINE_LOADER_H_
@@ -55,10 +62,13 @@ class Loader {
   // Blocks while it reserves a frame and picks a source (until
   // `deadline`), then starts the copy (into `batch` when given) and returns.
   // kOverwrite reads nothing when the new copy can be the block's only one.
+  // `early` (with kRead): grant the pin once the copy is enqueued on a
+  // device stream, without waiting for it (see above).
   std::shared_ptr<Op> Start(std::shared_ptr<TensorState> ts, uint64_t block,
                             int pos, Want want, bool speculative,
                             std::shared_ptr<PrefetchState> prefetch,
-                            Deadline deadline, CopyBatch* batch);
+                            Deadline deadline, CopyBatch* batch,
+                            bool early = false);
 
   // The starter waits for its load, until `deadline` at most and for
   // EngineOptions::io_timeout from now at most. On a timeout or a closing
@@ -67,7 +77,8 @@ class Loader {
   // Another pinner found the copy loading: the load, if the loader runs it
   // (null for a write-back filling the copy, or one just finished).
   std::shared_ptr<Op> Find(const CopySlot& slot);
-  // Waits for someone else's load; OK means "look at the copy again".
+  // Waits for someone else's load (until it finished, or published its
+  // copy in flight); OK means "look at the copy again".
   absl::Status AwaitOther(Op& op, Deadline deadline);
 
   // Wakes every waiter (Close).
@@ -82,6 +93,10 @@ class Loader {
   void StartShared(const std::shared_ptr<Op>& op, CopyBatch* batch);
   bool PublishOverwrite(Op& op);
   static void OnCopied(void* user, const CopyResult& result);
+  // The copy into a device frame is enqueued: an early load publishes it.
+  static void OnEnqueued(void* user);
+  // The completion of a copy published in flight.
+  void Land(Op& op, const absl::Status& status);
   void Complete(Op& op, absl::Status status);
   void PublishLocked(Op& op);
   void Finish(Op& op, const absl::Status& status);

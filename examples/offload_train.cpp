@@ -13,7 +13,10 @@
 // With --gpu each block's step is a kernel on GPU pins of p, m and v
 // (tiers gpu -> host -> NVMe), unpinned in stream order, while the next
 // block's three come up (Prefetch). The kernel rounds as the CPU does
-// (offload_kernels.cu), so the same bit-for-bit check applies.
+// (offload_kernels.cu), so the same bit-for-bit check applies. Every pin
+// here writes (Adam updates p, m and v in place), so Engine::PinAsync,
+// which returns before the copy for read pins only, has no use here; a
+// forward pass over frozen weights would pin them with it.
 //
 // The gradient is that of 0.5 * |p - target|^2 for a synthetic target, so the
 // loss falls step by step and every update depends on the bytes the engine

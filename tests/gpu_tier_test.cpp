@@ -205,6 +205,66 @@ TEST(GpuTierTest, AFailedCopyFailsItsTransferOnly) {
   EXPECT_OK(tier->Allocate(kBlock).status());
 }
 
+TEST(GpuTierTest, ACopyIntoAFrameAnnouncesItsReadyEventWhenEnqueued) {
+  auto dev = std::make_shared<FakeGpuDevice>(64 * kMiB);
+  ASSERT_OK_AND_ASSIGN(auto tier, GpuTier::Create({.capacity_bytes = 1 * kMiB}, dev));
+  ASSERT_OK_AND_ASSIGN(tiers::Frame f, tier->Allocate(kBlock));
+  ASSERT_OK_AND_ASSIGN(void* unfilled, tier->ReadyEvent(f));  // no copy yet
+  ASSERT_OK_AND_ASSIGN(bool done, dev->Query(unfilled));
+  EXPECT_TRUE(done);
+  std::vector<std::byte> in = Pattern(kBlock, Seed(RunTag(), 4, 1));
+  tiers::DeviceStream h2d = dev->copy_stream(CopyDir::kHostToDevice);
+  dev->Hold(h2d);
+  // on_enqueued sees the copy's event, pending, before any completion.
+  struct Seen : Done {
+    GpuTier* tier = nullptr;
+    int enqueued = 0;
+    int completions_before = -1;
+    void* event = nullptr;
+    static void Enqueued(Transfer* t) {
+      // `user` is the Seen (Done::Call reads its Done part).
+      auto* s = static_cast<Seen*>(static_cast<Done*>(t->user));
+      ++s->enqueued;
+      s->completions_before = s->calls.load();
+      absl::StatusOr<void*> e = s->tier->ReadyEvent(t->frame);
+      s->event = e.ok() ? *e : nullptr;
+    }
+  };
+  Seen seen;
+  seen.tier = tier.get();
+  Transfer tw = MakeTransfer(Transfer::Op::kWrite, f, in, seen);
+  tw.on_enqueued = &Seen::Enqueued;
+  ASSERT_OK(SubmitOne(*tier, tw));
+  EXPECT_EQ(seen.enqueued, 1);  // from Submit, on this thread
+  EXPECT_EQ(seen.completions_before, 0);
+  ASSERT_NE(seen.event, nullptr);
+  ASSERT_OK_AND_ASSIGN(done, dev->Query(seen.event));
+  EXPECT_FALSE(done);
+  dev->Release(h2d);
+  ASSERT_TRUE(AwaitDone(seen));
+  ASSERT_OK(seen.status);
+  ASSERT_OK_AND_ASSIGN(void* landed, tier->ReadyEvent(f));
+  EXPECT_EQ(landed, seen.event);
+  ASSERT_OK_AND_ASSIGN(done, dev->Query(landed));
+  EXPECT_TRUE(done);
+  // A copy that fails when it runs: its error stays with the frame until
+  // the frame is freed.
+  dev->FailNthCopyWhenItRuns(1, absl::InternalError("cudaErrorUnknown (fake)"));
+  Done bad;
+  Transfer tb = MakeTransfer(Transfer::Op::kWrite, f, in, bad);
+  ASSERT_OK(SubmitOne(*tier, tb));
+  ASSERT_TRUE(AwaitDone(bad));
+  EXPECT_STATUS(bad.status, StatusCode::kInternal);
+  EXPECT_STATUS(tier->ReadyEvent(f), StatusCode::kInternal);
+  EXPECT_STATUS(tier->WaitReady(f, dev->CreateStream()), StatusCode::kInternal);
+  EXPECT_OK(tier->fenced());
+  tier->Free(f);
+  ASSERT_OK_AND_ASSIGN(tiers::Frame again, tier->Allocate(kBlock));
+  EXPECT_EQ(again.offset, f.offset);
+  EXPECT_OK(tier->ReadyEvent(again).status());
+  tier->Free(again);
+}
+
 TEST(GpuTierTest, AStickyErrorFencesTheTier) {
   auto dev = std::make_shared<FakeGpuDevice>(64 * kMiB);
   std::vector<std::string> logged;
@@ -300,6 +360,7 @@ class GpuEngineTest : public ::testing::Test {
   void Open(uint64_t gpu_blocks, uint64_t host_blocks, bool with_nvme = true) {
     EngineOptions o =
         test::GpuEngineOptions(dir_.Sub("nvme"), host_blocks * kBlock, kBlock, with_nvme);
+    if (pin_wait_ != absl::ZeroDuration()) o.pin_wait_timeout = pin_wait_;
     dev_ = std::make_shared<FakeGpuDevice>(256 * kMiB);
     auto gpu = GpuTier::Create({.capacity_bytes = gpu_blocks * kBlock}, dev_);
     ASSERT_TRUE(gpu.ok()) << gpu.status();
@@ -347,6 +408,7 @@ class GpuEngineTest : public ::testing::Test {
   GpuTier* gpu_ = nullptr;
   std::unique_ptr<Engine> engine_;
   tiers::DeviceStream stream_ = nullptr;
+  absl::Duration pin_wait_ = absl::ZeroDuration();  // zero: the default
 
  public:
   GpuEngineTest() = default;
@@ -636,6 +698,274 @@ TEST_F(GpuEngineTest, DeferredFramesComeBackWhenTheirStreamsFinish) {
   ASSERT_TRUE(whole.ok()) << whole.status();
   EXPECT_EQ(gpu_->deferred_frames(), 0u);
   gpu_->Free(*whole);
+}
+
+// ---------------------------------------------------------------------------
+// PinAsync: a GPU read pin granted once its copy is enqueued. The double's
+// held host-to-device stream stands for a copy still running.
+
+// Whether some thread waits on the copy of `b` in `tier` (a pin parked on
+// it), within kPatience.
+bool AwaitCopyWaiters(Engine& engine, const Tensor& t, Tier tier, uint64_t b) {
+  const absl::Time until = absl::Now() + kPatience;
+  while (!internal::EngineCore::Of(engine).CopyHasWaiters(t, tier, b)) {
+    if (absl::Now() > until) return false;
+    std::this_thread::yield();
+  }
+  return true;
+}
+
+TEST_F(GpuEngineTest, PinAsyncReturnsBeforeTheCopyAndTheStreamWaitsForIt) {
+  ASSERT_NO_FATAL_FAILURE(Open(/*gpu_blocks=*/8, /*host_blocks=*/16));
+  stream_ = dev_->CreateStream();
+  Tensor t = Make("t", 2);
+  WriteHost(t, 0, 1);
+  tiers::DeviceStream h2d = dev_->copy_stream(CopyDir::kHostToDevice);
+  dev_->Hold(h2d);  // the copy into VRAM is enqueued, and does not run
+  // Everything below returns while the copy has not run: the CPU never
+  // waits for it (a wait would end in kDeadlineExceeded, not here).
+  auto pin = engine_->PinAsync(t, 0, Tier::kGpu, Access::kRead);
+  ASSERT_TRUE(pin.ok()) << pin.status();
+  EXPECT_EQ(dev_->copies(CopyDir::kHostToDevice), 0u);
+  ASSERT_OK_AND_ASSIGN(GpuEvent ready, pin->ready_event());
+  ASSERT_OK_AND_ASSIGN(bool done, dev_->Query(ready));
+  EXPECT_FALSE(done);
+  std::vector<std::byte> kernel_saw;
+  ASSERT_OK(pin->WaitOn(stream_));
+  ASSERT_OK(dev_->Launch(stream_, pin->device_ptr(), pin->size(),
+                         [&](std::span<std::byte> mem) {
+                           kernel_saw.assign(mem.begin(), mem.end());
+                         }));
+  EXPECT_TRUE(kernel_saw.empty());  // ordered after the copy
+  // A second asynchronous pin of the copy in flight: at once, same event.
+  auto again = engine_->PinAsync(t, 0, Tier::kGpu, Access::kRead);
+  ASSERT_TRUE(again.ok()) << again.status();
+  ASSERT_OK_AND_ASSIGN(GpuEvent ready_again, again->ready_event());
+  EXPECT_EQ(ready_again, ready);
+  EXPECT_EQ(again->device_ptr(), pin->device_ptr());
+  ASSERT_OK(again->Release());
+  // A plain pin never gets a copy in flight: TryPin declines, Pin waits.
+  auto tried = engine_->TryPin(t, 0, Tier::kGpu, Access::kRead);
+  ASSERT_TRUE(tried.ok()) << tried.status();
+  EXPECT_FALSE(tried->has_value());
+  std::atomic<bool> pinned{false};
+  absl::Status plain;
+  std::thread other([&] {
+    auto p = engine_->Pin(t, 0, Tier::kGpu, Access::kRead);
+    plain = p.status();
+    pinned.store(true);
+  });
+  EXPECT_TRUE(AwaitCopyWaiters(*engine_, t, Tier::kGpu, 0));
+  EXPECT_FALSE(pinned.load());
+  ASSERT_OK(pin->ReleaseAfter(stream_));  // also before the copy ran
+  dev_->Release(h2d);
+  other.join();
+  ASSERT_OK(plain);
+  EXPECT_EQ(FirstPatternMismatch(kernel_saw, Seed(RunTag(), 0, 1)), -1)
+      << "the kernel ran before the copy, or saw other bytes; run tag " << RunTag();
+  EXPECT_EQ(Of(Tier::kGpu).misses + Of(Tier::kGpu).hits, 3u);
+  // A resident copy: PinAsync is Pin, its event complete.
+  auto resident = engine_->PinAsync(t, 0, Tier::kGpu, Access::kRead);
+  ASSERT_TRUE(resident.ok()) << resident.status();
+  ASSERT_OK(resident->Synchronize());
+  ASSERT_OK_AND_ASSIGN(GpuEvent landed, resident->ready_event());
+  ASSERT_OK_AND_ASSIGN(done, dev_->Query(landed));
+  EXPECT_TRUE(done);
+}
+
+TEST_F(GpuEngineTest, PinAsyncFromNvmeStagesThenDoesNotWaitForTheLastCopy) {
+  ASSERT_NO_FATAL_FAILURE(Open(/*gpu_blocks=*/4, /*host_blocks=*/2));
+  stream_ = dev_->CreateStream();
+  Tensor t = Make("t", 4);
+  for (uint64_t b = 0; b < 4; ++b) WriteHost(t, b, 2);
+  ASSERT_OK(engine_->Flush(t));
+  // The host holds two blocks: block 0 is on NVMe only by now.
+  for (uint64_t b = 2; b < 4; ++b) ExpectHost(t, b, 2);
+  dev_->Hold(dev_->copy_stream(CopyDir::kHostToDevice));
+  auto on_host = engine_->TryPin(t, 0, Tier::kHost, Access::kRead);
+  ASSERT_TRUE(on_host.ok()) << on_host.status();
+  ASSERT_FALSE(on_host->has_value()) << "block 0 should be on NVMe only";
+  auto pin = engine_->PinAsync(t, 0, Tier::kGpu, Access::kRead);
+  ASSERT_TRUE(pin.ok()) << pin.status();
+  EXPECT_EQ(dev_->copies(CopyDir::kHostToDevice), 0u);  // not waited for
+  dev_->Release(dev_->copy_stream(CopyDir::kHostToDevice));
+  ASSERT_OK(pin->Synchronize());
+  ASSERT_OK(pin->Release());
+  ExpectGpu(t, 0, 2);
+}
+
+TEST_F(GpuEngineTest, ACopyInFlightIsNeitherEvictedNorItsFrameReused) {
+  pin_wait_ = absl::Milliseconds(200);
+  ASSERT_NO_FATAL_FAILURE(Open(/*gpu_blocks=*/1, /*host_blocks=*/16));
+  stream_ = dev_->CreateStream();
+  Tensor t = Make("t", 2);
+  WriteHost(t, 0, 1);
+  WriteHost(t, 1, 1);
+  tiers::DeviceStream h2d = dev_->copy_stream(CopyDir::kHostToDevice);
+  dev_->Hold(h2d);
+  {
+    auto pin = engine_->PinAsync(t, 0, Tier::kGpu, Access::kRead);
+    ASSERT_TRUE(pin.ok()) << pin.status();
+  }  // unpinned, still in flight
+  // Block 1 needs the only frame: the copy in flight is no victim, so the
+  // pin finds none until its deadline (had block 0 been evicted, its
+  // frame would be block 1's, and this pin would wait for its own copy).
+  auto starved = engine_->Pin(t, 1, Tier::kGpu, Access::kRead);
+  EXPECT_STATUS(starved, StatusCode::kDeadlineExceeded);
+  EXPECT_NE(starved.status().message().find("no frame came free"), std::string::npos)
+      << starved.status();
+  EXPECT_EQ(Of(Tier::kGpu).evictions, 0u);
+  dev_->Release(h2d);
+  ExpectGpu(t, 0, 1);
+  ExpectGpu(t, 1, 1);  // now block 0 goes
+  EXPECT_EQ(Of(Tier::kGpu).evictions, 1u);
+  // DropTensor of a copy in flight (no pin: not refused as pinned) waits
+  // for the copy before it frees the frame.
+  Tensor u = Make("u", 1);
+  WriteHost(u, 0, 4);
+  dev_->Hold(h2d);
+  {
+    auto pin = engine_->PinAsync(u, 0, Tier::kGpu, Access::kRead);
+    ASSERT_TRUE(pin.ok()) << pin.status();
+  }
+  std::atomic<bool> dropped{false};
+  absl::Status drop;
+  std::thread dropper([&] {
+    drop = engine_->DropTensor(u);
+    dropped.store(true);
+  });
+  EXPECT_TRUE(AwaitCopyWaiters(*engine_, u, Tier::kGpu, 0));
+  EXPECT_FALSE(dropped.load());
+  dev_->Release(h2d);
+  dropper.join();
+  ASSERT_OK(drop);
+}
+
+TEST_F(GpuEngineTest, AFailedAsyncCopyReachesThePinAndTheBlockLoadsAgain) {
+  ASSERT_NO_FATAL_FAILURE(Open(/*gpu_blocks=*/2, /*host_blocks=*/16));
+  stream_ = dev_->CreateStream();
+  Tensor t = Make("t", 1);
+  WriteHost(t, 0, 3);
+  tiers::DeviceStream h2d = dev_->copy_stream(CopyDir::kHostToDevice);
+  dev_->Hold(h2d);
+  dev_->FailNthCopyWhenItRuns(1, absl::InternalError("cudaErrorUnknown (fake)"));
+  auto pin = engine_->PinAsync(t, 0, Tier::kGpu, Access::kRead);
+  ASSERT_TRUE(pin.ok()) << pin.status();
+  ASSERT_OK(pin->WaitOn(stream_));  // nobody knows yet
+  dev_->Release(h2d);
+  absl::Status copy = pin->Synchronize();
+  EXPECT_STATUS(copy, StatusCode::kInternal);
+  EXPECT_NE(copy.message().find("cudaErrorUnknown"), std::string::npos) << copy;
+  EXPECT_NE(copy.message().find("pin the block again"), std::string::npos) << copy;
+  EXPECT_STATUS(pin->ready_event(), StatusCode::kInternal);
+  EXPECT_STATUS(pin->WaitOn(stream_), StatusCode::kInternal);
+  EXPECT_EQ(Of(Tier::kGpu).errors, 1u);
+  // Nobody else gets the failed copy; once released, the next pin drops it
+  // and loads the block again, from the host copy the failure left intact.
+  ASSERT_OK(pin->Release());
+  ExpectGpu(t, 0, 3);
+  ExpectHost(t, 0, 3);
+  auto fresh = engine_->PinAsync(t, 0, Tier::kGpu, Access::kRead);
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  ASSERT_OK(fresh->Synchronize());
+  ASSERT_OK(fresh->WaitOn(stream_));
+}
+
+TEST_F(GpuEngineTest, AFailedAsyncCopyIsEvictedOnceReleased) {
+  ASSERT_NO_FATAL_FAILURE(Open(/*gpu_blocks=*/1, /*host_blocks=*/16));
+  stream_ = dev_->CreateStream();
+  Tensor t = Make("t", 2);
+  WriteHost(t, 0, 5);
+  WriteHost(t, 1, 5);
+  dev_->FailNthCopyWhenItRuns(1, absl::InternalError("cudaErrorUnknown (fake)"));
+  {
+    auto pin = engine_->PinAsync(t, 0, Tier::kGpu, Access::kRead);
+    ASSERT_TRUE(pin.ok()) << pin.status();
+    EXPECT_STATUS(pin->Synchronize(), StatusCode::kInternal);
+  }
+  ExpectGpu(t, 1, 5);  // takes the failed copy's frame
+  EXPECT_EQ(Of(Tier::kGpu).evictions, 1u);
+  ExpectGpu(t, 0, 5);
+}
+
+TEST_F(GpuEngineTest, PinAsyncOfOtherTiersAndWritePinsIsPin) {
+  ASSERT_NO_FATAL_FAILURE(Open(/*gpu_blocks=*/2, /*host_blocks=*/16));
+  stream_ = dev_->CreateStream();
+  Tensor t = Make("t", 2);
+  WriteHost(t, 0, 6);
+  auto host = engine_->PinAsync(t, 0, Tier::kHost, Access::kRead);
+  ASSERT_TRUE(host.ok()) << host.status();
+  EXPECT_EQ(FirstPatternMismatch(host->bytes(), Seed(RunTag(), 0, 6)), -1);
+  EXPECT_STATUS(host->Synchronize(), StatusCode::kFailedPrecondition);
+  ASSERT_OK(host->Release());
+  auto write = engine_->PinAsync(t, 1, Tier::kGpu, Access::kWrite);
+  ASSERT_TRUE(write.ok()) << write.status();
+  EXPECT_EQ(write->access(), Access::kWrite);
+  ASSERT_OK_AND_ASSIGN(GpuEvent ready, write->ready_event());
+  ASSERT_OK_AND_ASSIGN(bool done, dev_->Query(ready));
+  EXPECT_TRUE(done);  // it waited, as Pin does
+  ASSERT_OK(write->Release());
+  EXPECT_STATUS(engine_->PinAsync(t, 9, Tier::kGpu, Access::kRead), StatusCode::kOutOfRange);
+  EXPECT_STATUS(engine_->PinAsync(t, 0, Tier::kNvme, Access::kRead),
+                StatusCode::kInvalidArgument);
+}
+
+TEST_F(GpuEngineTest, AsyncAndPlainPinsRaceWithEvictionAndHostWrites) {
+  // Readers pin blocks of a tensor 3x the GPU, asynchronously or not, and
+  // check them with a kernel ordered by WaitOn; a writer keeps rewriting
+  // blocks on the host with the same bytes, which drops their GPU copies
+  // (waiting for copies in flight). Every kernel must see the block's bytes.
+  constexpr uint64_t kBlocks = 12;
+  constexpr int kReaders = 3;
+  constexpr int kRounds = 150;
+  ASSERT_NO_FATAL_FAILURE(Open(/*gpu_blocks=*/4, /*host_blocks=*/16));
+  stream_ = dev_->CreateStream();
+  Tensor t = Make("t", kBlocks);
+  for (uint64_t b = 0; b < kBlocks; ++b) WriteHost(t, b, 1);
+  std::atomic<int> bad{0};
+  std::atomic<int> errors{0};
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> readers;
+  for (int r = 0; r < kReaders; ++r) {
+    readers.emplace_back([&, r] {
+      tiers::DeviceStream stream = dev_->CreateStream();
+      std::mt19937_64 rng(Seed(RunTag(), 100 + r, 0));
+      for (int i = 0; i < kRounds; ++i) {
+        const uint64_t b = rng() % kBlocks;
+        auto pin = (rng() & 1) ? engine_->PinAsync(t, b, Tier::kGpu, Access::kRead)
+                               : engine_->Pin(t, b, Tier::kGpu, Access::kRead);
+        if (!pin.ok() || !pin->WaitOn(stream).ok()) {
+          errors.fetch_add(1);
+          continue;
+        }
+        const uint64_t seed = Seed(RunTag(), b, 1);
+        absl::Status launched = dev_->Launch(
+            stream, pin->device_ptr(), pin->size(), [&bad, seed](std::span<std::byte> mem) {
+              if (FirstPatternMismatch(mem, seed) != -1) bad.fetch_add(1);
+            });
+        if (!launched.ok() || !pin->ReleaseAfter(stream).ok()) errors.fetch_add(1);
+      }
+    });
+  }
+  std::thread writer([&] {
+    std::mt19937_64 rng(Seed(RunTag(), 200, 0));
+    while (!stop.load()) {
+      const uint64_t b = rng() % kBlocks;
+      auto pin = engine_->Pin(t, b, Tier::kHost, Access::kWrite);
+      if (!pin.ok()) {
+        errors.fetch_add(1);
+        continue;
+      }
+      test::FillPattern(pin->bytes(), Seed(RunTag(), b, 1));
+    }
+  });
+  for (std::thread& th : readers) th.join();
+  stop.store(true);
+  writer.join();
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_EQ(bad.load(), 0) << "kernels saw other bytes; run tag " << RunTag();
+  EXPECT_EQ(Of(Tier::kGpu).errors, 0u);
+  for (uint64_t b = 0; b < kBlocks; ++b) ExpectGpu(t, b, 1);
 }
 
 TEST_F(GpuEngineTest, OpenRejectsBadGpuOptions) {

@@ -60,6 +60,13 @@ struct Transfer {
   uint64_t checksum = 0;
   absl::Status status;  // set before on_done
   void (*on_done)(Transfer*) = nullptr;
+  // Optional, for writes into a tier whose frames live in device memory
+  // (the GPU's): called once the copy is enqueued on the device's stream,
+  // from the submitting thread, before on_done and before Submit returns;
+  // from then on ReadyEvent(frame) is an event that completes with the
+  // copy. Not called when the copy could not be enqueued (on_done then
+  // carries the error). Other tiers never call it.
+  void (*on_enqueued)(Transfer*) = nullptr;
   void* user = nullptr;  // the submitter's cookie
 };
 
@@ -103,7 +110,9 @@ class Tier {
   // Stream ordering, for tiers whose frames live in device memory (the
   // GPU); `stream` is a caller's cudaStream_t, as an opaque handle. Other
   // tiers answer kFailedPrecondition.
-  // An event the caller's stream can wait on for the frame's bytes.
+  // An event the caller's stream can wait on for the frame's bytes: that of
+  // the latest copy into the frame (complete once it finished). The error
+  // of that copy if it failed.
   virtual absl::StatusOr<void*> ReadyEvent(const Frame& frame);
   // Makes `stream` wait (on the device, not the CPU) for the frame's bytes.
   virtual absl::Status WaitReady(const Frame& frame, void* stream);

@@ -299,28 +299,48 @@ class Pin {
   // kernels run on the caller's streams, ordered with the engine's copies
   // through events:
   //
-  //   auto pin = engine->Pin(t, b, strata::Tier::kGpu, strata::Access::kRead);
+  //   auto pin = engine->PinAsync(t, b, strata::Tier::kGpu, strata::Access::kRead);
   //   pin->WaitOn(stream);                   // cudaStreamWaitEvent
   //   kernel<<<g, b, 0, stream>>>(static_cast<const float*>(pin->device_ptr()));
   //   pin->ReleaseAfter(stream);             // unpinned; frame kept until
   //                                          // the kernel finished
   //
+  // (Engine::Pin works the same way, but returns only once the bytes are in
+  // VRAM.)
+  //
   // The block's device memory (a CUDA device pointer into the engine's VRAM
-  // pool), valid while pinned; null for pins of other tiers.
+  // pool), valid while pinned; null for pins of other tiers. Until the
+  // pin's ready event completed it may still be being filled: touch it only
+  // from work ordered after that event (WaitOn).
   void* device_ptr() const { return tier_ == Tier::kGpu ? data_ : nullptr; }
-  // An event a caller's stream can wait on for the block's bytes. Pin()
-  // returns once the copy into VRAM finished, so this event is complete;
-  // waiting on it costs the device nothing. kFailedPrecondition for an
-  // empty pin or one of another tier.
+  // The event of the copy that brought the block's bytes into VRAM (a
+  // cudaEvent_t; the engine owns it and keeps it while the pin lives). For
+  // a pin from Engine::Pin() it is complete, and waiting on it costs the
+  // device nothing; for one from Engine::PinAsync() it may still be pending.
+  // Errors: kFailedPrecondition for an empty pin, one of another tier, or a
+  // fenced GPU tier; the copy's own error (kInternal and the like, with the
+  // CUDA error) when the engine already saw that copy fail — the pin's
+  // device memory then holds no valid bytes (release the pin, pin again).
+  // A failure the engine has not seen yet is not reported here: use
+  // Synchronize() for a sure answer.
   absl::StatusOr<GpuEvent> ready_event() const;
   // Makes `stream` wait (on the device, without blocking the CPU) for the
-  // block's bytes: cudaStreamWaitEvent(stream, ready_event()).
+  // block's bytes: cudaStreamWaitEvent(stream, ready_event()). Errors: those
+  // of ready_event().
   absl::Status WaitOn(GpuStream stream) const;
+  // Blocks the calling thread until the block's bytes are in VRAM (at once
+  // for a pin from Engine::Pin()), and returns the error of the copy that
+  // brought them (see ready_event()), or kDeadlineExceeded after
+  // EngineOptions::io_timeout. For tests, and for callers that must know
+  // before they go on; a training loop uses WaitOn instead.
+  absl::Status Synchronize() const;
   // A stream-ordered unpin: unpins now, and the engine neither copies the
   // block out of its frame (a write pin's demotion) nor reuses the frame
   // before the work enqueued on `stream` so far has finished. On error the
   // pin is kept (release it once the stream finished). kFailedPrecondition
-  // for an empty pin, one of another tier, or a fenced GPU tier.
+  // for an empty pin, one of another tier, or a fenced GPU tier. Works for
+  // a pin whose copy is still in flight (PinAsync) too: the copy is
+  // neither evicted nor its frame reused before it finished either.
   absl::Status ReleaseAfter(GpuStream stream);
   Tier tier() const { return tier_; }
   Access access() const { return access_; }
@@ -548,6 +568,39 @@ class Engine {
   // The hot path (resident copy) is a load and a CAS.
   absl::StatusOr<strata::Pin> Pin(const Tensor& tensor, uint64_t block,
                                   Tier tier, Access access);
+
+  // Pin's asynchronous form, for GPU read pins: pins block `block` of
+  // `tensor` in Tier::kGpu for reading, and returns as soon as the copy of
+  // its bytes into VRAM is enqueued on the engine's host-to-device stream,
+  // without waiting for it. The pin's ready_event() completes with that
+  // copy: order the work that reads device_ptr() after it with
+  // WaitOn(stream), and the CPU never waits for the copy.
+  //
+  //   auto next = engine->PinAsync(t, b + 1, strata::Tier::kGpu,
+  //                                strata::Access::kRead);   // enqueued
+  //   ... compute on block b ...
+  //   next->WaitOn(stream);                 // the stream waits, not the CPU
+  //   kernel<<<g, k, 0, stream>>>(next->device_ptr());
+  //   next->ReleaseAfter(stream);
+  //
+  // What may still block: bringing the block into host memory first, when
+  // its nearest copy is in a lower tier (NVMe, remote: read into a host
+  // staging buffer), finding a VRAM frame (evicting, writing a dirty victim
+  // back), a conflicting pin, and a load of the block that Pin() or
+  // Prefetch() started, as Pin() waits for them; only the final
+  // host-to-device copy of a load PinAsync starts is not waited for. Pins of a copy that is still in
+  // flight: another PinAsync gets it at once with the same event; Pin(),
+  // eviction, write pins and copies out of it wait until the copy finished,
+  // and TryPin() declines it (nullopt).
+  // Errors of the copy itself reach the caller through the pin (see
+  // Pin::ready_event and Pin::Synchronize) and count in
+  // TierStats::errors; the failed copy is dropped once its pins are
+  // released, and the next pin loads the block again (with its own result).
+  // Other tiers and write pins (kWrite, kOverwrite), and blocks of shared
+  // tensors, are pinned as by Pin(), which waits. Errors: those of Pin().
+  // Thread-safe, as Pin().
+  absl::StatusOr<strata::Pin> PinAsync(const Tensor& tensor, uint64_t block,
+                                       Tier tier, Access access);
 
   // Pins block `block` of `tensor` in `tier` only if that takes no wait:
   // the copy is resident and no conflicting pin holds it. Returns nullopt

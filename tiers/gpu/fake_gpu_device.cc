@@ -13,6 +13,7 @@ namespace strata::tiers {
 struct FakeGpuDevice::Event {
   uint64_t recorded = 0;   // generation of the latest Record
   uint64_t completed = 0;  // generation its stream got to
+  absl::Status error;      // of a failed copy before its latest record
 };
 
 struct FakeGpuDevice::Op {
@@ -25,11 +26,13 @@ struct FakeGpuDevice::Op {
   Event* event = nullptr;
   uint64_t generation = 0;
   std::function<void(std::span<std::byte>)> kernel;
+  absl::Status fail;  // a copy that fails when it runs
 };
 
 struct FakeGpuDevice::Stream {
   std::deque<Op> ops;
   bool held = false;
+  absl::Status error;  // a failed copy's, until the next record takes it
 };
 
 FakeGpuDevice::FakeGpuDevice(uint64_t total_bytes)
@@ -136,6 +139,7 @@ absl::Status FakeGpuDevice::CopyAsync(CopyDir dir, std::byte* device,
   }
   Op op{.kind = Op::Kind::kCopy, .dir = dir, .device = device, .host = host,
         .bytes = bytes};
+  if (fail_run_in_ > 0 && --fail_run_in_ == 0) op.fail = fail_run_status_;
   EnqueueLocked(streams_[dir == CopyDir::kHostToDevice ? 0 : 1].get(), std::move(op));
   return absl::OkStatus();
 }
@@ -185,7 +189,8 @@ absl::Status FakeGpuDevice::Synchronize(DeviceEvent event) {
   cv_.notify_all();  // tests wait for waiters() to change
   cv_.wait(lock, [&] { return !sticky_.ok() || e->completed >= target; });
   --waiters_;
-  return sticky_;
+  if (!sticky_.ok()) return sticky_;
+  return e->error;
 }
 
 bool FakeGpuDevice::RefuseFrame(uint64_t bytes) {
@@ -224,16 +229,20 @@ bool FakeGpuDevice::RunLocked(Stream& stream) {
   while (!stream.held && !stream.ops.empty() && sticky_.ok()) {
     Op& op = stream.ops.front();
     if (op.kind == Op::Kind::kWait && op.event->completed < op.generation) break;
-    ExecuteLocked(op);
+    ExecuteLocked(stream, op);
     stream.ops.pop_front();
     ran = true;
   }
   return ran;
 }
 
-void FakeGpuDevice::ExecuteLocked(Op& op) {
+void FakeGpuDevice::ExecuteLocked(Stream& stream, Op& op) {
   switch (op.kind) {
     case Op::Kind::kCopy: {
+      if (!op.fail.ok()) {
+        stream.error = op.fail;
+        break;
+      }
       std::byte* bytes = TranslateLocked(op.device, op.bytes);
       const int i = op.dir == CopyDir::kHostToDevice ? 0 : 1;
       if (i == 0) {
@@ -247,6 +256,8 @@ void FakeGpuDevice::ExecuteLocked(Op& op) {
     }
     case Op::Kind::kRecord:
       op.event->completed = std::max(op.event->completed, op.generation);
+      op.event->error = stream.error;
+      stream.error = absl::OkStatus();
       break;
     case Op::Kind::kWait:
       break;
@@ -301,6 +312,12 @@ void FakeGpuDevice::FailNthCopy(uint64_t nth, absl::Status status) {
   std::lock_guard lock(mu_);
   fail_copy_in_ = nth;
   fail_copy_status_ = std::move(status);
+}
+
+void FakeGpuDevice::FailNthCopyWhenItRuns(uint64_t nth, absl::Status status) {
+  std::lock_guard lock(mu_);
+  fail_run_in_ = nth;
+  fail_run_status_ = std::move(status);
 }
 
 void FakeGpuDevice::InjectStickyError(absl::Status status) {

@@ -11,7 +11,9 @@
 // a device still busy (no sleeps), and Launch enqueues a "kernel" (a
 // function over a view of device memory) on a caller's stream.
 //
-// Faults: the Nth copy fails; a sticky error (every later call fails, and
+// Faults: the Nth copy fails when enqueued, or when it runs (its bytes are
+// not copied, and the next event recorded after it on its stream completes
+// with the error: Synchronize returns it); a sticky error (every later call fails, and
 // Synchronize waiters wake with it); the Nth frame of the pool refused
 // (out of device memory); the pool reservation refused.
 //
@@ -73,6 +75,9 @@ class FakeGpuDevice : public GpuDevice {
 
   // The `nth` copy from now (1-based) fails with `status`.
   void FailNthCopy(uint64_t nth, absl::Status status);
+  // The `nth` copy from now is enqueued, then fails with `status` when it
+  // runs (an asynchronous error).
+  void FailNthCopyWhenItRuns(uint64_t nth, absl::Status status);
   // From now on every call fails with `status` (an illegal address).
   void InjectStickyError(absl::Status status);
   // The `nth` frame asked of the pool from now is refused; with `every`,
@@ -107,7 +112,7 @@ class FakeGpuDevice : public GpuDevice {
   void EnqueueLocked(Stream* stream, Op op);
   void PumpLocked();
   bool RunLocked(Stream& stream);
-  void ExecuteLocked(Op& op);
+  void ExecuteLocked(Stream& stream, Op& op);
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
@@ -120,6 +125,8 @@ class FakeGpuDevice : public GpuDevice {
   absl::Status reserve_error_;
   uint64_t fail_copy_in_ = 0;
   absl::Status fail_copy_status_;
+  uint64_t fail_run_in_ = 0;
+  absl::Status fail_run_status_;
   uint64_t refuse_in_ = 0;
   bool refuse_every_ = false;
   uint64_t refused_ = 0;

@@ -31,6 +31,13 @@ struct GpuTier::State {
   struct Pending {
     Transfer* transfer = nullptr;
     DeviceEvent event = nullptr;
+    bool keep_event = false;  // the frame's ready event: stays with the frame
+  };
+  // The latest copy into a frame: its event (a pin's ready event) and, once
+  // the lane saw it fail, its error. Kept until the frame is freed.
+  struct Ready {
+    DeviceEvent event = nullptr;
+    absl::Status status;
   };
   struct Lane {
     std::mutex mu;
@@ -55,6 +62,7 @@ struct GpuTier::State {
   absl::Status fence;  // the sticky error, once met
   std::vector<DeviceEvent> idle_events;
   absl::flat_hash_map<uint64_t, std::vector<DeviceEvent>> fences;  // by offset
+  absl::flat_hash_map<uint64_t, Ready> ready;                      // by offset
   std::vector<Deferred> deferred;
 };
 
@@ -136,6 +144,7 @@ GpuTier::~GpuTier() {
   for (auto& [offset, events] : state_->fences) {
     for (DeviceEvent e : events) device_->DestroyEvent(e);
   }
+  for (auto& [offset, r] : state_->ready) device_->DestroyEvent(r.event);
   for (State::Deferred& d : state_->deferred) {
     for (DeviceEvent e : d.events) device_->DestroyEvent(e);
   }
@@ -226,6 +235,12 @@ absl::StatusOr<Frame> GpuTier::DoAllocate(uint64_t bytes) {
 void GpuTier::DoFree(const Frame& frame) {
   {
     std::lock_guard lock(state_->mu);
+    // The frame's bytes are gone: so is its ready event (a stream that
+    // waited on it captured what it waits for when it was told to).
+    if (auto r = state_->ready.find(frame.offset); r != state_->ready.end()) {
+      state_->idle_events.push_back(r->second.event);
+      state_->ready.erase(r);
+    }
     auto it = state_->fences.find(frame.offset);
     if (it != state_->fences.end()) {
       state_->deferred.push_back({frame.offset, frame.bytes, std::move(it->second)});
@@ -338,10 +353,24 @@ absl::Status GpuTier::StartOne(Transfer& t) {
                                                 : "copy from the device", s);
   }
   t.checksum = 0;  // the GPU keeps no checksums: it is a pinnable tier
+  const bool keep = dir == CopyDir::kHostToDevice;
+  if (keep) {
+    // The copy's event becomes the frame's ready event, announced before the
+    // lane can complete the transfer (on_done ends the caller's interest).
+    DeviceEvent old = nullptr;
+    {
+      std::lock_guard lock(state_->mu);
+      State::Ready& r = state_->ready[t.frame.offset];
+      old = r.event;
+      r = {event, absl::OkStatus()};
+    }
+    if (old != nullptr) PutEvent(old);
+    if (t.on_enqueued != nullptr) t.on_enqueued(&t);
+  }
   State::Lane& lane = state_->lanes[Index(dir)];
   {
     std::lock_guard lock(lane.mu);
-    lane.queue.push_back({&t, event});
+    lane.queue.push_back({&t, event, keep});
   }
   lane.cv.notify_one();
   return absl::OkStatus();
@@ -360,7 +389,19 @@ void GpuTier::RunLane(int index) {
     }
     absl::Status s = device_->Synchronize(p.event);
     if (!s.ok()) s = Failed("waiting for a copy", s);
-    PutEvent(p.event);
+    if (p.keep_event) {
+      if (!s.ok()) {
+        // Recorded before on_done: whoever learns the copy failed (the
+        // copy's state word, cleared in on_done) finds its error here.
+        std::lock_guard lock(state_->mu);
+        auto r = state_->ready.find(p.transfer->frame.offset);
+        if (r != state_->ready.end() && r->second.event == p.event) {
+          r->second.status = s;
+        }
+      }
+    } else {
+      PutEvent(p.event);
+    }
     p.transfer->status = s;
     p.transfer->on_done(p.transfer);
   }
@@ -370,12 +411,23 @@ void GpuTier::RunLane(int index) {
 // Stream ordering
 
 absl::StatusOr<void*> GpuTier::ReadyEvent(const Frame& frame) {
-  (void)frame;
   STRATA_RETURN_IF_ERROR(CheckFence());
-  // A copy completes (and a pin is granted) only once the device finished
-  // it: the frame's bytes are ready, and an event never recorded is one a
-  // stream waits for at no cost.
-  return state_->complete;
+  std::lock_guard lock(state_->mu);
+  auto r = state_->ready.find(frame.offset);
+  // A frame no copy filled (an overwrite pin's): nothing to wait for, and an
+  // event never recorded is one a stream waits for at no cost.
+  if (r == state_->ready.end()) return state_->complete;
+  if (!r->second.status.ok()) {
+    return absl::Status(
+        r->second.status.code(),
+        absl::StrCat(r->second.status.message(),
+                     "; the block's copy into VRAM failed, so this pin's "
+                     "device memory holds no valid bytes: release the pin "
+                     "and pin the block again (the engine loads it anew)"));
+  }
+  // The copy's event: complete once the bytes are there (a pin from Pin()
+  // is granted only then; one from PinAsync() may come earlier).
+  return r->second.event;
 }
 
 absl::Status GpuTier::WaitReady(const Frame& frame, void* stream) {

@@ -11,7 +11,13 @@
 // - A transfer completes (on_done) only once the device finished it: its
 //   event is synchronized on the tier's completion thread of its direction
 //   (one for host->device, one for device->host, on two non-blocking
-//   streams, so promotions and demotions overlap).
+//   streams, so promotions and demotions overlap). A copy into a frame
+//   calls the transfer's on_enqueued (if set) once it is enqueued, before
+//   its lane can complete it.
+// - Ready events: the event recorded after the latest copy into a frame is
+//   the frame's ready event (ReadyEvent) until the frame is freed; when the
+//   lane sees that copy fail it stores the error with it before on_done,
+//   and ReadyEvent/WaitReady return the error from then on.
 // - Stream-ordered unpin: FenceAfter records an event on the caller's
 //   stream; later copies out of or into the frame wait for it on the
 //   device, and a freed frame goes back to the pool only once it completed
