@@ -14,6 +14,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
+#include <fstream>
 #include <functional>
 #include <mutex>
 #include <random>
@@ -753,6 +754,53 @@ TEST(RemoteEngineTest, VictimsGoToRemoteAndComeBack) {
   o.remote.secret = kSecret;
   o.remote.servers = {server.address()};
   o.remote.replication = 2;  // more copies than servers
+  EXPECT_STATUS(Engine::Open(o), StatusCode::kInvalidArgument);
+}
+
+// The static bootstrap: a file of host:port lines (comments and blank lines
+// skipped), with errors that name the line.
+TEST(RemoteBootstrapTest, StaticListFromFile) {
+  TempDir dir;
+  ASSERT_TRUE(dir.ok());
+  const std::string good = dir.Sub("servers");
+  std::ofstream(good) << "# the lenders\n10.0.0.7:7400\n\n  10.0.0.8:7401  \n";
+  ASSERT_OK_AND_ASSIGN(std::shared_ptr<const Bootstrap> b, StaticBootstrapFromFile(good));
+  ASSERT_OK_AND_ASSIGN(std::vector<std::string> servers, b->Servers());
+  EXPECT_EQ(servers, (std::vector<std::string>{"10.0.0.7:7400", "10.0.0.8:7401"}));
+  const std::string bad = dir.Sub("bad");
+  std::ofstream(bad) << "10.0.0.7:7400\n# fine\n10.0.0.8\n";
+  absl::StatusOr<std::shared_ptr<const Bootstrap>> r = StaticBootstrapFromFile(bad);
+  EXPECT_STATUS(r, StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("line 3"), std::string::npos) << r.status();
+  const std::string empty = dir.Sub("empty");
+  std::ofstream(empty) << "# nobody\n";
+  EXPECT_STATUS(StaticBootstrapFromFile(empty), StatusCode::kInvalidArgument);
+  EXPECT_STATUS(StaticBootstrapFromFile(dir.Sub("missing")), StatusCode::kNotFound);
+}
+
+// An engine whose servers come from a bootstrap (here a file) instead of
+// remote.servers; naming them both ways is an error.
+TEST(RemoteEngineTest, BootstrapNamesTheServers) {
+  Blockd server(16 * kMiB);
+  REQUIRE_SERVER(server);
+  TempDir dir;
+  ASSERT_TRUE(dir.ok());
+  const std::string list = dir.Sub("servers");
+  std::ofstream(list) << server.address() << "\n";
+  constexpr uint64_t kBlock = 64 * kKiB, kBlocks = 32;
+  EngineOptions o = RemoteEngineOptions(dir, 8 * kBlock, kBlock, {}, 4 * kMiB);
+  o.tiers = {Tier::kHost, Tier::kRemote};
+  ASSERT_OK_AND_ASSIGN(o.remote.bootstrap, StaticBootstrapFromFile(list));
+  {
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<Engine> e, Engine::Open(o));
+    ASSERT_OK_AND_ASSIGN(Tensor t, MakeBlocks(*e, kBlocks, kBlock));
+    const uint64_t run = std::random_device{}();
+    ASSERT_NO_FATAL_FAILURE(WriteBlocks(*e, t, kBlocks, run, 1));
+    ASSERT_NO_FATAL_FAILURE(ExpectBlocks(*e, t, kBlocks, run, 1, "through the bootstrap"));
+    EXPECT_GT(e->GetStats().tier(Tier::kRemote).bytes_in, 0u);
+    EXPECT_OK(e->Close());
+  }
+  o.remote.servers = {server.address()};
   EXPECT_STATUS(Engine::Open(o), StatusCode::kInvalidArgument);
 }
 
