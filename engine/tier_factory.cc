@@ -88,6 +88,7 @@ absl::StatusOr<std::unique_ptr<tiers::Tier>> Build(
                                        .server = servers[0],
                                        .secret = r.secret,
                                        .capacity_bytes = r.capacity_bytes,
+                                       .reconnect_backoff = r.reconnect_backoff,
                                        .log = options.log};
       if (servers.size() == 1 && r.replication == 1) {
         return tiers::MakeRemoteTier(config);

@@ -167,6 +167,13 @@ struct RemoteTierOptions {
   // Bytes borrowed from each server at Open (a multiple of 4096); the
   // tier holds servers x capacity_bytes / replication.
   uint64_t capacity_bytes = uint64_t{1} << 30;
+  // A server found lost (a transfer failed or timed out) is asked again
+  // after this long (then twice as long, up to 32x, while it stays away).
+  // When it answers, new blocks go there again; the copies it held before
+  // stay lost (reads of blocks only there are kDataLoss), and with
+  // replication 2 or more the blocks that lost a copy are copied again to
+  // another server in the background. Must be positive.
+  absl::Duration reconnect_backoff = absl::Seconds(1);
 };
 
 struct GpuTierOptions {
