@@ -30,6 +30,7 @@
 #include "tiers/remote/fabric.h"
 #include "tiers/remote/protocol.h"
 #include "tiers/remote/remote_tier.h"
+#include "tiers/remote/replicated_tier.h"
 
 namespace strata {
 namespace {
@@ -690,6 +691,63 @@ TEST(RemoteTierTest, ReconnectsToARestartedServerForNewBlocksOnly) {
                 StatusCode::kUnavailable);
   tier->Free(f);
   tier->Free(*g);
+}
+
+// Three servers, two copies of each block. After one server is lost, the
+// blocks that had a copy there are copied again to another server in the
+// background, so that losing a second server later still loses nothing.
+TEST(RemoteTierTest, ReplicationCopiesAgainAfterALossAndSurvivesASecond) {
+  Blockd a(32 * kMiB), b(32 * kMiB), c(32 * kMiB);
+  REQUIRE_SERVER(a);
+  REQUIRE_SERVER(b);
+  REQUIRE_SERVER(c);
+  Logs logs;
+  tiers::RemoteConfig base = Config(a, 8 * kMiB);
+  base.timeout = absl::Seconds(1);
+  base.reconnect_backoff = absl::Milliseconds(50);
+  base.log = logs.Sink();
+  ASSERT_OK_AND_ASSIGN(auto tier, tiers::MakeReplicatedRemoteTier(
+                                      base, {a.address(), b.address(), c.address()}, 2));
+  constexpr int kBlocks = 24;
+  const uint64_t run = std::random_device{}();
+  std::vector<tiers::Frame> frames;
+  std::vector<uint64_t> sums(kBlocks, 0);
+  for (int i = 0; i < kBlocks; ++i) {
+    ASSERT_OK_AND_ASSIGN(tiers::Frame f, tier->Allocate(64 * kKiB));
+    frames.push_back(f);
+    std::vector<std::byte> data(64 * kKiB);
+    FillPattern(data, Seed(run, i, 1));
+    ASSERT_OK(Move(*tier, tiers::Transfer::Op::kWrite, f, data, i, &sums[i]));
+  }
+  auto read_all = [&](std::string_view when) {
+    for (int i = 0; i < kBlocks; ++i) {
+      std::vector<std::byte> back(64 * kKiB);
+      uint64_t sum = sums[i];
+      const absl::Status s = Move(*tier, tiers::Transfer::Op::kRead, frames[i], back, i, &sum);
+      ASSERT_TRUE(s.ok()) << when << ": block " << i << ": " << s << "\n" << logs.All();
+      EXPECT_EQ(FirstPatternMismatch(back, Seed(run, i, 1)), -1) << when << ": block " << i;
+    }
+  };
+  ASSERT_OK_AND_ASSIGN(tiers::ReplicationHealth h, tiers::GetReplicationHealth(*tier));
+  ASSERT_EQ(h.blocks, static_cast<uint64_t>(kBlocks));
+  ASSERT_EQ(h.under_replicated, 0u);
+  a.Stop(SIGKILL);
+  // Reads go on from the other copy; the ones that try `a` find it lost.
+  ASSERT_NO_FATAL_FAILURE(read_all("after the first loss"));
+  // The repair thread copies the blocks that lost a copy (bounded: 20 s).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  for (;;) {
+    ASSERT_OK_AND_ASSIGN(h, tiers::GetReplicationHealth(*tier));
+    if (h.under_replicated == 0 || std::chrono::steady_clock::now() > deadline) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_EQ(h.under_replicated, 0u) << "blocks still short of a copy after 20 s\n"
+                                    << logs.All();
+  EXPECT_EQ(h.lost, 0u);
+  EXPECT_GT(h.repaired, 0u) << "no block had a copy on the lost server";
+  b.Stop(SIGKILL);
+  ASSERT_NO_FATAL_FAILURE(read_all("after the second loss"));
+  for (const tiers::Frame& f : frames) tier->Free(f);
 }
 
 // A raw fabric client: garbage, requests without a session, a reply sent
