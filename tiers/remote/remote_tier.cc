@@ -110,6 +110,24 @@ class RemoteLink final : public Tier {
   bool addressable() const override { return false; }
   uint64_t largest_free() const override { return frames_.largest_free(); }
 
+  // A waiting thread polls the completion queue too (the provider moves
+  // bytes inside the poll): the completion of its own read then runs on it,
+  // with no wake-up from the progress thread. What only the progress thread
+  // may do (fence: closing the endpoint; re-posting receive buffers) is
+  // handed to it.
+  bool DriveCompletions() override {
+    Fabric::Op* done[16];
+    int n = 0;
+    {
+      // Not while Fence closes the endpoint (no poll of a closed one).
+      std::shared_lock posting(post_mu_, std::try_to_lock);
+      if (!posting.owns_lock() || fenced_.load(std::memory_order_acquire)) return false;
+      n = fabric_->Poll(done, 16, 0);
+    }
+    for (int i = 0; i < n; ++i) Dispatch(static_cast<RemoteOp*>(done[i]), false);
+    return true;
+  }
+
   absl::Status RegisterHostMemory(std::span<std::byte> arena) override {
     if (!fabric_->local_registration()) return absl::OkStatus();  // not needed
     absl::StatusOr<Fabric::Region> r =
@@ -174,6 +192,9 @@ class RemoteLink final : public Tier {
   absl::Status DoSubmit(std::span<Transfer* const> batch) override;
   absl::Status Post(RemoteOp& op);
   void Progress();
+  // What a completion means, on the progress thread or (`progress` false)
+  // on a thread driving completions while it waits for its own transfer.
+  void Dispatch(RemoteOp* op, bool progress);
   void OnTransferDone(RemoteOp* op);
   void Verify();
   // True when `op` was in flight (and is no longer); false when Fence
@@ -223,6 +244,13 @@ class RemoteLink final : public Tier {
   std::atomic<bool> stalled_{false};  // a post gave up: Fence, please
   mutable std::mutex reason_mu_;
   std::string fence_reason_;  // why the tier fenced (reason_mu_)
+  // A transfer that failed on a driving thread: the progress thread fences.
+  std::atomic<bool> fence_pending_{false};
+  absl::Status fence_asked_;  // reason_mu_
+  // Replies received on a driving thread, for the progress thread.
+  std::mutex handoff_mu_;
+  std::vector<RemoteOp*> handoff_;
+  std::atomic<bool> handed_{false};
   std::mutex mu_;
   std::condition_variable cv_;
   uint64_t next_request_ = 1;
@@ -322,28 +350,52 @@ void RemoteLink::Progress() {
     const int n = fabric_->Poll(done, 16, busy ? 0 : 5);
     CheckTimeouts();
     if (!unposted_.empty()) Repost(nullptr);
-    for (int i = 0; i < n; ++i) {
-      auto* op = static_cast<RemoteOp*>(done[i]);
-      switch (op->kind) {
-        case RemoteOp::Kind::kTransfer:
-          if (!Landed(op)) break;  // Fence failed it already
-          if (!op->status.ok()) {
-            const absl::Status why = op->status;
-            OnTransferDone(op);
-            Fence(why);
-          } else if (op->transfer->op == Transfer::Op::kRead &&
-                     op->transfer->host.size() >= kVerifyAside) {
-            std::lock_guard lock(verify_mu_);
-            verify_q_.push_back(op);
-            verify_cv_.notify_one();
-          } else {
-            OnTransferDone(op);
-          }
-          break;
-        case RemoteOp::Kind::kSend: delete op; break;
-        case RemoteOp::Kind::kReceive: OnReply(*op); break;
+    for (int i = 0; i < n; ++i) Dispatch(static_cast<RemoteOp*>(done[i]), true);
+    if (handed_.load(std::memory_order_acquire)) {
+      std::vector<RemoteOp*> replies;
+      {
+        std::lock_guard lock(handoff_mu_);
+        replies.swap(handoff_);
+        handed_.store(false, std::memory_order_relaxed);
       }
+      for (RemoteOp* op : replies) OnReply(*op);
     }
+  }
+}
+
+void RemoteLink::Dispatch(RemoteOp* op, bool progress) {
+  switch (op->kind) {
+    case RemoteOp::Kind::kTransfer:
+      if (!Landed(op)) break;  // Fence failed it already
+      if (!op->status.ok()) {
+        const absl::Status why = op->status;
+        OnTransferDone(op);
+        if (progress) {
+          Fence(why);
+        } else {
+          std::lock_guard lock(reason_mu_);
+          if (fence_asked_.ok()) fence_asked_ = why;
+          fence_pending_.store(true, std::memory_order_release);
+        }
+      } else if (op->transfer->op == Transfer::Op::kRead &&
+                 op->transfer->host.size() >= kVerifyAside) {
+        std::lock_guard lock(verify_mu_);
+        verify_q_.push_back(op);
+        verify_cv_.notify_one();
+      } else {
+        OnTransferDone(op);
+      }
+      break;
+    case RemoteOp::Kind::kSend: delete op; break;
+    case RemoteOp::Kind::kReceive:
+      if (progress) {
+        OnReply(*op);
+      } else {
+        std::lock_guard lock(handoff_mu_);
+        handoff_.push_back(op);
+        handed_.store(true, std::memory_order_release);
+      }
+      break;
   }
 }
 
@@ -354,6 +406,15 @@ bool RemoteLink::Landed(RemoteOp* op) {
 
 void RemoteLink::CheckTimeouts() {
   if (fenced_.load(std::memory_order_relaxed)) return;
+  if (fence_pending_.load(std::memory_order_acquire)) {
+    absl::Status why;
+    {
+      std::lock_guard lock(reason_mu_);
+      why = fence_asked_;
+    }
+    Fence(why);
+    return;
+  }
   if (stalled_.load(std::memory_order_acquire)) {
     Fence(absl::DeadlineExceededError(absl::StrCat(
         "its transfer queue stayed full for ", absl::FormatDuration(config_.timeout))));
@@ -626,6 +687,8 @@ class RemoteTier final : public RemoteServerTier {
   }
 
   absl::StatusOr<RemoteServerStat> Stat() override { return link()->Stat(); }
+
+  bool DriveCompletions() override { return link()->DriveCompletions(); }
 
  private:
   // What became of the copies of an earlier connection.

@@ -87,6 +87,12 @@ class ReplicatedTier final : public Tier {
 
   ReplicationHealth Health();
 
+  bool DriveCompletions() override {
+    bool any = false;
+    for (auto& s : servers_) any = s->DriveCompletions() || any;
+    return any;
+  }
+
   bool addressable() const override { return false; }
 
   absl::Status RegisterHostMemory(std::span<std::byte> arena) override {
