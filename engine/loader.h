@@ -28,6 +28,7 @@
 #ifndef STRATA_ENGINE_LOADER_H_
 #define STRATA_ENGINE_LOADER_H_
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
@@ -101,6 +102,10 @@ class Loader {
   void PublishLocked(Op& op);
   void Finish(Op& op, const absl::Status& status);
   absl::Status Timeout(const Op& op) const;
+  // Drives the source tier's completions while the starter waits (at
+  // most kDriveFor), where the tier has any to drive.
+  void DriveSource(Op& op, Deadline until);
+  static constexpr std::chrono::microseconds kDriveFor{1000};
 
   EngineParts& parts_;
   std::mutex mu_;

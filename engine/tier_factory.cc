@@ -67,20 +67,33 @@ absl::StatusOr<std::unique_ptr<tiers::Tier>> Build(
 #if STRATA_HAVE_FABRIC
     case Tier::kRemote: {
       const RemoteTierOptions& r = options.remote;
-      if (r.servers.empty()) {
+      if (r.bootstrap != nullptr && !r.servers.empty()) {
+        return absl::InvalidArgumentError(
+            "remote.servers and remote.bootstrap are both set; name the "
+            "servers one way (a list is StaticBootstrap(servers))");
+      }
+      // The list given is the static bootstrap; MPI's (strata/mpi.h) or a
+      // file's come in through remote.bootstrap.
+      const std::shared_ptr<const Bootstrap> bootstrap =
+          r.bootstrap != nullptr ? r.bootstrap : StaticBootstrap(r.servers);
+      STRATA_ASSIGN_OR_RETURN(const std::vector<std::string> servers,
+                              bootstrap->Servers());
+      if (servers.empty()) {
         return absl::InvalidArgumentError(
             "remote.servers is empty; name the strata-blockd servers as "
-            "host:port, or leave Tier::kRemote out of tiers");
+            "host:port (or give remote.bootstrap), or leave Tier::kRemote "
+            "out of tiers");
       }
       const tiers::RemoteConfig config{.provider = r.provider,
-                                       .server = r.servers[0],
+                                       .server = servers[0],
                                        .secret = r.secret,
                                        .capacity_bytes = r.capacity_bytes,
+                                       .reconnect_backoff = r.reconnect_backoff,
                                        .log = options.log};
-      if (r.servers.size() == 1 && r.replication == 1) {
+      if (servers.size() == 1 && r.replication == 1) {
         return tiers::MakeRemoteTier(config);
       }
-      return tiers::MakeReplicatedRemoteTier(config, r.servers, r.replication);
+      return tiers::MakeReplicatedRemoteTier(config, servers, r.replication);
     }
 #endif
     case Tier::kGpu:

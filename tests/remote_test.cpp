@@ -14,6 +14,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
+#include <fstream>
 #include <functional>
 #include <mutex>
 #include <random>
@@ -29,6 +30,7 @@
 #include "tiers/remote/fabric.h"
 #include "tiers/remote/protocol.h"
 #include "tiers/remote/remote_tier.h"
+#include "tiers/remote/replicated_tier.h"
 
 namespace strata {
 namespace {
@@ -475,6 +477,8 @@ TEST(RemoteTierTest, KilledServerFailsEveryTransferInBoundedTime) {
   } else {
     EXPECT_STATUS(after, StatusCode::kDataLoss);
     EXPECT_STATUS(tier->Allocate(kMiB), StatusCode::kResourceExhausted);
+    // A fenced connection has nothing for a waiting thread to drive.
+    EXPECT_FALSE(tier->DriveCompletions());
   }
   EXPECT_NE(FirstPatternMismatch(into, Seed(run, 0, 1)), -1)
       << "bytes arrived from a dead server";
@@ -524,7 +528,10 @@ TEST(RemoteTierTest, AReceiveThatCannotBePostedAgainFencesTheTier) {
   EXPECT_NE(write.message().find(server.address()), std::string::npos) << write;
   EXPECT_NE(write.message().find("injected failure"), std::string::npos) << write;
   EXPECT_STATUS(tier->Allocate(64 * kKiB), StatusCode::kResourceExhausted);
-  EXPECT_EQ(logs.Count("injected failure"), 1) << logs.All();
+  // One line for the fence (reconnect attempts, which meet the same
+  // injected failure, log theirs apart).
+  EXPECT_EQ(logs.Count("could not be posted again: fi_recv: injected failure"), 1)
+      << logs.All();
   tier->Free(f);
 }
 
@@ -609,6 +616,140 @@ TEST(RemoteTierTest, ARestartedServerIsNotTheOldOne) {
   const absl::Status read = Move(*old_tier, tiers::Transfer::Op::kRead, f, back, 0, &sum);
   EXPECT_FALSE(read.ok()) << "a tier of the old server read from the new one";
   EXPECT_TRUE(absl::IsDataLoss(read) || absl::IsUnavailable(read)) << read;
+}
+
+// A server started again at `address` (the port may take a moment to come
+// free after the old one died).
+std::unique_ptr<Blockd> RestartAt(const std::string& address, uint64_t region_bytes) {
+  std::unique_ptr<Blockd> server;
+  for (int i = 0; i < 50; ++i) {
+    server = std::make_unique<Blockd>(region_bytes, kSecret, address);
+    if (server->ok()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return server;
+}
+
+// A tier that lost its server reconnects to the server restarted at the
+// same address, after its backoff, for new blocks: it recognises it as a
+// new server (its generation), and the copies placed before the loss stay
+// lost, never read from the new one.
+TEST(RemoteTierTest, ReconnectsToARestartedServerForNewBlocksOnly) {
+  auto first = std::make_unique<Blockd>(16 * kMiB);
+  REQUIRE_SERVER(*first);
+  const std::string address = first->address();
+  Logs logs;
+  tiers::RemoteConfig c = Config(*first, 4 * kMiB);
+  c.timeout = absl::Seconds(1);
+  c.reconnect_backoff = absl::Milliseconds(50);
+  c.log = logs.Sink();
+  ASSERT_OK_AND_ASSIGN(auto tier, tiers::MakeRemoteTier(c));
+  ASSERT_OK_AND_ASSIGN(tiers::RemoteServerStat old_stat, tiers::StatRemoteServer(*tier));
+  ASSERT_OK_AND_ASSIGN(tiers::Frame f, tier->Allocate(64 * kKiB));
+  std::vector<std::byte> data(64 * kKiB);
+  const uint64_t run = std::random_device{}();
+  FillPattern(data, Seed(run, 0, 1));
+  uint64_t sum = 0;
+  ASSERT_OK(Move(*tier, tiers::Transfer::Op::kWrite, f, data, 0, &sum));
+  first->Stop(SIGKILL);
+  first.reset();
+  // The next transfer finds the server lost.
+  std::vector<std::byte> back(64 * kKiB);
+  uint64_t read_sum = sum;
+  const absl::Status lost = Move(*tier, tiers::Transfer::Op::kRead, f, back, 0, &read_sum);
+  EXPECT_TRUE(absl::IsDataLoss(lost) || absl::IsUnavailable(lost)) << lost;
+  std::unique_ptr<Blockd> second = RestartAt(address, 16 * kMiB);
+  REQUIRE_SERVER(*second);
+  // Until the tier has reconnected, allocations pass (kResourceExhausted:
+  // demotion goes on below); then they succeed again (bounded: 20 s).
+  absl::StatusOr<tiers::Frame> g;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  for (;;) {
+    g = tier->Allocate(64 * kKiB);
+    if (g.ok() || std::chrono::steady_clock::now() > deadline) break;
+    ASSERT_EQ(g.status().code(), StatusCode::kResourceExhausted) << g.status();
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_OK(g.status()) << "no reconnect to the restarted server within 20 s\n" << logs.All();
+  ASSERT_OK_AND_ASSIGN(tiers::RemoteServerStat new_stat, tiers::StatRemoteServer(*tier));
+  EXPECT_NE(new_stat.generation, old_stat.generation);
+  EXPECT_EQ(logs.Count("is back as a new server"), 1) << logs.All();
+  // New blocks round-trip through the new server...
+  std::vector<std::byte> other(64 * kKiB);
+  FillPattern(other, Seed(run, 1, 1));
+  uint64_t other_sum = 0;
+  ASSERT_OK(Move(*tier, tiers::Transfer::Op::kWrite, *g, other, 1, &other_sum));
+  std::vector<std::byte> other_back(64 * kKiB);
+  ASSERT_OK(Move(*tier, tiers::Transfer::Op::kRead, *g, other_back, 1, &other_sum));
+  EXPECT_EQ(FirstPatternMismatch(other_back, Seed(run, 1, 1)), -1);
+  // ...and the old copy stays lost: never read from the new server.
+  std::fill(back.begin(), back.end(), std::byte{0});
+  read_sum = sum;
+  EXPECT_STATUS(Move(*tier, tiers::Transfer::Op::kRead, f, back, 0, &read_sum),
+                StatusCode::kDataLoss);
+  EXPECT_EQ(test::FirstNonZero(back), -1) << "bytes arrived for a copy of the lost server";
+  // Writes to an old frame fail too; freeing it is harmless.
+  EXPECT_STATUS(Move(*tier, tiers::Transfer::Op::kWrite, f, data, 0, &sum),
+                StatusCode::kUnavailable);
+  tier->Free(f);
+  tier->Free(*g);
+}
+
+// Three servers, two copies of each block. After one server is lost, the
+// blocks that had a copy there are copied again to another server in the
+// background, so that losing a second server later still loses nothing.
+TEST(RemoteTierTest, ReplicationCopiesAgainAfterALossAndSurvivesASecond) {
+  Blockd a(32 * kMiB), b(32 * kMiB), c(32 * kMiB);
+  REQUIRE_SERVER(a);
+  REQUIRE_SERVER(b);
+  REQUIRE_SERVER(c);
+  Logs logs;
+  tiers::RemoteConfig base = Config(a, 8 * kMiB);
+  base.timeout = absl::Seconds(1);
+  base.reconnect_backoff = absl::Milliseconds(50);
+  base.log = logs.Sink();
+  ASSERT_OK_AND_ASSIGN(auto tier, tiers::MakeReplicatedRemoteTier(
+                                      base, {a.address(), b.address(), c.address()}, 2));
+  constexpr int kBlocks = 24;
+  const uint64_t run = std::random_device{}();
+  std::vector<tiers::Frame> frames;
+  std::vector<uint64_t> sums(kBlocks, 0);
+  for (int i = 0; i < kBlocks; ++i) {
+    ASSERT_OK_AND_ASSIGN(tiers::Frame f, tier->Allocate(64 * kKiB));
+    frames.push_back(f);
+    std::vector<std::byte> data(64 * kKiB);
+    FillPattern(data, Seed(run, i, 1));
+    ASSERT_OK(Move(*tier, tiers::Transfer::Op::kWrite, f, data, i, &sums[i]));
+  }
+  auto read_all = [&](std::string_view when) {
+    for (int i = 0; i < kBlocks; ++i) {
+      std::vector<std::byte> back(64 * kKiB);
+      uint64_t sum = sums[i];
+      const absl::Status s = Move(*tier, tiers::Transfer::Op::kRead, frames[i], back, i, &sum);
+      ASSERT_TRUE(s.ok()) << when << ": block " << i << ": " << s << "\n" << logs.All();
+      EXPECT_EQ(FirstPatternMismatch(back, Seed(run, i, 1)), -1) << when << ": block " << i;
+    }
+  };
+  ASSERT_OK_AND_ASSIGN(tiers::ReplicationHealth h, tiers::GetReplicationHealth(*tier));
+  ASSERT_EQ(h.blocks, static_cast<uint64_t>(kBlocks));
+  ASSERT_EQ(h.under_replicated, 0u);
+  a.Stop(SIGKILL);
+  // Reads go on from the other copy; the ones that try `a` find it lost.
+  ASSERT_NO_FATAL_FAILURE(read_all("after the first loss"));
+  // The repair thread copies the blocks that lost a copy (bounded: 20 s).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  for (;;) {
+    ASSERT_OK_AND_ASSIGN(h, tiers::GetReplicationHealth(*tier));
+    if (h.under_replicated == 0 || std::chrono::steady_clock::now() > deadline) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_EQ(h.under_replicated, 0u) << "blocks still short of a copy after 20 s\n"
+                                    << logs.All();
+  EXPECT_EQ(h.lost, 0u);
+  EXPECT_GT(h.repaired, 0u) << "no block had a copy on the lost server";
+  b.Stop(SIGKILL);
+  ASSERT_NO_FATAL_FAILURE(read_all("after the second loss"));
+  for (const tiers::Frame& f : frames) tier->Free(f);
 }
 
 // A raw fabric client: garbage, requests without a session, a reply sent
@@ -753,6 +894,53 @@ TEST(RemoteEngineTest, VictimsGoToRemoteAndComeBack) {
   o.remote.secret = kSecret;
   o.remote.servers = {server.address()};
   o.remote.replication = 2;  // more copies than servers
+  EXPECT_STATUS(Engine::Open(o), StatusCode::kInvalidArgument);
+}
+
+// The static bootstrap: a file of host:port lines (comments and blank lines
+// skipped), with errors that name the line.
+TEST(RemoteBootstrapTest, StaticListFromFile) {
+  TempDir dir;
+  ASSERT_TRUE(dir.ok());
+  const std::string good = dir.Sub("servers");
+  std::ofstream(good) << "# the lenders\n10.0.0.7:7400\n\n  10.0.0.8:7401  \n";
+  ASSERT_OK_AND_ASSIGN(std::shared_ptr<const Bootstrap> b, StaticBootstrapFromFile(good));
+  ASSERT_OK_AND_ASSIGN(std::vector<std::string> servers, b->Servers());
+  EXPECT_EQ(servers, (std::vector<std::string>{"10.0.0.7:7400", "10.0.0.8:7401"}));
+  const std::string bad = dir.Sub("bad");
+  std::ofstream(bad) << "10.0.0.7:7400\n# fine\n10.0.0.8\n";
+  absl::StatusOr<std::shared_ptr<const Bootstrap>> r = StaticBootstrapFromFile(bad);
+  EXPECT_STATUS(r, StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("line 3"), std::string::npos) << r.status();
+  const std::string empty = dir.Sub("empty");
+  std::ofstream(empty) << "# nobody\n";
+  EXPECT_STATUS(StaticBootstrapFromFile(empty), StatusCode::kInvalidArgument);
+  EXPECT_STATUS(StaticBootstrapFromFile(dir.Sub("missing")), StatusCode::kNotFound);
+}
+
+// An engine whose servers come from a bootstrap (here a file) instead of
+// remote.servers; naming them both ways is an error.
+TEST(RemoteEngineTest, BootstrapNamesTheServers) {
+  Blockd server(16 * kMiB);
+  REQUIRE_SERVER(server);
+  TempDir dir;
+  ASSERT_TRUE(dir.ok());
+  const std::string list = dir.Sub("servers");
+  std::ofstream(list) << server.address() << "\n";
+  constexpr uint64_t kBlock = 64 * kKiB, kBlocks = 32;
+  EngineOptions o = RemoteEngineOptions(dir, 8 * kBlock, kBlock, {}, 4 * kMiB);
+  o.tiers = {Tier::kHost, Tier::kRemote};
+  ASSERT_OK_AND_ASSIGN(o.remote.bootstrap, StaticBootstrapFromFile(list));
+  {
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<Engine> e, Engine::Open(o));
+    ASSERT_OK_AND_ASSIGN(Tensor t, MakeBlocks(*e, kBlocks, kBlock));
+    const uint64_t run = std::random_device{}();
+    ASSERT_NO_FATAL_FAILURE(WriteBlocks(*e, t, kBlocks, run, 1));
+    ASSERT_NO_FATAL_FAILURE(ExpectBlocks(*e, t, kBlocks, run, 1, "through the bootstrap"));
+    EXPECT_GT(e->GetStats().tier(Tier::kRemote).bytes_in, 0u);
+    EXPECT_OK(e->Close());
+  }
+  o.remote.servers = {server.address()};
   EXPECT_STATUS(Engine::Open(o), StatusCode::kInvalidArgument);
 }
 

@@ -107,6 +107,14 @@ class Tier {
     return absl::OkStatus();
   }
 
+  // Delivers the completions that are ready on the calling thread (their
+  // on_done runs here), driving the device's progress where that takes a
+  // CPU (a software fabric provider). A thread about to wait for its own
+  // transfer calls it for a short while instead of waiting to be woken:
+  // a wake-up can cost as much as a small transfer. False when the tier
+  // has nothing to drive (its completions come from elsewhere; wait).
+  virtual bool DriveCompletions() { return false; }
+
   // Stream ordering, for tiers whose frames live in device memory (the
   // GPU); `stream` is a caller's cudaStream_t, as an opaque handle. Other
   // tiers answer kFailedPrecondition.

@@ -121,10 +121,42 @@ struct NvmeTierOptions {
   bool register_buffers = true;
 };
 
+// Finds the block servers a remote tier borrows memory from. Two come with
+// Strata: StaticBootstrap (a list, given or read from a file) and
+// MpiBootstrap (api/strata/mpi.h: the ranks of an MPI job exchange the
+// addresses of the servers they run). Engine::Open asks it once.
+//
+// Thread safety: Servers() may be called from any thread.
+class Bootstrap {
+ public:
+  virtual ~Bootstrap() = default;
+  // The servers, as "host:port" (a strata-blockd, or a strata::BlockServer
+  // of another process). An error fails Engine::Open with it.
+  virtual absl::StatusOr<std::vector<std::string>> Servers() const = 0;
+};
+
+// A fixed list of servers: what RemoteTierOptions::servers stands for.
+std::shared_ptr<const Bootstrap> StaticBootstrap(std::vector<std::string> servers);
+
+// The servers listed in the file at `path`, one "host:port" a line (blank
+// lines and lines starting with '#' skipped), read now. kNotFound when the
+// file cannot be read; kInvalidArgument naming the line that is not
+// host:port, or when it lists none.
+//
+//   # /etc/strata/servers
+//   10.0.0.7:7400
+//   10.0.0.8:7400
+absl::StatusOr<std::shared_ptr<const Bootstrap>> StaticBootstrapFromFile(
+    const std::string& path);
+
 struct RemoteTierOptions {
   // strata-blockd servers lending RAM, as "host:port". Each block's copy
-  // goes to `replication` of them, chosen by rendezvous hashing.
+  // goes to `replication` of them, chosen by rendezvous hashing. Leave it
+  // empty when `bootstrap` names them.
   std::vector<std::string> servers;
+  // Where the servers come from instead of `servers` (StaticBootstrap-
+  // FromFile, MpiBootstrap); asked once at Open. Null: `servers`.
+  std::shared_ptr<const Bootstrap> bootstrap;
   // Copies of each block (1..3, at most the number of servers); with 2,
   // losing one server loses no block.
   int replication = 1;
@@ -135,6 +167,13 @@ struct RemoteTierOptions {
   // Bytes borrowed from each server at Open (a multiple of 4096); the
   // tier holds servers x capacity_bytes / replication.
   uint64_t capacity_bytes = uint64_t{1} << 30;
+  // A server found lost (a transfer failed or timed out) is asked again
+  // after this long (then twice as long, up to 32x, while it stays away).
+  // When it answers, new blocks go there again; the copies it held before
+  // stay lost (reads of blocks only there are kDataLoss), and with
+  // replication 2 or more the blocks that lost a copy are copied again to
+  // another server in the background. Must be positive.
+  absl::Duration reconnect_backoff = absl::Seconds(1);
 };
 
 struct GpuTierOptions {

@@ -1,5 +1,6 @@
 #include "tiers/remote/remote_tier.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -31,6 +32,12 @@ constexpr int kReceives = 4;
 // ones (a 4 KiB block: well under a microsecond) right away, which saves
 // the pin that waits for them a thread hand-off.
 constexpr size_t kVerifyAside = 64 << 10;
+// A frame's offset: the epoch of the connection it was allocated on (bits
+// 48..63; 1, 2, ... one per reconnect) and its offset in that connection's
+// allocation.
+constexpr int kEpochShift = 48;
+constexpr uint64_t kOffsetMask = (uint64_t{1} << kEpochShift) - 1;
+uint64_t EpochOf(const Frame& frame) { return frame.offset >> kEpochShift; }
 
 struct RemoteOp : Fabric::Op {
   enum class Kind { kReceive, kSend, kTransfer } kind = Kind::kReceive;
@@ -39,18 +46,24 @@ struct RemoteOp : Fabric::Op {
   Fabric::Region scratch;             // a registration made for this op only
 };
 
-class RemoteTier final : public Tier {
+// One connection to the server (one session, one allocation): the tier
+// of one epoch. Once fenced it stays fenced; RemoteTier (below) replaces it
+// by a new connection when the server answers again.
+class RemoteLink final : public Tier {
  public:
-  RemoteTier(const RemoteConfig& config, RemoteFaults faults,
-             std::unique_ptr<Fabric> fabric, fi_addr_t server)
+  RemoteLink(const RemoteConfig& config, RemoteFaults faults,
+             std::unique_ptr<Fabric> fabric, fi_addr_t server, uint64_t epoch,
+             std::function<void()> on_fence)
       : Tier("remote", config.capacity_bytes),
         config_(config),
         faults_(std::move(faults)),
         fabric_(std::move(fabric)),
         server_(server),
-        frames_(config.capacity_bytes) {}
+        frames_(config.capacity_bytes),
+        epoch_(epoch),
+        on_fence_(std::move(on_fence)) {}
 
-  ~RemoteTier() override {
+  ~RemoteLink() override {
     if (session_ != 0) {
       Message bye{.type = Type::kBye};
       (void)Call(bye, absl::Seconds(1));
@@ -97,6 +110,24 @@ class RemoteTier final : public Tier {
   bool addressable() const override { return false; }
   uint64_t largest_free() const override { return frames_.largest_free(); }
 
+  // A waiting thread polls the completion queue too (the provider moves
+  // bytes inside the poll): the completion of its own read then runs on it,
+  // with no wake-up from the progress thread. What only the progress thread
+  // may do (fence: closing the endpoint; re-posting receive buffers) is
+  // handed to it.
+  bool DriveCompletions() override {
+    Fabric::Op* done[16];
+    int n = 0;
+    {
+      // Not while Fence closes the endpoint (no poll of a closed one).
+      std::shared_lock posting(post_mu_, std::try_to_lock);
+      if (!posting.owns_lock() || fenced_.load(std::memory_order_acquire)) return false;
+      n = fabric_->Poll(done, 16, 0);
+    }
+    for (int i = 0; i < n; ++i) Dispatch(static_cast<RemoteOp*>(done[i]), false);
+    return true;
+  }
+
   absl::Status RegisterHostMemory(std::span<std::byte> arena) override {
     if (!fabric_->local_registration()) return absl::OkStatus();  // not needed
     absl::StatusOr<Fabric::Region> r =
@@ -105,6 +136,20 @@ class RemoteTier final : public Tier {
     arena_ = *r;
     arena_span_ = arena;
     return absl::OkStatus();
+  }
+
+  uint64_t epoch() const { return epoch_; }
+  uint64_t generation() const { return generation_; }
+  uint64_t session() const { return session_; }
+  bool fenced() const { return fenced_.load(std::memory_order_acquire); }
+  // The error a transfer of a frame of this connection gets once fenced.
+  absl::Status LostError(Transfer::Op op) const { return FencedError(op); }
+
+  // Ends a session of an earlier connection to the same server (one that
+  // was found lost while the server lived on), freeing what it held there.
+  absl::Status EndSession(uint64_t session) {
+    Message bye{.type = Type::kBye, .session = session};
+    return Call(bye, config_.timeout).status();
   }
 
   absl::StatusOr<RemoteServerStat> Stat() {
@@ -137,14 +182,19 @@ class RemoteTier final : public Tier {
           capacity(), " borrowed from ", config_.server,
           "); raise EngineOptions::remote.capacity_bytes"));
     }
-    return Frame{.offset = *offset, .bytes = need, .data = nullptr};
+    return Frame{.offset = epoch_ << kEpochShift | *offset, .bytes = need, .data = nullptr};
   }
 
-  void DoFree(const Frame& frame) override { frames_.Free(frame.offset, frame.bytes); }
+  void DoFree(const Frame& frame) override {
+    frames_.Free(frame.offset & kOffsetMask, frame.bytes);
+  }
 
   absl::Status DoSubmit(std::span<Transfer* const> batch) override;
   absl::Status Post(RemoteOp& op);
   void Progress();
+  // What a completion means, on the progress thread or (`progress` false)
+  // on a thread driving completions while it waits for its own transfer.
+  void Dispatch(RemoteOp* op, bool progress);
   void OnTransferDone(RemoteOp* op);
   void Verify();
   // True when `op` was in flight (and is no longer); false when Fence
@@ -165,6 +215,8 @@ class RemoteTier final : public Tier {
   fi_addr_t server_;
   ExtentAllocator frames_;
   uint64_t session_ = 0, generation_ = 0, key_ = 0, base_ = 0;
+  const uint64_t epoch_;
+  std::function<void()> on_fence_;
   Fabric::Region arena_;
   std::span<std::byte> arena_span_;
   std::vector<RemoteOp> receives_;
@@ -192,13 +244,20 @@ class RemoteTier final : public Tier {
   std::atomic<bool> stalled_{false};  // a post gave up: Fence, please
   mutable std::mutex reason_mu_;
   std::string fence_reason_;  // why the tier fenced (reason_mu_)
+  // A transfer that failed on a driving thread: the progress thread fences.
+  std::atomic<bool> fence_pending_{false};
+  absl::Status fence_asked_;  // reason_mu_
+  // Replies received on a driving thread, for the progress thread.
+  std::mutex handoff_mu_;
+  std::vector<RemoteOp*> handoff_;
+  std::atomic<bool> handed_{false};
   std::mutex mu_;
   std::condition_variable cv_;
   uint64_t next_request_ = 1;
   absl::flat_hash_map<uint64_t, Pending*> pending_;
 };
 
-absl::Status RemoteTier::DoSubmit(std::span<Transfer* const> batch) {
+absl::Status RemoteLink::DoSubmit(std::span<Transfer* const> batch) {
   if (!batch.empty() && fenced_.load(std::memory_order_acquire)) {
     return FencedError(batch[0]->op);
   }
@@ -210,9 +269,12 @@ absl::Status RemoteTier::DoSubmit(std::span<Transfer* const> batch) {
     if (t->op == Transfer::Op::kWrite) {
       t->checksum = BlockChecksum(t->host, t->key.tensor_id, t->key.block, t->key.version);
     }
-    absl::Status s = t->frame.offset + t->host.size() > capacity()
-                         ? absl::InternalError("tier remote: a transfer past its frame")
-                         : Post(*op);
+    absl::Status s =
+        EpochOf(t->frame) != epoch_
+            ? absl::InternalError("tier remote: a transfer to a frame of another connection")
+        : (t->frame.offset & kOffsetMask) + t->host.size() > capacity()
+            ? absl::InternalError("tier remote: a transfer past its frame")
+            : Post(*op);
     if (s.ok()) continue;
     Fabric::Unregister(op->scratch);
     delete op;
@@ -224,7 +286,7 @@ absl::Status RemoteTier::DoSubmit(std::span<Transfer* const> batch) {
 }
 
 // Posts `op`'s transfer, waiting for queue room up to the control timeout.
-absl::Status RemoteTier::Post(RemoteOp& op) {
+absl::Status RemoteLink::Post(RemoteOp& op) {
   Transfer& t = *op.transfer;
   void* desc = nullptr;
   if (fabric_->local_registration()) {
@@ -240,7 +302,7 @@ absl::Status RemoteTier::Post(RemoteOp& op) {
       desc = r->desc;
     }
   }
-  const uint64_t at = base_ + t.frame.offset;
+  const uint64_t at = base_ + (t.frame.offset & kOffsetMask);
   const auto deadline = std::chrono::steady_clock::now() +
                         absl::ToChronoNanoseconds(config_.timeout);
   for (;;) {
@@ -275,7 +337,7 @@ absl::Status RemoteTier::Post(RemoteOp& op) {
   }
 }
 
-void RemoteTier::Progress() {
+void RemoteLink::Progress() {
   Fabric::Op* done[16];
   while (!stop_.load(std::memory_order_relaxed)) {
     // While transfers are in flight, poll without napping: the provider
@@ -288,38 +350,71 @@ void RemoteTier::Progress() {
     const int n = fabric_->Poll(done, 16, busy ? 0 : 5);
     CheckTimeouts();
     if (!unposted_.empty()) Repost(nullptr);
-    for (int i = 0; i < n; ++i) {
-      auto* op = static_cast<RemoteOp*>(done[i]);
-      switch (op->kind) {
-        case RemoteOp::Kind::kTransfer:
-          if (!Landed(op)) break;  // Fence failed it already
-          if (!op->status.ok()) {
-            const absl::Status why = op->status;
-            OnTransferDone(op);
-            Fence(why);
-          } else if (op->transfer->op == Transfer::Op::kRead &&
-                     op->transfer->host.size() >= kVerifyAside) {
-            std::lock_guard lock(verify_mu_);
-            verify_q_.push_back(op);
-            verify_cv_.notify_one();
-          } else {
-            OnTransferDone(op);
-          }
-          break;
-        case RemoteOp::Kind::kSend: delete op; break;
-        case RemoteOp::Kind::kReceive: OnReply(*op); break;
+    for (int i = 0; i < n; ++i) Dispatch(static_cast<RemoteOp*>(done[i]), true);
+    if (handed_.load(std::memory_order_acquire)) {
+      std::vector<RemoteOp*> replies;
+      {
+        std::lock_guard lock(handoff_mu_);
+        replies.swap(handoff_);
+        handed_.store(false, std::memory_order_relaxed);
       }
+      for (RemoteOp* op : replies) OnReply(*op);
     }
   }
 }
 
-bool RemoteTier::Landed(RemoteOp* op) {
+void RemoteLink::Dispatch(RemoteOp* op, bool progress) {
+  switch (op->kind) {
+    case RemoteOp::Kind::kTransfer:
+      if (!Landed(op)) break;  // Fence failed it already
+      if (!op->status.ok()) {
+        const absl::Status why = op->status;
+        OnTransferDone(op);
+        if (progress) {
+          Fence(why);
+        } else {
+          std::lock_guard lock(reason_mu_);
+          if (fence_asked_.ok()) fence_asked_ = why;
+          fence_pending_.store(true, std::memory_order_release);
+        }
+      } else if (op->transfer->op == Transfer::Op::kRead &&
+                 op->transfer->host.size() >= kVerifyAside) {
+        std::lock_guard lock(verify_mu_);
+        verify_q_.push_back(op);
+        verify_cv_.notify_one();
+      } else {
+        OnTransferDone(op);
+      }
+      break;
+    case RemoteOp::Kind::kSend: delete op; break;
+    case RemoteOp::Kind::kReceive:
+      if (progress) {
+        OnReply(*op);
+      } else {
+        std::lock_guard lock(handoff_mu_);
+        handoff_.push_back(op);
+        handed_.store(true, std::memory_order_release);
+      }
+      break;
+  }
+}
+
+bool RemoteLink::Landed(RemoteOp* op) {
   std::lock_guard lock(inflight_mu_);
   return inflight_.erase(op) == 1;
 }
 
-void RemoteTier::CheckTimeouts() {
+void RemoteLink::CheckTimeouts() {
   if (fenced_.load(std::memory_order_relaxed)) return;
+  if (fence_pending_.load(std::memory_order_acquire)) {
+    absl::Status why;
+    {
+      std::lock_guard lock(reason_mu_);
+      why = fence_asked_;
+    }
+    Fence(why);
+    return;
+  }
   if (stalled_.load(std::memory_order_acquire)) {
     Fence(absl::DeadlineExceededError(absl::StrCat(
         "its transfer queue stayed full for ", absl::FormatDuration(config_.timeout))));
@@ -343,8 +438,9 @@ void RemoteTier::CheckTimeouts() {
 // every later read are kDataLoss (the copies were there); writes
 // kUnavailable; allocations kResourceExhausted, so demotion goes on to the
 // next tier. A server restarted at the same address is a new one (its
-// generation and keys differ): this tier does not go back to it.
-void RemoteTier::Fence(const absl::Status& why) {
+// generation and keys differ): this connection does not go back to it
+// (RemoteTier makes a new one).
+void RemoteLink::Fence(const absl::Status& why) {
   if (fenced_.load(std::memory_order_acquire)) return;
   {
     std::unique_lock no_posts(post_mu_);
@@ -373,14 +469,15 @@ void RemoteTier::Fence(const absl::Status& why) {
     t->status = FencedError(t->op);
     t->on_done(t);
   }
+  if (on_fence_) on_fence_();
 }
 
-std::string RemoteTier::FenceReason() const {
+std::string RemoteLink::FenceReason() const {
   std::lock_guard lock(reason_mu_);
   return fence_reason_.empty() ? "its transfer queue stays full" : fence_reason_;
 }
 
-absl::Status RemoteTier::FencedError(Transfer::Op op) const {
+absl::Status RemoteLink::FencedError(Transfer::Op op) const {
   if (op == Transfer::Op::kRead) {
     return absl::DataLossError(absl::StrCat(
         "tier remote: the copy was at server ", config_.server,
@@ -390,7 +487,7 @@ absl::Status RemoteTier::FencedError(Transfer::Op op) const {
       "tier remote: server ", config_.server, " is lost (", FenceReason(), ")"));
 }
 
-void RemoteTier::Verify() {
+void RemoteLink::Verify() {
   std::unique_lock lock(verify_mu_);
   for (;;) {
     verify_cv_.wait(lock, [&] { return verify_stop_ || !verify_q_.empty(); });
@@ -403,7 +500,7 @@ void RemoteTier::Verify() {
   }
 }
 
-void RemoteTier::OnTransferDone(RemoteOp* op) {
+void RemoteLink::OnTransferDone(RemoteOp* op) {
   Transfer* t = op->transfer;
   Fabric::Unregister(op->scratch);
   absl::Status status = op->status;
@@ -424,7 +521,7 @@ void RemoteTier::OnTransferDone(RemoteOp* op) {
   t->on_done(t);
 }
 
-void RemoteTier::OnReply(RemoteOp& op) {
+void RemoteLink::OnReply(RemoteOp& op) {
   if (op.status.ok()) {
     absl::StatusOr<Message> m = remote::Decode(
         std::span<const std::byte>(op.bytes.data(), std::min(op.bytes.size(), op.length)));
@@ -443,7 +540,7 @@ void RemoteTier::OnReply(RemoteOp& op) {
   Repost(&op);
 }
 
-absl::Status RemoteTier::PostReceive(RemoteOp& op) {
+absl::Status RemoteLink::PostReceive(RemoteOp& op) {
   if (faults_.post_receive) {
     if (absl::Status s = faults_.post_receive(); !s.ok()) return s;
   }
@@ -455,7 +552,7 @@ absl::Status RemoteTier::PostReceive(RemoteOp& op) {
 // left no reply arrives (transfers then only time out), so a full queue is
 // retried after the next Poll, up to the control timeout, and anything else
 // fences the tier: later transfers fail at once, naming the error.
-void RemoteTier::Repost(RemoteOp* op) {
+void RemoteLink::Repost(RemoteOp* op) {
   if (op != nullptr) {
     if (unposted_.empty()) unposted_since_ = std::chrono::steady_clock::now();
     unposted_.push_back(op);
@@ -481,12 +578,12 @@ void RemoteTier::Repost(RemoteOp* op) {
       "a receive buffer for its replies could not be posted again: ", s.message())));
 }
 
-absl::StatusOr<Message> RemoteTier::Call(Message m, absl::Duration timeout) {
+absl::StatusOr<Message> RemoteLink::Call(Message m, absl::Duration timeout) {
   Pending pending;
   {
     std::lock_guard lock(mu_);
     m.request = next_request_++;
-    m.session = session_;
+    if (m.session == 0) m.session = session_;  // else: EndSession's
     pending_[m.request] = &pending;
   }
   auto* send = new RemoteOp;
@@ -517,14 +614,243 @@ absl::StatusOr<Message> RemoteTier::Call(Message m, absl::Duration timeout) {
   return pending.reply;
 }
 
+// A connection made: says hello and allocates, or the error why not.
+absl::StatusOr<std::unique_ptr<RemoteLink>> OpenLink(const RemoteConfig& config,
+                                                    const RemoteFaults& faults,
+                                                    uint64_t epoch,
+                                                    std::function<void()> on_fence) {
+  // Opened toward the server, so that the provider picks the local
+  // interface (and address, which the server answers to) that reaches it.
+  const size_t colon = config.server.rfind(':');
+  const std::string host = config.server.substr(0, colon);
+  const std::string service = config.server.substr(colon + 1);
+  absl::StatusOr<std::unique_ptr<Fabric>> fabric =
+      Fabric::Open({.provider = config.provider, .node = host, .service = service});
+  if (!fabric.ok()) return fabric.status();
+  absl::StatusOr<fi_addr_t> server = (*fabric)->Resolve(host, service);
+  if (!server.ok()) return server.status();
+  auto link = std::make_unique<RemoteLink>(config, faults, std::move(fabric).value(),
+                                           *server, epoch, std::move(on_fence));
+  if (absl::Status s = link->Start(); !s.ok()) return s;
+  return link;
+}
+
+// The tier of one server: its current connection (RemoteLink), and a
+// thread that makes a new one after the server was lost. Transfers of
+// frames of the current epoch go to the connection; those of an earlier
+// epoch (copies that were on the server when it was lost) fail at once:
+// reads kDataLoss, writes kUnavailable.
+class RemoteTier final : public RemoteServerTier {
+ public:
+  RemoteTier(const RemoteConfig& config, RemoteFaults faults)
+      : RemoteServerTier("remote", config.capacity_bytes),
+        config_(config),
+        faults_(std::move(faults)) {}
+
+  ~RemoteTier() override {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+      cv_.notify_all();
+    }
+    if (reconnector_.joinable()) reconnector_.join();
+    std::shared_ptr<RemoteLink> last;
+    {
+      std::lock_guard lock(mu_);
+      last = std::move(link_);
+    }
+  }
+
+  absl::Status Start() {
+    absl::StatusOr<std::unique_ptr<RemoteLink>> first =
+        OpenLink(config_, faults_, 1, [this] { OnLost(1); });
+    if (!first.ok()) return first.status();
+    link_ = std::move(first).value();
+    reconnector_ = std::thread([this] { Reconnect(); });
+    return absl::OkStatus();
+  }
+
+  bool addressable() const override { return false; }
+  uint64_t largest_free() const override { return link()->largest_free(); }
+
+  absl::Status RegisterHostMemory(std::span<std::byte> arena) override {
+    {
+      std::lock_guard lock(mu_);
+      arena_ = arena;
+    }
+    return link()->RegisterHostMemory(arena);
+  }
+
+  bool Holds(const Frame& frame) const override {
+    std::shared_ptr<RemoteLink> l = link();
+    return EpochOf(frame) == l->epoch() && !l->fenced();
+  }
+
+  absl::StatusOr<RemoteServerStat> Stat() override { return link()->Stat(); }
+
+  bool DriveCompletions() override { return link()->DriveCompletions(); }
+
+ private:
+  // What became of the copies of an earlier connection.
+  struct Lost {
+    absl::Status read, write;
+  };
+
+  std::shared_ptr<RemoteLink> link() const {
+    std::lock_guard lock(mu_);
+    return link_;
+  }
+
+  absl::StatusOr<Frame> DoAllocate(uint64_t bytes) override {
+    return link()->Allocate(bytes);
+  }
+
+  void DoFree(const Frame& frame) override {
+    // A frame of an earlier connection went with its server.
+    std::shared_ptr<RemoteLink> l = link();
+    if (EpochOf(frame) == l->epoch()) l->Free(frame);
+  }
+
+  absl::Status DoSubmit(std::span<Transfer* const> batch) override;
+  absl::Status LostError(const Transfer& t) const;
+  void OnLost(uint64_t epoch);
+  void Reconnect();
+  void Log(std::string_view line) const {
+    if (config_.log) config_.log(line);
+  }
+
+  const RemoteConfig config_;
+  const RemoteFaults faults_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::shared_ptr<RemoteLink> link_;  // mu_
+  bool link_lost_ = false;            // mu_: link_ fenced
+  bool stop_ = false;                 // mu_
+  std::span<std::byte> arena_;        // mu_
+  absl::flat_hash_map<uint64_t, Lost> lost_;  // mu_: by epoch
+  std::thread reconnector_;
+};
+
+absl::Status RemoteTier::DoSubmit(std::span<Transfer* const> batch) {
+  std::shared_ptr<RemoteLink> l = link();
+  const uint64_t epoch = l->epoch();
+  size_t stale = 0;
+  for (Transfer* t : batch) stale += EpochOf(t->frame) != epoch;
+  if (stale == 0) return l->Submit(batch);
+  if (stale == batch.size()) return LostError(*batch[0]);  // none started
+  // Some of each: the current ones start, the others complete failed.
+  std::vector<Transfer*> current;
+  for (Transfer* t : batch) {
+    if (EpochOf(t->frame) == epoch) current.push_back(t);
+  }
+  absl::Status started = l->Submit(current);
+  for (Transfer* t : batch) {
+    if (EpochOf(t->frame) == epoch && started.ok()) continue;
+    t->status = EpochOf(t->frame) == epoch ? started : LostError(*t);
+    t->on_done(t);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RemoteTier::LostError(const Transfer& t) const {
+  std::lock_guard lock(mu_);
+  auto it = lost_.find(EpochOf(t.frame));
+  if (it == lost_.end()) {
+    return absl::InternalError(absl::StrCat("tier remote: a transfer to a frame of ",
+                                            config_.server, " no connection made"));
+  }
+  return t.op == Transfer::Op::kRead ? it->second.read : it->second.write;
+}
+
+void RemoteTier::OnLost(uint64_t epoch) {
+  {
+    std::lock_guard lock(mu_);
+    if (link_ == nullptr || link_->epoch() != epoch) return;
+    link_lost_ = true;
+    cv_.notify_all();
+  }
+  if (config_.on_lost) config_.on_lost();
+}
+
+// After a loss: waits `reconnect_backoff` (doubling while the server stays
+// away, up to 32x), says hello again, and on an answer makes the new
+// connection current. Its generation tells a restarted server from one
+// that lived on through a network fault; the latter still holds the old
+// session, which is ended (its copies were already reported lost).
+void RemoteTier::Reconnect() {
+  const absl::Duration first = config_.reconnect_backoff;
+  absl::Duration backoff = first;
+  int failures = 0;
+  std::unique_lock lock(mu_);
+  for (;;) {
+    cv_.wait(lock, [&] { return stop_ || link_lost_; });
+    if (stop_) return;
+    if (cv_.wait_for(lock, absl::ToChronoNanoseconds(backoff), [&] { return stop_; })) return;
+    std::shared_ptr<RemoteLink> old = link_;
+    const uint64_t epoch = old->epoch() + 1;
+    const std::span<std::byte> arena = arena_;
+    lock.unlock();
+    absl::StatusOr<std::unique_ptr<RemoteLink>> fresh =
+        OpenLink(config_, faults_, epoch, [this, epoch] { OnLost(epoch); });
+    if (fresh.ok() && !arena.empty()) {
+      if (absl::Status r = (*fresh)->RegisterHostMemory(arena); !r.ok()) fresh = r;
+    }
+    if (!fresh.ok()) {
+      if (failures++ == 0) {
+        Log(absl::StrCat("strata: tier remote: server ", config_.server,
+                         " does not answer yet (", fresh.status().message(),
+                         "); trying again, every ", absl::FormatDuration(backoff),
+                         " and less often"));
+      }
+      backoff = std::min(backoff * 2, first * 32);
+      old.reset();
+      lock.lock();
+      continue;
+    }
+    std::shared_ptr<RemoteLink> now = std::move(fresh).value();
+    const bool restarted = now->generation() != old->generation();
+    if (!restarted) {
+      // Still the old server: what it holds for the old session is no
+      // one's now. (Best effort: if this fails, the session ends with the
+      // server.)
+      (void)now->EndSession(old->session());
+    }
+    Log(absl::StrCat(
+        "strata: tier remote: server ", config_.server,
+        restarted ? absl::StrCat(" is back as a new server (generation ", old->generation(),
+                                 " -> ", now->generation(), ")")
+                  : absl::StrCat(" answers again (same generation ", now->generation(),
+                                 "; its old session is ended)"),
+        "; new blocks go there again, the copies placed before it was lost stay lost"));
+    lock.lock();
+    if (stop_) {
+      lock.unlock();
+      return;  // `now` closes as this returns
+    }
+    lost_[old->epoch()] = Lost{.read = old->LostError(Transfer::Op::kRead),
+                               .write = old->LostError(Transfer::Op::kWrite)};
+    link_ = now;
+    link_lost_ = now->fenced();  // lost already: again after the backoff
+    backoff = first;
+    failures = 0;
+    // The old connection closes unlocked (its threads may be calling OnLost).
+    lock.unlock();
+    old.reset();
+    now.reset();
+    lock.lock();
+  }
+}
+
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Tier>> MakeRemoteTier(const RemoteConfig& config,
-                                                     RemoteFaults faults) {
-  if (config.capacity_bytes == 0 || config.capacity_bytes % kAlign != 0) {
+absl::StatusOr<std::unique_ptr<RemoteServerTier>> MakeRemoteServerTier(
+    const RemoteConfig& config, RemoteFaults faults) {
+  if (config.capacity_bytes == 0 || config.capacity_bytes % kAlign != 0 ||
+      config.capacity_bytes > kOffsetMask) {
     return absl::InvalidArgumentError(absl::StrCat(
         "tier remote: capacity_bytes ", config.capacity_bytes,
-        " must be a non-zero multiple of 4096; set EngineOptions::remote.capacity_bytes"));
+        " must be a non-zero multiple of 4096 below 2^48; set "
+        "EngineOptions::remote.capacity_bytes"));
   }
   const size_t colon = config.server.rfind(':');
   uint32_t port = 0;
@@ -534,23 +860,26 @@ absl::StatusOr<std::unique_ptr<Tier>> MakeRemoteTier(const RemoteConfig& config,
     return absl::InvalidArgumentError(absl::StrCat(
         "tier remote: server '", config.server, "' is not host:port"));
   }
-  // Opened toward the server, so that the provider picks the local
-  // interface (and address, which the server answers to) that reaches it.
-  const std::string host = config.server.substr(0, colon);
-  const std::string service = config.server.substr(colon + 1);
-  absl::StatusOr<std::unique_ptr<Fabric>> fabric =
-      Fabric::Open({.provider = config.provider, .node = host, .service = service});
-  if (!fabric.ok()) return fabric.status();
-  absl::StatusOr<fi_addr_t> server = (*fabric)->Resolve(host, service);
-  if (!server.ok()) return server.status();
-  auto tier = std::make_unique<RemoteTier>(config, std::move(faults),
-                                           std::move(fabric).value(), *server);
+  if (config.reconnect_backoff <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tier remote: reconnect_backoff ", absl::FormatDuration(config.reconnect_backoff),
+        " must be positive; set EngineOptions::remote.reconnect_backoff"));
+  }
+  auto tier = std::make_unique<RemoteTier>(config, std::move(faults));
   if (absl::Status s = tier->Start(); !s.ok()) return s;
-  return std::unique_ptr<Tier>(std::move(tier));
+  return std::unique_ptr<RemoteServerTier>(std::move(tier));
+}
+
+absl::StatusOr<std::unique_ptr<Tier>> MakeRemoteTier(const RemoteConfig& config,
+                                                     RemoteFaults faults) {
+  absl::StatusOr<std::unique_ptr<RemoteServerTier>> tier =
+      MakeRemoteServerTier(config, std::move(faults));
+  if (!tier.ok()) return tier.status();
+  return std::unique_ptr<Tier>(std::move(tier).value());
 }
 
 absl::StatusOr<RemoteServerStat> StatRemoteServer(Tier& tier) {
-  auto* remote = dynamic_cast<RemoteTier*>(&tier);
+  auto* remote = dynamic_cast<RemoteServerTier*>(&tier);
   if (remote == nullptr) return absl::InvalidArgumentError("not a remote tier");
   return remote->Stat();
 }

@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <functional>
 #include <mutex>
+#include <thread>
 #include <string_view>
 #include <vector>
 
@@ -20,6 +22,28 @@ struct Placement {
   int replicas = 0;
   int server[kMaxReplication] = {};
   Frame frame[kMaxReplication];
+  // What the copies hold, once a write completed: what a repair copies to
+  // a new replica, and checks on the way.
+  bool written = false;
+  BlockKey key;
+  uint64_t length = 0;
+  uint64_t checksum = 0;
+  int writing = 0;      // writes in flight (a repair waits for none)
+  uint64_t writes = 0;  // writes started: a repair installs only if unchanged
+};
+
+// Wakes the repair thread; made before the per-server tiers, whose on_lost
+// it is.
+struct RepairSignal {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool kick = false;
+  bool stop = false;
+  void Kick() {
+    std::lock_guard lock(mu);
+    kick = true;
+    cv.notify_all();
+  }
 };
 
 // A transfer of the caller split into one per replica (writes), or tried
@@ -39,14 +63,35 @@ struct Parent {
 
 class ReplicatedTier final : public Tier {
  public:
-  ReplicatedTier(std::vector<std::unique_ptr<Tier>> servers,
+  ReplicatedTier(std::vector<std::unique_ptr<RemoteServerTier>> servers,
                  std::vector<std::string> names, int replication,
-                 uint64_t capacity, std::function<void(std::string_view)> log)
+                 uint64_t capacity, std::function<void(std::string_view)> log,
+                 std::shared_ptr<RepairSignal> signal)
       : Tier("remote", capacity),
         servers_(std::move(servers)),
         names_(std::move(names)),
         replication_(replication),
-        log_(std::move(log)) {}
+        log_(std::move(log)),
+        signal_(std::move(signal)) {
+    repairer_ = std::thread([this] { RepairLoop(); });
+  }
+
+  ~ReplicatedTier() override {
+    {
+      std::lock_guard lock(signal_->mu);
+      signal_->stop = true;
+      signal_->cv.notify_all();
+    }
+    repairer_.join();
+  }
+
+  ReplicationHealth Health();
+
+  bool DriveCompletions() override {
+    bool any = false;
+    for (auto& s : servers_) any = s->DriveCompletions() || any;
+    return any;
+  }
 
   bool addressable() const override { return false; }
 
@@ -71,8 +116,18 @@ class ReplicatedTier final : public Tier {
   std::vector<int> Ranked(uint64_t id) const;
   absl::Status StartRead(Parent& p);
   void Finish(Parent* p, absl::Status status);
+  // Written copies on servers that still hold them.
+  int LiveReplicas(const Placement& p) const;
+  // The repair thread: after a server was lost (or a write reached fewer
+  // replicas than asked), copies each block that lost a replica from one
+  // that holds it to another server, so that a second loss later does not
+  // lose it. Rounds repeat (every second) while some block waits for room
+  // or for its write to end.
+  void RepairLoop();
+  bool RepairRound();  // true when every block has its replicas
+  bool Repair(uint64_t id);
 
-  std::vector<std::unique_ptr<Tier>> servers_;
+  std::vector<std::unique_ptr<RemoteServerTier>> servers_;
   std::vector<std::string> names_;
   int replication_;
   std::atomic<uint64_t> next_id_{1};
@@ -80,6 +135,10 @@ class ReplicatedTier final : public Tier {
   std::atomic<uint64_t> degraded_{0};
   std::mutex mu_;
   absl::flat_hash_map<uint64_t, Placement> placements_;
+  std::shared_ptr<RepairSignal> signal_;
+  std::atomic<uint64_t> repaired_{0};
+  std::atomic<uint64_t> rounds_{0};
+  std::thread repairer_;
 };
 
 std::vector<int> ReplicatedTier::Ranked(uint64_t id) const {
@@ -142,7 +201,13 @@ absl::Status ReplicatedTier::DoSubmit(std::span<Transfer* const> batch) {
     {
       std::lock_guard lock(mu_);
       auto it = placements_.find(t->frame.offset);
-      if (it != placements_.end()) p->placement = it->second;
+      if (it != placements_.end()) {
+        if (t->op == Transfer::Op::kWrite) {
+          ++it->second.writing;
+          ++it->second.writes;
+        }
+        p->placement = it->second;
+      }
     }
     absl::Status started;
     if (p->placement.replicas == 0) {
@@ -179,6 +244,12 @@ absl::Status ReplicatedTier::DoSubmit(std::span<Transfer* const> batch) {
       continue;  // the parent completes through its children
     }
     if (started.ok()) continue;
+    if (t->op == Transfer::Op::kWrite) {  // never started: not in flight
+      std::lock_guard lock(mu_);
+      if (auto it = placements_.find(t->frame.offset); it != placements_.end()) {
+        --it->second.writing;
+      }
+    }
     delete p;
     if (i == 0) return started;
     t->status = started;
@@ -244,28 +315,51 @@ void ReplicatedTier::ReleaseWrite(Parent& p, const Transfer& child,
   // others). With no replica left, the write fails (the block stays dirty
   // above, and its tensor's next Flush reports it).
   if (p.any_ok && !p.first_error.ok()) Degrade(p);
+  {
+    std::lock_guard lock(mu_);
+    if (auto it = placements_.find(p.caller->frame.offset); it != placements_.end()) {
+      Placement& now = it->second;
+      --now.writing;
+      if (p.any_ok) {
+        now.written = true;
+        now.key = p.caller->key;
+        now.length = p.caller->host.size();
+        now.checksum = p.checksum;
+      }
+    }
+  }
   Finish(&p, p.any_ok ? absl::OkStatus() : p.first_error);
 }
 
 void ReplicatedTier::Degrade(Parent& p) {
-  Placement keep;
   std::vector<std::pair<int, Frame>> drop;
-  for (int r = 0; r < p.placement.replicas; ++r) {
-    if (p.child[r].status.ok()) {
-      keep.server[keep.replicas] = p.placement.server[r];
-      keep.frame[keep.replicas] = p.placement.frame[r];
-      ++keep.replicas;
-    } else {
-      drop.emplace_back(p.placement.server[r], p.placement.frame[r]);
-    }
-  }
   {
     std::lock_guard lock(mu_);
     auto it = placements_.find(p.caller->frame.offset);
     if (it == placements_.end()) return;  // freed meanwhile
-    it->second = keep;
+    // Out of the placement as it is now (a repair may have changed it
+    // since this write started): the replicas whose write failed.
+    Placement& now = it->second;
+    int kept = 0;
+    for (int r = 0; r < now.replicas; ++r) {
+      bool failed = false;
+      for (int c = 0; c < p.placement.replicas; ++c) {
+        failed = failed || (!p.child[c].status.ok() &&
+                            p.placement.server[c] == now.server[r] &&
+                            p.placement.frame[c].offset == now.frame[r].offset);
+      }
+      if (failed) {
+        drop.emplace_back(now.server[r], now.frame[r]);
+      } else {
+        now.server[kept] = now.server[r];
+        now.frame[kept] = now.frame[r];
+        ++kept;
+      }
+    }
+    now.replicas = kept;
   }
   for (const auto& [server, frame] : drop) servers_[server]->Free(frame);
+  signal_->Kick();  // a replica short: the repair thread finds it another
   const uint64_t n = degraded_.fetch_add(1, std::memory_order_relaxed) + 1;
   if ((n & (n - 1)) == 0 && log_) {
     log_(absl::StrCat("strata: tier remote: ", n, " block(s) written to fewer "
@@ -281,7 +375,191 @@ void ReplicatedTier::Finish(Parent* p, absl::Status status) {
   t->on_done(t);
 }
 
+int ReplicatedTier::LiveReplicas(const Placement& p) const {
+  int live = 0;
+  for (int r = 0; r < p.replicas; ++r) live += servers_[p.server[r]]->Holds(p.frame[r]);
+  return live;
+}
+
+ReplicationHealth ReplicatedTier::Health() {
+  ReplicationHealth h{.repaired = repaired_.load(), .repair_rounds = rounds_.load()};
+  std::lock_guard lock(mu_);
+  for (const auto& [id, p] : placements_) {
+    if (!p.written) continue;
+    ++h.blocks;
+    const int live = LiveReplicas(p);
+    h.under_replicated += live < replication_;
+    h.lost += live == 0;
+  }
+  return h;
+}
+
+void ReplicatedTier::RepairLoop() {
+  bool left = false;
+  std::unique_lock lock(signal_->mu);
+  for (;;) {
+    auto woken = [&] { return signal_->stop || signal_->kick; };
+    if (left) {
+      signal_->cv.wait_for(lock, std::chrono::seconds(1), woken);
+    } else {
+      signal_->cv.wait(lock, woken);
+    }
+    if (signal_->stop) return;
+    signal_->kick = false;
+    lock.unlock();
+    left = !RepairRound();
+    rounds_.fetch_add(1);
+    lock.lock();
+  }
+}
+
+bool ReplicatedTier::RepairRound() {
+  std::vector<uint64_t> ids;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [id, p] : placements_) {
+      // Unwritten blocks have nothing to copy: their first write drops a
+      // lost replica (Degrade), which brings them here.
+      if (p.written && LiveReplicas(p) < replication_) ids.push_back(id);
+    }
+  }
+  bool all = true;
+  for (uint64_t id : ids) {
+    {
+      std::lock_guard lock(signal_->mu);
+      if (signal_->stop) return true;
+    }
+    all = Repair(id) && all;
+  }
+  return all;
+}
+
+// One transfer, waited for (the per-server tier completes every transfer
+// within twice its timeout, also when its server dies).
+absl::Status Run(Tier& tier, Transfer::Op op, const Frame& frame, const Placement& p,
+                 std::span<std::byte> host) {
+  struct Waiter {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+  } w;
+  Transfer t;
+  t.op = op;
+  t.key = p.key;
+  t.frame = frame;
+  t.host = host;
+  t.checksum = p.checksum;
+  t.user = &w;
+  t.on_done = [](Transfer* x) {
+    auto* w = static_cast<Waiter*>(x->user);
+    std::lock_guard lock(w->mu);
+    w->done = true;
+    w->cv.notify_all();
+  };
+  Transfer* one[] = {&t};
+  if (absl::Status s = tier.Submit(one); !s.ok()) return s;
+  std::unique_lock lock(w.mu);
+  w.cv.wait(lock, [&] { return w.done; });
+  return t.status;
+}
+
+// Brings block `id` back to `replication_` live copies: reads it from a
+// replica that holds it (checksummed), writes it to servers that hold none
+// (the next ones in its rank order with room), and installs them in place
+// of the lost ones, unless the block was freed or written meanwhile. True
+// when nothing is left to do for it.
+bool ReplicatedTier::Repair(uint64_t id) {
+  Placement p;
+  {
+    std::lock_guard lock(mu_);
+    auto it = placements_.find(id);
+    if (it == placements_.end()) return true;
+    p = it->second;
+  }
+  if (p.writing > 0) return false;  // after its write
+  std::vector<int> live;  // replica indices
+  for (int r = 0; r < p.replicas; ++r) {
+    if (servers_[p.server[r]]->Holds(p.frame[r])) live.push_back(r);
+  }
+  if (live.empty()) return true;  // lost: reads say so (kDataLoss)
+  std::vector<std::pair<int, Frame>> added;
+  const int need = replication_ - static_cast<int>(live.size());
+  if (need > 0) {
+    std::vector<std::byte> bytes(p.length);
+    absl::Status read = absl::UnavailableError("no replica read");
+    for (int r : live) {
+      read = Run(*servers_[p.server[r]], Transfer::Op::kRead, p.frame[r], p, bytes);
+      if (read.ok()) break;
+    }
+    if (!read.ok()) return false;
+    for (int s : Ranked(id)) {
+      if (static_cast<int>(added.size()) == need) break;
+      bool holds = false;
+      for (int r : live) holds = holds || p.server[r] == s;
+      if (holds) continue;
+      absl::StatusOr<Frame> f = servers_[s]->Allocate(p.frame[live[0]].bytes);
+      if (!f.ok()) continue;  // full, or lost too
+      if (!Run(*servers_[s], Transfer::Op::kWrite, *f, p, bytes).ok()) {
+        servers_[s]->Free(*f);
+        continue;
+      }
+      added.emplace_back(s, *f);
+    }
+    if (added.empty()) return false;  // no room now: the next round
+  }
+  const size_t got = added.size();
+  std::vector<std::pair<int, Frame>> drop;
+  {
+    std::lock_guard lock(mu_);
+    auto it = placements_.find(id);
+    if (it != placements_.end() && it->second.writes == p.writes &&
+        it->second.writing == 0) {
+      Placement& now = it->second;
+      Placement fresh = now;
+      fresh.replicas = 0;
+      for (int r = 0; r < now.replicas; ++r) {
+        if (servers_[now.server[r]]->Holds(now.frame[r])) {
+          fresh.server[fresh.replicas] = now.server[r];
+          fresh.frame[fresh.replicas] = now.frame[r];
+          ++fresh.replicas;
+        } else {
+          drop.emplace_back(now.server[r], now.frame[r]);
+        }
+      }
+      for (const auto& [s, f] : added) {
+        if (fresh.replicas == kMaxReplication) {
+          drop.emplace_back(s, f);
+          continue;
+        }
+        fresh.server[fresh.replicas] = s;
+        fresh.frame[fresh.replicas] = f;
+        ++fresh.replicas;
+      }
+      now = fresh;
+      added.clear();  // installed
+    }
+  }
+  const bool installed = added.empty();
+  for (const auto& [s, f] : added) servers_[s]->Free(f);  // freed or rewritten meanwhile
+  for (const auto& [s, f] : drop) servers_[s]->Free(f);
+  if (!installed) return false;  // look again next round
+  if (need > 0) {
+    const uint64_t n = repaired_.fetch_add(1) + 1;
+    if ((n & (n - 1)) == 0 && log_) {
+      log_(absl::StrCat("strata: tier remote: ", n, " block(s) that lost a copy "
+                        "copied again to another server"));
+    }
+  }
+  return static_cast<int>(live.size() + got) >= replication_;
+}
+
 }  // namespace
+
+absl::StatusOr<ReplicationHealth> GetReplicationHealth(Tier& tier) {
+  auto* replicated = dynamic_cast<ReplicatedTier*>(&tier);
+  if (replicated == nullptr) return absl::InvalidArgumentError("not a replicated remote tier");
+  return replicated->Health();
+}
 
 absl::StatusOr<std::unique_ptr<Tier>> MakeReplicatedRemoteTier(
     const RemoteConfig& base, const std::vector<std::string>& servers,
@@ -292,11 +570,13 @@ absl::StatusOr<std::unique_ptr<Tier>> MakeReplicatedRemoteTier(
         "remote.replication ", replication, " must be 1..", kMaxReplication,
         " and at most the number of servers (", servers.size(), ")"));
   }
-  std::vector<std::unique_ptr<Tier>> tiers;
+  auto signal = std::make_shared<RepairSignal>();
+  std::vector<std::unique_ptr<RemoteServerTier>> tiers;
   for (const std::string& server : servers) {
     RemoteConfig c = base;
     c.server = server;
-    absl::StatusOr<std::unique_ptr<Tier>> t = MakeRemoteTier(c);
+    c.on_lost = [signal] { signal->Kick(); };
+    absl::StatusOr<std::unique_ptr<RemoteServerTier>> t = MakeRemoteServerTier(c);
     if (!t.ok()) {
       return absl::Status(t.status().code(),
                           absl::StrCat("server ", server, ": ", t.status().message()));
@@ -304,8 +584,8 @@ absl::StatusOr<std::unique_ptr<Tier>> MakeReplicatedRemoteTier(
     tiers.push_back(std::move(t).value());
   }
   const uint64_t capacity = base.capacity_bytes * servers.size() / replication;
-  return std::unique_ptr<Tier>(new ReplicatedTier(std::move(tiers), servers,
-                                                  replication, capacity, base.log));
+  return std::unique_ptr<Tier>(new ReplicatedTier(std::move(tiers), servers, replication,
+                                                  capacity, base.log, std::move(signal)));
 }
 
 }  // namespace strata::tiers

@@ -10,7 +10,15 @@
 // server (its tier fences, remote_tier.h) loses no block. Allocation passes
 // over servers that are full or lost.
 //
-// Threads: as the per-server tiers it is made of.
+// Repair: when a server is lost (or a write reached fewer replicas than
+// asked), a repair thread copies every written block that is short of
+// copies from a replica that holds it (checksummed) to the next servers in
+// its rank that hold none and have room (a lost server that came back
+// counts: it is a new one), so that a second loss later loses nothing. A
+// repair is installed only if the block was neither freed nor written
+// meanwhile; otherwise it is dropped and looked at again.
+//
+// Threads: as the per-server tiers it is made of, and the repair thread.
 #ifndef STRATA_TIERS_REMOTE_REPLICATED_TIER_H_
 #define STRATA_TIERS_REMOTE_REPLICATED_TIER_H_
 
@@ -29,6 +37,17 @@ inline constexpr int kMaxReplication = 3;
 // One per-server tier (MakeRemoteTier with `base`, each borrowing
 // base.capacity_bytes) for every server; the tier's capacity is their sum
 // divided by `replication`.
+// How many copies the blocks of a replicated tier have.
+struct ReplicationHealth {
+  uint64_t blocks = 0;            // written blocks
+  uint64_t under_replicated = 0;  // with fewer live copies than asked
+  uint64_t lost = 0;              // with none
+  uint64_t repaired = 0;          // copied again since creation
+  uint64_t repair_rounds = 0;     // rounds of the repair thread so far
+};
+// Of a tier from MakeReplicatedRemoteTier (kInvalidArgument for another).
+absl::StatusOr<ReplicationHealth> GetReplicationHealth(Tier& tier);
+
 absl::StatusOr<std::unique_ptr<Tier>> MakeReplicatedRemoteTier(
     const RemoteConfig& base, const std::vector<std::string>& servers,
     int replication);
