@@ -44,6 +44,18 @@ std::vector<uint64_t> WorkingSets(const WorkloadOptions& options) {
   return sets;
 }
 
+absl::StatusOr<std::vector<Result>> RunSizes(
+    const WorkloadOptions& options,
+    const std::function<absl::StatusOr<std::vector<Result>>(uint64_t)>& one) {
+  std::vector<Result> all;
+  for (uint64_t ws : WorkingSets(options)) {
+    absl::StatusOr<std::vector<Result>> r = one(ws);
+    if (!r.ok()) return r.status();
+    all.insert(all.end(), r->begin(), r->end());
+  }
+  return all;
+}
+
 Progress::Progress(const WorkloadOptions& options, std::string what,
                    double total, std::string unit)
     : options_(options), what_(std::move(what)), unit_(std::move(unit)),

@@ -31,6 +31,12 @@ std::string Bytes(uint64_t bytes);
 // options.tier_bytes.
 std::vector<uint64_t> WorkingSets(const WorkloadOptions& options);
 
+// Runs `one` at each of WorkingSets(options) and joins their results; the
+// first error ends the run.
+absl::StatusOr<std::vector<Result>> RunSizes(
+    const WorkloadOptions& options,
+    const std::function<absl::StatusOr<std::vector<Result>>(uint64_t)>& one);
+
 // Prints "<what>: <done>/<total> <unit>, <rate>, ~<left> left" through
 // options.progress, at most every half second and at the end.
 class Progress {

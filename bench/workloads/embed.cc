@@ -303,13 +303,7 @@ absl::StatusOr<std::vector<Result>> RunEmbed(const WorkloadOptions& options) {
     return absl::InvalidArgumentError(absl::StrCat(
         "embed: --lookups must be at least ", kBatch, " (one batch)"));
   }
-  std::vector<Result> all;
-  for (uint64_t ws : WorkingSets(options)) {
-    absl::StatusOr<std::vector<Result>> r = RunOneSize(ws, options);
-    if (!r.ok()) return r.status();
-    all.insert(all.end(), r->begin(), r->end());
-  }
-  return all;
+  return RunSizes(options, [&](uint64_t ws) { return RunOneSize(ws, options); });
 }
 
 }  // namespace strata::bench

@@ -358,13 +358,7 @@ absl::StatusOr<std::vector<Result>> RunShared(const WorkloadOptions& options,
   if (options.readers < 1 || options.readers > 60) {
     return absl::InvalidArgumentError("shared: --readers must be 1..60");
   }
-  std::vector<Result> all;
-  for (uint64_t ws : WorkingSets(options)) {
-    absl::StatusOr<std::vector<Result>> r = RunOneSize(ws, options, self);
-    if (!r.ok()) return r.status();
-    all.insert(all.end(), r->begin(), r->end());
-  }
-  return all;
+  return RunSizes(options, [&](uint64_t ws) { return RunOneSize(ws, options, self); });
 }
 
 int RunSharedReader(int argc, char** argv) {

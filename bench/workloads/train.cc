@@ -460,13 +460,7 @@ absl::StatusOr<std::vector<Result>> RunTrain(const WorkloadOptions& options) {
   if (options.steps < 1) {
     return absl::InvalidArgumentError("train: --steps (timed steps) must be at least 1");
   }
-  std::vector<Result> all;
-  for (uint64_t ws : WorkingSets(options)) {
-    absl::StatusOr<std::vector<Result>> r = RunOneSize(ws, options);
-    if (!r.ok()) return r.status();
-    all.insert(all.end(), r->begin(), r->end());
-  }
-  return all;
+  return RunSizes(options, [&](uint64_t ws) { return RunOneSize(ws, options); });
 }
 
 }  // namespace strata::bench
