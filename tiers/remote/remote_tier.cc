@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "util/strings.h"
@@ -78,6 +79,7 @@ class RemoteLink final : public Tier {
     if (verifier_.joinable()) verifier_.join();
     Fabric::Unregister(arena_);
     fabric_.reset();  // before the receive buffers go
+    for (RemoteOp* op : fenced_ops_) delete op;
   }
 
   absl::Status Start() {
@@ -197,9 +199,6 @@ class RemoteLink final : public Tier {
   void Dispatch(RemoteOp* op, bool progress);
   void OnTransferDone(RemoteOp* op);
   void Verify();
-  // True when `op` was in flight (and is no longer); false when Fence
-  // already failed it.
-  bool Landed(RemoteOp* op);
   void CheckTimeouts();
   void Fence(const absl::Status& why);
   absl::Status FencedError(Transfer::Op op) const;
@@ -240,6 +239,11 @@ class RemoteLink final : public Tier {
   std::shared_mutex post_mu_;
   std::mutex inflight_mu_;
   absl::flat_hash_map<RemoteOp*, std::chrono::steady_clock::time_point> inflight_;
+  // Transfers Fence failed. A poll may still return one (the progress
+  // thread's own poll of that round, or a pinner's that polled before Fence
+  // ran): they stay allocated until the link goes, so that Dispatch can tell
+  // them from live ops without reading freed memory.
+  absl::flat_hash_set<RemoteOp*> fenced_ops_;
   std::atomic<bool> fenced_{false};
   std::atomic<bool> stalled_{false};  // a post gave up: Fence, please
   mutable std::mutex reason_mu_;
@@ -364,9 +368,17 @@ void RemoteLink::Progress() {
 }
 
 void RemoteLink::Dispatch(RemoteOp* op, bool progress) {
+  // Which transfer this is, before anything reads it: one Fence failed is
+  // done with (and is kept, so the pointer still names it).
+  bool landed = false;
+  {
+    std::lock_guard lock(inflight_mu_);
+    landed = inflight_.erase(op) == 1;
+    if (!landed && fenced_ops_.contains(op)) return;
+  }
   switch (op->kind) {
     case RemoteOp::Kind::kTransfer:
-      if (!Landed(op)) break;  // Fence failed it already
+      if (!landed) break;
       if (!op->status.ok()) {
         const absl::Status why = op->status;
         OnTransferDone(op);
@@ -397,11 +409,6 @@ void RemoteLink::Dispatch(RemoteOp* op, bool progress) {
       }
       break;
   }
-}
-
-bool RemoteLink::Landed(RemoteOp* op) {
-  std::lock_guard lock(inflight_mu_);
-  return inflight_.erase(op) == 1;
 }
 
 void RemoteLink::CheckTimeouts() {
@@ -456,6 +463,7 @@ void RemoteLink::Fence(const absl::Status& why) {
     std::lock_guard lock(inflight_mu_);
     for (const auto& [op, posted] : inflight_) failed.push_back(op);
     inflight_.clear();
+    fenced_ops_.insert(failed.begin(), failed.end());
   }
   if (config_.log) {
     config_.log(absl::StrCat("strata: tier remote: server ", config_.server,
@@ -465,7 +473,6 @@ void RemoteLink::Fence(const absl::Status& why) {
   for (RemoteOp* op : failed) {
     Transfer* t = op->transfer;
     Fabric::Unregister(op->scratch);
-    delete op;
     t->status = FencedError(t->op);
     t->on_done(t);
   }
