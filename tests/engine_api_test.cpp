@@ -22,6 +22,7 @@
 #include "api/strata/strata.h"
 #include "gtest/gtest.h"
 #include "tests/test_util.h"
+#include "util/status_macros.h"
 
 namespace strata {
 namespace {
@@ -47,6 +48,21 @@ TensorSpec BlocksSpec(uint64_t blocks, uint64_t block_bytes = kBlock) {
                               static_cast<int64_t>(block_bytes / 4)},
                     .block_bytes = block_bytes};
 }
+
+// A tensor of another engine: the calls that take a Tensor refuse it.
+struct ForeignTensor {
+  TempDir dir;
+  std::unique_ptr<Engine> engine;
+  Tensor tensor;
+
+  static absl::StatusOr<std::unique_ptr<ForeignTensor>> Make() {
+    auto f = std::make_unique<ForeignTensor>();
+    if (!f->dir.ok()) return absl::InternalError("no temporary directory");
+    STRATA_ASSIGN_OR_RETURN(f->engine, Engine::Open(SmallOptions(f->dir.Sub("nvme"))));
+    STRATA_ASSIGN_OR_RETURN(f->tensor, f->engine->CreateTensor("t", BlocksSpec(4)));
+    return f;
+  }
+};
 
 class EngineApiTest : public ::testing::Test {
  protected:
@@ -391,11 +407,9 @@ TEST_F(EngineApiTest, PinBadInput) {
   EXPECT_STATUS(e->Pin(Tensor(), 0, Tier::kHost, Access::kRead),
                 StatusCode::kInvalidArgument);
 
-  TempDir other_dir;
-  ASSERT_TRUE(other_dir.ok());
-  ASSERT_OK_AND_ASSIGN(auto other,
-                       Engine::Open(SmallOptions(other_dir.Sub("nvme"))));
-  ASSERT_OK_AND_ASSIGN(Tensor foreign, other->CreateTensor("t", BlocksSpec(4)));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<ForeignTensor> f, ForeignTensor::Make());
+  Engine& other = *f->engine;
+  const Tensor& foreign = f->tensor;
   EXPECT_STATUS(e->Pin(foreign, 0, Tier::kHost, Access::kRead),
                 StatusCode::kInvalidArgument);
   EXPECT_STATUS(e->Flush(foreign), StatusCode::kInvalidArgument);
@@ -404,9 +418,9 @@ TEST_F(EngineApiTest, PinBadInput) {
                 StatusCode::kInvalidArgument);
   // The failed calls left both engines usable.
   WriteBlock(*e, t, 0, 1);
-  WriteBlock(*other, foreign, 0, 2);
+  WriteBlock(other, foreign, 0, 2);
   ExpectBlock(*e, t, 0, 1);
-  ExpectBlock(*other, foreign, 0, 2);
+  ExpectBlock(other, foreign, 0, 2);
 }
 
 // TryPin: a resident copy is pinned as by Pin; anything that would wait
@@ -468,11 +482,8 @@ TEST_F(EngineApiTest, TryPinPinsOnlyWithoutWaiting) {
                 StatusCode::kInvalidArgument);
   EXPECT_STATUS(e->TryPin(Tensor(), 0, Tier::kHost, Access::kRead),
                 StatusCode::kInvalidArgument);
-  TempDir other_dir;
-  ASSERT_TRUE(other_dir.ok());
-  ASSERT_OK_AND_ASSIGN(auto other,
-                       Engine::Open(SmallOptions(other_dir.Sub("nvme"))));
-  ASSERT_OK_AND_ASSIGN(Tensor foreign, other->CreateTensor("t", BlocksSpec(4)));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<ForeignTensor> f, ForeignTensor::Make());
+  const Tensor& foreign = f->tensor;
   EXPECT_STATUS(e->TryPin(foreign, 0, Tier::kHost, Access::kRead),
                 StatusCode::kInvalidArgument);
 

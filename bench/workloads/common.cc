@@ -26,6 +26,9 @@ double SecondsSince(Clock::time_point start) {
 
 std::string Bytes(uint64_t bytes) {
   constexpr double kKiB = 1024.0;
+  if (bytes >= (uint64_t{1} << 40)) {
+    return absl::StrFormat("%.3g TiB", bytes / (kKiB * kKiB * kKiB * kKiB));
+  }
   if (bytes >= (uint64_t{1} << 30)) {
     return absl::StrFormat("%.3g GiB", bytes / (kKiB * kKiB * kKiB));
   }
@@ -128,12 +131,13 @@ absl::Status WriteFile(const std::string& path, uint64_t bytes,
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   if (fd < 0) return SysError(errno, absl::StrCat("create ", path));
   constexpr uint64_t kChunk = uint64_t{1} << 20;
-  AlignedBuffer buf(kChunk);
-  absl::Status status;
+  absl::StatusOr<std::unique_ptr<AlignedBuffer>> buf = AlignedBuffer::Make(kChunk);
+  absl::Status status = buf.status();
   for (uint64_t off = 0; off < bytes && status.ok(); off += kChunk) {
     const uint64_t len = std::min(kChunk, bytes - off);
-    for (uint64_t p = 0; p < len; p += 4096) fill((off + p) / 4096, buf.data() + p);
-    status = PwriteAll(fd, buf.data(), len, off, path);
+    std::byte* data = (*buf)->data();
+    for (uint64_t p = 0; p < len; p += 4096) fill((off + p) / 4096, data + p);
+    status = PwriteAll(fd, data, len, off, path);
   }
   if (status.ok() && ::fsync(fd) != 0) status = SysError(errno, "fsync " + path);
   if (status.ok() && ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED) != 0) {
@@ -344,11 +348,16 @@ absl::StatusOr<std::vector<double>> RunInChild(
 
 // ---------------------------------------------------------------------------
 
-AlignedBuffer::AlignedBuffer(uint64_t bytes) : size_(bytes) {
-  const uint64_t rounded = (bytes + 4095) / 4096 * 4096;
-  data_ = static_cast<std::byte*>(std::aligned_alloc(4096, std::max<uint64_t>(rounded, 4096)));
-  if (data_ == nullptr) std::abort();  // out of memory in a benchmark
-  std::memset(data_, 0, rounded);
+absl::StatusOr<std::unique_ptr<AlignedBuffer>> AlignedBuffer::Make(uint64_t bytes) {
+  const uint64_t rounded = std::max<uint64_t>((bytes + 4095) / 4096 * 4096, 4096);
+  auto* data = static_cast<std::byte*>(std::aligned_alloc(4096, rounded));
+  if (data == nullptr) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "bench: cannot allocate ", Bytes(rounded),
+        " of buffers; lower --tier or --size"));
+  }
+  std::memset(data, 0, rounded);
+  return std::unique_ptr<AlignedBuffer>(new AlignedBuffer(data, bytes));
 }
 
 AlignedBuffer::~AlignedBuffer() { std::free(data_); }

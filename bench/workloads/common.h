@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -95,10 +96,12 @@ absl::StatusOr<std::vector<double>> RunInChild(
     const MemoryLimit* limit,
     const std::function<absl::StatusOr<std::vector<double>>()>& body);
 
-// A page-aligned heap buffer (O_DIRECT needs aligned memory).
+// A page-aligned, zeroed heap buffer (O_DIRECT needs aligned memory).
 class AlignedBuffer {
  public:
-  explicit AlignedBuffer(uint64_t bytes);
+  // kResourceExhausted when the memory is not there (a --tier or --size
+  // larger than this machine).
+  static absl::StatusOr<std::unique_ptr<AlignedBuffer>> Make(uint64_t bytes);
   AlignedBuffer(const AlignedBuffer&) = delete;
   AlignedBuffer& operator=(const AlignedBuffer&) = delete;
   ~AlignedBuffer();
@@ -106,6 +109,7 @@ class AlignedBuffer {
   uint64_t size() const { return size_; }
 
  private:
+  AlignedBuffer(std::byte* data, uint64_t size) : data_(data), size_(size) {}
   std::byte* data_ = nullptr;
   uint64_t size_ = 0;
 };

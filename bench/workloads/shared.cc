@@ -70,16 +70,30 @@ absl::StatusOr<Child> Spawn(const std::string& self, const std::vector<std::stri
   for (std::string& a : all) argv.push_back(a.data());
   argv.push_back(nullptr);
   const pid_t pid = ::fork();
-  if (pid < 0) return SysError(errno, "fork");
+  if (pid < 0) {
+    const int err = errno;
+    for (int fd : {in[0], in[1], out[0], out[1]}) ::close(fd);
+    return SysError(err, "fork");
+  }
   if (pid == 0) {
-    ::dup2(in[0], STDIN_FILENO);
-    ::dup2(out[1], STDOUT_FILENO);
-    ::execv(self.c_str(), argv.data());
-    ::_exit(127);
+    if (::dup2(in[0], STDIN_FILENO) >= 0 && ::dup2(out[1], STDOUT_FILENO) >= 0) {
+      ::execv(self.c_str(), argv.data());
+    }
+    ::_exit(127);  // the parent reads EOF: "ended before saying ready"
   }
   ::close(in[0]);
   ::close(out[1]);
-  return Child{pid, ::fdopen(in[1], "w"), ::fdopen(out[0], "r")};
+  Child c{pid, ::fdopen(in[1], "w"), ::fdopen(out[0], "r")};
+  if (c.to == nullptr || c.from == nullptr) {
+    const int err = errno;
+    if (c.to != nullptr) std::fclose(c.to); else ::close(in[1]);
+    if (c.from != nullptr) std::fclose(c.from); else ::close(out[0]);
+    int status;
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    return SysError(err, "fdopen of a reader's pipe");
+  }
+  return c;
 }
 
 // The next line a child wrote, which must start with `word`.

@@ -68,10 +68,11 @@ void Adam(float* p, float* m, float* v, int step) {
   }
 }
 
-// Initial parameters of block b (m and v start at zero).
-void InitParams(uint64_t b, float* p) {
-  for (uint64_t i = 0; i < kFloats; ++i) {
-    p[i] = static_cast<float>((b * 7919 + i) % 1000) * 1e-3f;
+// Initial parameters of block b, elements [first, first + count) (m and v
+// start at zero).
+void InitParams(uint64_t b, float* p, uint64_t first = 0, uint64_t count = kFloats) {
+  for (uint64_t i = 0; i < count; ++i) {
+    p[i] = static_cast<float>((b * 7919 + first + i) % 1000) * 1e-3f;
   }
 }
 
@@ -218,11 +219,14 @@ absl::StatusOr<Timing> RunSwap(const Shape& shape, const StepPlan& steps,
   // memory holds, less the one triple of swap buffers.
   const uint64_t triples = shape.host_bytes / (3 * kBlock);
   const uint64_t resident = std::min(shape.blocks, triples > 0 ? triples - 1 : 0);
-  AlignedBuffer ram(std::max<uint64_t>(resident, 1) * 3 * kBlock);
-  AlignedBuffer swap(3 * kBlock);
+  absl::StatusOr<std::unique_ptr<AlignedBuffer>> ram =
+      AlignedBuffer::Make(std::max<uint64_t>(resident, 1) * 3 * kBlock);
+  if (!ram.ok()) return ram.status();
+  absl::StatusOr<std::unique_ptr<AlignedBuffer>> swap = AlignedBuffer::Make(3 * kBlock);
+  if (!swap.ok()) return swap.status();
   auto block_of = [&](uint64_t b, int i) {
-    return b < resident ? ram.data() + (b * 3 + i) * kBlock
-                        : swap.data() + i * kBlock;
+    return b < resident ? (*ram)->data() + (b * 3 + i) * kBlock
+                        : (*swap)->data() + i * kBlock;
   };
   auto offset = [&](uint64_t b, int i) {
     return static_cast<uint64_t>(i) * shape.tensor_bytes() + b * kBlock;
@@ -275,7 +279,7 @@ absl::StatusOr<Timing> RunSwap(const Shape& shape, const StepPlan& steps,
   XXH3_64bits_reset(h);
   for (uint64_t b = 0; b < shape.blocks; ++b) {
     if (b >= resident) {
-      if (absl::Status s = PreadAll(fd, swap.data(), kBlock, offset(b, 0), path);
+      if (absl::Status s = PreadAll(fd, (*swap)->data(), kBlock, offset(b, 0), path);
           !s.ok()) {
         XXH3_freeState(h);
         return s;
@@ -301,11 +305,8 @@ absl::StatusOr<Timing> RunMmap(const Shape& shape, const StepPlan& steps,
       std::memset(out, 0, 4096);
       return;
     }
-    const uint64_t b = off / kBlock, first = (off % kBlock) / sizeof(float);
-    auto* f = reinterpret_cast<float*>(out);
-    for (uint64_t i = 0; i < 4096 / sizeof(float); ++i) {
-      f[i] = static_cast<float>((b * 7919 + first + i) % 1000) * 1e-3f;
-    }
+    InitParams(off / kBlock, reinterpret_cast<float*>(out),
+               (off % kBlock) / sizeof(float), 4096 / sizeof(float));
   });
   if (!written.ok()) return written;
   absl::StatusOr<std::vector<double>> r = RunInChild(limit, [&]() -> absl::StatusOr<std::vector<double>> {
@@ -316,7 +317,12 @@ absl::StatusOr<Timing> RunMmap(const Shape& shape, const StepPlan& steps,
     ::close(fd);
     if (map == MAP_FAILED) return SysError(errno, "mmap " + path);
     auto* base = static_cast<std::byte*>(map);
-    ::madvise(base, shape.working_set(), MADV_SEQUENTIAL);
+    // The hints are what the baseline is: without them it is another one.
+    if (::madvise(base, shape.working_set(), MADV_SEQUENTIAL) != 0) {
+      const int err = errno;
+      ::munmap(map, shape.working_set());
+      return SysError(err, "madvise(MADV_SEQUENTIAL) " + path);
+    }
     auto at = [&](uint64_t b, int i) {
       return base + static_cast<uint64_t>(i) * shape.tensor_bytes() + b * kBlock;
     };
@@ -351,9 +357,10 @@ absl::StatusOr<Timing> RunMmap(const Shape& shape, const StepPlan& steps,
 // --- the floor -------------------------------------------------------------
 
 // Seconds of Adam over `blocks` triples already in memory.
-double ComputeSeconds(uint64_t blocks) {
-  AlignedBuffer buf(3 * kBlock);
-  auto* f = reinterpret_cast<float*>(buf.data());
+absl::StatusOr<double> ComputeSeconds(uint64_t blocks) {
+  absl::StatusOr<std::unique_ptr<AlignedBuffer>> buf = AlignedBuffer::Make(3 * kBlock);
+  if (!buf.ok()) return buf.status();
+  auto* f = reinterpret_cast<float*>((*buf)->data());
   InitParams(0, f);
   const Clock::time_point start = Clock::now();
   for (uint64_t b = 0; b < blocks; ++b) {
@@ -418,7 +425,9 @@ absl::StatusOr<std::vector<Result>> RunOneSize(uint64_t working_set,
   const double must_cross = static_cast<double>(
       shape.working_set() > shape.host_bytes ? shape.working_set() - shape.host_bytes : 0);
   const double io_floor = must_cross / raw->read + must_cross / raw->write;
-  const double compute = ComputeSeconds(shape.blocks);
+  absl::StatusOr<double> computed = ComputeSeconds(shape.blocks);
+  if (!computed.ok()) return computed.status();
+  const double compute = *computed;
   const double floor = std::max(compute, io_floor);
 
   std::vector<Result> results;

@@ -1,5 +1,10 @@
 #include "bench/workloads/workloads.h"
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
@@ -11,9 +16,53 @@ namespace strata::bench {
 
 std::vector<std::string> WorkloadNames() { return {"train", "embed", "shared"}; }
 
+namespace {
+
+// Sizes this machine cannot hold are refused before anything is allocated
+// (a host tier of 64 TiB would otherwise end in the OOM killer). Memory:
+// the fastest tier (and, for shared, every reader's private copy) must fit
+// in half of the memory available now. Disk: train keeps three files of the
+// working set at once (the engine's, a baseline's, the raw yardstick's),
+// embed two; they must fit in the free space of --dir.
+absl::Status CheckFits(absl::string_view name, const WorkloadOptions& options) {
+  std::error_code ec;
+  std::filesystem::create_directories(options.dir, ec);
+  if (ec) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--dir ", options.dir, ": cannot create it (", ec.message(), ")"));
+  }
+  const std::filesystem::space_info disk = std::filesystem::space(options.dir, ec);
+  const double memory = static_cast<double>(::sysconf(_SC_AVPHYS_PAGES)) *
+                        static_cast<double>(::sysconf(_SC_PAGESIZE));
+  uint64_t largest = 0;
+  for (uint64_t ws : WorkingSets(options)) largest = std::max(largest, ws);
+  const double in_memory = name == "shared" ? static_cast<double>(largest) *
+                                                  (options.readers + 1)
+                                            : static_cast<double>(options.tier_bytes);
+  if (in_memory > memory / 2) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        name, ": needs ", Bytes(static_cast<uint64_t>(in_memory)),
+        " of memory, more than half of the ", Bytes(static_cast<uint64_t>(memory)),
+        " available; lower --tier, --scale or --size"));
+  }
+  const double on_disk = static_cast<double>(largest) * (name == "train" ? 3 : 2);
+  if (!ec && on_disk > 0.9 * static_cast<double>(disk.available)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        name, ": needs ", Bytes(static_cast<uint64_t>(on_disk)), " of disk in ",
+        options.dir, ", which has ", Bytes(disk.available),
+        " free; lower --tier, --scale or --size, or pass another --dir"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<std::vector<Result>> RunWorkload(absl::string_view name,
                                                 const WorkloadOptions& options,
                                                 const std::string& self) {
+  if (name == "train" || name == "embed" || name == "shared") {
+    if (absl::Status s = CheckFits(name, options); !s.ok()) return s;
+  }
   if (name == "train") return RunTrain(options);
   if (name == "embed") return RunEmbed(options);
   if (name == "shared") return RunShared(options, self);
