@@ -140,10 +140,13 @@ class CopyState {
     return (w_ & ~kInFlight) | (ok ? 0 : kFailed);
   }
   // A write-back claims the copy of a lower tier it overwrites: absent, or
-  // resident, stale and unpinned.
+  // resident, stale and unpinned. Never a dirty one: that copy holds the
+  // block's newest bytes (its dirty mark moved down onto it after the
+  // write-back's source was chosen), and writing over it would publish
+  // them clean, to be dropped as such.
   constexpr uint64_t ClaimedAsTarget() const {
     if (state() == kAbsent) return Loading();
-    if (!idle()) return 0;
+    if (!idle() || dirty()) return 0;
     return CopyState(0).With(kLoading) | (w_ & kWaiters);
   }
 
