@@ -76,10 +76,16 @@ absl::StatusOr<tiers::Frame> Residency::Allocate(uint64_t bytes,
                                                  bool speculative) {
   if (!evicts()) return AllocateNow(bytes, owner);
   if (speculative) {
-    // Let pins short of space here go first.
-    while (demand_waiting_.load(std::memory_order_acquire) > 0) {
+    // Let pins short of space here go first. The epoch is read before the
+    // count: a pin that leaves after the count was read bumps it (Allocate
+    // below), so this wait cannot miss its leaving (it once slept to the
+    // deadline so, while a pin of the same block waited for this load:
+    // engine_fault_test, about 1 run in 150).
+    for (;;) {
+      const uint64_t epoch = space_epoch_.load(std::memory_order_acquire);
+      if (demand_waiting_.load(std::memory_order_acquire) == 0) break;
       STRATA_RETURN_IF_ERROR(parts_.life->CheckOpen());
-      if (!WaitForSpace(space_epoch_.load(std::memory_order_acquire), deadline)) {
+      if (!WaitForSpace(epoch, deadline)) {
         return absl::DeadlineExceededError(absl::StrCat(
             "tier ", Sv(TierName(parts_.chain->kind(pos_))),
             ": a prefetch waited for pins short of space until its deadline"));
