@@ -836,7 +836,6 @@ void EngineCore::FillTierStats(int pos, TierStats& out) const {
   const TierCounters& c = stats_->tier(pos);
   out.present = true;
   out.capacity_bytes = tier.capacity();
-  out.used_bytes = tier.used();
   out.bytes_in = c.bytes_in.load(std::memory_order_relaxed);
   out.bytes_out = c.bytes_out.load(std::memory_order_relaxed);
   out.evictions = c.evictions.load(std::memory_order_relaxed);
@@ -871,6 +870,13 @@ EngineStats EngineCore::GetStats() const {
         }
       }
     }
+  }
+  // Pins come and go while the words are scanned, and frames with them:
+  // read `used` after the scan, and keep the snapshot consistent (a pinned
+  // copy always holds a frame), so that used - pinned never wraps.
+  for (int pos = 0; pos < chain_->size(); ++pos) {
+    TierStats& out = stats.tiers[static_cast<int>(chain_->kind(pos))];
+    out.used_bytes = std::max(chain_->tier(pos).used(), out.pinned_bytes);
   }
   if (shared_ != nullptr) shared_->FillStats(stats.tiers[static_cast<int>(Tier::kShm)]);
   stats.pin_hit_latency = LatencyHistogram::Summarize(hit_lat);

@@ -455,6 +455,10 @@ struct LatencySummary {
   double p50_us = 0, p90_us = 0, p99_us = 0, max_us = 0;
 };
 
+// One tier's counters. A snapshot is read field by field while other
+// threads pin and evict, so it describes nearby moments rather than one
+// instant; it is still consistent: pinned_bytes <= used_bytes <=
+// capacity_bytes.
 struct TierStats {
   Tier tier = Tier::kHost;
   bool present = false;
