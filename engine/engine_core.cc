@@ -727,14 +727,17 @@ absl::Status EngineCore::ClaimEveryCopy(TensorState& ts,
           }
           continue;
         }
-        if (state.resident() && state.pins() != 0) {
+        // Only the engine pins copies of tiers that cannot be pinned (the
+        // source of a load, until the new copy is published): it lets go
+        // within a transfer, so wait as for one in transit.
+        if (state.resident() && state.pins() != 0 && chain_->pinnable(pos)) {
           return absl::FailedPreconditionError(absl::StrCat(
               BlockName(ts, b), " is pinned in tier ",
               Sv(TierName(chain_->kind(pos))), "; release its pins before ",
               Sv(caller)));
         }
-        // Loading, being written back, or in flight to the device: its
-        // transfer ends soon.
+        // Loading, being written back, in flight to the device, or held
+        // as a source: its transfer ends soon.
         if (!waits_.WaitForChange(word, w, deadline)) {
           return absl::DeadlineExceededError(absl::StrCat(
               BlockName(ts, b), " stayed in transit for io_timeout during ",

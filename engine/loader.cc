@@ -28,6 +28,7 @@ struct Loader::Op {
   bool holds_frame = false;
   bool read_bytes = false;  // bytes were copied or zero-filled (not overwrite)
   Source source;
+  bool holds_source = false;  // a pin of the source, let go once published
   tiers::shm::SharedPin shared_pin;  // Source::kShared: held while copying
   Clock::time_point copy_started;
   std::shared_ptr<Op> self;  // alive until Finish
@@ -80,6 +81,7 @@ std::shared_ptr<Loader::Op> Loader::Start(
     return op;
   }
   op->source = *source;
+  op->holds_source = source->kind == Source::kCopy;  // held by ChooseSource
   op->read_bytes = true;
   if (source->kind == Source::kZeros && op->frame.data != nullptr) {
     // A block never written reads as zeros, also in a reused frame.
@@ -159,6 +161,7 @@ void Loader::StartShared(const std::shared_ptr<Op>& op, CopyBatch* batch) {
     return;
   }
   op->shared_pin = *pin;
+  op->holds_source = true;
   op->source = {.kind = Source::kShared, .version = pin->version};
   op->source.frame.data = pin->data;
   op->source.frame.bytes = pin->size;
@@ -216,12 +219,6 @@ bool Loader::PublishOverwrite(Op& op) {
 void Loader::OnCopied(void* user, const CopyResult& result) {
   Op& op = *static_cast<Op*>(user);
   Loader& self = *op.loader;
-  if (op.source.kind == Source::kCopy) {
-    ReleaseSource(self.parts_, *op.ts, op.block, op.source.pos);
-  }
-  if (op.source.kind == Source::kShared) {
-    self.parts_.shared->Unpin(op.shared_pin.record, op.shared_pin.count, false);
-  }
   if (result.status.ok() && op.source.kind == Source::kCopy) {
     self.parts_.stats->tier(op.source.pos).bytes_out.fetch_add(
         op.bytes, std::memory_order_relaxed);
@@ -293,10 +290,7 @@ void Loader::Complete(Op& op, absl::Status status) {
     // Published in flight (OnEnqueued): its pins may live, so the copy
     // stays; a failed one is dropped once they are gone.
     Land(op, status);
-    Finish(op, status);
-    return;
-  }
-  {
+  } else {
     LatchGuard latch(op.ts->record(op.block).latch, *parts_.waits);
     if (status.ok()) {
       PublishLocked(op);
@@ -305,7 +299,24 @@ void Loader::Complete(Op& op, absl::Status status) {
       FreeCopyLocked(parts_, *op.ts, op.block, op.pos);
     }
   }
+  ReleaseHeldSource(op);
   Finish(op, status);
+}
+
+void Loader::ReleaseHeldSource(Op& op) {
+  // Only once the new copy is published (or dropped): until then the
+  // source is the one copy that shows the bytes (the new copy's version is
+  // set when it is published), and it may carry the dirty mark that
+  // publishing moves onto the new copy. Let go earlier, it could be
+  // evicted or written meanwhile (blocks were lost so: engine_stress_test,
+  // StepsFromOneThreadWhileOthersPin under TSan).
+  if (!op.holds_source) return;
+  op.holds_source = false;
+  if (op.source.kind == Source::kCopy) {
+    ReleaseSource(parts_, *op.ts, op.block, op.source.pos);
+  } else if (op.source.kind == Source::kShared) {
+    parts_.shared->Unpin(op.shared_pin.record, op.shared_pin.count, false);
+  }
 }
 
 void Loader::PublishLocked(Op& op) {

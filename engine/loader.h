@@ -99,6 +99,7 @@ class Loader {
   // The completion of a copy published in flight.
   void Land(Op& op, const absl::Status& status);
   void Complete(Op& op, absl::Status status);
+  void ReleaseHeldSource(Op& op);
   void PublishLocked(Op& op);
   void Finish(Op& op, const absl::Status& status);
   absl::Status Timeout(const Op& op) const;
