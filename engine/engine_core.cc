@@ -727,10 +727,12 @@ absl::Status EngineCore::ClaimEveryCopy(TensorState& ts,
           }
           continue;
         }
-        // Only the engine pins copies of tiers that cannot be pinned (the
-        // source of a load, until the new copy is published): it lets go
-        // within a transfer, so wait as for one in transit.
-        if (state.resident() && state.pins() != 0 && chain_->pinnable(pos)) {
+        // A load of the block holds its source with a read pin until the
+        // new copy is published (and only the engine pins copies of tiers
+        // that cannot be pinned): while one is under way, wait as for a
+        // copy in transit; the pins left after it are the callers'.
+        if (state.resident() && state.pins() != 0 && chain_->pinnable(pos) &&
+            !loader_->LoadsBlock(ts, b)) {
           return absl::FailedPreconditionError(absl::StrCat(
               BlockName(ts, b), " is pinned in tier ",
               Sv(TierName(chain_->kind(pos))), "; release its pins before ",

@@ -432,6 +432,14 @@ std::shared_ptr<Loader::Op> Loader::Find(const CopySlot& slot) {
   return it == loading_.end() ? nullptr : it->second;
 }
 
+bool Loader::LoadsBlock(TensorState& ts, uint64_t block) {
+  std::lock_guard lock(mu_);
+  for (int pos = 0; pos < ts.chain_size; ++pos) {
+    if (loading_.contains(&ts.copy(pos, block))) return true;
+  }
+  return false;
+}
+
 absl::Status Loader::AwaitOther(Op& op, Deadline deadline) {
   const Deadline io = Clock::now() + absl::ToChronoNanoseconds(parts_.options->io_timeout);
   const Deadline until = std::min(deadline, io);
