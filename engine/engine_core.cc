@@ -729,10 +729,12 @@ absl::Status EngineCore::ClaimEveryCopy(TensorState& ts,
         }
         // A load of the block holds its source with a read pin until the
         // new copy is published (and only the engine pins copies of tiers
-        // that cannot be pinned): while one is under way, wait as for a
-        // copy in transit; the pins left after it are the callers'.
+        // that cannot be pinned): while a load holds this copy, wait as for
+        // a copy in transit; the pins left after it are the callers'.
         if (state.resident() && state.pins() != 0 && chain_->pinnable(pos) &&
-            !loader_->LoadsBlock(ts, b)) {
+            !loader_->HoldsSource(ts, b, pos)) {
+          // A load may have let go since `w` was read: look again.
+          if (word.load(std::memory_order_acquire) != w) continue;
           return absl::FailedPreconditionError(absl::StrCat(
               BlockName(ts, b), " is pinned in tier ",
               Sv(TierName(chain_->kind(pos))), "; release its pins before ",

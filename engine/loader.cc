@@ -29,6 +29,7 @@ struct Loader::Op {
   bool read_bytes = false;  // bytes were copied or zero-filled (not overwrite)
   Source source;
   bool holds_source = false;  // a pin of the source, let go once published
+  int held_pos = -1;          // the source's tier while held (under mu_)
   tiers::shm::SharedPin shared_pin;  // Source::kShared: held while copying
   Clock::time_point copy_started;
   std::shared_ptr<Op> self;  // alive until Finish
@@ -82,6 +83,10 @@ std::shared_ptr<Loader::Op> Loader::Start(
   }
   op->source = *source;
   op->holds_source = source->kind == Source::kCopy;  // held by ChooseSource
+  if (op->holds_source) {
+    std::lock_guard lock(mu_);
+    op->held_pos = source->pos;
+  }
   op->read_bytes = true;
   if (source->kind == Source::kZeros && op->frame.data != nullptr) {
     // A block never written reads as zeros, also in a reused frame.
@@ -314,6 +319,9 @@ void Loader::ReleaseHeldSource(Op& op) {
   op.holds_source = false;
   if (op.source.kind == Source::kCopy) {
     ReleaseSource(parts_, *op.ts, op.block, op.source.pos);
+    // After the pin is gone: HoldsSource false means it is.
+    std::lock_guard lock(mu_);
+    op.held_pos = -1;
   } else if (op.source.kind == Source::kShared) {
     parts_.shared->Unpin(op.shared_pin.record, op.shared_pin.count, false);
   }
@@ -432,10 +440,11 @@ std::shared_ptr<Loader::Op> Loader::Find(const CopySlot& slot) {
   return it == loading_.end() ? nullptr : it->second;
 }
 
-bool Loader::LoadsBlock(TensorState& ts, uint64_t block) {
+bool Loader::HoldsSource(TensorState& ts, uint64_t block, int pos) {
   std::lock_guard lock(mu_);
-  for (int pos = 0; pos < ts.chain_size; ++pos) {
-    if (loading_.contains(&ts.copy(pos, block))) return true;
+  for (int target = 0; target < ts.chain_size; ++target) {
+    auto it = loading_.find(&ts.copy(target, block));
+    if (it != loading_.end() && it->second->held_pos == pos) return true;
   }
   return false;
 }

@@ -78,9 +78,9 @@ class Loader {
   // Another pinner found the copy loading: the load, if the loader runs it
   // (null for a write-back filling the copy, or one just finished).
   std::shared_ptr<Op> Find(const CopySlot& slot);
-  // Whether a load of `block` into any tier is under way: its source may be
-  // held (a read pin the engine takes) until the load finished.
-  bool LoadsBlock(TensorState& ts, uint64_t block);
+  // Whether a load of `block` holds its copy in tier `pos` as its source
+  // (a read pin the engine takes, let go once the load published its copy).
+  bool HoldsSource(TensorState& ts, uint64_t block, int pos);
   // Waits for someone else's load (until it finished, or published its
   // copy in flight); OK means "look at the copy again".
   absl::Status AwaitOther(Op& op, Deadline deadline);
