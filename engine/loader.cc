@@ -39,6 +39,10 @@ struct Loader::Op {
   bool done = false;
   absl::Status status;
   bool owner_waiting = false;  // a pin may be granted in the published word
+  // The owner's pin goes into the word being published (decided under mu,
+  // so the owner cannot give up on it), and then it is the owner's: only
+  // once the word is out, or the owner could unpin a word still loading.
+  bool grant_pending = false;
   bool granted = false;
   bool early = false;      // publish in flight once enqueued (PinAsync)
   bool published = false;  // published in flight; Land completes it
@@ -212,11 +216,12 @@ bool Loader::PublishOverwrite(Op& op) {
       std::lock_guard lock(op.mu);
       if (op.owner_waiting) {
         word |= 1 | S::kExclusive | S::kDirty | S::kNew;
-        op.granted = true;
+        op.grant_pending = true;
       }
     }
     parts_.waits->Publish(slot.word, word);
   }
+  GrantPublished(op);
   Finish(op, absl::OkStatus());
   return true;
 }
@@ -256,13 +261,23 @@ void Loader::OnEnqueued(void* user) {
       std::lock_guard lock(op.mu);
       if (op.owner_waiting) {
         flags += 1;
-        op.granted = true;
+        op.grant_pending = true;
       }
       op.published = true;
     }
     self.parts_.waits->Publish(slot.word, S::Resident(flags));
   }
+  self.GrantPublished(op);
   std::lock_guard lock(op.mu);
+  op.cv.notify_all();
+}
+
+void Loader::GrantPublished(Op& op) {
+  {
+    std::lock_guard lock(op.mu);
+    if (!op.grant_pending) return;
+    op.granted = true;
+  }
   op.cv.notify_all();
 }
 
@@ -346,15 +361,16 @@ void Loader::PublishLocked(Op& op) {
     std::lock_guard lock(op.mu);
     if (op.owner_waiting && op.want == Want::kRead) {
       flags += 1;
-      op.granted = true;
+      op.grant_pending = true;
     } else if (op.owner_waiting && op.want != Want::kNone &&
                (flags & S::kShared) == 0) {
       flags |= 1 | S::kExclusive | S::kDirty | S::kNew;
-      op.granted = true;
+      op.grant_pending = true;
     }
   }
-  if (!op.granted && op.speculative) flags |= S::kPrefetched;
+  if (!op.grant_pending && op.speculative) flags |= S::kPrefetched;
   parts_.waits->Publish(slot.word, S::Resident(flags));
+  GrantPublished(op);
 }
 
 void Loader::Finish(Op& op, const absl::Status& status) {
@@ -409,6 +425,12 @@ Loader::Outcome Loader::AwaitOwn(Op& op, Deadline deadline) {
   // Granted means published with this pinner's pin counted, even if the
   // load has not finished its bookkeeping yet: the pin is this caller's.
   if (op.granted) return {absl::OkStatus(), true};
+  if (op.grant_pending) {
+    // Counted in the word its publisher is putting out right now (a few
+    // instructions away on a running thread): the pin is this caller's.
+    op.cv.wait(lock, [&] { return op.granted; });
+    return {absl::OkStatus(), true};
+  }
   if (op.done) return {op.status, false};
   op.owner_waiting = false;  // the load goes on without this pinner
   if (parts_.life->closing()) return {Lifecycle::ClosedError(), false};

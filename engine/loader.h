@@ -104,6 +104,8 @@ class Loader {
   void Complete(Op& op, absl::Status status);
   void ReleaseHeldSource(Op& op);
   void PublishLocked(Op& op);
+  // After a publish that counted the owner's pin: the pin is the owner's.
+  void GrantPublished(Op& op);
   void Finish(Op& op, const absl::Status& status);
   absl::Status Timeout(const Op& op) const;
   // Drives the source tier's completions while the starter waits (at
