@@ -80,6 +80,9 @@ class RemoteLink final : public Tier {
     Fabric::Unregister(arena_);
     fabric_.reset();  // before the receive buffers go
     for (RemoteOp* op : fenced_ops_) delete op;
+    // Sends whose completion never came (the server went, the endpoint was
+    // closed): the fabric is gone, nothing can name them any more.
+    for (RemoteOp* op : sends_) delete op;
   }
 
   absl::Status Start() {
@@ -244,6 +247,10 @@ class RemoteLink final : public Tier {
   // ran): they stay allocated until the link goes, so that Dispatch can tell
   // them from live ops without reading freed memory.
   absl::flat_hash_set<RemoteOp*> fenced_ops_;
+  // Control messages sent and not yet completed (freed by their completion,
+  // or by the destructor when none came).
+  std::mutex sends_mu_;
+  absl::flat_hash_set<RemoteOp*> sends_;
   std::atomic<bool> fenced_{false};
   std::atomic<bool> stalled_{false};  // a post gave up: Fence, please
   mutable std::mutex reason_mu_;
@@ -398,7 +405,11 @@ void RemoteLink::Dispatch(RemoteOp* op, bool progress) {
         OnTransferDone(op);
       }
       break;
-    case RemoteOp::Kind::kSend: delete op; break;
+    case RemoteOp::Kind::kSend: {
+      std::lock_guard lock(sends_mu_);
+      if (sends_.erase(op) == 1) delete op;
+      break;
+    }
     case RemoteOp::Kind::kReceive:
       if (progress) {
         OnReply(*op);
@@ -596,6 +607,10 @@ absl::StatusOr<Message> RemoteLink::Call(Message m, absl::Duration timeout) {
   auto* send = new RemoteOp;
   send->kind = RemoteOp::Kind::kSend;
   send->bytes = remote::Encode(m);
+  {
+    std::lock_guard sends(sends_mu_);
+    sends_.insert(send);
+  }
   absl::Status sent;
   const auto deadline =
       std::chrono::steady_clock::now() + absl::ToChronoNanoseconds(timeout);
@@ -608,6 +623,8 @@ absl::StatusOr<Message> RemoteLink::Call(Message m, absl::Duration timeout) {
   if (sent.ok()) {
     cv_.wait_until(lock, deadline, [&] { return pending.done; });
   } else {
+    std::lock_guard sends(sends_mu_);
+    sends_.erase(send);
     delete send;
   }
   pending_.erase(m.request);
