@@ -217,13 +217,22 @@ void WriteBacks::Account(WriteBackOp& op, const CopyResult& result) {
 // ---------------------------------------------------------------------------
 // Flush
 
-absl::Status WriteBacks::HoldDirtyCopy(TensorState& ts, uint64_t block,
+// The lowest tier a private block can live in: the chain's last, unless
+// that is the node segment (it holds shared tensors only).
+int WriteBacks::FlushTarget() const {
+  const TierChain& chain = *parts_.chain;
+  int target = chain.lowest();
+  while (target > 0 && chain.kind(target) == Tier::kShm) --target;
+  return target;
+}
+
+absl::Status WriteBacks::HoldDirtyCopy(TensorState& ts, uint64_t block, int target,
                                        Deadline deadline, int* held_pos) {
   *held_pos = -1;
   for (;;) {
     if (absl::Status s = Interrupted(parts_, ts); !s.ok()) return s;
     int pos = -1;
-    for (int i = 0; i < parts_.chain->lowest() && pos < 0; ++i) {
+    for (int i = 0; i < target && pos < 0; ++i) {
       if (Load(ts.copy(i, block).word).dirty()) pos = i;
     }
     if (pos < 0) return absl::OkStatus();  // clean, or never written
@@ -254,11 +263,10 @@ absl::Status WriteBacks::HoldDirtyCopy(TensorState& ts, uint64_t block,
   }
 }
 
-absl::Status WriteBacks::FlushBatch(const std::shared_ptr<TensorState>& ts,
+absl::Status WriteBacks::FlushBatch(const std::shared_ptr<TensorState>& ts, int target,
                                     uint64_t begin, uint64_t end) {
   const Deadline deadline =
       Clock::now() + absl::ToChronoNanoseconds(parts_.options->pin_wait_timeout);
-  const int lowest = parts_.chain->lowest();
   absl::Status first;
   auto note = [&first](const absl::Status& s) {
     if (!s.ok() && first.ok()) first = s;
@@ -268,7 +276,7 @@ absl::Status WriteBacks::FlushBatch(const std::shared_ptr<TensorState>& ts,
     CopyBatch batch(*parts_.chain);
     for (uint64_t b = begin; b < end; ++b) {
       int pos = -1;
-      absl::Status held = HoldDirtyCopy(*ts, b, deadline, &pos);
+      absl::Status held = HoldDirtyCopy(*ts, b, target, deadline, &pos);
       note(held);
       if (!held.ok() || pos < 0) continue;
       auto op = std::make_shared<WriteBackOp>();
@@ -281,11 +289,11 @@ absl::Status WriteBacks::FlushBatch(const std::shared_ptr<TensorState>& ts,
       absl::Status started;
       for (;;) {
         uint64_t seen = 0;
-        started = StartTo(op, lowest, batch, &seen);
+        started = StartTo(op, target, batch, &seen);
         if (!absl::IsAborted(started)) break;
-        // The lowest copy is busy (a write-back of the same bytes): wait.
+        // The target copy is busy (a write-back of the same bytes): wait.
         batch.Submit();
-        if (!parts_.waits->WaitForChange(ts->copy(lowest, b).word, seen, deadline)) {
+        if (!parts_.waits->WaitForChange(ts->copy(target, b).word, seen, deadline)) {
           break;
         }
       }
@@ -304,7 +312,7 @@ absl::Status WriteBacks::FlushBatch(const std::shared_ptr<TensorState>& ts,
     if (!op->cv.wait_until(lock, io_deadline, [&] { return op->done; })) {
       note(absl::DeadlineExceededError(absl::StrCat(
           "writing ", BlockName(*ts, op->block), " down to tier ",
-          Sv(TierName(parts_.chain->kind(lowest))), " did not complete within "
+          Sv(TierName(parts_.chain->kind(target))), " did not complete within "
           "EngineOptions::io_timeout (",
           absl::FormatDuration(parts_.options->io_timeout),
           "); the block stays dirty; the device may be stalled")));
@@ -318,11 +326,14 @@ absl::Status WriteBacks::FlushBatch(const std::shared_ptr<TensorState>& ts,
 absl::Status WriteBacks::Flush(const std::shared_ptr<TensorState>& ts) {
   std::lock_guard flush_lock(ts->info->flush_mu);
   absl::Status first;
-  if (!parts_.chain->pinnable(parts_.chain->lowest())) {
+  // A chain of host alone has nowhere to write to (target 0); over host
+  // as the lowest tier, dirty GPU copies go down to it.
+  const int target = FlushTarget();
+  if (target > 0) {
     constexpr uint64_t kBatch = 64;
     for (uint64_t begin = 0; begin < ts->num_blocks; begin += kBatch) {
       absl::Status s =
-          FlushBatch(ts, begin, std::min(ts->num_blocks, begin + kBatch));
+          FlushBatch(ts, target, begin, std::min(ts->num_blocks, begin + kBatch));
       if (!s.ok() && first.ok()) first = s;
       if (absl::IsFailedPrecondition(s) && parts_.life->closing()) break;
     }

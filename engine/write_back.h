@@ -66,10 +66,12 @@ class WriteBacks {
   void CompleteLocked(WriteBackOp& op, const CopyResult& result);
   void Account(WriteBackOp& op, const CopyResult& result);
 
-  // Flush helpers.
-  absl::Status HoldDirtyCopy(TensorState& ts, uint64_t block, Deadline deadline,
-                             int* held_pos);
-  absl::Status FlushBatch(const std::shared_ptr<TensorState>& ts,
+  // Flush helpers. `target` is the tier Flush writes down to (FlushTarget);
+  // dirty copies above it are the ones flushed.
+  int FlushTarget() const;
+  absl::Status HoldDirtyCopy(TensorState& ts, uint64_t block, int target,
+                             Deadline deadline, int* held_pos);
+  absl::Status FlushBatch(const std::shared_ptr<TensorState>& ts, int target,
                           uint64_t begin, uint64_t end);
 
   EngineParts& parts_;

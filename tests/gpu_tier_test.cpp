@@ -452,6 +452,25 @@ TEST_F(GpuEngineTest, DirtyGpuCopiesRoundTripThroughHostAndNvme) {
   ExpectGpu(t, 3, 7);
 }
 
+// Host is the lowest tier here (no NVMe): Flush still writes the GPU's
+// dirty copies down to it (found on the GPU machine: gpu_bench's
+// BM_GpuDemote measured a Flush that moved nothing).
+TEST_F(GpuEngineTest, FlushWritesDirtyGpuCopiesToHostWhenHostIsLowest) {
+  ASSERT_NO_FATAL_FAILURE(Open(/*gpu_blocks=*/8, /*host_blocks=*/16, /*with_nvme=*/false));
+  stream_ = dev_->CreateStream();
+  Tensor t = Make("t", 4);
+  for (uint64_t b = 0; b < 4; ++b) WriteGpu(t, b, 3);
+  const uint64_t out0 = Of(Tier::kGpu).bytes_out;
+  const uint64_t written0 = Of(Tier::kGpu).write_backs;
+  ASSERT_OK(engine_->Flush(t));
+  EXPECT_EQ(Of(Tier::kGpu).bytes_out - out0, 4 * kBlock);
+  EXPECT_EQ(Of(Tier::kGpu).write_backs - written0, 4u);
+  for (uint64_t b = 0; b < 4; ++b) ExpectHost(t, b, 3);
+  // Clean now: a second Flush has nothing to move.
+  ASSERT_OK(engine_->Flush(t));
+  EXPECT_EQ(Of(Tier::kGpu).bytes_out - out0, 4 * kBlock);
+}
+
 TEST_F(GpuEngineTest, PromotionsAndDemotionsOverlap) {
   // gpu_bench's BM_GpuPromoteDemote, small: one tensor comes up while the
   // other's dirty copies go down, on a GPU that holds only one of them.
