@@ -14,7 +14,7 @@
 
 namespace strata::bench {
 
-std::vector<std::string> WorkloadNames() { return {"train", "embed", "shared"}; }
+std::vector<std::string> WorkloadNames() { return {"train", "embed", "shared", "gpu"}; }
 
 namespace {
 
@@ -36,16 +36,19 @@ absl::Status CheckFits(absl::string_view name, const WorkloadOptions& options) {
                         static_cast<double>(::sysconf(_SC_PAGESIZE));
   uint64_t largest = 0;
   for (uint64_t ws : WorkingSets(options)) largest = std::max(largest, ws);
-  const double in_memory = name == "shared" ? static_cast<double>(largest) *
-                                                  (options.readers + 1)
-                                            : static_cast<double>(options.tier_bytes);
+  // gpu keeps the whole working set in host memory, one side at a time.
+  const double in_memory =
+      name == "shared" ? static_cast<double>(largest) * (options.readers + 1)
+      : name == "gpu"  ? static_cast<double>(largest)
+                       : static_cast<double>(options.tier_bytes);
   if (in_memory > memory / 2) {
     return absl::InvalidArgumentError(absl::StrCat(
         name, ": needs ", Bytes(static_cast<uint64_t>(in_memory)),
         " of memory, more than half of the ", Bytes(static_cast<uint64_t>(memory)),
         " available; lower --tier, --scale or --size"));
   }
-  const double on_disk = static_cast<double>(largest) * (name == "train" ? 3 : 2);
+  const double on_disk =
+      name == "gpu" ? 0 : static_cast<double>(largest) * (name == "train" ? 3 : 2);
   if (!ec && on_disk > 0.9 * static_cast<double>(disk.available)) {
     return absl::InvalidArgumentError(absl::StrCat(
         name, ": needs ", Bytes(static_cast<uint64_t>(on_disk)), " of disk in ",
@@ -60,12 +63,22 @@ absl::Status CheckFits(absl::string_view name, const WorkloadOptions& options) {
 absl::StatusOr<std::vector<Result>> RunWorkload(absl::string_view name,
                                                 const WorkloadOptions& options,
                                                 const std::string& self) {
-  if (name == "train" || name == "embed" || name == "shared") {
+  if (name == "train" || name == "embed" || name == "shared" || name == "gpu") {
     if (absl::Status s = CheckFits(name, options); !s.ok()) return s;
   }
   if (name == "train") return RunTrain(options);
   if (name == "embed") return RunEmbed(options);
   if (name == "shared") return RunShared(options, self);
+  if (name == "gpu") {
+    // Checked here, so that a build without CUDA refuses it alike.
+    constexpr uint64_t kBlock = uint64_t{2} << 20;
+    if (options.tier_bytes < 4 * kBlock || options.tier_bytes % kBlock != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "gpu: --tier gpu=", options.tier_bytes,
+          " must be a multiple of 2 MiB and at least 8 MiB (the VRAM budget)"));
+    }
+    return RunGpu(options);
+  }
   return absl::InvalidArgumentError(absl::StrCat(
       "unknown workload '", name, "'; the workloads are ",
       absl::StrJoin(WorkloadNames(), ", "), " (or all)"));

@@ -10,6 +10,9 @@
 //           into blocks, against the same table mmap'd
 //   shared  frozen weights read by several processes through the node
 //           segment, against each process reading its own copy
+//   gpu     layer-by-layer streaming of weights larger than the VRAM budget,
+//           against managed memory with prefetch and against pageable
+//           cudaMemcpy (built with CUDA; kFailedPrecondition without a GPU)
 //
 // Each runs at several working sets, given as multiples of the capacity of
 // its fastest tier (1x, 2x, 4x, 8x by default), and returns one Result per
@@ -58,14 +61,16 @@ struct Result {
 
 struct WorkloadOptions {
   // Capacity of the workload's fastest tier (host for train and embed, the
-  // node segment for shared); the working sets are multiples of it.
+  // node segment for shared, the GPU tier's VRAM budget for gpu); the
+  // working sets are multiples of it.
   uint64_t tier_bytes = uint64_t{64} << 20;
   std::vector<double> scales = {1, 2, 4, 8};
   // Explicit working sets in bytes; when not empty they replace `scales`.
   std::vector<uint64_t> sizes;
   // Scratch directory for block files and baseline files (created).
   std::string dir = "./strata-bench";
-  int steps = 6;              // train: timed steps (after warm-up ones)
+  int steps = 6;              // train: timed steps (after warm-up ones);
+                              // gpu: timed passes (after one warm-up)
   int max_warm_steps = 300;   // train: at most this many untimed ones
   uint64_t lookups = 200000;  // embed: timed lookups per size
   int readers = 4;            // shared: reader processes
@@ -77,6 +82,7 @@ struct WorkloadOptions {
 
 absl::StatusOr<std::vector<Result>> RunTrain(const WorkloadOptions& options);
 absl::StatusOr<std::vector<Result>> RunEmbed(const WorkloadOptions& options);
+absl::StatusOr<std::vector<Result>> RunGpu(const WorkloadOptions& options);
 // `self` is the path of a program that runs RunSharedReader when started as
 // `self bench-reader ...` (the strata tool), for the reader processes.
 absl::StatusOr<std::vector<Result>> RunShared(const WorkloadOptions& options,
