@@ -364,8 +364,8 @@ py::object PinBlock(const EngineRef& engine, py::object tensor_obj,
   const Access a = ParseAccess(access);
   if (t == Tier::kGpu) {
     ThrowUnimplemented(
-        "tier=\"gpu\" pins are not available from Python yet: CUDA DLPack "
-        "views come with the GPU tier (issue #4); pin in tier=\"host\"");
+        "tier=\"gpu\" pins are not available from Python yet (CUDA DLPack "
+        "views are not built); pin in tier=\"host\", or from C++");
   }
   const Tensor& handle = tensor.tensor;
   auto state = std::make_shared<PinState>();
