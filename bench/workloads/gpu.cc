@@ -84,9 +84,9 @@ struct Shape {
   uint64_t must_cross() const { return working_set() > budget ? working_set() - budget : 0; }
 };
 
-// Layers of 1/8 of the budget (2 MiB to 64 MiB): small enough that a pass
-// has many, large enough that one cudaMemPrefetchAsync or cudaMemcpy moves
-// a lot at once.
+// Layers of 1/8 of the budget, 2 MiB to 64 MiB (a 1 GiB budget: 64 MiB,
+// so 16 layers fit): small enough that a pass has many, large enough that
+// one cudaMemPrefetchAsync or cudaMemcpy moves a lot at once.
 Shape ShapeFor(uint64_t budget, uint64_t working_set) {
   Shape s;
   s.budget = budget;
