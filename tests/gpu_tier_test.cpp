@@ -12,6 +12,7 @@
 #include <cstring>
 #include <memory>
 #include <random>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -934,15 +935,37 @@ TEST_F(GpuEngineTest, AsyncAndPlainPinsRaceWithEvictionAndHostWrites) {
   // check them with a kernel ordered by WaitOn; a writer keeps rewriting
   // blocks on the host with the same bytes, which drops their GPU copies
   // (waiting for copies in flight). Every kernel must see the block's bytes.
-  constexpr uint64_t kBlocks = 12;
   constexpr int kReaders = 3;
+  // Per reader: the frame of its pin (or of its load in flight) and up to
+  // two it released whose streams have not got there yet (ReleaseAfter
+  // keeps them until then). With fewer frames than that a pin can meet
+  // every frame pinned, loading or waiting for a stream, and gets
+  // kResourceExhausted, which is the API's answer then: with 4 frames, in
+  // about 1 run of 60 (and with 5, 1 of 120; with 9, 1 of 500, when
+  // another pinner took the frames a reaping just gave back). So that
+  // answer is counted, not failed, as long as nearly every pin succeeds;
+  // any other error fails the test.
+  constexpr uint64_t kGpuBlocks = 3 * kReaders;
+  constexpr uint64_t kBlocks = 3 * kGpuBlocks;
   constexpr int kRounds = 150;
-  ASSERT_NO_FATAL_FAILURE(Open(/*gpu_blocks=*/4, /*host_blocks=*/16));
+  ASSERT_NO_FATAL_FAILURE(Open(kGpuBlocks, /*host_blocks=*/kBlocks + 4));
   stream_ = dev_->CreateStream();
   Tensor t = Make("t", kBlocks);
   for (uint64_t b = 0; b < kBlocks; ++b) WriteHost(t, b, 1);
   std::atomic<int> bad{0};
   std::atomic<int> errors{0};
+  std::atomic<int> full{0};  // kResourceExhausted: every frame busy
+  absl::Mutex first_error_mu;
+  std::string first_error;  // what the first failing call said
+  auto error = [&](const absl::Status& s) {
+    if (absl::IsResourceExhausted(s)) {
+      full.fetch_add(1);
+      return;
+    }
+    errors.fetch_add(1);
+    absl::MutexLock lock(&first_error_mu);
+    if (first_error.empty()) first_error = s.ToString();
+  };
   std::atomic<bool> stop{false};
   std::vector<std::thread> readers;
   for (int r = 0; r < kReaders; ++r) {
@@ -953,8 +976,12 @@ TEST_F(GpuEngineTest, AsyncAndPlainPinsRaceWithEvictionAndHostWrites) {
         const uint64_t b = rng() % kBlocks;
         auto pin = (rng() & 1) ? engine_->PinAsync(t, b, Tier::kGpu, Access::kRead)
                                : engine_->Pin(t, b, Tier::kGpu, Access::kRead);
-        if (!pin.ok() || !pin->WaitOn(stream).ok()) {
-          errors.fetch_add(1);
+        if (!pin.ok()) {
+          error(pin.status());
+          continue;
+        }
+        if (absl::Status s = pin->WaitOn(stream); !s.ok()) {
+          error(s);
           continue;
         }
         const uint64_t seed = Seed(RunTag(), b, 1);
@@ -962,7 +989,8 @@ TEST_F(GpuEngineTest, AsyncAndPlainPinsRaceWithEvictionAndHostWrites) {
             stream, pin->device_ptr(), pin->size(), [&bad, seed](std::span<std::byte> mem) {
               if (FirstPatternMismatch(mem, seed) != -1) bad.fetch_add(1);
             });
-        if (!launched.ok() || !pin->ReleaseAfter(stream).ok()) errors.fetch_add(1);
+        if (!launched.ok()) error(launched);
+        if (absl::Status s = pin->ReleaseAfter(stream); !s.ok()) error(s);
       }
     });
   }
@@ -972,7 +1000,7 @@ TEST_F(GpuEngineTest, AsyncAndPlainPinsRaceWithEvictionAndHostWrites) {
       const uint64_t b = rng() % kBlocks;
       auto pin = engine_->Pin(t, b, Tier::kHost, Access::kWrite);
       if (!pin.ok()) {
-        errors.fetch_add(1);
+        error(pin.status());
         continue;
       }
       test::FillPattern(pin->bytes(), Seed(RunTag(), b, 1));
@@ -981,7 +1009,8 @@ TEST_F(GpuEngineTest, AsyncAndPlainPinsRaceWithEvictionAndHostWrites) {
   for (std::thread& th : readers) th.join();
   stop.store(true);
   writer.join();
-  EXPECT_EQ(errors.load(), 0);
+  EXPECT_EQ(errors.load(), 0) << "the first: " << first_error;
+  EXPECT_LE(full.load(), kReaders * kRounds / 20) << "pins refused for a full tier";
   EXPECT_EQ(bad.load(), 0) << "kernels saw other bytes; run tag " << RunTag();
   EXPECT_EQ(Of(Tier::kGpu).errors, 0u);
   for (uint64_t b = 0; b < kBlocks; ++b) ExpectGpu(t, b, 1);
