@@ -159,8 +159,10 @@ class Residency {
   absl::StatusOr<tiers::Frame> AllocateLoop(uint64_t bytes, Deadline deadline,
                                             FrameOwner owner);
   std::vector<Victim> ClaimVictims(size_t count, bool clean_only);
+  // Claims `key`'s copy as a victim if it is idle. A prefetched copy is
+  // refused unless `take_prefetched`, and says so in *passed_prefetched.
   bool TryClaim(uint64_t key, bool take_prefetched, bool clean_only,
-                Victim* out);
+                Victim* out, bool* passed_prefetched = nullptr);
   void Restore(const Victim& v);
   void RestoreWord(const Victim& v);
   void EvictAhead();

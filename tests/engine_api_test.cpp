@@ -916,6 +916,40 @@ TEST_F(EngineApiTest, PrefetchMakesBlocksResident) {
             before_z.tier(Tier::kHost).misses);
 }
 
+// A tier full of prefetched copies (a Prefetch of a whole range over
+// another) is not walked end to end for every victim: eviction passes over
+// at most 32 of them, then takes the next (found on an H200, where a
+// promotion over a prefetched range slowed with the square of its blocks).
+TEST_F(EngineApiTest, EvictionPassesOverABoundedNumberOfPrefetchedCopies) {
+  EngineOptions o = Options();
+  o.tiers = {Tier::kHost};  // no lower tier: no evict-ahead reserve
+  o.policy = "lru";
+  o.readahead_blocks = 0;
+  o.host.capacity_bytes = 48 * kBlock;
+  ASSERT_OK_AND_ASSIGN(auto e, OpenSmall(o));
+  ASSERT_OK_AND_ASSIGN(Tensor a, e->CreateTensor("a", BlocksSpec(40)));
+  ASSERT_OK_AND_ASSIGN(Tensor b, e->CreateTensor("b", BlocksSpec(9)));
+  ASSERT_OK_AND_ASSIGN(PrefetchHandle h, e->Prefetch(a, BlockRange::All(), Tier::kHost));
+  ASSERT_OK(h.Wait());
+  for (uint64_t i = 0; i < 8; ++i) {
+    ASSERT_OK(e->Pin(b, i, Tier::kHost, Access::kRead).status());
+  }
+  // Full: 40 prefetched copies (the oldest), then b's 8, each pinned once.
+  ASSERT_OK(e->Pin(b, 8, Tier::kHost, Access::kRead).status());
+  auto resident = [&](const Tensor& t, uint64_t block) {
+    absl::StatusOr<std::optional<Pin>> pin = e->TryPin(t, block, Tier::kHost, Access::kRead);
+    EXPECT_TRUE(pin.ok()) << pin.status();
+    return pin.ok() && pin->has_value();
+  };
+  // The victim was one of a's prefetched copies past the first 32, not
+  // b's oldest block (which an unbounded walk takes after all 40).
+  EXPECT_TRUE(resident(b, 0));
+  int a_resident = 0;
+  for (uint64_t i = 0; i < 40; ++i) a_resident += resident(a, i);
+  EXPECT_EQ(a_resident, 39);
+  for (uint64_t i = 0; i < 32; ++i) EXPECT_TRUE(resident(a, i)) << "block " << i;
+}
+
 TEST_F(EngineApiTest, DroppedPrefetchHandleIsHarmless) {
   ASSERT_OK_AND_ASSIGN(auto e, OpenSmall(Options()));
   const uint64_t n = 2 * kFrames;
