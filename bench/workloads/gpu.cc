@@ -82,6 +82,8 @@ struct Shape {
   uint64_t window() const { return std::max<uint64_t>(2, budget / layer_bytes); }
   // Bytes an optimal cache must still move each pass.
   uint64_t must_cross() const { return working_set() > budget ? working_set() - budget : 0; }
+  // The weight word (gpu_kernels.h) that block `b` of layer `l` starts with.
+  uint64_t first_word(uint64_t l, uint64_t b) const { return (l * layer_bytes + b * kBlock) / 8; }
 };
 
 // Layers of 1/8 of the budget, 2 MiB to 64 MiB (a 1 GiB budget: 64 MiB,
@@ -141,6 +143,14 @@ class Device {
   absl::Status Check(const void* device, uint64_t bytes, uint64_t first_word) {
     return Cuda(LaunchCheckWeights(device, bytes, first_word, counts_, stream_),
                 "launch of the check kernel");
+  }
+  // Checks every block of a layer held at `layer` (device memory) as layer
+  // `l` of the weights: the kernels of one layer of a pass.
+  absl::Status CheckLayer(const std::byte* layer, const Shape& shape, uint64_t l) {
+    for (uint64_t b = 0; b < shape.blocks_per_layer(); ++b) {
+      STRATA_RETURN_IF_ERROR(Check(layer + b * kBlock, kBlock, shape.first_word(l, b)));
+    }
+    return absl::OkStatus();
   }
   absl::Status Sync() { return Cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"); }
   // kDataLoss unless every word of `passes` passes over `shape` was seen
@@ -238,10 +248,7 @@ absl::StatusOr<double> ComputeSeconds(Device& dev, const Shape& shape, int passe
   } else {
     seconds = TimePasses(dev, shape, passes, options, "gpu: compute alone", [&] {
       for (uint64_t l = 0; l < shape.layers; ++l) {
-        for (uint64_t b = 0; b < shape.blocks_per_layer(); ++b) {
-          STRATA_RETURN_IF_ERROR(
-              dev.Check(static_cast<std::byte*>(layer) + b * kBlock, kBlock, b * kBlock / 8));
-        }
+        STRATA_RETURN_IF_ERROR(dev.CheckLayer(static_cast<std::byte*>(layer), shape, 0));
       }
       return absl::OkStatus();
     });
@@ -274,11 +281,10 @@ absl::StatusOr<Timing> RunStrata(Device& dev, const Shape& shape, int passes,
     for (uint64_t b = 0; b < shape.blocks_per_layer(); ++b) {
       absl::StatusOr<Pin> pin = e.Pin(*t, b, Tier::kHost, Access::kOverwrite);
       if (!pin.ok()) return pin.status();
-      FillWeights(pin->bytes().data(), kBlock, (l * shape.layer_bytes + b * kBlock) / 8);
+      FillWeights(pin->bytes().data(), kBlock, shape.first_word(l, b));
     }
   }
-  const uint64_t in0 = e.GetStats().tier(Tier::kGpu).bytes_in;
-  uint64_t in_timed = in0;
+  uint64_t in_timed = 0;  // the GPU's bytes_in when the timed passes start
   int pass_index = 0;
   absl::StatusOr<double> seconds = TimePasses(
       dev, shape, passes, options, absl::StrCat("gpu: strata ", Bytes(shape.working_set())),
@@ -290,8 +296,7 @@ absl::StatusOr<Timing> RunStrata(Device& dev, const Shape& shape, int passes,
             absl::StatusOr<Pin> pin = e.PinAsync(layers[l], b, Tier::kGpu, Access::kRead);
             if (!pin.ok()) return pin.status();
             STRATA_RETURN_IF_ERROR(pin->WaitOn(dev.stream()));
-            STRATA_RETURN_IF_ERROR(
-                dev.Check(pin->device_ptr(), kBlock, (l * shape.layer_bytes + b * kBlock) / 8));
+            STRATA_RETURN_IF_ERROR(dev.Check(pin->device_ptr(), kBlock, shape.first_word(l, b)));
             STRATA_RETURN_IF_ERROR(pin->ReleaseAfter(dev.stream()));
           }
         }
@@ -359,10 +364,7 @@ class ManagedWeights {
     for (uint64_t l = 0; l < shape_.layers; ++l) {
       STRATA_RETURN_IF_ERROR(
           Cuda(cudaStreamWaitEvent(dev.stream(), arrived_[l], 0), "cudaStreamWaitEvent"));
-      for (uint64_t b = 0; b < shape_.blocks_per_layer(); ++b) {
-        STRATA_RETURN_IF_ERROR(
-            dev.Check(layer(l) + b * kBlock, kBlock, (l * shape_.layer_bytes + b * kBlock) / 8));
-      }
+      STRATA_RETURN_IF_ERROR(dev.CheckLayer(layer(l), shape_, l));
       STRATA_RETURN_IF_ERROR(Cuda(cudaEventRecord(done_[l], dev.stream()), "cudaEventRecord"));
       // Out goes layer l once read; in comes the next one ahead.
       STRATA_RETURN_IF_ERROR(Cuda(cudaStreamWaitEvent(out_, done_[l], 0), "cudaStreamWaitEvent"));
@@ -449,10 +451,7 @@ absl::StatusOr<Timing> RunPageable(Device& dev, const Shape& shape, int passes,
             STRATA_RETURN_IF_ERROR(Cuda(cudaMemcpy(buffer, (*host)->data() + l * shape.layer_bytes,
                                                    shape.layer_bytes, cudaMemcpyHostToDevice),
                                         "cudaMemcpy"));
-            for (uint64_t b = 0; b < shape.blocks_per_layer(); ++b) {
-              STRATA_RETURN_IF_ERROR(
-                  dev.Check(buffer + b * kBlock, kBlock, (l * shape.layer_bytes + b * kBlock) / 8));
-            }
+            STRATA_RETURN_IF_ERROR(dev.CheckLayer(buffer, shape, l));
             STRATA_RETURN_IF_ERROR(
                 Cuda(cudaEventRecord(read[l % 2], dev.stream()), "cudaEventRecord"));
           }
