@@ -685,6 +685,9 @@ absl::Status EngineCore::DropTensor(const Tensor& tensor) {
     }
   } while (!ts->gate.compare_exchange_weak(
       gate, gate | TensorState::kGateDropping, std::memory_order_seq_cst));
+  // Loads of the tensor waiting for a frame give up (the claims below may
+  // hold the frames they wait for, and wait for those loads).
+  for (auto& tier : residency_) tier->Interrupt();
   std::lock_guard flush_lock(ts->info->flush_mu);  // a Flush in progress ends first
   std::vector<uint64_t> claimed;
   if (absl::Status s = ClaimEveryCopy(*ts, claimed, "DropTensor"); !s.ok()) {
@@ -702,6 +705,7 @@ absl::Status EngineCore::DropTensor(const Tensor& tensor) {
   }
   ts->gate.fetch_or(TensorState::kGateDropped, std::memory_order_seq_cst);
   ForgetEveryCopy(*ts);
+  EndClaims(*ts, claimed);  // their frames are free now
   (void)ts->TakeWriteBackErrors();
   catalog_->Forget(*ts);
   return absl::OkStatus();
@@ -720,11 +724,18 @@ absl::Status EngineCore::ClaimEveryCopy(TensorState& ts,
         uint64_t w = word.load(std::memory_order_acquire);
         const S state(w);
         if (state.state() == S::kAbsent || state.idle()) {
+          // A claimed resident copy keeps its frame until the claim ends
+          // (EndClaims): counted in transit from before the CAS, so that an
+          // allocation finding every frame of the tier claimed waits for
+          // the claim instead of failing with kResourceExhausted.
+          const bool holds_frame = state.resident();
+          if (holds_frame) residency_[pos]->TransitBegin();
           if (word.compare_exchange_weak(w, state.With(S::kEvicting),
                                          std::memory_order_acq_rel)) {
             claimed.push_back(w & ~S::kWaiters);
             break;
           }
+          if (holds_frame) residency_[pos]->TransitEnd();
           continue;
         }
         // A load of the block holds its source with a read pin until the
@@ -732,9 +743,7 @@ absl::Status EngineCore::ClaimEveryCopy(TensorState& ts,
         // that cannot be pinned): while a load holds this copy, wait as for
         // a copy in transit; the pins left after it are the callers'.
         if (state.resident() && state.pins() != 0 && chain_->pinnable(pos) &&
-            !loader_->HoldsSource(ts, b, pos)) {
-          // A load may have let go since `w` was read: look again.
-          if (word.load(std::memory_order_acquire) != w) continue;
+            CallersPin(ts, b, pos, w)) {
           return absl::FailedPreconditionError(absl::StrCat(
               BlockName(ts, b), " is pinned in tier ",
               Sv(TierName(chain_->kind(pos))), "; release its pins before ",
@@ -753,12 +762,28 @@ absl::Status EngineCore::ClaimEveryCopy(TensorState& ts,
   return absl::OkStatus();
 }
 
+bool EngineCore::CallersPin(TensorState& ts, uint64_t b, int pos, uint64_t w) {
+  // A load records the source it pins under the block's latch (Loader::
+  // PickSource), so under the latch a pin is either a load's or a caller's.
+  LatchGuard latch(ts.record(b).latch, waits_);
+  return ts.copy(pos, b).word.load(std::memory_order_acquire) == w &&
+         !loader_->HoldsSource(ts, b, pos);
+}
+
 void EngineCore::RollBackClaims(TensorState& ts,
                                 const std::vector<uint64_t>& claimed) {
   for (size_t i = 0; i < claimed.size(); ++i) {
     const uint64_t b = i / ts.chain_size;
     const int pos = static_cast<int>(i % ts.chain_size);
     waits_.Publish(ts.copy(pos, b).word, claimed[i]);
+  }
+  EndClaims(ts, claimed);
+}
+
+void EngineCore::EndClaims(const TensorState& ts,
+                           const std::vector<uint64_t>& claimed) {
+  for (size_t i = 0; i < claimed.size(); ++i) {
+    if (S(claimed[i]).resident()) residency_[i % ts.chain_size]->TransitEnd();
   }
 }
 
@@ -801,6 +826,9 @@ absl::Status EngineCore::ClaimForClose() {
     }
     done.emplace_back(std::move(ts), std::move(claimed));
   }
+  // The claims stay (the engine is closed); allocations waiting for them
+  // look again and find the engine closed.
+  for (auto& [ts, claimed] : done) EndClaims(*ts, claimed);
   return absl::OkStatus();
 }
 

@@ -171,7 +171,12 @@ class EngineCore {
   // DropTensor's steps.
   absl::Status ClaimEveryCopy(TensorState& ts, std::vector<uint64_t>& claimed,
                               std::string_view caller);
+  // Whether copy `pos` of block `b`, seen as `w` (resident, pinned), is
+  // still so and pinned by a caller rather than held by a load as its source.
+  bool CallersPin(TensorState& ts, uint64_t b, int pos, uint64_t w);
   void RollBackClaims(TensorState& ts, const std::vector<uint64_t>& claimed);
+  // Ends the transit that claiming resident copies began.
+  void EndClaims(const TensorState& ts, const std::vector<uint64_t>& claimed);
   void ForgetEveryCopy(TensorState& ts);
 
   absl::Status ClaimForClose();

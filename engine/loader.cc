@@ -87,10 +87,6 @@ std::shared_ptr<Loader::Op> Loader::Start(
   }
   op->source = *source;
   op->holds_source = source->kind == Source::kCopy;  // held by ChooseSource
-  if (op->holds_source) {
-    std::lock_guard lock(mu_);
-    op->held_pos = source->pos;
-  }
   op->read_bytes = true;
   if (source->kind == Source::kZeros && op->frame.data != nullptr) {
     // A block never written reads as zeros, also in a reused frame.
@@ -105,7 +101,7 @@ std::shared_ptr<Loader::Op> Loader::Start(
 
 absl::Status Loader::ReserveFrame(Op& op, Deadline deadline, CopyBatch* batch) {
   Residency& tier = parts_.tier(op.pos);
-  const Residency::FrameOwner owner{op.ts->Key(op.block), &op.slot()};
+  const Residency::FrameOwner owner{op.ts->Key(op.block), &op.slot(), op.ts.get()};
   absl::StatusOr<tiers::Frame> frame =
       tier.TryAllocate(op.bytes, owner, op.speculative);
   if (!frame.ok()) {
@@ -133,6 +129,12 @@ absl::StatusOr<Source> Loader::PickSource(Op& op, Deadline deadline,
       LatchGuard latch(ts.record(op.block).latch, *parts_.waits);
       source = ChooseSource(parts_, ts, op.block, op.pos);
       version = ts.record(op.block).version;
+      if (source.kind == Source::kCopy) {
+        // Under the latch that granted the source's pin: whoever looks at
+        // that pin under the latch (DropTensor, Close) knows it is ours.
+        std::lock_guard lock(mu_);
+        op.held_pos = source.pos;
+      }
     }
     if (source.kind == Source::kCopy || source.kind == Source::kZeros) {
       return source;

@@ -84,7 +84,7 @@ absl::StatusOr<tiers::Frame> Residency::Allocate(uint64_t bytes,
     for (;;) {
       const uint64_t epoch = space_epoch_.load(std::memory_order_acquire);
       if (demand_waiting_.load(std::memory_order_acquire) == 0) break;
-      STRATA_RETURN_IF_ERROR(parts_.life->CheckOpen());
+      STRATA_RETURN_IF_ERROR(StillWanted(owner));
       if (!WaitForSpace(epoch, deadline)) {
         return absl::DeadlineExceededError(absl::StrCat(
             "tier ", Sv(TierName(parts_.chain->kind(pos_))),
@@ -121,7 +121,7 @@ absl::StatusOr<tiers::Frame> Residency::AllocateLoop(uint64_t bytes,
     }
     if (!absl::IsResourceExhausted(frame.status())) return frame;
     pressed_.store(true, std::memory_order_relaxed);
-    STRATA_RETURN_IF_ERROR(parts_.life->CheckOpen());
+    STRATA_RETURN_IF_ERROR(StillWanted(owner));
     if (failures_.load(std::memory_order_acquire) - failures_before >=
         kMaxFailuresPerAllocation) {
       return WhyNoFrame({}, failures_before);
@@ -149,6 +149,9 @@ absl::StatusOr<tiers::Frame> Residency::AllocateLoop(uint64_t bytes,
       continue;
     }
     if (evicted.started == 0 && in_transit_.load(std::memory_order_acquire) <= 0) {
+      // A transit that ended after the victims were sought bumped the
+      // epoch first (TransitEnd): its frame may be free or evictable now.
+      if (space_epoch_.load(std::memory_order_acquire) != epoch) continue;
       return WhyNoFrame(evicted, failures_before);
     }
     if (!WaitForSpace(epoch, deadline)) break;
@@ -566,6 +569,9 @@ void Residency::DrainLocked() {
 }
 
 void Residency::TransitEnd() {
+  // The epoch moves before the count: a thread that saw the count at zero
+  // also sees the epoch moved, and looks again rather than giving up.
+  space_epoch_.fetch_add(1, std::memory_order_acq_rel);
   in_transit_.fetch_sub(1, std::memory_order_acq_rel);
   NotifySpace();
 }
@@ -584,6 +590,11 @@ void Residency::NotifySpace() {
   std::lock_guard lock(space_mu_);
   space_epoch_.fetch_add(1, std::memory_order_acq_rel);
   space_cv_.notify_all();
+}
+
+absl::Status Residency::StillWanted(FrameOwner owner) const {
+  if (owner.ts != nullptr) return Interrupted(parts_, *owner.ts);
+  return parts_.life->CheckOpen();
 }
 
 bool Residency::WaitForSpace(uint64_t seen_epoch, Deadline deadline) {

@@ -64,6 +64,9 @@ class Residency {
   struct FrameOwner {
     uint64_t key = 0;
     const CopySlot* slot = nullptr;
+    // The copy's tensor: an allocation for it stops waiting once the tensor
+    // is being dropped (the drop may hold the frames it waits for).
+    const TensorState* ts = nullptr;
   };
 
   // `policy` null: the lowest tier (no eviction).
@@ -77,7 +80,8 @@ class Residency {
   // until `deadline`. kResourceExhausted when nothing can be freed (every
   // copy pinned or being moved, or the tiers below are full); the error of
   // the write-backs when they keep failing; kDeadlineExceeded when frames
-  // in flight did not come back in time; kFailedPrecondition when closing.
+  // in flight did not come back in time; kFailedPrecondition when closing;
+  // kNotFound when `owner.ts` is being dropped.
   // `speculative` (prefetch, readahead): waits while a pin is short of
   // space here, so that loads nobody waits for yet never take the frames a
   // pin evicted for.
@@ -169,6 +173,9 @@ class Residency {
   void DrainLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(policy_mu_);
   void ResizePolicyLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(policy_mu_);
   void NotifySpace();
+  // OK while the engine is open and `owner`'s tensor is not being dropped
+  // (Close and DropTensor wake the waiters to look).
+  absl::Status StillWanted(FrameOwner owner) const;
   bool WaitForSpace(uint64_t seen_epoch, Deadline deadline);
   std::string NoRoomMessage() const;
 

@@ -13,6 +13,7 @@
 #include "api/strata/strata.h"
 #include "strata_config.h"
 #include "engine/testing.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/test_tier.h"
 #include "tests/test_util.h"
@@ -427,6 +428,73 @@ TEST_F(ChainTest, AFullLowestTierFailsFast) {
     EXPECT_EQ(FirstPatternMismatch(pin->bytes(), Seed(1, b, 1)), -1) << b;
   }
   EXPECT_EQ(Of(e, Tier::kHost).used_bytes, 4 * kBlock);
+}
+
+// DropTensor while another thread pins blocks in a 2-frame shm tier, each
+// pin loading its shm copy from the block's host copy, with the last pin
+// held while the next one loads. Required:
+//   - a pin gets OK, or kNotFound while a drop is under way: never
+//     kResourceExhausted because the drop claimed the tier's frames for a
+//     moment (it was so), nor a wait for a frame the drop holds while the
+//     drop waits for that load (it then hung for pin_wait_timeout);
+//   - kFailedPrecondition from the drop names only the tier the caller pins
+//     (shm): a load's read pin of its host source is the engine's.
+TEST_F(ChainTest, DropRacingLoadsBlamesOnlyTheCallersPins) {
+  constexpr int kRounds = 300;
+  constexpr uint64_t kN = 8;
+  ASSERT_OK_AND_ASSIGN(
+      Chain c, OpenChain(Nvme(), {Tier::kHost, Tier::kShm, Tier::kNvme}, 16, 2));
+  Engine& e = *c.engine;
+  int refusals = 0;
+  for (int round = 0; round < kRounds && !HasFailure(); ++round) {
+    const std::string name = "t" + std::to_string(round);
+    ASSERT_OK_AND_ASSIGN(Tensor t, e.CreateTensor(name, Blocks(kN)));
+    for (uint64_t b = 0; b < kN; ++b) Write(e, t, b, 1);
+    ASSERT_OK(e.Flush(t));  // clean: no write-back pins the host copies
+    std::atomic<bool> stop{false};
+    std::atomic<int> pins{0};
+    std::thread pinner([&] {
+      uint64_t x = round + 1;
+      Pin held;  // the last pin lives while the next loads
+      while (!stop.load(std::memory_order_relaxed)) {
+        x = test::Mix(x);
+        // The shm tier holds 2 blocks: most pins load from host.
+        auto pin = e.Pin(t, x % kN, Tier::kShm, Access::kRead);
+        // kNotFound while a drop is under way (it may still be refused).
+        if (absl::IsNotFound(pin.status())) {
+          held = Pin();
+          continue;
+        }
+        if (!pin.ok()) {
+          ADD_FAILURE() << "round " << round << ", pin " << pins.load()
+                        << " in shm: " << pin.status();
+          return;
+        }
+        held = std::move(pin).value();
+        pins.fetch_add(1, std::memory_order_relaxed);
+      }
+    });
+    // Drop once the pinner is under way (bounded: it pins or fails).
+    for (int i = 0; i < 10000000 && pins.load() < 2 && !HasFailure(); ++i) {
+      std::this_thread::yield();
+    }
+    absl::Status s;
+    for (int tries = 0; tries < 1000000; ++tries) {
+      s = e.DropTensor(t);
+      if (!absl::IsFailedPrecondition(s)) break;
+      ++refusals;
+      if (tries == 200) stop = true;  // then the pinner lets go
+      EXPECT_THAT(std::string(s.message()), ::testing::HasSubstr("tier shm"))
+          << "round " << round << ": the drop blamed a pin the caller does "
+          << "not hold: " << s;
+      if (HasFailure()) break;
+    }
+    stop = true;
+    pinner.join();
+    EXPECT_OK(s) << "round " << round;
+  }
+  // The race happened: drops met the caller's pins.
+  EXPECT_GT(refusals, 0);
 }
 
 }  // namespace

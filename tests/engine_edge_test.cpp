@@ -23,13 +23,13 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "api/strata/strata.h"
@@ -349,12 +349,12 @@ TEST(EngineCloseTest, PinsAndPrefetchesRacingClose) {
 
     std::atomic<bool> close_ok{false};
     std::atomic<int> live_after_close{0}, wrong_code{0};
-    absl::Mutex mu;
+    std::mutex mu;  // std: TSan does not see Debian's absl::Mutex
     std::string first_wrong;
     std::vector<PrefetchHandle> handles;
     auto wrong = [&](const std::string& what, const absl::Status& s) {
       wrong_code.fetch_add(1);
-      absl::MutexLock lock(&mu);
+      std::lock_guard lock(mu);
       if (first_wrong.empty()) first_wrong = what + ": " + s.ToString();
     };
     test::Event go;
@@ -388,7 +388,7 @@ TEST(EngineCloseTest, PinsAndPrefetchesRacingClose) {
           }
           return;
         }
-        absl::MutexLock lock(&mu);
+        std::lock_guard lock(mu);
         handles.push_back(*h);
       }
     });
@@ -406,7 +406,7 @@ TEST(EngineCloseTest, PinsAndPrefetchesRacingClose) {
     EXPECT_EQ(live_after_close.load(), 0)
         << "round " << round << ": a pin was live after Close returned OK";
     {
-      absl::MutexLock lock(&mu);
+      std::lock_guard lock(mu);
       EXPECT_EQ(wrong_code.load(), 0)
           << "round " << round << ": " << first_wrong;
       size_t lost = 0;
@@ -509,10 +509,10 @@ TEST(EngineDropTest, DropRacingPinsFlushesAndASecondDrop) {
     }
     if (variant == 2) faults->Arm(FaultOps::kRead, 1, Fault::kHold);
 
-    absl::Mutex mu;
+    std::mutex mu;  // std: TSan does not see Debian's absl::Mutex
     std::vector<Outcome> outcomes;  // every non-OK status, and the drops'
     auto record = [&](std::string what, const absl::Status& s) {
-      absl::MutexLock lock(&mu);
+      std::lock_guard lock(mu);
       outcomes.push_back({std::move(what), s});
     };
     std::atomic<bool> drop_started{false}, drops_done{false};
