@@ -259,9 +259,6 @@ struct Op {
   uint64_t issued = 0;    // where the piece in flight starts
   uint32_t retries = 0;
   absl::Status status;    // set when finished with an error
-  // Finish runs when both are done: the I/O, and a write's checksum when
-  // its submitter computes it while the device writes (QueueChunk).
-  std::atomic<int> parts{1};
 };
 
 class NvmeTier final : public Tier {
@@ -659,47 +656,20 @@ class NvmeTier final : public Tier {
 
   static constexpr uint64_t kChecksumChunk = uint64_t{1} << 20;
 
-  // Queues all of `chunk`, and checksums its writes while the device writes
-  // them: the checksum is only recorded once the write is acknowledged, and
-  // computed first it delayed every write by the time to read its bytes
-  // (nvme_bench BM_NvmeWriteBack, 2026-11-30: 0.75-0.83x raw with it first,
-  // 0.94-1.10x without any checksum). Whichever of the I/O and the checksum
-  // ends last finishes the op (Release), on the completion thread or here.
-  // On the completion thread the checksums come first, as it may wait for
-  // room below. Cannot fail: an op that finds no room waits for it (or, on
-  // the completion thread, which must not wait for itself, in deferred_).
-  // `last` ends the batch's claim on the destructor's patience
-  // (submitting_), after the checksums: the destructor then finishes no op
-  // whose checksum is still being computed.
+  // Checksums the writes of `chunk`, then queues all of it. Cannot fail: an
+  // op that finds no room waits for it (or, on the completion thread, which
+  // must not wait for itself, in deferred_). `last` ends the batch's claim
+  // on the destructor's patience (submitting_).
   void QueueChunk(std::span<Op* const> chunk, bool last) {
     const bool on_completer = std::this_thread::get_id() == completer_id_;
-    std::vector<Op*> writes;
     for (Op* op : chunk) {
       Transfer* t = op->t;
-      if (t->op != Transfer::Op::kWrite) continue;
-      if (on_completer) {
+      if (t->op == Transfer::Op::kWrite) {
         t->checksum = BlockChecksum(t->host, t->key.tensor_id, t->key.block,
                                     t->key.version);
-      } else {
-        op->parts.store(2, std::memory_order_relaxed);
-        writes.push_back(op);
       }
     }
-    Enqueue(chunk, on_completer);
-    for (Op* op : writes) {
-      Transfer* t = op->t;
-      t->checksum = BlockChecksum(t->host, t->key.tensor_id, t->key.block,
-                                  t->key.version);
-      Release(op);
-    }
-    if (last) {
-      Lock lock(mu_);
-      if (--submitting_ == 0 && stopping_) cv_.notify_all();
-    }
-  }
 
-  // Hands `chunk` to the backend, waiting for room (see QueueChunk).
-  void Enqueue(std::span<Op* const> chunk, bool on_completer) {
     Lock lock(mu_);
     for (Op* op : chunk) live_.insert(op);
     bool prepared = false;
@@ -733,12 +703,7 @@ class NvmeTier final : public Tier {
       }
     }
     if (prepared || needs_flush_) FlushLocked(lock);
-  }
-
-  // One part of `op` is done (its I/O, or its write's checksum): the last
-  // finishes it.
-  void Release(Op* op) {
-    if (op->parts.fetch_sub(1, std::memory_order_acq_rel) == 1) Finish(op);
+    if (last && --submitting_ == 0 && stopping_) cv_.notify_all();
   }
 
   // Needs mu_.
@@ -936,7 +901,7 @@ class NvmeTier final : public Tier {
         // up waiting); the transfers finished here still get their on_done.
         stop = stop_.load();
       }
-      for (Op* op : finished) Release(op);
+      for (Op* op : finished) Finish(op);
     }
   }
 
