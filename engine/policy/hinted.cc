@@ -65,12 +65,12 @@
 #include <limits>
 #include <memory>
 #include <optional>
-#include <set>
 #include <string_view>
 #include <tuple>
 #include <utility>
 #include <vector>
 
+#include "absl/container/btree_set.h"
 #include "absl/container/flat_hash_map.h"
 #include "engine/policy/policies.h"
 
@@ -423,8 +423,8 @@ class HintedPolicy final : public EvictionPolicy {
   absl::flat_hash_map<uint64_t, KeyState> keys_;
   // Resident keys whose accesses repeat with the period, by predicted next
   // use; the others by (count, last access).
-  std::set<std::pair<uint64_t, uint64_t>> periodic_;
-  std::set<std::tuple<uint64_t, uint64_t, uint64_t>> random_;
+  absl::btree_set<std::pair<uint64_t, uint64_t>> periodic_;
+  absl::btree_set<std::tuple<uint64_t, uint64_t, uint64_t>> random_;
 };
 
 }  // namespace

@@ -7,11 +7,11 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
-#include <set>
 #include <string_view>
 #include <tuple>
 #include <vector>
 
+#include "absl/container/btree_set.h"
 #include "absl/container/flat_hash_map.h"
 #include "engine/policy/policies.h"
 
@@ -93,7 +93,7 @@ class LfuPolicy final : public EvictionPolicy {
   const uint64_t aging_period_;
   uint64_t now_ = 0;
   absl::flat_hash_map<uint64_t, Entry> counts_;
-  std::set<Rank> order_;
+  absl::btree_set<Rank> order_;
 };
 
 }  // namespace
