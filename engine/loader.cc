@@ -380,7 +380,14 @@ void Loader::Finish(Op& op, const absl::Status& status) {
   // A failed copy published in flight stays resident until it is dropped:
   // eviction must find it.
   if (status.ok() || op.published) {
-    tier.Insert(op.ts->Key(op.block));
+    bool granted;
+    {
+      std::lock_guard lock(op.mu);
+      granted = op.granted;
+    }
+    // A load nobody's pin came with (readahead, a step plan, Prefetch) is
+    // not an access: the pin that uses it is logged as a hit.
+    tier.Insert(op.ts->Key(op.block), /*accessed=*/granted || !op.speculative);
   }
   if (status.ok()) {
     if (op.read_bytes) {

@@ -505,11 +505,15 @@ void Residency::EvictAhead() {
   }
 }
 
-void Residency::Insert(uint64_t key) {
+void Residency::Insert(uint64_t key, bool accessed) {
   if (!evicts()) return;
   std::lock_guard lock(policy_mu_);
   DrainLocked();
-  policy_->Insert(key);
+  if (accessed) {
+    policy_->Insert(key);
+  } else {
+    policy_->InsertWithoutAccess(key);
+  }
   if (policy_->size() > 2 * policy_capacity_) ResizePolicyLocked();
 }
 

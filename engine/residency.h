@@ -99,8 +99,10 @@ class Residency {
   // Gives a frame back and wakes whoever waits for space.
   void Free(const tiers::Frame& frame);
 
-  // Policy bookkeeping. Never under a latch.
-  void Insert(uint64_t key);
+  // Policy bookkeeping. Never under a latch. `accessed`: the copy arrived
+  // for a pin (a miss: this is the block's access); false for one loaded
+  // or placed ahead of use, whose access comes later as a hit.
+  void Insert(uint64_t key, bool accessed = true);
   void Erase(uint64_t key);
   void Access(uint64_t key);
   void OnStepBoundary();

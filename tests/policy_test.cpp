@@ -426,6 +426,75 @@ TEST(PolicyTargetTest, HintedIgnoresKeyValues) {
   }
 }
 
+// Replays `trace` as the engine runs a recorded step: each key is loaded
+// `ahead` requests before its use (InsertWithoutAccess, the step plan's
+// prefetch), and the use is a hit (Access). Keys loaded and not used yet are
+// refused as victims, as the engine passes over prefetched blocks. Returns
+// the loads.
+uint64_t ReplayPrefetched(std::string_view name,
+                          const std::vector<uint64_t>& trace, size_t capacity,
+                          size_t step_length, size_t ahead) {
+  std::unique_ptr<EvictionPolicy> policy = Make(name, capacity);
+  std::set<uint64_t> resident, waiting;
+  uint64_t loads = 0;
+  auto load = [&](uint64_t key, bool for_use) {
+    ++loads;
+    if (resident.size() == capacity) {
+      const std::optional<uint64_t> victim = policy->Evict(
+          [&](uint64_t k) { return !waiting.contains(k); });
+      EXPECT_TRUE(victim.has_value());
+      if (victim) resident.erase(*victim);
+    }
+    resident.insert(key);
+    if (for_use) {
+      policy->Insert(key);
+    } else {
+      policy->InsertWithoutAccess(key);
+      waiting.insert(key);
+    }
+  };
+  for (size_t i = 0; i < trace.size(); ++i) {
+    if (i % step_length == 0) policy->OnStepBoundary();
+    if (i + ahead < trace.size() && !resident.contains(trace[i + ahead])) {
+      load(trace[i + ahead], /*for_use=*/false);
+    }
+    if (resident.contains(trace[i])) {
+      policy->Access(trace[i]);
+      waiting.erase(trace[i]);
+    } else {
+      load(trace[i], /*for_use=*/true);
+    }
+  }
+  return loads;
+}
+
+// A training step over p, m and v, 4x the cache, with the step plan loading
+// each block a few pins ahead: hinted, and default once it hears step
+// boundaries, keep a fixed part of the loop resident, as Belady does with
+// the frames the prefetch window leaves (measured: 2060 loads, Belady 2064).
+// With loads taken for accesses (a prefetched block counted twice, its
+// predicted use moved by the distance) hinted loaded 2261 (1.10x); the
+// ensemble following W-TinyLFU, which here can only rank blocks it must
+// admit, 2493 (1.21x).
+TEST(PolicyTargetTest, PrefetchedStepLoopKeepsAFixedPart) {
+  constexpr size_t kCapacity = 32, kBlocks = 42, kAhead = 8, kSteps = 20;
+  std::vector<uint64_t> trace;
+  for (size_t s = 0; s < kSteps; ++s) {
+    for (uint64_t b = 0; b < kBlocks; ++b) {
+      for (uint64_t tensor = 1; tensor <= 3; ++tensor) {
+        trace.push_back(tensor << 32 | b);
+      }
+    }
+  }
+  const double belady =
+      static_cast<double>(BeladyMisses(trace, kCapacity - kAhead));
+  for (std::string_view name : {"hinted", "default"}) {
+    const uint64_t loads =
+        ReplayPrefetched(name, trace, kCapacity, 3 * kBlocks, kAhead);
+    EXPECT_LE(static_cast<double>(loads), 1.02 * belady) << name;
+  }
+}
+
 TEST(PolicyTargetTest, A0IsAnOnlineReferenceAboveBelady) {
   const TrainingParams params = ScaledTraining(2);
   const std::vector<uint64_t> trace = TrainingTrace(params);

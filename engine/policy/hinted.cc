@@ -108,6 +108,17 @@ class HintedPolicy final : public EvictionPolicy {
     Place(key, k);
   }
 
+  // Filed under what its past accesses predict (a block of the step plan
+  // loaded a few requests before its turn keeps its place in the period).
+  void InsertWithoutAccess(uint64_t key) override {
+    KeyState& k = keys_[key];
+    if (!k.resident) {
+      k.resident = true;
+      ++resident_;
+    }
+    Place(key, k);
+  }
+
   void Access(uint64_t key) override {
     auto it = keys_.find(key);
     if (it == keys_.end() || !it->second.resident) return;

@@ -32,6 +32,13 @@ class EvictionPolicy {
 
   // `key` became resident after a miss (this is also its access).
   virtual void Insert(uint64_t key) = 0;
+  // `key` became resident ahead of its use (a prefetch, readahead, a step
+  // plan's load): its access, if it comes, arrives later as Access. hinted
+  // (which times accesses) and default (whose shadows count requests) do
+  // not take it for an access. The others treat it as Insert: right for
+  // recency, and a prefetched block then used counts twice in frequency
+  // policies (lfu, the ensemble's W-TinyLFU and ARC followers).
+  virtual void InsertWithoutAccess(uint64_t key) { Insert(key); }
   // A hit on resident `key`.
   virtual void Access(uint64_t key) = 0;
   // `key` left outside Evict (its tensor was dropped). Unknown keys: no-op.
