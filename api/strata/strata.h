@@ -246,7 +246,8 @@ struct EngineOptions {
   // thread. -1: automatic (1/8 of the host tier's blocks, at most 32);
   // 0: off.
   int readahead_blocks = -1;
-  // Eviction policy: "default" (frequency-aware), "lru", "lfu" or "hinted"
+  // Eviction policy: "default" (frequency-aware; follows "hinted" once
+  // steps are recorded, see BeginStep), "lru", "lfu" or "hinted"
   // (evicts by predicted next use, learned from recorded steps).
   std::string policy = "default";
   // How long a pin waits for a conflicting pin (a write pin held by another
