@@ -150,6 +150,10 @@ absl::StatusOr<PrefetchHandle> Engine::Prefetch(const Tensor& tensor,
                                                 BlockRange range, Tier tier) {
   return core_->Prefetch(tensor, range, tier);
 }
+absl::StatusOr<PrefetchHandle> Engine::PrefetchBlocks(
+    const Tensor& tensor, std::span<const uint64_t> blocks, Tier tier) {
+  return core_->PrefetchBlocks(tensor, blocks, tier);
+}
 absl::Status Engine::Flush(const Tensor& tensor) { return core_->Flush(tensor); }
 absl::Status Engine::FlushAll() { return core_->FlushAll(); }
 absl::Status Engine::BeginStep() { return core_->BeginStep(); }

@@ -592,34 +592,65 @@ EngineCore::MaybePin EngineCore::PinAbsent(const Tensor& tensor,
 // ---------------------------------------------------------------------------
 // Prefetch, Flush, steps
 
+absl::StatusOr<int> EngineCore::PrefetchTier(const Tensor& tensor,
+                                              TensorState& ts, Tier tier) const {
+  if (ts.info->shared && tier == Tier::kShm) {
+    return absl::UnimplementedError(absl::StrCat(
+        "shared tensor '", ts.info->name, "': Prefetch in Tier::kShm is not "
+        "built yet (pin the blocks); Prefetch into a private tier (host, gpu) works"));
+  }
+  const int pos = pin_pos_[static_cast<uint8_t>(tier)];
+  if (pos < 0) return PinRefused(tensor, 0, tier, Access::kRead).status();
+  return pos;
+}
+
+PrefetchHandle EngineCore::MakeHandle(std::shared_ptr<PrefetchState> state,
+                                      uint64_t pending) {
+  {
+    std::lock_guard lock(state->mu);
+    state->pending = pending;
+  }
+  PrefetchHandle handle;
+  handle.state_ = std::move(state);
+  return handle;
+}
+
 absl::StatusOr<PrefetchHandle> EngineCore::Prefetch(const Tensor& tensor,
                                                     BlockRange range,
                                                     Tier tier) {
   Lifecycle::Scope scope(life_);
   STRATA_RETURN_IF_ERROR(life_.CheckOpen());
   STRATA_ASSIGN_OR_RETURN(TensorState * ts, catalog_->Check(tensor));
-  if (ts->info->shared && tier == Tier::kShm) {
-    return absl::UnimplementedError(absl::StrCat(
-        "shared tensor '", ts->info->name, "': Prefetch in Tier::kShm is not "
-        "built yet (pin the blocks); Prefetch into a private tier (host, gpu) works"));
-  }
-  const int pos = pin_pos_[static_cast<uint8_t>(tier)];
-  if (pos < 0) return PinRefused(tensor, 0, tier, Access::kRead).status();
+  STRATA_ASSIGN_OR_RETURN(const int pos, PrefetchTier(tensor, *ts, tier));
   const uint64_t end = std::min(range.end, ts->num_blocks);
   if (range.begin > end || range.begin >= ts->num_blocks) {
     return absl::OutOfRangeError(absl::StrCat(
         "prefetch range [", range.begin, ", ", range.end, ") of tensor '",
         ts->info->name, "' is outside its ", ts->num_blocks, " blocks"));
   }
-  PrefetchHandle handle;
-  handle.state_ = std::make_shared<PrefetchState>();
-  {
-    std::lock_guard lock(handle.state_->mu);
-    handle.state_->pending = end - range.begin;
+  auto state = std::make_shared<PrefetchState>();
+  PrefetchHandle handle = MakeHandle(state, end - range.begin);
+  if (end > range.begin) mover_->Prefetch(tensor.state_, range.begin, end, pos, state);
+  return handle;
+}
+
+absl::StatusOr<PrefetchHandle> EngineCore::PrefetchBlocks(
+    const Tensor& tensor, std::span<const uint64_t> blocks, Tier tier) {
+  Lifecycle::Scope scope(life_);
+  STRATA_RETURN_IF_ERROR(life_.CheckOpen());
+  STRATA_ASSIGN_OR_RETURN(TensorState * ts, catalog_->Check(tensor));
+  STRATA_ASSIGN_OR_RETURN(const int pos, PrefetchTier(tensor, *ts, tier));
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    if (blocks[i] >= ts->num_blocks) {
+      return absl::OutOfRangeError(absl::StrCat(
+          "prefetch of block ", blocks[i], " (entry ", i, " of ", blocks.size(),
+          ") of tensor '", ts->info->name, "', which has ", ts->num_blocks,
+          " blocks; nothing was started"));
+    }
   }
-  if (end > range.begin) {
-    mover_->Prefetch(tensor.state_, range.begin, end, pos, handle.state_);
-  }
+  auto state = std::make_shared<PrefetchState>();
+  PrefetchHandle handle = MakeHandle(state, blocks.size());
+  if (!blocks.empty()) mover_->PrefetchBlocks(tensor.state_, blocks, pos, state);
   return handle;
 }
 

@@ -20,6 +20,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <utility>
 #include <vector>
 
@@ -81,6 +82,9 @@ class EngineCore {
                                        Tier tier, Access access);
   absl::StatusOr<PrefetchHandle> Prefetch(const Tensor& tensor,
                                           BlockRange range, Tier tier);
+  absl::StatusOr<PrefetchHandle> PrefetchBlocks(const Tensor& tensor,
+                                                std::span<const uint64_t> blocks,
+                                                Tier tier);
   absl::Status Flush(const Tensor& tensor);
   absl::Status FlushAll();
   absl::Status BeginStep();
@@ -133,6 +137,11 @@ class EngineCore {
   Hit TryHit(TensorState& ts, uint64_t block, int pos, Access access);
   strata::Pin CountHit(TensorState& ts, uint64_t block, int pos, Tier tier,
                        Access access, const Hit& hit);
+  // Prefetch's checks of `tier`; the tier's position in the chain.
+  absl::StatusOr<int> PrefetchTier(const Tensor& tensor, TensorState& ts,
+                                   Tier tier) const;
+  static PrefetchHandle MakeHandle(std::shared_ptr<PrefetchState> state,
+                                   uint64_t pending);
   absl::StatusOr<strata::Pin> PinRefused(const Tensor& tensor, uint64_t block,
                                          Tier tier, Access access) const;
   absl::StatusOr<strata::Pin> PinShared(const Tensor& tensor, TensorState& ts,

@@ -54,6 +54,18 @@ std::shared_ptr<Loader::Op> Loader::Start(
     std::shared_ptr<TensorState> ts, uint64_t block, int pos, Want want,
     bool speculative, std::shared_ptr<PrefetchState> prefetch,
     Deadline deadline, CopyBatch* batch, bool early) {
+  std::shared_ptr<Op> op = StartLoad(std::move(ts), block, pos, want, speculative,
+                                     std::move(prefetch), deadline, batch, early);
+  // The copy is on its way: the reserve is refilled while the device works
+  // (with a batch, by its owner once the batch is submitted).
+  if (batch == nullptr) parts_.tier(pos).RefillReserve(1);
+  return op;
+}
+
+std::shared_ptr<Loader::Op> Loader::StartLoad(
+    std::shared_ptr<TensorState> ts, uint64_t block, int pos, Want want,
+    bool speculative, std::shared_ptr<PrefetchState> prefetch,
+    Deadline deadline, CopyBatch* batch, bool early) {
   auto op = std::make_shared<Op>();
   op->early = early && want == Want::kRead;
   op->loader = this;

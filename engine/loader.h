@@ -64,7 +64,9 @@ class Loader {
   // `deadline`), then starts the copy (into `batch` when given) and returns.
   // kOverwrite reads nothing when the new copy can be the block's only one.
   // `early` (with kRead): grant the pin once the copy is enqueued on a
-  // device stream, without waiting for it (see above).
+  // device stream, without waiting for it (see above). With a `batch`, the
+  // caller refills the tier's reserve (Residency::RefillReserve) once it
+  // submitted the batch.
   std::shared_ptr<Op> Start(std::shared_ptr<TensorState> ts, uint64_t block,
                             int pos, Want want, bool speculative,
                             std::shared_ptr<PrefetchState> prefetch,
@@ -89,6 +91,11 @@ class Loader {
   void Interrupt();
 
  private:
+  // Start without the reserve's refill.
+  std::shared_ptr<Op> StartLoad(std::shared_ptr<TensorState> ts, uint64_t block,
+                                int pos, Want want, bool speculative,
+                                std::shared_ptr<PrefetchState> prefetch,
+                                Deadline deadline, CopyBatch* batch, bool early);
   absl::Status ReserveFrame(Op& op, Deadline deadline, CopyBatch* batch);
   absl::StatusOr<Source> PickSource(Op& op, Deadline deadline,
                                     CopyBatch* batch);

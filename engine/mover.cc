@@ -10,6 +10,7 @@
 #include "engine/lifecycle.h"
 #include "engine/loader.h"
 #include "engine/prefetch_state.h"
+#include "engine/residency.h"
 
 namespace strata::internal {
 
@@ -25,6 +26,16 @@ void Mover::Prefetch(std::shared_ptr<TensorState> ts, uint64_t begin,
   for (uint64_t b = begin; b < end; ++b) {
     job.entries.push_back({ts, ts->Key(b), pos});
   }
+  Enqueue(std::move(job));
+}
+
+void Mover::PrefetchBlocks(std::shared_ptr<TensorState> ts,
+                           std::span<const uint64_t> blocks, int pos,
+                           std::shared_ptr<PrefetchState> prefetch) {
+  Job job;
+  job.prefetch = std::move(prefetch);
+  job.entries.reserve(blocks.size());
+  for (uint64_t b : blocks) job.entries.push_back({ts, ts->Key(b), pos});
   Enqueue(std::move(job));
 }
 
@@ -87,6 +98,8 @@ void Mover::Run(Job& job) {
   const Deadline deadline =
       Clock::now() + absl::ToChronoNanoseconds(parts_.options->pin_wait_timeout);
   CopyBatch batch(*parts_.chain);
+  std::vector<size_t> started(parts_.chain->size());  // loads, by tier
+  uint64_t submitted = 0;
   for (Entry& e : job.entries) {
     if (e.ts == nullptr) e.ts = parts_.catalog->Find(static_cast<uint32_t>(e.key >> 32));
     const uint64_t block = e.key & 0xFFFFFFFFu;
@@ -108,9 +121,21 @@ void Mover::Run(Job& job) {
     }
     parts_.loader->Start(e.ts, block, e.pos, Loader::Want::kNone,
                          /*speculative=*/true, job.prefetch, deadline, &batch);
-    if (batch.pending() >= std::max<uint32_t>(parts_.options->nvme.queue_depth, 1)) {
+    ++started[e.pos];
+    // The first load goes at once, then groups of kSubmitGroup: the device
+    // starts while the rest are set up (a frame, a source each), and a
+    // submission still carries many small reads.
+    if (batch.pending() >= std::min<uint32_t>(submitted == 0 ? 1 : kSubmitGroup,
+                                              parts_.options->nvme.queue_depth)) {
+      submitted += batch.pending();
       batch.Submit();
     }
+  }
+  // The loads are on their way; making room for the next ones (the
+  // policy's upkeep, write-backs) overlaps them.
+  batch.Submit();
+  for (int pos = 0; pos < static_cast<int>(started.size()); ++pos) {
+    if (started[pos] > 0) parts_.tier(pos).RefillReserve(started[pos]);
   }
 }
 

@@ -22,6 +22,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <thread>
 #include <vector>
 
@@ -44,6 +45,10 @@ class Mover {
   // `prefetch` down when it arrived or failed.
   void Prefetch(std::shared_ptr<TensorState> ts, uint64_t begin, uint64_t end,
                 int pos, std::shared_ptr<PrefetchState> prefetch);
+  // Queues the blocks named in `blocks` (a gather) as one job.
+  void PrefetchBlocks(std::shared_ptr<TensorState> ts,
+                      std::span<const uint64_t> blocks, int pos,
+                      std::shared_ptr<PrefetchState> prefetch);
   // Queues step plan entries (tensors are looked up on the mover thread).
   void PrefetchPlan(std::vector<PlanEntry> entries);
 
@@ -81,6 +86,8 @@ class Mover {
   void ExtendReadaheadDown(TensorState& ts, uint64_t to,
                            uint64_t expected_from, uint64_t count, int pos);
   uint64_t Window(int pos) const;
+
+  static constexpr uint32_t kSubmitGroup = 8;
 
   EngineParts& parts_;
   std::mutex mu_;

@@ -194,9 +194,7 @@ absl::StatusOr<tiers::Frame> Residency::TryAllocate(uint64_t bytes,
   if (speculative && demand_waiting_.load(std::memory_order_acquire) > 0) {
     return absl::ResourceExhaustedError("a pin is short of space here");
   }
-  absl::StatusOr<tiers::Frame> frame = Place(bytes, owner);
-  if (frame.ok()) EvictAhead();
-  return frame;
+  return Place(bytes, owner);
 }
 
 absl::StatusOr<tiers::Frame> Residency::AllocateNow(uint64_t bytes,
@@ -474,17 +472,17 @@ void Residency::RestoreWord(const Victim& v) {
   if (S(w).has_waiters()) parts_.waits->Wake(word);
 }
 
-void Residency::EvictAhead() {
+bool Residency::EvictAhead() {
   // Keep a reserve of free space, refilled by write-backs started before
   // anyone waits for them: a thread that misses then finds a frame at once
   // instead of waiting for the device. Only while the tier is under
   // pressure: evicting ahead a working set that fits would cost it 1/8 of
   // the tier (catalog_bench BM_SmallFit: 74% hits instead of 100% on a set
   // filling 90% of it).
-  if (reserve_bytes_ == 0) return;
+  if (reserve_bytes_ == 0) return false;
   const uint64_t free = tier_.capacity() - tier_.used();
   if (free >= 2 * reserve_bytes_) pressed_.store(false, std::memory_order_relaxed);
-  if (!pressed_.load(std::memory_order_relaxed)) return;
+  if (!pressed_.load(std::memory_order_relaxed)) return false;
   // A reserve in pieces does not serve a miss of a default block: the
   // reserve holds one free range of that size too, made where it costs
   // least (catalog_bench BM_Churn: without it, a quarter of the times the
@@ -493,15 +491,24 @@ void Residency::EvictAhead() {
   const bool short_of_space = free < reserve_bytes_;
   const bool in_pieces = !short_of_space && free >= hole &&
                          tier_.largest_free() < hole;
-  if (!short_of_space && !in_pieces) return;
+  if (!short_of_space && !in_pieces) return false;
   const int64_t in_flight = victims_in_flight_.load(std::memory_order_acquire);
-  if (in_flight >= static_cast<int64_t>(max_write_backs_)) return;
+  if (in_flight >= static_cast<int64_t>(max_write_backs_)) return false;
   // Speculative: failed write-backs started here park their errors on their
   // tensors, for the next Flush.
-  if (short_of_space) {
-    (void)EvictSome(max_write_backs_ - static_cast<size_t>(in_flight), false);
-  } else {
-    (void)EvictWindow(hole);
+  const EvictResult evicted =
+      short_of_space
+          ? EvictSome(max_write_backs_ - static_cast<size_t>(in_flight), false)
+          : EvictWindow(hole);
+  return evicted.freed > 0 || evicted.started > 0;
+}
+
+void Residency::RefillReserve(size_t loads) {
+  // One victim a load keeps the free space where it was (a clean victim is
+  // one frame; dirty ones go down in batches): the reserve is refilled as
+  // fast as loads use it, and never grows past it.
+  for (size_t i = 0; i < std::max<size_t>(loads, 1); ++i) {
+    if (!EvictAhead()) return;
   }
 }
 

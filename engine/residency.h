@@ -88,10 +88,18 @@ class Residency {
   absl::StatusOr<tiers::Frame> Allocate(uint64_t bytes, Deadline deadline,
                                         FrameOwner owner,
                                         bool speculative = false);
-  // A frame if one is free now (then evicts ahead); no eviction, no wait.
-  // `speculative`: none while a pin is short of space here.
+  // A frame if one is free now; no eviction, no wait. `speculative`: none
+  // while a pin is short of space here. The caller refills the reserve of
+  // free frames (RefillReserve) once its copy is on its way.
   absl::StatusOr<tiers::Frame> TryAllocate(uint64_t bytes, FrameOwner owner,
                                            bool speculative = false);
+  // Keeps a reserve of free frames while the tier is under pressure:
+  // starts write-backs (and drops clean copies) ahead of the misses that
+  // will need their frames. A loader calls it after starting its copies
+  // (`loads` of them), so that the policy's upkeep (draining the pins'
+  // access rings, choosing victims) runs while the device works, not
+  // before.
+  void RefillReserve(size_t loads);
   // A frame now or never (a demotion into this tier falls through to the
   // next one instead of waiting): drops clean victims, starts write-backs
   // of dirty ones for later, and gives up.
@@ -171,7 +179,8 @@ class Residency {
                 Victim* out, bool* passed_prefetched = nullptr);
   void Restore(const Victim& v);
   void RestoreWord(const Victim& v);
-  void EvictAhead();
+  // One round of RefillReserve: false when it had nothing to do.
+  bool EvictAhead();
   void DrainLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(policy_mu_);
   void ResizePolicyLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(policy_mu_);
   void NotifySpace();

@@ -916,6 +916,54 @@ TEST_F(EngineApiTest, PrefetchMakesBlocksResident) {
             before_z.tier(Tier::kHost).misses);
 }
 
+TEST_F(EngineApiTest, PrefetchBlocksMakesAGatherResident) {
+  EngineOptions o = Options();
+  o.policy = "lru";  // as above: the blocks prefetched last are kept
+  ASSERT_OK_AND_ASSIGN(auto e, OpenSmall(o));
+  const uint64_t n = 4 * kFrames;
+  ASSERT_OK_AND_ASSIGN(Tensor t, e->CreateTensor("t", BlocksSpec(n)));
+  for (uint64_t b = 0; b < n; ++b) WriteBlock(*e, t, b, 1);
+  // Scattered blocks evicted long ago, out of order, one of them twice.
+  const std::vector<uint64_t> gather = {7, 2, kFrames / 2, 2, 11, 0};
+  ASSERT_OK_AND_ASSIGN(PrefetchHandle h, e->PrefetchBlocks(t, gather, Tier::kHost));
+  ASSERT_OK(h.Wait());
+  EXPECT_TRUE(h.done());
+  const EngineStats before = e->GetStats();
+  for (uint64_t b : gather) {
+    ASSERT_OK_AND_ASSIGN(std::optional<Pin> hit, e->TryPin(t, b, Tier::kHost, Access::kRead));
+    ASSERT_TRUE(hit.has_value()) << "block " << b << " did not arrive";
+    EXPECT_EQ(FirstPatternMismatch(hit->bytes(), Seed(1, b, 1)), -1) << "block " << b;
+  }
+  const EngineStats after = e->GetStats();
+  EXPECT_EQ(after.tier(Tier::kHost).hits, before.tier(Tier::kHost).hits + gather.size());
+  EXPECT_EQ(after.tier(Tier::kHost).misses, before.tier(Tier::kHost).misses);
+}
+
+TEST_F(EngineApiTest, PrefetchBlocksBadInput) {
+  ASSERT_OK_AND_ASSIGN(auto e, OpenSmall(Options()));
+  ASSERT_OK_AND_ASSIGN(Tensor t, e->CreateTensor("t", BlocksSpec(4)));
+  const std::vector<uint64_t> past_end = {1, 4, 2};
+  absl::StatusOr<PrefetchHandle> refused = e->PrefetchBlocks(t, past_end, Tier::kHost);
+  EXPECT_STATUS(refused, StatusCode::kOutOfRange);
+  EXPECT_NE(refused.status().message().find("block 4 (entry 1 of 3)"), std::string::npos)
+      << refused.status();
+  // Nothing was started: block 1 (before the bad entry) is still absent.
+  ASSERT_OK_AND_ASSIGN(std::optional<Pin> none, e->TryPin(t, 1, Tier::kHost, Access::kRead));
+  EXPECT_FALSE(none.has_value());
+  const std::vector<uint64_t> one = {0};
+  EXPECT_STATUS(e->PrefetchBlocks(t, one, Tier::kNvme), StatusCode::kInvalidArgument);
+  EXPECT_STATUS(e->PrefetchBlocks(t, one, Tier::kGpu), StatusCode::kUnimplemented);
+  EXPECT_STATUS(e->PrefetchBlocks(Tensor(), one, Tier::kHost), StatusCode::kInvalidArgument);
+  // No blocks: done at once.
+  ASSERT_OK_AND_ASSIGN(PrefetchHandle empty, e->PrefetchBlocks(t, {}, Tier::kHost));
+  EXPECT_OK(empty.Wait());
+  EXPECT_TRUE(empty.done());
+  ASSERT_OK(e->DropTensor(t));
+  EXPECT_STATUS(e->PrefetchBlocks(t, one, Tier::kHost), StatusCode::kNotFound);
+  ASSERT_OK(e->Close());
+  EXPECT_STATUS(e->PrefetchBlocks(t, one, Tier::kHost), StatusCode::kFailedPrecondition);
+}
+
 // A tier full of prefetched copies (a Prefetch of a whole range over
 // another) is not walked end to end for every victim: eviction passes over
 // at most 32 of them, then takes the next (found on an H200, where a

@@ -676,6 +676,20 @@ class Engine {
   // engine closes fail it with kFailedPrecondition.
   absl::StatusOr<PrefetchHandle> Prefetch(const Tensor& tensor,
                                           BlockRange range, Tier tier);
+  // Prefetch of scattered blocks (a gather: embedding rows, a sparse
+  // update), in any order, repeats allowed: one request, one handle, and
+  // their loads reach the device in a few submissions, where a Prefetch
+  // per block costs a request, a wake-up and a submission each.
+  // Errors: kOutOfRange for a block past the tensor's end (nothing is
+  // started); otherwise those of Prefetch.
+  //
+  //   std::vector<uint64_t> missing;       // blocks TryPin did not find
+  //   auto h = engine->PrefetchBlocks(table, missing, strata::Tier::kHost);
+  //   ... use the rows that hit ...
+  //   (void)h->Wait();  // then Pin each missing block: a hit, mostly
+  absl::StatusOr<PrefetchHandle> PrefetchBlocks(const Tensor& tensor,
+                                                std::span<const uint64_t> blocks,
+                                                Tier tier);
 
   // Writes every dirty block of `tensor` to the lowest tier and waits for the
   // acknowledgements. Returns the first error, a background write-back of the

@@ -50,7 +50,7 @@ _ALIASES = {"u8": "uint8", "i8": "int8", "f16": "float16", "half": "float16",
             "i64": "int64", "f64": "float64", "double": "float64"}
 
 DTypeLike = Any  # a str, a torch.dtype, a numpy.dtype or NumPy scalar type
-BlocksLike = Union[None, int, range]
+BlocksLike = Union[None, int, range, Sequence[int]]
 
 
 def _dtype_name(dtype: DTypeLike) -> str:
@@ -101,8 +101,11 @@ class Engine(_strata._Engine):
 
     def prefetch(self, tensor: Tensor, blocks: BlocksLike = None,
                  tier: str = "host") -> PrefetchHandle:
-        """Starts loading ``blocks`` (None: all; an int; a range of step 1)
-        into ``tier`` without pinning; ``handle.wait()`` waits for them."""
+        """Starts loading ``blocks`` (None: all; an int; a range of step 1;
+        a list or tuple of ints: scattered blocks, as one request) into
+        ``tier`` without pinning; ``handle.wait()`` waits for them."""
+        if isinstance(blocks, (list, tuple)):
+            return self._prefetch_blocks(tensor, blocks, tier)
         if blocks is None:
             start, stop = 0, None
         elif isinstance(blocks, range):
@@ -116,7 +119,8 @@ class Engine(_strata._Engine):
         elif isinstance(blocks, int) and not isinstance(blocks, bool):
             start, stop = blocks, blocks + 1
         else:
-            raise TypeError("prefetch blocks must be None, an int or a range, "
+            raise TypeError("prefetch blocks must be None, an int, a range "
+                            "or a list of ints, "
                             f"not {type(blocks).__name__}")
         return self._prefetch(tensor, start, stop, tier)
 

@@ -55,6 +55,14 @@ def test_prefetch_then_pins_hit(tmp_path):
             assert torch.from_dlpack(pin).eq(b).all()
     assert nvme_engine.stats()["host"]["hits"] == hits + 4
     nvme_engine.prefetch(t, 5).wait()
+    # Scattered blocks as one request, in any order, repeats allowed.
+    gather = [blocks - 1, 6, blocks - 1, 9]
+    nvme_engine.prefetch(t, gather).wait()
+    hits = nvme_engine.stats()["host"]["hits"]
+    for b in gather:
+        with nvme_engine.pin(t, b) as pin:
+            assert torch.from_dlpack(pin).eq(b).all()
+    assert nvme_engine.stats()["host"]["hits"] == hits + len(gather)
     nvme_engine.close()
 
 
@@ -157,6 +165,9 @@ def test_bad_pin_arguments(host_engine):
         (lambda: e.prefetch(t, range(0, 4, 2)), strata.InvalidArgumentError),
         (lambda: e.prefetch(t, "all"), TypeError),
         (lambda: e.prefetch(t, -1), strata.OutOfRangeError),
+        (lambda: e.prefetch(t, [0, len(t)]), strata.OutOfRangeError),
+        (lambda: e.prefetch(t, [0, "1"]), TypeError),
+        (lambda: e.prefetch(t, (0,), tier="nvme"), strata.InvalidArgumentError),
         (lambda: e.drop_tensor("t"), TypeError),
         (lambda: e.flush(3), TypeError),
         (lambda: strata.Engine._create_tensor(None, "a", "float32", 4), TypeError),

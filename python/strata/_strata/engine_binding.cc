@@ -361,6 +361,16 @@ PyPrefetch Prefetch(const PyEngine& self, const PyTensor& tensor,
                                   tensor.tensor, range, t))};
 }
 
+PyPrefetch PrefetchBlocks(const PyEngine& self, const PyTensor& tensor,
+                          py::iterable blocks, py::handle tier) {
+  self.Own(tensor);
+  std::vector<uint64_t> list;
+  for (py::handle b : blocks) list.push_back(ParseIndex(b, "prefetch block"));
+  const Tier t = ParseTier(tier, "tier");
+  return PyPrefetch{self.ref, ValueOrThrow(self.engine().PrefetchBlocks(
+                                  tensor.tensor, list, t))};
+}
+
 py::dict Latency(const LatencySummary& l) {
   py::dict d;
   d["samples"] = l.samples;
@@ -464,6 +474,7 @@ void BindEngine(py::module_& m) {
            "Forgets the tensor and frees its blocks in every tier. "
            "FailedPreconditionError while a block is pinned or viewed.")
       .def("_prefetch", &Prefetch)
+      .def("_prefetch_blocks", &PrefetchBlocks)
       .def("flush", &Flush, py::arg("tensor") = nullptr,
            "Writes the dirty blocks of `tensor` (None: of every tensor) to the "
            "lowest tier and waits; returns background write-back errors once.")
