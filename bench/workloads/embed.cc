@@ -5,8 +5,9 @@
 // batches of 256 as a data loader asks for them. Each lookup copies its row
 // out and checks the row's stamp (its number in its first 8 bytes).
 //
-//   strata  pass 1: TryPin each row's block: a resident block is copied at
-//           once, a missing one is prefetched; pass 2: Pin the rest
+//   strata  TryPin each row's block; prefetch the missing ones together
+//           (one PrefetchBlocks); copy the rows that hit while they load;
+//           wait for them and Pin them
 //   mmap    the same table file mapped MAP_SHARED under a page cache limited
 //           to the same memory (memory cgroup), MADV_RANDOM, and
 //           MADV_WILLNEED of every row of the batch before copying them
@@ -137,32 +138,47 @@ absl::StatusOr<Run> RunStrata(const Table& table, const std::vector<uint32_t>& l
   if (absl::Status s = e.Flush(t); !s.ok()) return s;
 
   std::vector<std::byte> out(kBatch * kBlock);
-  std::vector<uint32_t> pending;
+  std::vector<uint32_t> pending;   // lookups whose block missed
+  std::vector<uint64_t> missing;   // their blocks
+  auto copy_row = [&](const Pin& pin, uint64_t i, uint32_t r) {
+    std::memcpy(out.data() + i * kBlock, pin.bytes().data() + table.offset[r],
+                table.size[r]);
+    return CheckRow(out.data() + i * kBlock, r);
+  };
+  std::vector<std::pair<uint32_t, Pin>> hits;  // lookup, its block's pin
   auto batch = [&](const uint32_t* rows, uint64_t n) -> absl::Status {
     pending.clear();
+    missing.clear();
+    hits.clear();
     for (uint64_t i = 0; i < n; ++i) {
-      const uint32_t r = rows[i];
       absl::StatusOr<std::optional<Pin>> hit =
-          e.TryPin(t, table.block[r], Tier::kHost, Access::kRead);
+          e.TryPin(t, table.block[rows[i]], Tier::kHost, Access::kRead);
       if (!hit.ok()) return hit.status();
       if (hit->has_value()) {
-        std::memcpy(out.data() + i * kBlock, (*hit)->bytes().data() + table.offset[r],
-                    table.size[r]);
-        if (absl::Status s = CheckRow(out.data() + i * kBlock, r); !s.ok()) return s;
-        continue;
+        hits.emplace_back(static_cast<uint32_t>(i), std::move(**hit));
+      } else {
+        pending.push_back(static_cast<uint32_t>(i));
+        missing.push_back(table.block[rows[i]]);
       }
-      pending.push_back(static_cast<uint32_t>(i));
-      absl::StatusOr<PrefetchHandle> p =
-          e.Prefetch(t, BlockRange::One(table.block[r]), Tier::kHost);
-      if (!p.ok()) return p.status();
     }
+    std::optional<PrefetchHandle> loads;
+    if (!missing.empty()) {
+      absl::StatusOr<PrefetchHandle> started = e.PrefetchBlocks(t, missing, Tier::kHost);
+      if (!started.ok()) return started.status();
+      loads = *std::move(started);
+    }
+    // The hits are copied while the misses load.
+    for (auto& [i, pin] : hits) {
+      if (absl::Status s = copy_row(pin, i, rows[i]); !s.ok()) return s;
+      if (absl::Status s = pin.Release(); !s.ok()) return s;
+    }
+    // A block that did not arrive is loaded by its Pin below, which
+    // returns the error if there is one.
+    if (loads) (void)loads->Wait();
     for (uint32_t i : pending) {
-      const uint32_t r = rows[i];
-      absl::StatusOr<Pin> pin = e.Pin(t, table.block[r], Tier::kHost, Access::kRead);
+      absl::StatusOr<Pin> pin = e.Pin(t, table.block[rows[i]], Tier::kHost, Access::kRead);
       if (!pin.ok()) return pin.status();
-      std::memcpy(out.data() + i * kBlock, pin->bytes().data() + table.offset[r],
-                  table.size[r]);
-      if (absl::Status s = CheckRow(out.data() + i * kBlock, r); !s.ok()) return s;
+      if (absl::Status s = copy_row(*pin, i, rows[i]); !s.ok()) return s;
     }
     return absl::OkStatus();
   };
