@@ -92,7 +92,8 @@ class HintedPolicy final : public EvictionPolicy {
         ring_size_(
             std::bit_ceil(std::max<uint64_t>(4096, kRingPerBlock * capacity))),
         ring_(ring_size_),
-        random_ring_(ring_size_) {
+        random_ring_(ring_size_),
+        votes_(ring_size_) {
     keys_.reserve(2 * capacity);
   }
 
@@ -358,24 +359,14 @@ class HintedPolicy final : public EvictionPolicy {
       best_count_ = count;
     }
     if (++votes_cast_ % ring_size_ == 0) {
-      for (auto it = votes_.begin(); it != votes_.end();) {
-        it->second /= 2;
-        if (it->second == 0) {
-          votes_.erase(it++);
-        } else {
-          ++it;
-        }
-      }
+      for (uint32_t& v : votes_) v /= 2;
       best_count_ /= 2;
     }
     if (by_boundaries_ || best_distance_ == period_ ||
         best_count_ < kMinVotes) {
       return;
     }
-    const auto current = votes_.find(period_);
-    if (current == votes_.end() || 2 * current->second < best_count_) {
-      SetPeriod(best_distance_);
-    }
+    if (2 * votes_[period_] < best_count_) SetPeriod(best_distance_);
   }
 
   // Adopts period `p`: recomputes every head from the ring, which keys are
@@ -426,7 +417,10 @@ class HintedPolicy final : public EvictionPolicy {
   uint64_t period_ = 0;  // P; 0 while unknown.
   bool by_boundaries_ = false;
   uint64_t last_boundary_ = kNone;
-  absl::flat_hash_map<uint64_t, uint32_t> votes_;
+  // Votes by distance (every distance voted for is below W): an array, not
+  // a map, since at W = 32x the capacity a lookup stream votes for most of
+  // them, and a map's probe per vote cost more than the rest of Record.
+  std::vector<uint32_t> votes_;
   uint64_t best_distance_ = 0;
   uint32_t best_count_ = 0;
   uint64_t votes_cast_ = 0;
