@@ -1,8 +1,9 @@
 // The mover: one background thread that loads blocks nobody waits for yet
 // — Prefetch requests, step plans replayed ahead of the trainer, and
 // sequential readahead — through the same load path as a pin (loader.h).
-// The loads of one job go to each tier as one batch (one io_uring
-// submission for many small blocks).
+// A job's first load is submitted at once and the rest in groups of
+// kSubmitGroup (one io_uring submission for many small blocks); the tiers'
+// reserves are refilled once the job's loads are on their way.
 //
 // Sequential readahead, like a file system's: a demand miss right after the
 // previous one in the same tensor (the block after it, or the block before

@@ -6,8 +6,9 @@
 // one is written back to the first lower tier that accepts it
 // (write_back.h), and its frame comes free when that tier acknowledged the
 // bytes. Many write-backs stay in flight, so the lower tier's queue stays
-// deep while the caller goes on; after an allocation, write-backs start
-// early when free space runs low (evict ahead) — once an allocation found
+// deep while the caller goes on; once a load's copy has started
+// (RefillReserve), write-backs start early when free space runs low (evict
+// ahead) — once an allocation found
 // the tier full, and until free space is back at twice the reserve: a
 // working set that fits the tier is never evicted ahead of need.
 //
