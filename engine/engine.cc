@@ -69,8 +69,16 @@ absl::Status Pin::Synchronize() const {
 }
 
 absl::Status Pin::ReleaseAfter(GpuStream stream) {
+  return ReleaseAfter(std::span<const GpuStream>(&stream, 1));
+}
+
+absl::Status Pin::ReleaseAfter(std::span<const GpuStream> streams) {
   STRATA_ASSIGN_OR_RETURN(auto where, internal::EngineCore::DeviceFrame(*this));
-  STRATA_RETURN_IF_ERROR(where.first->FenceAfter(where.second, stream));
+  // A fence recorded before a later one fails only keeps the frame a while
+  // longer (until its stream got there): harmless, so none is undone.
+  for (GpuStream stream : streams) {
+    STRATA_RETURN_IF_ERROR(where.first->FenceAfter(where.second, stream));
+  }
   Drop();
   return absl::OkStatus();
 }

@@ -35,6 +35,7 @@
 
 namespace strata::tiers {
 class IoBackend;
+class GpuDevice;
 }
 
 namespace strata::internal {
@@ -54,6 +55,10 @@ struct TierOverrides {
   TierOverrides& operator=(TierOverrides&&) noexcept;
 
   std::unique_ptr<tiers::IoBackend> nvme_backend;
+  // The device the GPU tier is built over (from EngineOptions::gpu) instead
+  // of CUDA's: a device double gives an engine with a GPU tier on a machine
+  // without a GPU, in builds without CUDA too.
+  std::shared_ptr<tiers::GpuDevice> gpu_device;
   // Tiers to use for these kinds instead of building them.
   std::map<Tier, std::unique_ptr<tiers::Tier>> tiers;
 };

@@ -14,19 +14,28 @@
 #endif
 #include "util/status_macros.h"
 
+#include "tiers/gpu/gpu_tier.h"
 #if STRATA_HAVE_CUDA
 #include "tiers/gpu/cuda_device.h"
-#include "tiers/gpu/gpu_tier.h"
 #endif
 
 namespace strata::internal {
 namespace {
 
+// The GPU tier over `device`, or over CUDA's device `options.gpu.device`
+// when it is null.
 absl::StatusOr<std::unique_ptr<tiers::Tier>> BuildGpu(
-    const EngineOptions& options) {
+    const EngineOptions& options, std::shared_ptr<tiers::GpuDevice> device) {
+  if (device == nullptr) {
 #if STRATA_HAVE_CUDA
-  STRATA_ASSIGN_OR_RETURN(std::unique_ptr<tiers::GpuDevice> device,
-                          tiers::OpenCudaDevice(options.gpu.device));
+    STRATA_ASSIGN_OR_RETURN(device, tiers::OpenCudaDevice(options.gpu.device));
+#else
+    return absl::UnimplementedError(
+        "tier gpu: this Strata was built without CUDA; rebuild with "
+        "-Dcuda=enabled (CUDA toolkit at /usr/local/cuda) or leave Tier::kGpu "
+        "out of EngineOptions::tiers");
+#endif
+  }
   STRATA_ASSIGN_OR_RETURN(
       auto gpu, tiers::GpuTier::Create({.capacity_bytes = options.gpu.capacity_bytes,
                                         .capacity_fraction = options.gpu.capacity_fraction,
@@ -34,18 +43,11 @@ absl::StatusOr<std::unique_ptr<tiers::Tier>> BuildGpu(
                                         .log = options.log},
                                        std::move(device)));
   return std::unique_ptr<tiers::Tier>(std::move(gpu));
-#else
-  (void)options;
-  return absl::UnimplementedError(
-      "tier gpu: this Strata was built without CUDA; rebuild with "
-      "-Dcuda=enabled (CUDA toolkit at /usr/local/cuda) or leave Tier::kGpu "
-      "out of EngineOptions::tiers");
-#endif
 }
 
 absl::StatusOr<std::unique_ptr<tiers::Tier>> Build(
     Tier kind, const EngineOptions& options,
-    std::unique_ptr<tiers::IoBackend>& nvme_backend) {
+    TierOverrides& overrides) {
   switch (kind) {
     case Tier::kHost: {
       STRATA_ASSIGN_OR_RETURN(
@@ -62,7 +64,7 @@ absl::StatusOr<std::unique_ptr<tiers::Tier>> Build(
       config.queue_depth = options.nvme.queue_depth;
       config.register_buffers = options.nvme.register_buffers;
       config.log = options.log;
-      return tiers::MakeNvmeTier(config, std::move(nvme_backend));
+      return tiers::MakeNvmeTier(config, std::move(overrides.nvme_backend));
     }
 #if STRATA_HAVE_FABRIC
     case Tier::kRemote: {
@@ -97,7 +99,7 @@ absl::StatusOr<std::unique_ptr<tiers::Tier>> Build(
     }
 #endif
     case Tier::kGpu:
-      return BuildGpu(options);
+      return BuildGpu(options, overrides.gpu_device);
     default:
       return absl::UnimplementedError(absl::StrCat(
           "tier ", Sv(TierName(kind)), " is not built in this version of Strata; "
@@ -128,7 +130,7 @@ absl::StatusOr<std::unique_ptr<TierChain>> BuildChain(
       link.tier = std::move(it->second);
     } else {
       STRATA_ASSIGN_OR_RETURN(link.tier,
-                              Build(kind, options, overrides.nvme_backend));
+                              Build(kind, options, overrides));
     }
     links.push_back(std::move(link));
   }

@@ -678,6 +678,99 @@ TEST_F(GpuEngineTest, AFrameIsNotReusedBeforeTheUnpinningStreamFinished) {
   ExpectGpu(t, 1, 1);
 }
 
+// A block read by kernels on two streams (a Python view handed to two
+// consumers): the frame waits for both, whichever finishes first. One of
+// them is CUDA's legacy default stream, by its handle (cudaStreamLegacy,
+// 0x1), as DLPack names it.
+class GpuReleaseAfterTwoStreamsTest : public GpuEngineTest,
+                                      public ::testing::WithParamInterface<int> {};
+
+TEST_P(GpuReleaseAfterTwoStreamsTest, TheFrameWaitsForBoth) {
+  const int first_done = GetParam();
+  ASSERT_NO_FATAL_FAILURE(Open(/*gpu_blocks=*/1, /*host_blocks=*/16));
+  const tiers::DeviceStream streams[] = {dev_->CreateStream(),
+                                         reinterpret_cast<tiers::DeviceStream>(1)};
+  Tensor t = Make("t", 2);
+  WriteHost(t, 0, 1);
+  WriteHost(t, 1, 1);
+  std::vector<std::byte> saw[2];
+  {
+    auto pin = engine_->Pin(t, 0, Tier::kGpu, Access::kRead);
+    ASSERT_TRUE(pin.ok()) << pin.status();
+    for (int i = 0; i < 2; ++i) {
+      dev_->Hold(streams[i]);
+      ASSERT_OK(pin->WaitOn(streams[i]));
+      ASSERT_OK(dev_->Launch(streams[i], pin->device_ptr(), pin->size(),
+                             [&saw, i](std::span<std::byte> mem) {
+                               saw[i].assign(mem.begin(), mem.end());
+                             }));
+    }
+    ASSERT_OK(pin->ReleaseAfter(streams));
+    EXPECT_FALSE(pin->valid());
+  }
+  std::atomic<bool> pinned{false};
+  std::thread other([&] {
+    auto pin = engine_->Pin(t, 1, Tier::kGpu, Access::kRead);
+    EXPECT_TRUE(pin.ok()) << pin.status();
+    pinned.store(true);
+  });
+  EXPECT_TRUE(dev_->AwaitWaiters(1, kPatience));
+  dev_->Release(streams[first_done]);  // one reader done: the frame waits on
+  EXPECT_FALSE(pinned.load());
+  EXPECT_EQ(dev_->copies(CopyDir::kHostToDevice), 1u);  // block 0's only
+  dev_->Release(streams[1 - first_done]);
+  other.join();
+  EXPECT_TRUE(pinned.load());
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(FirstPatternMismatch(saw[i], Seed(RunTag(), 0, 1)), -1)
+        << "the kernel on stream " << i << " saw its frame overwritten; run tag "
+        << RunTag();
+  }
+  ExpectGpu(t, 1, 1);
+}
+
+INSTANTIATE_TEST_SUITE_P(WhicheverFinishesFirst, GpuReleaseAfterTwoStreamsTest,
+                         ::testing::Values(0, 1));
+
+TEST_F(GpuEngineTest, ReleaseAfterNoStreamUnpinsAtOnceAndOtherTiersRefuse) {
+  ASSERT_NO_FATAL_FAILURE(Open(/*gpu_blocks=*/2, /*host_blocks=*/16));
+  Tensor t = Make("t", 1);
+  WriteHost(t, 0, 2);
+  auto pin = engine_->Pin(t, 0, Tier::kGpu, Access::kRead);
+  ASSERT_TRUE(pin.ok()) << pin.status();
+  EXPECT_EQ(Of(Tier::kGpu).pinned_bytes, kBlock);
+  ASSERT_OK(pin->ReleaseAfter(std::span<const GpuStream>()));
+  EXPECT_EQ(Of(Tier::kGpu).pinned_bytes, 0u);
+  EXPECT_STATUS(pin->ReleaseAfter(std::span<const GpuStream>()),
+                StatusCode::kFailedPrecondition);
+  auto host = engine_->Pin(t, 0, Tier::kHost, Access::kRead);
+  ASSERT_TRUE(host.ok()) << host.status();
+  const GpuStream one[] = {nullptr};
+  EXPECT_STATUS(host->ReleaseAfter(one), StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(host->valid());  // kept on error
+}
+
+// The GPU tier built by the engine's own factory over a device given in
+// place of CUDA's (what the Python tests use): works in builds without CUDA.
+TEST_F(GpuEngineTest, TheFactoryBuildsTheGpuTierOverAGivenDevice) {
+  EngineOptions o = test::GpuEngineOptions(dir_.Sub("nvme"), 16 * kBlock, kBlock, true);
+  o.gpu.capacity_bytes = 4 * kBlock;
+  auto dev = std::make_shared<FakeGpuDevice>(64 * kMiB);
+  internal::TierOverrides overrides;
+  overrides.gpu_device = dev;
+  auto engine = testing::OpenWithTiers(std::move(o), std::move(overrides));
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  EXPECT_EQ(dev->registered_bytes(), 16 * kBlock);
+  EXPECT_EQ((*engine)->GetStats().tier(Tier::kGpu).capacity_bytes, 4 * kBlock);
+  Tensor t = test::MakeBlocks(**engine, "t", 1, kBlock);
+  test::WriteHostBlock(**engine, t, 0, 7);
+  auto pin = (*engine)->Pin(t, 0, Tier::kGpu, Access::kRead);
+  ASSERT_TRUE(pin.ok()) << pin.status();
+  EXPECT_EQ(FirstPatternMismatch(dev->Peek(pin->device_ptr(), pin->size()),
+                                 Seed(RunTag(), 0, 7)),
+            -1);
+}
+
 TEST_F(GpuEngineTest, ADemotionWaitsForTheKernelThatWroteTheBlock) {
   ASSERT_NO_FATAL_FAILURE(Open(/*gpu_blocks=*/4, /*host_blocks=*/16));
   stream_ = dev_->CreateStream();

@@ -382,6 +382,10 @@ class Pin {
   // a pin whose copy is still in flight (PinAsync) too: the copy is
   // neither evicted nor its frame reused before it finished either.
   absl::Status ReleaseAfter(GpuStream stream);
+  // The same for work on several streams (a block read by kernels on two
+  // streams): the frame is kept until every one of them got there. An
+  // empty list unpins at once. On error the pin is kept.
+  absl::Status ReleaseAfter(std::span<const GpuStream> streams);
   Tier tier() const { return tier_; }
   Access access() const { return access_; }
   uint64_t block() const { return block_; }

@@ -39,6 +39,7 @@ FakeGpuDevice::FakeGpuDevice(uint64_t total_bytes)
     : total_bytes_(total_bytes), free_bytes_(total_bytes) {
   streams_.push_back(std::make_unique<Stream>());
   streams_.push_back(std::make_unique<Stream>());
+  streams_.push_back(std::make_unique<Stream>());  // the default stream
 }
 
 FakeGpuDevice::~FakeGpuDevice() {
@@ -161,7 +162,7 @@ absl::Status FakeGpuDevice::Record(DeviceEvent event, DeviceStream stream) {
   if (!sticky_.ok()) return sticky_;
   auto* e = static_cast<Event*>(event);
   Op op{.kind = Op::Kind::kRecord, .event = e, .generation = ++e->recorded};
-  EnqueueLocked(static_cast<Stream*>(stream), std::move(op));
+  EnqueueLocked(StreamOf(stream), std::move(op));
   return absl::OkStatus();
 }
 
@@ -170,7 +171,7 @@ absl::Status FakeGpuDevice::StreamWait(DeviceStream stream, DeviceEvent event) {
   if (!sticky_.ok()) return sticky_;
   auto* e = static_cast<Event*>(event);
   Op op{.kind = Op::Kind::kWait, .event = e, .generation = e->recorded};
-  EnqueueLocked(static_cast<Stream*>(stream), std::move(op));
+  EnqueueLocked(StreamOf(stream), std::move(op));
   return absl::OkStatus();
 }
 
@@ -209,6 +210,13 @@ bool FakeGpuDevice::RefuseFrame(uint64_t bytes) {
 
 // ---------------------------------------------------------------------------
 // Streams
+
+FakeGpuDevice::Stream* FakeGpuDevice::StreamOf(DeviceStream stream) const {
+  // CUDA's names for the default stream: 0, cudaStreamLegacy (0x1) and
+  // cudaStreamPerThread (0x2), as DLPack consumers pass them.
+  if (reinterpret_cast<uintptr_t>(stream) <= 2) return streams_[2].get();
+  return static_cast<Stream*>(stream);
+}
 
 void FakeGpuDevice::EnqueueLocked(Stream* stream, Op op) {
   stream->ops.push_back(std::move(op));
@@ -278,12 +286,12 @@ DeviceStream FakeGpuDevice::CreateStream() {
 
 void FakeGpuDevice::Hold(DeviceStream stream) {
   std::lock_guard lock(mu_);
-  static_cast<Stream*>(stream)->held = true;
+  StreamOf(stream)->held = true;
 }
 
 void FakeGpuDevice::Release(DeviceStream stream) {
   std::lock_guard lock(mu_);
-  static_cast<Stream*>(stream)->held = false;
+  StreamOf(stream)->held = false;
   PumpLocked();
 }
 
@@ -297,7 +305,7 @@ absl::Status FakeGpuDevice::Launch(DeviceStream stream, void* device,
   }
   Op op{.kind = Op::Kind::kKernel, .device = static_cast<std::byte*>(device),
         .bytes = bytes, .kernel = std::move(fn)};
-  EnqueueLocked(static_cast<Stream*>(stream), std::move(op));
+  EnqueueLocked(StreamOf(stream), std::move(op));
   return absl::OkStatus();
 }
 

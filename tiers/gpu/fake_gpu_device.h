@@ -61,7 +61,9 @@ class FakeGpuDevice : public GpuDevice {
   void set_log(std::function<void(std::string_view)> log) override;
 
   // --- for tests ---
-  // A caller's stream (a trainer's compute stream).
+  // A caller's stream (a trainer's compute stream). CUDA's handles of the
+  // default stream (nullptr, cudaStreamLegacy, cudaStreamPerThread) name
+  // one more stream of the double's own.
   DeviceStream CreateStream();
   // While held, a stream runs nothing (a device busy with earlier work).
   void Hold(DeviceStream stream);
@@ -109,6 +111,7 @@ class FakeGpuDevice : public GpuDevice {
 
   absl::Status CheckLocked() const;
   std::byte* TranslateLocked(const void* device, uint64_t bytes) const;
+  Stream* StreamOf(DeviceStream stream) const;
   void EnqueueLocked(Stream* stream, Op op);
   void PumpLocked();
   bool RunLocked(Stream& stream);
@@ -119,7 +122,7 @@ class FakeGpuDevice : public GpuDevice {
   uint64_t total_bytes_;
   uint64_t free_bytes_;
   std::vector<Region> regions_;
-  std::vector<std::unique_ptr<Stream>> streams_;  // [0] h2d, [1] d2h, callers
+  std::vector<std::unique_ptr<Stream>> streams_;  // [0] h2d, [1] d2h, [2] default, callers
   std::vector<std::unique_ptr<Event>> events_;
   absl::Status sticky_;
   absl::Status reserve_error_;
