@@ -73,9 +73,10 @@ class Engine(_strata._Engine):
     """One Strata engine: a tier chain (host RAM, then NVMe by default).
 
     Keywords (each bad one is a ValueError naming it): ``tiers`` (e.g.
-    ``("host", "nvme")`` or ``("host",)``), ``host_bytes``, ``numa_node``,
-    ``huge_pages``, ``nvme_path``, ``nvme_bytes``, ``queue_depth``,
-    ``register_buffers``, ``block_bytes`` (default block size),
+    ``("host", "nvme")``, ``("host",)`` or ``("gpu", "host", "nvme")``),
+    ``host_bytes``, ``numa_node``, ``huge_pages``, ``nvme_path``,
+    ``nvme_bytes``, ``queue_depth``, ``register_buffers``, ``gpu_bytes``,
+    ``gpu_fraction``, ``gpu_device``, ``block_bytes`` (default block size),
     ``readahead_blocks``, ``policy`` ("default", "lru", "lfu", "hinted"),
     ``pin_wait_timeout`` and ``io_timeout`` (seconds).
 

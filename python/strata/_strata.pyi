@@ -27,10 +27,15 @@ class Tensor:
         """The shape views of the block have: its rows, or one dimension."""
 
 class Pin:
-    def __dlpack__(self, stream: None = None) -> Any: ...
-    def __dlpack_device__(self) -> tuple[int, int]: ...
+    def __dlpack__(self, stream: int | None = None) -> Any:
+        """A DLPack capsule. GPU pins: `stream` (a cudaStream_t as an int;
+        None or 1 the legacy default stream, 2 the per-thread one, -1 none)
+        waits for the block, and the pin ends after its work. Host pins take
+        None only."""
+    def __dlpack_device__(self) -> tuple[int, int]:
+        """(1, 0) (kDLCPU) for host pins; (2, gpu_device) (kDLCUDA) for GPU."""
     def numpy(self) -> Any:
-        """A NumPy view; read-only for access="r"."""
+        """A NumPy view; read-only for access="r". Host pins only."""
     def release(self) -> None: ...
     def __enter__(self) -> Pin: ...
     def __exit__(self, *exc: object) -> None: ...

@@ -28,6 +28,7 @@ namespace strata::python {
 
 struct EngineHolder {
   std::unique_ptr<Engine> engine;
+  int gpu_device = 0;  // EngineOptions::gpu.device: GPU views' DLPack device
 };
 using EngineRef = std::shared_ptr<EngineHolder>;
 
@@ -38,9 +39,27 @@ struct PyTensor {
 
 // One pinned block. `engine` is declared first so that `pin` is destroyed
 // (unpinned) before the engine can go.
+//
+// A GPU pin's views are read by kernels on the streams their consumers named
+// (__dlpack__(stream=...)); the pin ends stream-ordered after all of them
+// (Pin::ReleaseAfter), so the engine reuses the frame only once that work
+// finished, however early Python drops the last view.
 struct PinState {
   EngineRef engine;
   strata::Pin pin;
+  absl::InlinedVector<GpuStream, 2> release_after;  // under the GIL
+
+  PinState() = default;
+  PinState(const PinState&) = delete;
+  PinState& operator=(const PinState&) = delete;
+  ~PinState() {
+    if (pin.valid() && !release_after.empty()) {
+      // An error (a GPU tier fenced after a sticky CUDA error) keeps the pin,
+      // and `pin`'s destructor then unpins now: a fenced tier reuses no
+      // frame, so nothing can overwrite what the streams still read.
+      pin.ReleaseAfter(release_after).IgnoreError();
+    }
+  }
 };
 
 // The Python Pin (inside a hand-written CPython object, pin_binding.cc): its

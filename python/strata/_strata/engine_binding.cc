@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "bindings.h"
+#include "engine/testing.h"
 #include "convert.h"
 #include "errors.h"
 
@@ -79,6 +80,19 @@ absl::Duration OptSeconds(py::handle v, const std::string& key) {
   return absl::Seconds(s);
 }
 
+double OptFraction(py::handle v, const std::string& key) {
+  if (PyBool_Check(v.ptr()) ||
+      !(PyLong_Check(v.ptr()) || PyFloat_Check(v.ptr()))) {
+    BadOption(key, "must be a number in (0, 1]");
+  }
+  const double x = PyFloat_AsDouble(v.ptr());
+  if (PyErr_Occurred()) {
+    PyErr_Clear();
+    BadOption(key, "must be a number in (0, 1]");
+  }
+  return x;  // Engine.Open checks the range and names the keyword
+}
+
 std::vector<Tier> OptTiers(py::handle v, const std::string& key) {
   if (PyUnicode_Check(v.ptr()) || !PySequence_Check(v.ptr())) {
     BadOption(key, "must be a sequence of tier names, e.g. (\"host\", \"nvme\")");
@@ -118,6 +132,12 @@ const Keyword kKeywords[] = {
      }},
     {"register_buffers", "nvme.register_buffers",
      [](EngineOptions& o, py::handle v, const std::string& k) { o.nvme.register_buffers = OptBool(v, k); }},
+    {"gpu_bytes", "gpu.capacity_bytes",
+     [](EngineOptions& o, py::handle v, const std::string& k) { o.gpu.capacity_bytes = OptU64(v, k); }},
+    {"gpu_fraction", "gpu.capacity_fraction",
+     [](EngineOptions& o, py::handle v, const std::string& k) { o.gpu.capacity_fraction = OptFraction(v, k); }},
+    {"gpu_device", "gpu.device",
+     [](EngineOptions& o, py::handle v, const std::string& k) { o.gpu.device = OptInt(v, k); }},
     {"block_bytes", "default_block_bytes",
      [](EngineOptions& o, py::handle v, const std::string& k) { o.default_block_bytes = OptU64(v, k); }},
     {"readahead_blocks", "readahead_blocks",
@@ -133,10 +153,15 @@ const Keyword kKeywords[] = {
      [](EngineOptions& o, py::handle v, const std::string& k) { o.io_timeout = OptSeconds(v, k); }},
 };
 
+// The private keyword of the python suite's device double (see
+// GpuDeviceOf).
+constexpr char kTestGpuDevice[] = "_gpu_device";
+
 EngineOptions ParseOptions(const py::kwargs& kwargs) {
   EngineOptions options;
   for (auto [key_obj, value] : kwargs) {
     const std::string key = py::str(key_obj).cast<std::string>();
+    if (key == kTestGpuDevice) continue;
     const Keyword* found = nullptr;
     for (const Keyword& k : kKeywords) {
       if (key == k.name) found = &k;
@@ -270,15 +295,38 @@ PyMethodDef engine_pin_def = {
     "it dirty) or \"overwrite\" (\"w\" without loading the old bytes). "
     "torch.from_dlpack(pin) / numpy.from_dlpack(pin) / pin.numpy() view it."};
 
+// A test seam, as engine/testing.h is for C++: `_gpu_device=` takes a
+// capsule "strata._gpu_device" holding a std::shared_ptr<tiers::GpuDevice>
+// (the python suite's module _strata_fake_gpu makes one over the device
+// double), and the GPU tier is built over that device instead of CUDA's, so
+// GPU pins and their views are tested on machines without a GPU.
+std::shared_ptr<tiers::GpuDevice> GpuDeviceOf(const py::kwargs& kwargs) {
+  if (!kwargs.contains(kTestGpuDevice)) return nullptr;
+  py::object capsule = kwargs[kTestGpuDevice];
+  auto* device = static_cast<std::shared_ptr<tiers::GpuDevice>*>(
+      PyCapsule_GetPointer(capsule.ptr(), "strata._gpu_device"));
+  if (device == nullptr) {
+    PyErr_Clear();
+    ThrowInvalid("Engine keyword '_gpu_device' is for Strata's own tests: it "
+                 "takes the capsule of strata's test device double only");
+  }
+  return *device;
+}
+
 PyEngine OpenEngine(const py::kwargs& kwargs) {
   EngineOptions options = ParseOptions(kwargs);
+  internal::TierOverrides overrides;
+  overrides.gpu_device = GpuDeviceOf(kwargs);
+  auto holder = std::make_shared<EngineHolder>();
+  holder->gpu_device = options.gpu.device;
   absl::StatusOr<std::unique_ptr<Engine>> engine;
   {
     py::gil_scoped_release release;
-    engine = Engine::Open(std::move(options));
+    engine = overrides.gpu_device == nullptr
+                 ? Engine::Open(std::move(options))
+                 : testing::OpenWithTiers(std::move(options), std::move(overrides));
   }
   if (!engine.ok()) throw StatusError(NameKeyword(engine.status()));
-  auto holder = std::make_shared<EngineHolder>();
   holder->engine = *std::move(engine);
   return PyEngine{std::move(holder)};
 }

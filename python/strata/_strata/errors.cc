@@ -34,9 +34,6 @@ void ThrowOutOfRange(const std::string& message) {
 void ThrowFailedPrecondition(const std::string& message) {
   throw StatusError(absl::FailedPreconditionError(message));
 }
-void ThrowUnimplemented(const std::string& message) {
-  throw StatusError(absl::UnimplementedError(message));
-}
 
 void SetError(const absl::Status& status) noexcept {
   try {

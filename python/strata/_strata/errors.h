@@ -40,7 +40,6 @@ T ValueOrThrow(absl::StatusOr<T> result) {
 [[noreturn]] void ThrowInvalid(const std::string& message);
 [[noreturn]] void ThrowOutOfRange(const std::string& message);
 [[noreturn]] void ThrowFailedPrecondition(const std::string& message);
-[[noreturn]] void ThrowUnimplemented(const std::string& message);
 
 // For C functions called by CPython directly (not through pybind11): sets
 // the Python exception for `status` (as the translator does); and, in a

@@ -2,6 +2,9 @@
 // the DLPack protocol (__dlpack__, __dlpack_device__) that torch.from_dlpack
 // and numpy.from_dlpack use, and Pin.numpy(), a NumPy view that is read-only
 // for read pins. Every view holds the PinState; see bindings.h for lifetimes.
+// A GPU pin's view is CUDA memory (kDLCUDA): __dlpack__(stream=s) makes the
+// consumer's stream s wait for the block's bytes, and the pin ends after the
+// work on every such stream (PinState).
 //
 // Pin is a hand-written CPython type, not a pybind11 class: a pin and its
 // view are a handful of calls per block, and pybind11's dispatcher (argument
@@ -9,6 +12,7 @@
 // pin and NumPy's own DLPack methods together (docs/PERFORMANCE.md,
 // "Python"). Its methods are METH_NOARGS / METH_FASTCALL C functions; errors
 // are set with SetError (errors.h) rather than thrown through pybind11.
+#include <algorithm>
 #include <cstddef>
 #include <new>
 #include <optional>
@@ -79,7 +83,9 @@ PyObject* ToDLPack(const PyPin& self, PinState& state) {
   view->strides = RowMajorStrides(view->shape);
   DLTensor& t = view->managed.dl_tensor;
   t.data = state.pin.bytes().data();
-  t.device = DLDevice{kDLCPU, 0};
+  t.device = self.tier == Tier::kGpu
+                 ? DLDevice{kDLCUDA, state.engine->gpu_device}
+                 : DLDevice{kDLCPU, 0};
   t.ndim = static_cast<int32_t>(view->shape.size());
   t.dtype = ToDLDataType(tensor.spec().dtype);
   t.shape = view->shape.data();
@@ -97,6 +103,12 @@ PyObject* ToDLPack(const PyPin& self, PinState& state) {
 py::array ToNumPy(const PyPin& self) {
   const PinState& state = self.Live("numpy()");
   const Tensor& tensor = TensorOf(self).tensor;
+  if (self.tier == Tier::kGpu) {
+    ThrowInvalid(absl::StrCat("block ", self.block, " of '", tensor.name(),
+                              "' is pinned in GPU memory, which NumPy cannot "
+                              "view: use torch.from_dlpack(pin), or pin it "
+                              "with tier=\"host\""));
+  }
   if (tensor.spec().dtype == DType::kBF16) {
     ThrowInvalid(absl::StrCat("NumPy has no bfloat16: view block ", self.block,
                               " of '", tensor.name(),
@@ -208,6 +220,46 @@ PinState* LiveOrSetError(PyObject* self, const char* what) {
 // (kDLCPU, 0): every host pin's __dlpack_device__, made once.
 PyObject* cpu_device = nullptr;
 
+// A GPU pin's __dlpack__(stream): the consumer's CUDA stream, as DLPack
+// passes it (None and 1: the legacy default stream; 2: the per-thread default
+// stream; another positive int: a cudaStream_t; -1: the consumer
+// synchronizes itself), waits on the device for the block's bytes, and the
+// pin will end only after the work enqueued on it. False with the error set.
+bool OrderAfterCopy(PinState& state, PyObject* stream) {
+  constexpr intptr_t kLegacyDefaultStream = 1;  // cudaStreamLegacy
+  intptr_t value = kLegacyDefaultStream;
+  if (stream != Py_None) {
+    if (!PyLong_Check(stream) || PyBool_Check(stream)) {
+      PyErr_Format(PyExc_TypeError,
+                   "__dlpack__(stream=...) takes an int (a cudaStream_t, 1 "
+                   "or 2 for the default streams, -1 for none) or None, not %s",
+                   Py_TYPE(stream)->tp_name);
+      return false;
+    }
+    int overflow = 0;
+    const long long v = PyLong_AsLongLongAndOverflow(stream, &overflow);
+    if (overflow != 0 || v == 0 || v < -1) {
+      SetError(absl::InvalidArgumentError(absl::StrCat(
+          "__dlpack__(stream=", overflow != 0 ? "<out of range>" : absl::StrCat(v),
+          ") of a GPU pin: DLPack forbids 0 (ambiguous) and negative streams "
+          "other than -1; pass 1 (legacy default stream), 2 (per-thread "
+          "default stream), a cudaStream_t as an int, or -1 to order the work "
+          "yourself")));
+      return false;
+    }
+    if (v == -1) return true;
+    value = static_cast<intptr_t>(v);
+  }
+  const GpuStream s = reinterpret_cast<GpuStream>(value);
+  if (absl::Status st = state.pin.WaitOn(s); !st.ok()) {
+    SetError(st);
+    return false;
+  }
+  auto& after = state.release_after;
+  if (std::find(after.begin(), after.end(), s) == after.end()) after.push_back(s);
+  return true;
+}
+
 PyObject* PinDLPack(PyObject* self, PyObject* const* args, Py_ssize_t nargs,
                     PyObject* kwnames) {
   PyObject* stream = Py_None;
@@ -230,7 +282,9 @@ PyObject* PinDLPack(PyObject* self, PyObject* const* args, Py_ssize_t nargs,
   }
   PinState* state = LiveOrSetError(self, "__dlpack__");
   if (state == nullptr) return nullptr;
-  if (stream != Py_None) {
+  if (Self(self).tier == Tier::kGpu) {
+    if (!OrderAfterCopy(*state, stream)) return nullptr;
+  } else if (stream != Py_None) {
     SetError(absl::InvalidArgumentError(
         "__dlpack__(stream=...) of a host pin takes stream=None; host memory "
         "has no stream to synchronize with"));
@@ -244,7 +298,12 @@ PyObject* PinDLPack(PyObject* self, PyObject* const* args, Py_ssize_t nargs,
 }
 
 PyObject* PinDLPackDevice(PyObject* self, PyObject*) {
-  if (LiveOrSetError(self, "__dlpack_device__") == nullptr) return nullptr;
+  PinState* state = LiveOrSetError(self, "__dlpack_device__");
+  if (state == nullptr) return nullptr;
+  if (Self(self).tier == Tier::kGpu) {
+    return Py_BuildValue("(ii)", static_cast<int>(kDLCUDA),
+                         state->engine->gpu_device);
+  }
   Py_INCREF(cpu_device);
   return cpu_device;
 }
@@ -313,12 +372,15 @@ PyMethodDef pin_methods[] = {
     {"__dlpack__", reinterpret_cast<PyCFunction>(
                        reinterpret_cast<void (*)()>(&PinDLPack)),
      METH_FASTCALL | METH_KEYWORDS,
-     "__dlpack__(stream=None): a DLPack capsule viewing the block."},
+     "__dlpack__(stream=None): a DLPack capsule viewing the block. For a GPU "
+     "pin, `stream` (a cudaStream_t as an int; None or 1: the legacy default "
+     "stream; 2: the per-thread one; -1: none) waits for the block's bytes, "
+     "and the pin ends only after the work enqueued on it."},
     {"__dlpack_device__", &PinDLPackDevice, METH_NOARGS,
-     "(kDLCPU, 0): the block is in host memory."},
+     "(kDLCPU, 0) for host memory, (kDLCUDA, device) for a GPU pin."},
     {"numpy", &PinNumPy, METH_NOARGS,
      "A NumPy view of the block: writable for write pins, read-only for read "
-     "pins; it keeps the block pinned while it lives."},
+     "pins; it keeps the block pinned while it lives. Host pins only."},
     {"release", &PinRelease, METH_NOARGS,
      "Ends this pin; the block is unpinned once no view of it is left. A "
      "second call raises FailedPreconditionError."},
@@ -362,11 +424,6 @@ py::object PinBlock(const EngineRef& engine, py::object tensor_obj,
   const uint64_t b = ParseIndex(block, "block");
   const Tier t = ParseTier(tier, "tier");
   const Access a = ParseAccess(access);
-  if (t == Tier::kGpu) {
-    ThrowUnimplemented(
-        "tier=\"gpu\" pins are not available from Python yet (CUDA DLPack "
-        "views are not built); pin in tier=\"host\", or from C++");
-  }
   const Tensor& handle = tensor.tensor;
   auto state = std::make_shared<PinState>();
   state->engine = engine;
