@@ -225,6 +225,22 @@ def test_an_unconsumed_capsule_and_a_collected_pin_unpin(gpu):
     assert pinned(engine) == 0
 
 
+def test_prefetch_to_the_gpu_makes_pins_hits(gpu):
+    engine, _ = gpu
+    t = engine.create_tensor("p", "uint8", (4 * BLOCK,))
+    for b in range(len(t)):
+        write_host(engine, t, b, b + 1)
+    engine.prefetch(t, [1, 3], tier="gpu").wait()
+    before = engine.stats()["gpu"]
+    assert before["used_bytes"] == 2 * BLOCK
+    for b in (1, 3):
+        with engine.pin(t, b, tier="gpu"):
+            pass
+    after = engine.stats()["gpu"]
+    assert after["hits"] - before["hits"] == 2
+    assert after["misses"] == before["misses"]
+
+
 def test_bad_streams_and_numpy_of_a_gpu_pin(gpu):
     engine, _ = gpu
     t = engine.create_tensor("b", "float32", (BLOCK // 4,))
