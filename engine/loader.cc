@@ -125,8 +125,7 @@ absl::Status Loader::ReserveFrame(Op& op, Deadline deadline, CopyBatch* batch) {
   }
   if (!frame.ok()) return frame.status();
   op.frame = *frame;
-  op.holds_frame = true;
-  tier.TransitBegin();
+  op.holds_frame = true;  // counted in transit by the allocation
   return absl::OkStatus();
 }
 

@@ -166,8 +166,12 @@ uint64_t Mover::Window(int pos) const {
   const uint64_t frames = std::max<uint64_t>(
       parts_.chain->tier(pos).capacity() / parts_.options->default_block_bytes, 1);
   const int option = parts_.options->readahead_blocks;
-  return option >= 0 ? std::min<uint64_t>(option, frames / 2)
-                     : std::clamp<uint64_t>(frames / 8, 1, 32);
+  // Never more than half the tier: a window as large as the tier can only
+  // evict the block the reader holds or has just released (a tier of one
+  // frame then loaded blocks twice, and pins found its frame taken by the
+  // speculative load), so a tier of one frame reads nothing ahead.
+  const uint64_t automatic = std::clamp<uint64_t>(frames / 8, 1, 32);
+  return std::min<uint64_t>(option >= 0 ? option : automatic, frames / 2);
 }
 
 void Mover::OnDemandMiss(TensorState& ts, uint64_t block, int pos) {

@@ -70,11 +70,30 @@ absl::StatusOr<tiers::Frame> Residency::Place(uint64_t bytes, FrameOwner owner) 
   return frame;
 }
 
+absl::StatusOr<tiers::Frame> Residency::PlaceForLoad(uint64_t bytes,
+                                                     FrameOwner owner,
+                                                     uint64_t* epoch) {
+  // Counted in transit from before the tier hands the frame out: a thread
+  // that finds no frame while this one holds it uncounted would give up
+  // (kResourceExhausted) instead of waiting for the load (a pin failed so
+  // while a prefetch took a tier's only frame: gpu_tier_test,
+  // APinNeverFailsForAFrameAPrefetchIsTaking).
+  in_transit_.fetch_add(1, std::memory_order_acq_rel);
+  absl::StatusOr<tiers::Frame> frame = Place(bytes, owner);
+  if (!frame.ok()) TransitUndo(epoch);
+  return frame;
+}
+
 absl::StatusOr<tiers::Frame> Residency::Allocate(uint64_t bytes,
                                                  Deadline deadline,
                                                  FrameOwner owner,
                                                  bool speculative) {
-  if (!evicts()) return AllocateNow(bytes, owner);
+  if (!evicts()) {
+    TransitBegin();
+    absl::StatusOr<tiers::Frame> frame = AllocateNow(bytes, owner);
+    if (!frame.ok()) TransitEnd();
+    return frame;
+  }
   if (speculative) {
     // Let pins short of space here go first. The epoch is read before the
     // count: a pin that leaves after the count was read bumps it (Allocate
@@ -93,7 +112,7 @@ absl::StatusOr<tiers::Frame> Residency::Allocate(uint64_t bytes,
     }
     return AllocateLoop(bytes, deadline, owner);
   }
-  absl::StatusOr<tiers::Frame> frame = Place(bytes, owner);
+  absl::StatusOr<tiers::Frame> frame = PlaceForLoad(bytes, owner, nullptr);
   if (frame.ok()) {
     EvictAhead();
     return frame;
@@ -113,8 +132,8 @@ absl::StatusOr<tiers::Frame> Residency::AllocateLoop(uint64_t bytes,
   // waits for a frame in transit; the bound only matters when other threads
   // keep taking what this one frees.
   for (int round = 0; round < 100000; ++round) {
-    const uint64_t epoch = space_epoch_.load(std::memory_order_acquire);
-    absl::StatusOr<tiers::Frame> frame = Place(bytes, owner);
+    uint64_t epoch = space_epoch_.load(std::memory_order_acquire);
+    absl::StatusOr<tiers::Frame> frame = PlaceForLoad(bytes, owner, &epoch);
     if (frame.ok()) {
       EvictAhead();
       return frame;
@@ -140,7 +159,7 @@ absl::StatusOr<tiers::Frame> Residency::AllocateLoop(uint64_t bytes,
       evicted = EvictSome(max_write_backs_ - in_flight, false, bytes, owner,
                           &handoff);
     }
-    if (handoff.valid()) return handoff;
+    if (handoff.valid()) return handoff;  // counted in transit by its claim
     if (evicted.freed > 0) continue;
     if (evicted.started == 0 && evicted.busy > 0) {
       // A victim's copy below is in the middle of its own move (it ends
@@ -151,7 +170,7 @@ absl::StatusOr<tiers::Frame> Residency::AllocateLoop(uint64_t bytes,
     if (evicted.started == 0 && in_transit_.load(std::memory_order_acquire) <= 0) {
       // A transit that ended after the victims were sought bumped the
       // epoch first (TransitEnd): its frame may be free or evictable now.
-      if (space_epoch_.load(std::memory_order_acquire) != epoch) continue;
+      if (SpaceMoved(epoch, space_epoch_.load(std::memory_order_acquire))) continue;
       return WhyNoFrame(evicted, failures_before);
     }
     if (!WaitForSpace(epoch, deadline)) break;
@@ -194,7 +213,7 @@ absl::StatusOr<tiers::Frame> Residency::TryAllocate(uint64_t bytes,
   if (speculative && demand_waiting_.load(std::memory_order_acquire) > 0) {
     return absl::ResourceExhaustedError("a pin is short of space here");
   }
-  return Place(bytes, owner);
+  return PlaceForLoad(bytes, owner, nullptr);
 }
 
 absl::StatusOr<tiers::Frame> Residency::AllocateNow(uint64_t bytes,
@@ -347,6 +366,7 @@ Residency::EvictResult Residency::EvictWindow(uint64_t bytes) {
     const tiers::Frame& frame = v.ts->copy(pos_, v.block).frame;
     if (!frame.valid() || frame.offset != offset) {
       RestoreWord(v);  // the copy lives in another frame now
+      TransitUndo(nullptr);
       continue;
     }
     victims.push_back(std::move(v));
@@ -369,25 +389,28 @@ void Residency::Evict(std::vector<Victim>& victims, EvictResult& result,
       if (!v.dirty) {
         if (handoff != nullptr && !handoff->valid() &&
             TakeClaimedFrame(parts_, *v.ts, v.block, pos_, bytes, handoff)) {
+          // The claim's count in transit goes with the frame to the load.
           std::lock_guard lock(frames_mu_);
           frames_[handoff->offset] = Placed{handoff->bytes, owner.key, owner.slot};
         } else {
           DropClaimed(parts_, *v.ts, v.block, pos_);
+          TransitEnd();
         }
         counters.evictions.fetch_add(1, std::memory_order_relaxed);
         ++result.freed;
         continue;
       }
+      // The claim's count in transit ends when the write-back does
+      // (VictimWrittenBack).
       victims_in_flight_.fetch_add(1, std::memory_order_acq_rel);
-      in_transit_.fetch_add(1, std::memory_order_acq_rel);
       absl::Status s = parts_.write_backs->StartEviction(v.ts, v.block, pos_, batch);
       if (s.ok()) {
         ++result.started;
         continue;
       }
       victims_in_flight_.fetch_sub(1, std::memory_order_acq_rel);
-      in_transit_.fetch_sub(1, std::memory_order_acq_rel);
-      Restore(v);
+      Restore(v);  // back in the policy before the count ends
+      TransitUndo(nullptr);
       if (absl::IsAborted(s)) {  // the copy below is busy: try again soon
         ++result.busy;
       } else if (result.error.ok()) {
@@ -449,8 +472,14 @@ bool Residency::TryClaim(uint64_t key, bool take_prefetched, bool clean_only,
     return false;
   }
   const uint64_t claimed = state.Claimed();
-  if (claimed == 0 ||
-      !word.compare_exchange_strong(w, claimed, std::memory_order_acq_rel)) {
+  if (claimed == 0) return false;
+  // A claimed copy's frame is counted in transit from before the claim
+  // until it is freed, handed to a load or written down: an allocation
+  // that finds no victim meanwhile waits for it rather than failing
+  // (as PlaceForLoad's frames).
+  in_transit_.fetch_add(1, std::memory_order_acq_rel);
+  if (!word.compare_exchange_strong(w, claimed, std::memory_order_acq_rel)) {
+    TransitUndo(nullptr);
     return false;
   }
   *out = Victim{std::move(ts), block, S(claimed).dirty()};
@@ -582,9 +611,21 @@ void Residency::DrainLocked() {
 void Residency::TransitEnd() {
   // The epoch moves before the count: a thread that saw the count at zero
   // also sees the epoch moved, and looks again rather than giving up.
-  space_epoch_.fetch_add(1, std::memory_order_acq_rel);
+  space_epoch_.fetch_add(kSpaceTick, std::memory_order_acq_rel);
   in_transit_.fetch_sub(1, std::memory_order_acq_rel);
   NotifySpace();
+}
+
+void Residency::TransitUndo(uint64_t* epoch) {
+  {
+    std::lock_guard lock(space_mu_);
+    const uint64_t before = space_epoch_.fetch_add(kWakeTick, std::memory_order_acq_rel);
+    in_transit_.fetch_sub(1, std::memory_order_acq_rel);
+    // The caller's own undo does not wake the caller: its snapshot moves
+    // along, unless another thread moved the epoch meanwhile.
+    if (epoch != nullptr && *epoch == before) *epoch = before + kWakeTick;
+  }
+  space_cv_.notify_all();
 }
 
 void Residency::VictimWrittenBack(bool ok, const absl::Status& error) {
@@ -599,7 +640,7 @@ void Residency::VictimWrittenBack(bool ok, const absl::Status& error) {
 
 void Residency::NotifySpace() {
   std::lock_guard lock(space_mu_);
-  space_epoch_.fetch_add(1, std::memory_order_acq_rel);
+  space_epoch_.fetch_add(kSpaceTick, std::memory_order_acq_rel);
   space_cv_.notify_all();
 }
 

@@ -85,13 +85,16 @@ class Residency {
   // kNotFound when `owner.ts` is being dropped.
   // `speculative` (prefetch, readahead): waits while a pin is short of
   // space here, so that loads nobody waits for yet never take the frames a
-  // pin evicted for.
+  // pin evicted for. The frame comes counted in transit (from before the
+  // tier handed it out): the loader ends that with TransitEnd once its copy
+  // is published or dropped.
   absl::StatusOr<tiers::Frame> Allocate(uint64_t bytes, Deadline deadline,
                                         FrameOwner owner,
                                         bool speculative = false);
   // A frame if one is free now; no eviction, no wait. `speculative`: none
   // while a pin is short of space here. The caller refills the reserve of
-  // free frames (RefillReserve) once its copy is on its way.
+  // free frames (RefillReserve) once its copy is on its way. Counted in
+  // transit, as Allocate's.
   absl::StatusOr<tiers::Frame> TryAllocate(uint64_t bytes, FrameOwner owner,
                                            bool speculative = false);
   // Keeps a reserve of free frames while the tier is under pressure:
@@ -121,6 +124,15 @@ class Residency {
   // evict waits for such frames instead of failing.
   void TransitBegin() { in_transit_.fetch_add(1, std::memory_order_acq_rel); }
   void TransitEnd();
+  // A count in transit that ends with nothing changed (a failed claim or
+  // placement, a victim restored): wakes the threads waiting for space
+  // (they may have waited for this count) without counting as space come
+  // free, so that the thread that undid it does not take its own undo for
+  // a reason to look again (it would loop instead of failing). `epoch`: the
+  // caller's snapshot of space_epoch_ (or null), moved past this undo
+  // unless another thread moved the epoch meanwhile, so that the caller's
+  // wait is not woken by its own undo either.
+  void TransitUndo(uint64_t* epoch);
   // A write-back of one of this tier's victims finished.
   void VictimWrittenBack(bool ok, const absl::Status& error);
   // Wakes threads waiting for space (Close: they look at the engine again).
@@ -150,6 +162,10 @@ class Residency {
                                           uint64_t failures_before) const;
   // tier_.Allocate, recording the frame in the index.
   absl::StatusOr<tiers::Frame> Place(uint64_t bytes, FrameOwner owner);
+  // Place, for a load: the frame counted in transit from before it is
+  // taken. On failure, `epoch` as TransitUndo's.
+  absl::StatusOr<tiers::Frame> PlaceForLoad(uint64_t bytes, FrameOwner owner,
+                                            uint64_t* epoch);
   EvictResult EvictSome(size_t count, bool clean_only, uint64_t bytes,
                         FrameOwner owner, tiers::Frame* handoff);
   EvictResult EvictSome(size_t count, bool clean_only) {
@@ -218,6 +234,15 @@ class Residency {
 
   mutable std::mutex space_mu_;
   std::condition_variable space_cv_;
+  // Moves by kSpaceTick when space may have come free (a frame freed, a
+  // transit ended) and by kWakeTick when a count in transit was undone:
+  // waiters wake on either, a thread deciding to give up looks at the
+  // first only (SpaceMoved).
+  static constexpr uint64_t kSpaceTick = uint64_t{1} << 32;
+  static constexpr uint64_t kWakeTick = 1;
+  static bool SpaceMoved(uint64_t before, uint64_t now) {
+    return (before >> 32) != (now >> 32);
+  }
   std::atomic<uint64_t> space_epoch_{0};
   std::atomic<uint64_t> failures_{0};  // failed write-backs of victims
   absl::Status last_failure_ ABSL_GUARDED_BY(space_mu_);

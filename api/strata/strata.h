@@ -241,10 +241,11 @@ struct EngineOptions {
   ShmTierOptions shm;        // read when `tiers` holds kShm
   // Block size for tensors whose spec leaves it 0: a multiple of 4096.
   uint64_t default_block_bytes = uint64_t{2} << 20;
-  // Sequential readahead: when demand misses of a tensor come in block order,
-  // the engine loads this many blocks ahead of the reader on its mover
-  // thread. -1: automatic (1/8 of the host tier's blocks, at most 32);
-  // 0: off.
+  // Sequential readahead: when demand misses of a tensor come in block order
+  // (up or down), the engine loads this many blocks ahead of the reader, into
+  // the tier of the misses, on its mover thread. -1: automatic (1/8 of that
+  // tier's blocks, at least 1, at most 32); 0: off. Never more than half the
+  // tier's blocks (a tier of one block reads nothing ahead).
   int readahead_blocks = -1;
   // Eviction policy: "default" (frequency-aware; follows "hinted" once
   // steps are recorded, see BeginStep), "lru", "lfu" or "hinted"
