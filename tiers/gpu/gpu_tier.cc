@@ -368,10 +368,13 @@ absl::Status GpuTier::StartOne(Transfer& t) {
     if (t.on_enqueued != nullptr) t.on_enqueued(&t);
   }
   State::Lane& lane = state_->lanes[Index(dir)];
-  {
-    std::lock_guard lock(lane.mu);
-    lane.queue.push_back({&t, event, keep});
-  }
+  // Notified under the lock: once the lane can take the transfer, it may
+  // complete it, the engine see nothing left in flight and destroy the tier
+  // (and this condition variable) before a notify after the unlock ran
+  // (TSan, gpu_tier_test PinAsyncFromNvmeStagesThenDoesNotWaitForTheLastCopy:
+  // a copy submitted from the NVMe tier's completion thread).
+  std::lock_guard lock(lane.mu);
+  lane.queue.push_back({&t, event, keep});
   lane.cv.notify_one();
   return absl::OkStatus();
 }
