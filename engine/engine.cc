@@ -121,6 +121,11 @@ bool CopyHasWaiters(const Engine& engine, const Tensor& tensor, Tier tier,
   return internal::EngineCore::Of(engine).CopyHasWaiters(tensor, tier, block);
 }
 
+bool WaitForBackgroundWork(Engine& engine, absl::Duration limit) {
+  return internal::EngineCore::Of(engine).WaitForBackgroundWork(
+      internal::Clock::now() + absl::ToChronoNanoseconds(limit));
+}
+
 }  // namespace testing
 
 absl::StatusOr<Tensor> Engine::CreateTensor(std::string_view name,

@@ -973,6 +973,12 @@ bool EngineCore::CopyHasWaiters(const Tensor& tensor, Tier tier,
   return Load(ts->copy(pos, block).word).has_waiters();
 }
 
+bool EngineCore::WaitForBackgroundWork(Deadline deadline) {
+  // The mover's jobs start transfers, and finished transfers may queue no
+  // job: the mover first, then the transfers.
+  return mover_->WaitIdle(deadline) && life_.WaitForTransfers(deadline);
+}
+
 // ---------------------------------------------------------------------------
 // Construction and destruction
 

@@ -121,6 +121,7 @@ class EngineCore {
   // Whether a thread waits for the copy of `block` in `tier` to change (a
   // test's way to know that a call it started is parked on that copy).
   bool CopyHasWaiters(const Tensor& tensor, Tier tier, uint64_t block) const;
+  bool WaitForBackgroundWork(Deadline deadline);
 
  private:
   using MaybePin = absl::StatusOr<std::optional<strata::Pin>>;

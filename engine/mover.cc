@@ -85,6 +85,12 @@ void Mover::Pause() {
   cv_.wait(lock, [this] { return !running_; });
 }
 
+bool Mover::WaitIdle(Deadline deadline) {
+  std::unique_lock lock(mu_);
+  return cv_.wait_until(lock, deadline,
+                        [this] { return stop_ || (jobs_.empty() && !running_); });
+}
+
 void Mover::Resume() {
   std::lock_guard lock(mu_);
   paused_ = false;

@@ -60,6 +60,9 @@ class Mover {
   // it looks for live pins); Resume undoes it.
   void Pause();
   void Resume();
+  // Until no job is queued or running, or `deadline` (false then). For
+  // tests (testing::WaitForBackgroundWork).
+  bool WaitIdle(Deadline deadline);
   // Stops the thread; jobs still queued fail their handles
   // (kFailedPrecondition: the engine closed). Idempotent.
   void Stop();

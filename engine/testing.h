@@ -29,6 +29,13 @@ absl::StatusOr<std::unique_ptr<Engine>> OpenWithTiers(
 bool CopyHasWaiters(const Engine& engine, const Tensor& tensor, Tier tier,
                     uint64_t block);
 
+// Waits (up to `limit`) until the engine's background work is done: no
+// mover job queued or running (readahead, prefetch, step plans) and no
+// transfer in flight. For checks of counts that background loads move
+// (a load holds its source pinned until its copy is published). False at
+// the limit.
+bool WaitForBackgroundWork(Engine& engine, absl::Duration limit);
+
 }  // namespace strata::testing
 
 #endif  // STRATA_ENGINE_TESTING_H_

@@ -205,10 +205,13 @@ TEST_P(EngineStressTest, RandomPinsOverFourTimesTheHostTier) {
   const EngineStats s = e->GetStats();
   EXPECT_GT(s.tier(Tier::kHost).evictions, 0u);
   EXPECT_GT(s.tier(Tier::kHost).write_backs, 0u);
+  // Readahead started by the last misses may still hold its sources pinned.
+  ASSERT_TRUE(testing::WaitForBackgroundWork(*e, absl::Seconds(60)));
+  const EngineStats quiet = e->GetStats();
   uint64_t pins = 0;
   for (Tier tier : PinIn()) {
     pins += s.tier(tier).hits + s.tier(tier).misses;
-    EXPECT_EQ(s.tier(tier).pinned_bytes, 0u) << TierName(tier);
+    EXPECT_EQ(quiet.tier(tier).pinned_bytes, 0u) << TierName(tier);
   }
   EXPECT_EQ(pins, static_cast<uint64_t>(kThreads) * kOpsPerThread);
   CheckFinal(*e, t, sh);
