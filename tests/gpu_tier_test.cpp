@@ -404,6 +404,15 @@ class GpuEngineTest : public ::testing::Test {
         << "block " << b << " version " << v << " on the GPU; run tag " << RunTag();
   }
   TierStats Of(Tier tier) { return engine_->GetStats().tier(tier); }
+  // Pins block `b` on the GPU on a thread of its own (the pin may wait for
+  // a frame); `pinned` turns true once it has.
+  std::thread PinOnAThread(const Tensor& t, uint64_t b, std::atomic<bool>& pinned) {
+    return std::thread([this, &t, b, &pinned] {
+      auto pin = engine_->Pin(t, b, Tier::kGpu, Access::kRead);
+      EXPECT_TRUE(pin.ok()) << pin.status();
+      pinned.store(true);
+    });
+  }
 
   test::TempDir dir_;
   std::shared_ptr<FakeGpuDevice> dev_;
@@ -664,11 +673,7 @@ TEST_F(GpuEngineTest, AFrameIsNotReusedBeforeTheUnpinningStreamFinished) {
   // Block 1 needs the only frame: block 0 is evicted, but the copy into
   // its frame waits (on the device) for the kernel.
   std::atomic<bool> pinned{false};
-  std::thread other([&] {
-    auto pin = engine_->Pin(t, 1, Tier::kGpu, Access::kRead);
-    EXPECT_TRUE(pin.ok()) << pin.status();
-    pinned.store(true);
-  });
+  std::thread other = PinOnAThread(t, 1, pinned);
   EXPECT_TRUE(dev_->AwaitWaiters(1, kPatience));
   EXPECT_FALSE(pinned.load());
   EXPECT_EQ(dev_->copies(CopyDir::kHostToDevice), 1u);  // block 0's only
@@ -711,11 +716,7 @@ TEST_P(GpuReleaseAfterTwoStreamsTest, TheFrameWaitsForBoth) {
     EXPECT_FALSE(pin->valid());
   }
   std::atomic<bool> pinned{false};
-  std::thread other([&] {
-    auto pin = engine_->Pin(t, 1, Tier::kGpu, Access::kRead);
-    EXPECT_TRUE(pin.ok()) << pin.status();
-    pinned.store(true);
-  });
+  std::thread other = PinOnAThread(t, 1, pinned);
   EXPECT_TRUE(dev_->AwaitWaiters(1, kPatience));
   dev_->Release(streams[first_done]);  // one reader done: the frame waits on
   EXPECT_FALSE(pinned.load());
