@@ -62,6 +62,11 @@ class FakeGpu {
   intptr_t CreateStream() {
     return reinterpret_cast<intptr_t>(device_->CreateStream());
   }
+  // The stream of the tier's copies into the device (hold it: a copy
+  // still on its way).
+  intptr_t CopyStreamToDevice() {
+    return reinterpret_cast<intptr_t>(device_->copy_stream(CopyDir::kHostToDevice));
+  }
   void Hold(intptr_t s) { device_->Hold(StreamOf(s)); }
   void Release(intptr_t s) { device_->Release(StreamOf(s)); }
   py::bytes Peek(uintptr_t ptr, uint64_t n) {
@@ -170,6 +175,7 @@ PYBIND11_MODULE(_strata_fake_gpu, m) {
       .def(py::init<uint64_t>(), py::arg("total_bytes"))
       .def("capsule", &FakeGpu::Capsule)
       .def("create_stream", &FakeGpu::CreateStream)
+      .def("copy_stream_to_device", &FakeGpu::CopyStreamToDevice)
       .def("hold", &FakeGpu::Hold)
       .def("release", &FakeGpu::Release)
       .def("peek", &FakeGpu::Peek)

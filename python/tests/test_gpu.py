@@ -241,6 +241,23 @@ def test_prefetch_to_the_gpu_makes_pins_hits(gpu):
     assert after["misses"] == before["misses"]
 
 
+def test_an_async_gpu_pin_round_trips(gpu):
+    engine, device = gpu
+    t = engine.create_tensor("a", "uint8", (2 * BLOCK,))
+    write_host(engine, t, 1, 0x3C)
+    stream = device.create_stream()
+    with engine.pin(t, 1, tier="gpu", wait=False) as pin:
+        view = fake_gpu.consume(pin.__dlpack__(stream=stream))
+        pin.synchronize()
+        assert device.peek(view.data, BLOCK) == bytes([0x3C]) * BLOCK
+    view.delete()
+    with engine.pin(t, 1) as host:
+        host.synchronize()  # a host pin's bytes are there: returns at once
+    for wait in (1, None, "no"):
+        with pytest.raises(TypeError, match="wait"):
+            engine.pin(t, 0, tier="gpu", wait=wait)
+
+
 def test_bad_streams_and_numpy_of_a_gpu_pin(gpu):
     engine, _ = gpu
     t = engine.create_tensor("b", "float32", (BLOCK // 4,))
@@ -336,6 +353,26 @@ def test_a_frame_is_not_reused_before_the_consumers_stream_finished(fake, stream
     thread.join()
     assert result == {"ok": True}
     assert kernel.bytes == bytes([7]) * BLOCK  # not block 1's bytes
+
+
+def test_an_async_pin_returns_before_its_copy_and_its_views_wait(fake):
+    engine, dev = fake
+    t = engine.create_tensor("w", "uint8", (BLOCK,))
+    write_host(engine, t, 0, 5)
+    copies = dev.copy_stream_to_device()
+    dev.hold(copies)  # the copy into VRAM is still on its way
+    stream = dev.create_stream()
+    pin = engine.pin(t, 0, tier="gpu", wait=False)  # returns all the same
+    view = fake_gpu.consume(pin.__dlpack__(stream=stream))
+    kernel = dev.read(stream, view.data, BLOCK)
+    assert not kernel.done  # the consumer's stream waits for the copy
+    assert dev.copies_to_device() == 0
+    dev.release(copies)
+    assert kernel.done and kernel.bytes == bytes([5]) * BLOCK
+    pin.synchronize()
+    view.delete()
+    pin.release()
+    assert pinned(engine) == 0
 
 
 def test_two_consumer_streams_both_fence_the_frame(fake):

@@ -90,10 +90,12 @@ void BindEngine(pybind11::module_& m);
 void BindPin(pybind11::module_& m);
 // Pins `block` of `tensor` (GIL released only if the pin may wait) and
 // returns a new strata.Pin; `tensor_obj` is the Python object holding
-// `tensor`.
+// `tensor`. `wait` False: a GPU pin returns once its copy into VRAM is
+// enqueued (Engine::PinAsync); views order their consumers' streams after it.
 pybind11::object PinBlock(const EngineRef& engine, pybind11::object tensor_obj,
                const PyTensor& tensor, pybind11::handle block,
-               pybind11::handle tier, pybind11::handle access);
+               pybind11::handle tier, pybind11::handle access,
+               pybind11::handle wait);
 // The PyTensor inside `h`, or TypeError; one type lookup.
 const PyTensor& AsTensor(pybind11::handle h);
 pybind11::tuple ToTuple(const Dims& dims);

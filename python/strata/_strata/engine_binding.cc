@@ -213,13 +213,14 @@ struct PyEngine {
 
 namespace {
 
-// engine.pin(tensor, block, tier="host", access="r"), a METH_FASTCALL C
+// engine.pin(tensor, block, tier="host", access="r", wait=True), a METH_FASTCALL C
 // function on _Engine rather than a pybind11 method: its dispatcher (the
 // argument casters, a lookup of each C++ type by name) cost more than the
 // pin itself (docs/PERFORMANCE.md, "Python"). The method descriptor makes
 // sure `self` is an _Engine; the PyEngine inside is found through its
 // pybind11 type_info, looked up once.
-constexpr const char* kPinArgs[] = {"tensor", "block", "tier", "access"};
+constexpr const char* kPinArgs[] = {"tensor", "block", "tier", "access", "wait"};
+constexpr int kPinArgCount = 5;
 
 PyObject* EnginePin(PyObject* self, PyObject* const* args, Py_ssize_t nargs,
                     PyObject* kwnames) {
@@ -227,11 +228,12 @@ PyObject* EnginePin(PyObject* self, PyObject* const* args, Py_ssize_t nargs,
       py::detail::get_type_info(typeid(PyEngine));
   static PyObject* const default_tier = PyUnicode_InternFromString("host");
   static PyObject* const default_access = PyUnicode_InternFromString("r");
-  PyObject* values[4] = {nullptr, nullptr, default_tier, default_access};
-  bool given[4] = {false, false, false, false};
-  if (nargs > 4) {
+  PyObject* values[kPinArgCount] = {nullptr, nullptr, default_tier, default_access,
+                                    Py_True};
+  bool given[kPinArgCount] = {};
+  if (nargs > kPinArgCount) {
     PyErr_Format(PyExc_TypeError,
-                 "pin() takes at most 4 arguments (%zd given)", nargs);
+                 "pin() takes at most %d arguments (%zd given)", kPinArgCount, nargs);
     return nullptr;
   }
   for (Py_ssize_t i = 0; i < nargs; ++i) {
@@ -242,8 +244,8 @@ PyObject* EnginePin(PyObject* self, PyObject* const* args, Py_ssize_t nargs,
   for (Py_ssize_t k = 0; k < nkw; ++k) {
     PyObject* name = PyTuple_GET_ITEM(kwnames, k);
     int i = 0;
-    while (i < 4 && PyUnicode_CompareWithASCIIString(name, kPinArgs[i]) != 0) ++i;
-    if (i == 4) {
+    while (i < kPinArgCount && PyUnicode_CompareWithASCIIString(name, kPinArgs[i]) != 0) ++i;
+    if (i == kPinArgCount) {
       PyErr_Format(PyExc_TypeError,
                    "pin() got an unexpected keyword argument '%U'", name);
       return nullptr;
@@ -277,7 +279,7 @@ PyObject* EnginePin(PyObject* self, PyObject* const* args, Py_ssize_t nargs,
     py::handle tensor(values[0]);
     const PyTensor& t = engine.Own(AsTensor(tensor));
     return PinBlock(engine.ref, py::reinterpret_borrow<py::object>(tensor), t,
-                    values[1], values[2], values[3])
+                    values[1], values[2], values[3], values[4])
         .release()
         .ptr();
   } catch (...) {

@@ -316,6 +316,23 @@ PyObject* PinNumPy(PyObject* self, PyObject*) {
   }
 }
 
+// Blocks (without the GIL) until a GPU pin's copy into VRAM finished, and
+// raises its error; at once for other pins (their bytes are there).
+PyObject* PinSynchronize(PyObject* self, PyObject*) {
+  PinState* state = LiveOrSetError(self, "synchronize()");
+  if (state == nullptr) return nullptr;
+  if (Self(self).tier != Tier::kGpu) Py_RETURN_NONE;
+  absl::Status s;
+  Py_BEGIN_ALLOW_THREADS
+  s = state->pin.Synchronize();
+  Py_END_ALLOW_THREADS
+  if (!s.ok()) {
+    SetError(s);
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
 PyObject* PinRelease(PyObject* self, PyObject*) {
   if (LiveOrSetError(self, "release()") == nullptr) return nullptr;
   Self(self).state.reset();  // unpins now unless a view still holds the block
@@ -381,6 +398,9 @@ PyMethodDef pin_methods[] = {
     {"numpy", &PinNumPy, METH_NOARGS,
      "A NumPy view of the block: writable for write pins, read-only for read "
      "pins; it keeps the block pinned while it lives. Host pins only."},
+    {"synchronize", &PinSynchronize, METH_NOARGS,
+     "Waits until a GPU pin's copy into VRAM finished (a pin made with "
+     "wait=False) and raises its error; returns at once for other pins."},
     {"release", &PinRelease, METH_NOARGS,
      "Ends this pin; the block is unpinned once no view of it is left. A "
      "second call raises FailedPreconditionError."},
@@ -420,10 +440,14 @@ PyTypeObject pin_type = [] {
 
 py::object PinBlock(const EngineRef& engine, py::object tensor_obj,
                     const PyTensor& tensor, py::handle block, py::handle tier,
-                    py::handle access) {
+                    py::handle access, py::handle wait) {
   const uint64_t b = ParseIndex(block, "block");
   const Tier t = ParseTier(tier, "tier");
   const Access a = ParseAccess(access);
+  if (!PyBool_Check(wait.ptr())) {
+    throw py::type_error("pin(): wait must be True or False");
+  }
+  const bool async = wait.ptr() == Py_False;
   const Tensor& handle = tensor.tensor;
   auto state = std::make_shared<PinState>();
   state->engine = engine;
@@ -440,7 +464,8 @@ py::object PinBlock(const EngineRef& engine, py::object tensor_obj,
       pin = std::move(hit).status();
     } else {
       py::gil_scoped_release release;
-      pin = engine->engine->Pin(handle, b, t, a);
+      pin = async ? engine->engine->PinAsync(handle, b, t, a)
+                  : engine->engine->Pin(handle, b, t, a);
     }
     state->pin = ValueOrThrow(std::move(pin));
   }
