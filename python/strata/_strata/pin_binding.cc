@@ -319,12 +319,14 @@ PyObject* PinNumPy(PyObject* self, PyObject*) {
 // Blocks (without the GIL) until a GPU pin's copy into VRAM finished, and
 // raises its error; at once for other pins (their bytes are there).
 PyObject* PinSynchronize(PyObject* self, PyObject*) {
-  PinState* state = LiveOrSetError(self, "synchronize()");
-  if (state == nullptr) return nullptr;
+  if (LiveOrSetError(self, "synchronize()") == nullptr) return nullptr;
   if (Self(self).tier != Tier::kGpu) Py_RETURN_NONE;
+  // Another thread may release the pin while this one waits without the
+  // GIL: the wait holds the state itself.
+  const std::shared_ptr<PinState> keep = Self(self).state;
   absl::Status s;
   Py_BEGIN_ALLOW_THREADS
-  s = state->pin.Synchronize();
+  s = keep->pin.Synchronize();
   Py_END_ALLOW_THREADS
   if (!s.ok()) {
     SetError(s);
