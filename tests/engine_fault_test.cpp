@@ -530,8 +530,14 @@ class EngineCorruptionTest : public ::testing::Test {
   // hears of accesses through per-thread logs it drains in batches, so its
   // order is not exact (once, under ASan, one block of "a" stayed and
   // CheckAll counted one miss short). Another round of filler then.
+  // A load's pin returns once its copy is published, and the copy enters
+  // the policy only when the load finishes on the completion thread: on a
+  // loaded machine every round of filler could pass before, and the last
+  // block CheckAll loaded stayed through all of them (CI under ASan, block
+  // 15, twice). So each round waits for the loads in flight first.
   void EvictA() {
     for (int round = 0; round < 4; ++round) {
+      ASSERT_TRUE(testing::WaitForBackgroundWork(*engine_, absl::Seconds(30)));
       for (uint64_t b = 0; b < filler_.num_blocks(); ++b) {
         ASSERT_OK(engine_->Pin(filler_, b, Tier::kHost, Access::kRead));
       }

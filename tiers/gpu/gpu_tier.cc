@@ -399,7 +399,11 @@ void GpuTier::RunLane(int index) {
         std::lock_guard lock(state_->mu);
         auto r = state_->ready.find(p.transfer->frame.offset);
         if (r != state_->ready.end() && r->second.event == p.event) {
-          r->second.status = s;
+          // A Status of its own, not a second reference to the one the
+          // transfer hands the loader: its refcount would be shared by
+          // threads that no lock orders (TSan: the loader's copy against
+          // DoFree's erase).
+          r->second.status = absl::Status(s.code(), s.message());
         }
       }
     } else {
