@@ -67,30 +67,31 @@ std::string OptPath(py::handle v, const std::string& key) {
   return path.cast<std::string>();
 }
 
-absl::Duration OptSeconds(py::handle v, const std::string& key) {
+// An int or float (not a bool) as a double; BadOption with `what` else.
+double OptNumber(py::handle v, const std::string& key, const char* what) {
   if (PyBool_Check(v.ptr()) ||
       !(PyLong_Check(v.ptr()) || PyFloat_Check(v.ptr()))) {
-    BadOption(key, "must be a number of seconds");
+    BadOption(key, what);
   }
-  const double s = PyFloat_AsDouble(v.ptr());
-  if (PyErr_Occurred() || !std::isfinite(s) || s <= 0 || s > 1e9) {
+  const double x = PyFloat_AsDouble(v.ptr());
+  if (PyErr_Occurred()) {
     PyErr_Clear();
+    BadOption(key, what);
+  }
+  return x;
+}
+
+absl::Duration OptSeconds(py::handle v, const std::string& key) {
+  const double s = OptNumber(v, key, "must be a number of seconds");
+  if (!std::isfinite(s) || s <= 0 || s > 1e9) {
     BadOption(key, "must be a positive, finite number of seconds");
   }
   return absl::Seconds(s);
 }
 
 double OptFraction(py::handle v, const std::string& key) {
-  if (PyBool_Check(v.ptr()) ||
-      !(PyLong_Check(v.ptr()) || PyFloat_Check(v.ptr()))) {
-    BadOption(key, "must be a number in (0, 1]");
-  }
-  const double x = PyFloat_AsDouble(v.ptr());
-  if (PyErr_Occurred()) {
-    PyErr_Clear();
-    BadOption(key, "must be a number in (0, 1]");
-  }
-  return x;  // Engine.Open checks the range and names the keyword
+  // Engine.Open checks the range and names the keyword.
+  return OptNumber(v, key, "must be a number in (0, 1]");
 }
 
 std::vector<Tier> OptTiers(py::handle v, const std::string& key) {
