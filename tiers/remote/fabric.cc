@@ -76,9 +76,15 @@ absl::Status Fabric::Init(const Config& config) {
   if ((r = fi_domain(fabric_, info_, &domain_, nullptr)) != 0) return FiError(r, "fi_domain");
   fi_cq_attr cq_attr{};
   cq_attr.format = FI_CQ_FORMAT_MSG;
-  cq_attr.wait_obj = FI_WAIT_NONE;
+  cq_attr.wait_obj = config.wait_in_kernel ? FI_WAIT_UNSPEC : FI_WAIT_NONE;
   cq_attr.size = 1024;
-  if ((r = fi_cq_open(domain_, &cq_attr, &cq_, nullptr)) != 0) return FiError(r, "fi_cq_open");
+  r = fi_cq_open(domain_, &cq_attr, &cq_, nullptr);
+  if (r != 0 && config.wait_in_kernel) {  // no wait object here: spin
+    cq_attr.wait_obj = FI_WAIT_NONE;
+    r = fi_cq_open(domain_, &cq_attr, &cq_, nullptr);
+  }
+  if (r != 0) return FiError(r, "fi_cq_open");
+  wait_in_kernel_ = cq_attr.wait_obj != FI_WAIT_NONE;
   fi_av_attr av_attr{};
   av_attr.type = FI_AV_MAP;
   if ((r = fi_av_open(domain_, &av_attr, &av_, nullptr)) != 0) return FiError(r, "fi_av_open");
@@ -152,6 +158,10 @@ void Fabric::CloseEndpoint() {
   ep_ = nullptr;
 }
 
+void Fabric::Wake() {
+  if (wait_in_kernel_) (void)fi_cq_signal(cq_);
+}
+
 void Fabric::Remove(fi_addr_t peer) { (void)fi_av_remove(av_, &peer, 1, 0); }
 
 absl::StatusOr<Fabric::Region> Fabric::Register(void* base, size_t bytes,
@@ -218,7 +228,14 @@ int Fabric::Poll(Op** out, int max, int timeout_ms) {
     return 0;
   }
   for (int spins = 0;; ++spins) {
-    const ssize_t n = fi_cq_read(cq_, entries, static_cast<size_t>(max));
+    const int wait_ms = static_cast<int>(std::chrono::ceil<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now()).count());
+    // fi_cq_sread drives the provider's progress too, and sleeps on its
+    // sockets (or device) until something completes.
+    const ssize_t n =
+        wait_in_kernel_ && timeout_ms > 0 && wait_ms > 0
+            ? fi_cq_sread(cq_, entries, static_cast<size_t>(max), nullptr, wait_ms)
+            : fi_cq_read(cq_, entries, static_cast<size_t>(max));
     if (n > 0) {
       for (ssize_t i = 0; i < n; ++i) {
         Op* op = static_cast<Op*>(entries[i].op_context);

@@ -44,6 +44,12 @@ class Fabric {
     std::string node;
     std::string service;
     bool listen = false;
+    // Poll with a timeout waits in the kernel (the completion queue's wait
+    // object, fi_cq_sread) instead of spinning. For a thread that only
+    // waits for completions (the remote tier's progress thread): on a
+    // software provider it leaves the CPU to the threads that post and to
+    // the peer. Where the provider has no wait object, Poll spins.
+    bool wait_in_kernel = false;
   };
   // One operation in flight. Embed it first in the caller's own record.
   struct Op {
@@ -107,6 +113,12 @@ class Fabric {
   // first one (0: do not wait). Also drives the provider's progress. After
   // CloseEndpoint, none (call it from the thread that closed).
   int Poll(Op** out, int max, int timeout_ms);
+  // Ends a Poll that sleeps in the kernel now (another thread has work for
+  // the polling one). Does nothing where Poll spins.
+  void Wake();
+  // Whether Poll's waits sleep in the kernel (Config::wait_in_kernel, and
+  // the provider has a wait object).
+  bool waits_in_kernel() const { return wait_in_kernel_; }
 
  private:
   Fabric() = default;
@@ -123,6 +135,7 @@ class Fabric {
   bool virt_addr_ = false;
   bool mr_local_ = false;
   bool prov_key_ = false;
+  bool wait_in_kernel_ = false;
 };
 
 }  // namespace strata::tiers::remote

@@ -351,14 +351,19 @@ absl::Status RemoteLink::Post(RemoteOp& op) {
 void RemoteLink::Progress() {
   Fabric::Op* done[16];
   while (!stop_.load(std::memory_order_relaxed)) {
-    // While transfers are in flight, poll without napping: the provider
-    // moves their bytes only inside this call.
+    // The provider moves the bytes of transfers in flight only inside this
+    // call. Where it can sleep on its sockets until they move, it waits
+    // there (1 ms at most, for the timeouts below); else it polls without
+    // napping while transfers are in flight. Spinning costs a core the
+    // posting thread and a loopback peer need: BM_RemotePut1M/strata, see
+    // docs/PERFORMANCE.md.
     bool busy;
     {
       std::lock_guard lock(inflight_mu_);
       busy = !inflight_.empty();
     }
-    const int n = fabric_->Poll(done, 16, busy ? 0 : 5);
+    const int wait_ms = !busy ? 5 : fabric_->waits_in_kernel() ? 1 : 0;
+    const int n = fabric_->Poll(done, 16, wait_ms);
     CheckTimeouts();
     if (!unposted_.empty()) Repost(nullptr);
     for (int i = 0; i < n; ++i) Dispatch(static_cast<RemoteOp*>(done[i]), true);
@@ -395,6 +400,7 @@ void RemoteLink::Dispatch(RemoteOp* op, bool progress) {
           std::lock_guard lock(reason_mu_);
           if (fence_asked_.ok()) fence_asked_ = why;
           fence_pending_.store(true, std::memory_order_release);
+          fabric_->Wake();
         }
       } else if (op->transfer->op == Transfer::Op::kRead &&
                  op->transfer->host.size() >= kVerifyAside) {
@@ -417,6 +423,7 @@ void RemoteLink::Dispatch(RemoteOp* op, bool progress) {
         std::lock_guard lock(handoff_mu_);
         handoff_.push_back(op);
         handed_.store(true, std::memory_order_release);
+        fabric_->Wake();
       }
       break;
   }
@@ -649,7 +656,8 @@ absl::StatusOr<std::unique_ptr<RemoteLink>> OpenLink(const RemoteConfig& config,
   const std::string host = config.server.substr(0, colon);
   const std::string service = config.server.substr(colon + 1);
   absl::StatusOr<std::unique_ptr<Fabric>> fabric =
-      Fabric::Open({.provider = config.provider, .node = host, .service = service});
+      Fabric::Open({.provider = config.provider, .node = host, .service = service,
+                    .wait_in_kernel = true});
   if (!fabric.ok()) return fabric.status();
   absl::StatusOr<fi_addr_t> server = (*fabric)->Resolve(host, service);
   if (!server.ok()) return server.status();
