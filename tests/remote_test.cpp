@@ -755,6 +755,59 @@ TEST(RemoteTierTest, ReplicationCopiesAgainAfterALossAndSurvivesASecond) {
 // A raw fabric client: garbage, requests without a session, a reply sent
 // as a request; then RMA past its own allocation. The server survives all
 // of it, and RMA outside an allocation fails.
+// The progress thread's wait: Poll sleeps in the kernel (fi_cq_sread) where
+// the provider has a wait object, a message still arrives through that
+// wait, and Wake ends it early (a driving thread handing work over).
+TEST(RemoteFabricTest, AWaitInTheKernelDeliversAndWakeEndsIt) {
+  ASSERT_OK_AND_ASSIGN(auto listener,
+                       remote::Fabric::Open({.node = "127.0.0.1", .service = "0",
+                                             .listen = true, .wait_in_kernel = true}));
+  if (!listener->waits_in_kernel()) GTEST_SKIP() << "provider without a wait object";
+  const std::string addr = listener->DescribeAddress();
+  const std::string host = addr.substr(0, addr.rfind(':'));
+  const std::string port = addr.substr(addr.rfind(':') + 1);
+  ASSERT_OK_AND_ASSIGN(auto sender, remote::Fabric::Open({.node = host, .service = port}));
+  ASSERT_OK_AND_ASSIGN(fi_addr_t peer, sender->Resolve(host, port));
+
+  std::vector<std::byte> in(64), out(64, std::byte{42});
+  remote::Fabric::Op recv, send;
+  ASSERT_OK(listener->PostRecv(in.data(), in.size(), &recv));
+  std::atomic<int> received{-1};
+  std::thread waiter([&] {
+    remote::Fabric::Op* done[1];
+    received = listener->Poll(done, 1, 60'000);
+  });
+  absl::Status posted;
+  remote::Fabric::Op* done[1];
+  for (int i = 0; i < 2000; ++i) {  // the first send waits for the connection
+    posted = sender->Send(out.data(), out.size(), nullptr, peer, &send);
+    if (!absl::IsResourceExhausted(posted)) break;
+    (void)sender->Poll(done, 1, 5);
+  }
+  ASSERT_OK(posted);
+  int sent = 0;
+  for (int i = 0; i < 2000 && sent == 0; ++i) sent = sender->Poll(done, 1, 5);
+  waiter.join();
+  ASSERT_EQ(received.load(), 1) << "the message did not arrive through the wait";
+  EXPECT_EQ(recv.length, out.size());
+  EXPECT_EQ(in, out);
+
+  // Nothing more comes: Wake, not the 60 s, ends the next wait.
+  std::atomic<bool> ended{false};
+  const auto start = std::chrono::steady_clock::now();
+  std::thread sleeper([&] {
+    remote::Fabric::Op* none[1];
+    (void)listener->Poll(none, 1, 60'000);
+    ended = true;
+  });
+  while (!ended && std::chrono::steady_clock::now() - start < std::chrono::seconds(30)) {
+    listener->Wake();  // again and again: the sleeper may not be waiting yet
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(ended.load()) << "Wake did not end a wait in the kernel";
+  sleeper.join();
+}
+
 TEST(RemoteTierTest, ServerSurvivesGarbageAndConfinesRma) {
   Blockd server(16 * kMiB);
   REQUIRE_SERVER(server);

@@ -227,14 +227,16 @@ int Fabric::Poll(Op** out, int max, int timeout_ms) {
     std::this_thread::sleep_for(std::chrono::milliseconds(timeout_ms));
     return 0;
   }
+  // fi_cq_sread drives the provider's progress too, and sleeps on its
+  // sockets (or device) until something completes, the time is up or Wake.
+  const bool sleep = wait_in_kernel_ && timeout_ms > 0;
   for (int spins = 0;; ++spins) {
-    const int wait_ms = static_cast<int>(std::chrono::ceil<std::chrono::milliseconds>(
-        deadline - std::chrono::steady_clock::now()).count());
-    // fi_cq_sread drives the provider's progress too, and sleeps on its
-    // sockets (or device) until something completes.
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
     const ssize_t n =
-        wait_in_kernel_ && timeout_ms > 0 && wait_ms > 0
-            ? fi_cq_sread(cq_, entries, static_cast<size_t>(max), nullptr, wait_ms)
+        sleep && left.count() > 0
+            ? fi_cq_sread(cq_, entries, static_cast<size_t>(max), nullptr,
+                          static_cast<int>(left.count()))
             : fi_cq_read(cq_, entries, static_cast<size_t>(max));
     if (n > 0) {
       for (ssize_t i = 0; i < n; ++i) {
@@ -258,7 +260,9 @@ int Fabric::Poll(Op** out, int max, int timeout_ms) {
       }
       continue;
     }
-    if (std::chrono::steady_clock::now() >= deadline) return 0;
+    // A wait in the kernel that ended without a completion: the time is
+    // up, or Wake.
+    if (sleep || std::chrono::steady_clock::now() >= deadline) return 0;
     // The tcp provider progresses in this call: spin briefly, then nap.
     if (spins > 64) std::this_thread::sleep_for(std::chrono::microseconds(50));
   }
