@@ -13,16 +13,21 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <mutex>
 #include <random>
+#include <set>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "api/strata/strata.h"
 #include "engine/testing.h"
 #include "gtest/gtest.h"
@@ -107,30 +112,118 @@ TEST(RemoteProtocolTest, MalformedMessagesAreErrors) {
                 StatusCode::kInvalidArgument);
 }
 
-// Mutations of valid messages (bit flips, truncations, splices of random
-// bytes): Decode returns an error or a message that encodes back to a
-// message it decodes again, never crashes (ASan/UBSan in CI).
+// What Decode makes of `bytes`: "accepts", or the status code's name.
+std::string Outcome(std::span<const std::byte> bytes) {
+  absl::StatusOr<remote::Message> m = remote::Decode(bytes);
+  return m.ok() ? "accepts" : absl::StatusCodeToString(m.status().code());
+}
+
+// A corpus file: "# OUTCOME: note" then the message as hex bytes.
+struct CorpusEntry {
+  std::string path, expected;
+  std::vector<std::byte> bytes;
+};
+
+std::vector<CorpusEntry> ReadCorpus(const std::string& dir) {
+  std::vector<CorpusEntry> entries;
+  for (const auto& file : std::filesystem::directory_iterator(dir)) {
+    CorpusEntry e{.path = file.path().string()};
+    std::ifstream in(file.path());
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.rfind("# ", 0) == 0) {
+        const size_t colon = line.find(':');
+        if (e.expected.empty()) {
+          e.expected = line.substr(2, colon == std::string::npos ? std::string::npos : colon - 2);
+        }
+        continue;
+      }
+      std::istringstream hex(line);
+      unsigned byte = 0;
+      while (hex >> std::hex >> byte) e.bytes.push_back(std::byte(byte));
+    }
+    entries.push_back(std::move(e));
+  }
+  return entries;
+}
+
+void WriteCorpusEntry(const std::string& path, std::span<const std::byte> bytes,
+                      const absl::Status& status) {
+  std::ofstream out(path);
+  out << "# " << (status.ok() ? "accepts" : absl::StatusCodeToString(status.code()))
+      << ": " << (status.ok() ? "a message that encodes back" : status.message()) << "\n";
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    char hex[4];
+    std::snprintf(hex, sizeof hex, "%02x", static_cast<unsigned>(bytes[i]));
+    out << hex << ((i + 1) % 24 == 0 || i + 1 == bytes.size() ? "\n" : " ");
+  }
+}
+
+// The corpus kept in tests/remote_corpus (STRATA_REMOTE_CORPUS, set by meson
+// test): valid messages of every type and the inputs that reached each of
+// Decode's refusals. Each decodes as its file says.
+TEST(RemoteProtocolTest, CorpusDecodesAsRecorded) {
+  const char* dir = std::getenv("STRATA_REMOTE_CORPUS");
+  if (dir == nullptr) GTEST_SKIP() << "STRATA_REMOTE_CORPUS is not set (meson test sets it)";
+  const std::vector<CorpusEntry> corpus = ReadCorpus(dir);
+  ASSERT_FALSE(corpus.empty()) << "no corpus in " << dir;
+  int accepted = 0;
+  for (const CorpusEntry& e : corpus) {
+    EXPECT_EQ(Outcome(e.bytes), e.expected) << e.path;
+    accepted += e.expected == "accepts";
+  }
+  EXPECT_GT(accepted, 0) << "the corpus has no valid message";
+  EXPECT_LT(accepted, static_cast<int>(corpus.size())) << "the corpus has no refusal";
+}
+
+// Mutations of valid messages and of the corpus (bit flips, truncations,
+// splices of random bytes): Decode returns an error or a message that
+// encodes back to a message it decodes again, never crashes (ASan/UBSan in
+// CI). STRATA_REMOTE_CORPUS_SAVE=DIR writes the first input of each distinct
+// outcome there (how tests/remote_corpus was made).
 TEST(RemoteProtocolTest, FuzzedMessagesNeverCrash) {
   std::mt19937_64 rng(20261130);
-  const std::vector<remote::Message> samples = Samples();
+  std::vector<std::vector<std::byte>> seeds;
+  for (const remote::Message& m : Samples()) seeds.push_back(remote::Encode(m));
+  if (const char* dir = std::getenv("STRATA_REMOTE_CORPUS")) {
+    for (CorpusEntry& e : ReadCorpus(dir)) seeds.push_back(std::move(e.bytes));
+  }
+  const char* save = std::getenv("STRATA_REMOTE_CORPUS_SAVE");
+  std::set<std::string> outcomes;
   int accepted = 0;
   // STRATA_FUZZ_ITERATIONS runs it longer (minutes under ASan, by hand).
   const char* env = std::getenv("STRATA_FUZZ_ITERATIONS");
   const long iterations = env != nullptr ? std::atol(env) : 200000;
   for (long i = 0; i < iterations; ++i) {
-    std::vector<std::byte> b = remote::Encode(samples[rng() % samples.size()]);
+    std::vector<std::byte> b = seeds[rng() % seeds.size()];
     const int edits = 1 + static_cast<int>(rng() % 4);
-    for (int e = 0; e < edits; ++e) {
+    for (int e = 0; e < edits && !b.empty(); ++e) {
       switch (rng() % 4) {
         case 0: b[rng() % b.size()] ^= std::byte(1u << (rng() % 8)); break;
         case 1: b.resize(rng() % (b.size() + 1)); break;
         case 2: b.insert(b.begin() + static_cast<long>(rng() % (b.size() + 1)),
                          std::byte(rng())); break;
-        case 3: if (!b.empty()) b[rng() % b.size()] = std::byte(rng()); break;
+        case 3: b[rng() % b.size()] = std::byte(rng()); break;
       }
-      if (b.empty()) break;
     }
     absl::StatusOr<remote::Message> m = remote::Decode(b);
+    if (save != nullptr) {
+      // One file per valid type and per refusal text with its numbers
+      // taken out (one per check in Decode, not one per length).
+      std::string key;
+      if (m.ok()) {
+        key = absl::StrCat("accepts type ", static_cast<int>(m->type));
+      } else {
+        for (char c : m.status().message()) {
+          const bool digit = c >= '0' && c <= '9';
+          if (!digit || key.empty() || key.back() != '#') key.push_back(digit ? '#' : c);
+        }
+      }
+      if (outcomes.insert(key).second) {
+        WriteCorpusEntry(absl::StrCat(save, "/fuzz-", outcomes.size(), ".hex"), b,
+                         m.status());
+      }
+    }
     if (!m.ok()) continue;
     ++accepted;
     ASSERT_TRUE(remote::Decode(remote::Encode(*m)).ok()) << "iteration " << i;
