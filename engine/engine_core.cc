@@ -456,8 +456,13 @@ absl::StatusOr<strata::Pin> EngineCore::PinSlow(const Tensor& tensor,
   const Deadline deadline =
       Clock::now() + absl::ToChronoNanoseconds(options_.pin_wait_timeout);
   CopySlot& slot = ts.copy(pos, block);
-  for (;;) {
+  for (uint64_t round = 0;; ++round) {
     STRATA_RETURN_IF_ERROR(Interrupted(parts_, ts));
+    // Each round either pins, waits (bounded by `deadline`) or retries
+    // after the copy changed under it. A copy that keeps changing (loaded,
+    // then gone before this pin could take it) must not keep a pin here
+    // for ever: the whole pin is bounded by pin_wait_timeout.
+    if (round > 0 && Clock::now() >= deadline) return PinTimedOut(ts, block, pos, round);
     const uint64_t w = slot.word.load(std::memory_order_acquire);
     MaybePin pin;
     switch (S(w).state()) {
@@ -477,6 +482,16 @@ absl::StatusOr<strata::Pin> EngineCore::PinSlow(const Tensor& tensor,
     if (!pin.ok()) return pin.status();
     if (pin->has_value()) return std::move(**pin);
   }
+}
+
+absl::Status EngineCore::PinTimedOut(const TensorState& ts, uint64_t block,
+                                     int pos, uint64_t rounds) const {
+  return absl::DeadlineExceededError(absl::StrCat(
+      BlockName(ts, block), " could not be pinned in tier ",
+      Sv(TierName(kind_of_[pos])), " within EngineOptions::pin_wait_timeout (",
+      absl::FormatDuration(options_.pin_wait_timeout), "): its copy there changed ",
+      rounds, " times before this pin could take it (loaded, then evicted or "
+      "dropped by other threads); raise the tier's capacity or pin_wait_timeout"));
 }
 
 EngineCore::MaybePin EngineCore::PinResident(TensorState& ts, uint64_t block,

@@ -164,6 +164,9 @@ class EngineCore {
                                       int pos, Access access,
                                       ThreadState& thread, int64_t start_ns,
                                       bool async = false);
+  // A pin whose copy kept changing until its deadline.
+  absl::Status PinTimedOut(const TensorState& ts, uint64_t block, int pos,
+                           uint64_t rounds) const;
   // `async`: PinAsync's read pin of a GPU copy, granted while the copy is in
   // flight.
   MaybePin PinResident(TensorState& ts, uint64_t block, int pos, Access access,
