@@ -57,9 +57,20 @@ std::shared_ptr<Loader::Op> Loader::Start(
   std::shared_ptr<Op> op = StartLoad(std::move(ts), block, pos, want, speculative,
                                      std::move(prefetch), deadline, batch, early);
   // The copy is on its way: the reserve is refilled while the device works
-  // (with a batch, by its owner once the batch is submitted).
-  if (batch == nullptr) parts_.tier(pos).RefillReserve(1);
+  // (with a batch, by its owner once the batch is submitted). Not when the
+  // copy is already here, published unpinned for a pin that waits to make
+  // it the block's only copy (a write while another copy is current): the
+  // refill could evict just that copy, and the pin would load it again,
+  // for ever when every other frame of the tier is pinned (chain_test
+  // AWritePinIsNotEvictedByItsOwnLoadsRefill). The next allocation refills.
+  if (batch == nullptr && !AwaitsSole(*op)) parts_.tier(pos).RefillReserve(1);
   return op;
+}
+
+bool Loader::AwaitsSole(Op& op) {
+  std::lock_guard lock(op.mu);
+  return op.done && op.status.ok() && op.owner_waiting && !op.granted &&
+         op.want != Want::kRead;
 }
 
 std::shared_ptr<Loader::Op> Loader::StartLoad(

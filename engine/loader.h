@@ -103,6 +103,9 @@ class Loader {
   // A shared tensor's private copy: its bytes come from the node segment.
   void StartShared(const std::shared_ptr<Op>& op, CopyBatch* batch);
   bool PublishOverwrite(Op& op);
+  // Whether `op` is done and its copy waits, unpinned, for its owner's write
+  // pin to make it the block's only copy (MakeSoleAndPin).
+  static bool AwaitsSole(Op& op);
   static void OnCopied(void* user, const CopyResult& result);
   // The copy into a device frame is enqueued: an early load publishes it.
   static void OnEnqueued(void* user);

@@ -333,6 +333,43 @@ TEST_F(ChainTest, WritePinWaitsForReadPinsInAnotherTier) {
   Expect(e, t, 0, 2, Tier::kShm);
 }
 
+// A write pin in a tier where another copy is current loads its copy,
+// which is published unpinned (the write waits until the other copies are
+// dropped: MakeSoleAndPin). The load's refill of the tier's reserve must not
+// evict that copy: with every other frame of the tier pinned it is the only
+// victim, and the pin loaded it again and again for ever (seen once in
+// engine_stress_test's HostShmRemoteNvme chain; here made certain).
+TEST_F(ChainTest, AWritePinIsNotEvictedByItsOwnLoadsRefill) {
+  EngineOptions base;
+  base.pin_wait_timeout = absl::Seconds(5);
+  ASSERT_OK_AND_ASSIGN(
+      Chain c, OpenChain(Nvme(), {Tier::kHost, Tier::kShm, Tier::kNvme}, 8, 2,
+                         /*asynchronous=*/false, base));
+  Engine& e = *c.engine;
+  ASSERT_OK_AND_ASSIGN(Tensor t, e.CreateTensor("t", Blocks(4)));
+  for (uint64_t b = 0; b < 4; ++b) Write(e, t, b, 1);  // current in host
+  // Fill the two shm frames, then pin block 1 there and keep it: the tier
+  // is under pressure, and its only other frame is the write's.
+  Expect(e, t, 2, 1, Tier::kShm);
+  Expect(e, t, 3, 1, Tier::kShm);
+  ASSERT_OK_AND_ASSIGN(Pin held, e.Pin(t, 1, Tier::kShm, Access::kRead));
+  const TierStats before = e.GetStats().tier(Tier::kShm);
+  {
+    auto pin = e.Pin(t, 0, Tier::kShm, Access::kWrite);
+    ASSERT_TRUE(pin.ok()) << pin.status();
+    EXPECT_EQ(FirstPatternMismatch(pin->bytes(), Seed(1, 0, 1)), -1);
+    FillPattern(pin->bytes(), Seed(1, 0, 2));
+  }
+  const TierStats after = e.GetStats().tier(Tier::kShm);
+  // One load into shm: the copy the write waited for was not evicted and
+  // loaded again (before the fix: two loads here, and no end of them when
+  // the tier's policy kept choosing that copy).
+  EXPECT_EQ(after.bytes_in - before.bytes_in, kBlock);
+  held = Pin();
+  Expect(e, t, 0, 2, Tier::kHost);
+  Expect(e, t, 1, 1, Tier::kHost);
+}
+
 // A prefetch loads its blocks in one batch. A block whose source it must
 // wait for (here: write-pinned in another tier) must not hold back the
 // loads already gathered: they hold their sources pinned and their target
