@@ -231,13 +231,16 @@ int Fabric::Poll(Op** out, int max, int timeout_ms) {
   // sockets (or device) until something completes, the time is up or Wake.
   const bool sleep = wait_in_kernel_ && timeout_ms > 0;
   for (int spins = 0;; ++spins) {
-    const auto left = std::chrono::ceil<std::chrono::milliseconds>(
-        deadline - std::chrono::steady_clock::now());
+    // The clock only where a wait needs it: a driving pinner polls with no
+    // timeout, in a loop.
+    const int64_t left_ms =
+        sleep ? std::chrono::ceil<std::chrono::milliseconds>(
+                    deadline - std::chrono::steady_clock::now()).count()
+              : 0;
     const ssize_t n =
-        sleep && left.count() > 0
-            ? fi_cq_sread(cq_, entries, static_cast<size_t>(max), nullptr,
-                          static_cast<int>(left.count()))
-            : fi_cq_read(cq_, entries, static_cast<size_t>(max));
+        left_ms > 0 ? fi_cq_sread(cq_, entries, static_cast<size_t>(max), nullptr,
+                                  static_cast<int>(left_ms))
+                    : fi_cq_read(cq_, entries, static_cast<size_t>(max));
     if (n > 0) {
       for (ssize_t i = 0; i < n; ++i) {
         Op* op = static_cast<Op*>(entries[i].op_context);
