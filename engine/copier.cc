@@ -37,6 +37,7 @@ void CopyBatch::Add(const CopyJob& job) {
     t.frame = job.src_frame;
     t.host = {job.dst_frame.data, job.bytes};
     t.checksum = job.src_checksum;
+    t.caller_drives = job.caller_drives;
     x->first_pos = job.src;
   } else {
     x->staging = chain_->staging().Get(job.bytes);
@@ -53,6 +54,7 @@ void CopyBatch::Add(const CopyJob& job) {
     t.frame = job.src_frame;
     t.host = {x->staging, job.bytes};
     t.checksum = job.src_checksum;
+    t.caller_drives = job.caller_drives;
     x->first_pos = job.src;
     x->second_pos = job.dst;
   }

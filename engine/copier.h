@@ -50,6 +50,9 @@ struct CopyJob {
   // stream (tiers/tier.h, Transfer::on_enqueued), before `done`.
   void (*enqueued)(void* user) = nullptr;
   void* user = nullptr;
+  // The pinning thread drives the read from `src` itself (Transfer::
+  // caller_drives).
+  bool caller_drives = false;
 };
 
 class CopyBatch {

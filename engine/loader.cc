@@ -215,6 +215,11 @@ void Loader::StartCopy(const std::shared_ptr<Op>& op, CopyBatch* batch) {
   job.bytes = op->bytes;
   job.done = &Loader::OnCopied;
   if (op->early) job.enqueued = &Loader::OnEnqueued;
+  // The pinner that started this load drives it (AwaitOwn, DriveSource).
+  {
+    std::lock_guard lock(op->mu);
+    job.caller_drives = op->owner_waiting && op->source.kind == Source::kCopy;
+  }
   job.user = op.get();
   op->copy_started = Clock::now();
   if (batch != nullptr) {
@@ -478,13 +483,12 @@ void Loader::DriveSource(Op& op, Deadline until) {
   if (op.source.kind != Source::kCopy || op.source.pos < 0) return;
   tiers::Tier& source = parts_.chain->tier(op.source.pos);
   const Deadline stop = std::min(until, Clock::now() + kDriveFor);
-  for (;;) {
-    {
-      std::lock_guard lock(op.mu);
-      if (op.done || op.granted || parts_.life->closing()) return;
-    }
-    if (!source.DriveCompletions() || Clock::now() >= stop) return;
-  }
+  source.DriveCompletions(
+      [&] {
+        std::lock_guard lock(op.mu);
+        return op.done || op.granted || parts_.life->closing();
+      },
+      stop);
 }
 
 std::shared_ptr<Loader::Op> Loader::Find(const CopySlot& slot) {

@@ -474,6 +474,80 @@ TEST(RemoteTierTest, RandomBlocksRoundTrip) {
   for (const tiers::Frame& f : frames) tier->Free(f);
 }
 
+// A pin that waits for its own read marks it caller_drives and polls the
+// queue itself (DriveCompletions); the tier's progress thread stands aside
+// meanwhile. Such reads must still complete when nobody drives them, or
+// when the driver leaves before they are done.
+TEST(RemoteTierTest, TransfersACallerDrivesCompleteAlsoWithoutTheCaller) {
+  Blockd server(16 * kMiB);
+  REQUIRE_SERVER(server);
+  ASSERT_OK_AND_ASSIGN(auto tier, tiers::MakeRemoteTier(Config(server, 4 * kMiB)));
+  constexpr int kBlocks = 8;
+  constexpr uint64_t kBytes = 64 * kKiB;
+  std::vector<tiers::Frame> frames;
+  std::vector<uint64_t> sums(kBlocks, 0);
+  for (int b = 0; b < kBlocks; ++b) {
+    ASSERT_OK_AND_ASSIGN(tiers::Frame f, tier->Allocate(kBytes));
+    frames.push_back(f);
+    std::vector<std::byte> data(kBytes);
+    FillPattern(data, 100 + b);
+    ASSERT_OK(Move(*tier, tiers::Transfer::Op::kWrite, f, data, b, &sums[b]));
+  }
+  auto reads = [&](Batch& batch, std::vector<std::vector<std::byte>>& back) {
+    for (int b = 0; b < kBlocks; ++b) {
+      tiers::Transfer& t = batch.transfers[b];
+      t.op = tiers::Transfer::Op::kRead;
+      t.key = {.tensor_id = 1, .block = static_cast<uint64_t>(b), .version = 1};
+      t.frame = frames[b];
+      t.host = back[b];
+      t.checksum = sums[b];
+      t.caller_drives = true;
+    }
+    return batch.Submit(*tier);
+  };
+  auto check = [&](Batch& batch, std::vector<std::vector<std::byte>>& back) {
+    for (int b = 0; b < kBlocks; ++b) {
+      EXPECT_OK(batch.transfers[b].status);
+      EXPECT_EQ(FirstPatternMismatch(back[b], 100 + b), -1) << "block " << b;
+    }
+  };
+  {
+    SCOPED_TRACE("nobody drives");
+    Batch batch(kBlocks);
+    std::vector<std::vector<std::byte>> back(kBlocks, std::vector<std::byte>(kBytes));
+    ASSERT_OK(reads(batch, back));
+    ASSERT_TRUE(batch.Wait(std::chrono::seconds(10)))
+        << "reads marked caller_drives never completed without a driver";
+    check(batch, back);
+  }
+  {
+    SCOPED_TRACE("the driver leaves after one poll");
+    Batch batch(kBlocks);
+    std::vector<std::vector<std::byte>> back(kBlocks, std::vector<std::byte>(kBytes));
+    ASSERT_OK(reads(batch, back));
+    EXPECT_TRUE(tier->DriveCompletions([] { return false; }, std::chrono::steady_clock::now()));
+    ASSERT_TRUE(batch.Wait(std::chrono::seconds(10)))
+        << "reads left by their driver never completed";
+    check(batch, back);
+  }
+  {
+    SCOPED_TRACE("the driver stays until they are done");
+    Batch batch(kBlocks);
+    std::vector<std::vector<std::byte>> back(kBlocks, std::vector<std::byte>(kBytes));
+    ASSERT_OK(reads(batch, back));
+    auto done = [&] {
+      std::lock_guard lock(batch.mu);
+      return batch.left == 0;
+    };
+    EXPECT_TRUE(tier->DriveCompletions(done, std::chrono::steady_clock::now() +
+                                                 std::chrono::seconds(10)));
+    EXPECT_TRUE(done()) << "DriveCompletions returned before its reads were done";
+    ASSERT_TRUE(batch.Wait(std::chrono::seconds(10)));
+    check(batch, back);
+  }
+  for (const tiers::Frame& f : frames) tier->Free(f);
+}
+
 TEST(RemoteTierTest, WrongSecretIsPermissionDenied) {
   Blockd server(16 * kMiB);
   REQUIRE_SERVER(server);
@@ -571,7 +645,8 @@ TEST(RemoteTierTest, KilledServerFailsEveryTransferInBoundedTime) {
     EXPECT_STATUS(after, StatusCode::kDataLoss);
     EXPECT_STATUS(tier->Allocate(kMiB), StatusCode::kResourceExhausted);
     // A fenced connection has nothing for a waiting thread to drive.
-    EXPECT_FALSE(tier->DriveCompletions());
+    EXPECT_FALSE(tier->DriveCompletions(
+        [] { return false; }, std::chrono::steady_clock::now() + std::chrono::milliseconds(10)));
   }
   EXPECT_NE(FirstPatternMismatch(into, Seed(run, 0, 1)), -1)
       << "bytes arrived from a dead server";

@@ -15,12 +15,14 @@
 #define STRATA_TIERS_TIER_H_
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <span>
 #include <string>
 #include <string_view>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
@@ -68,6 +70,12 @@ struct Transfer {
   // carries the error). Other tiers never call it.
   void (*on_enqueued)(Transfer*) = nullptr;
   void* user = nullptr;  // the submitter's cookie
+  // The submitter drives this transfer's completion itself, with
+  // DriveCompletions, as soon as Submit returns (a pin waiting for its own
+  // load). A tier whose progress thread would compete with it for the
+  // device's queue leaves that thread asleep; DriveCompletions wakes it if
+  // the driver leaves before the transfer is done.
+  bool caller_drives = false;
 };
 
 class Tier {
@@ -107,13 +115,19 @@ class Tier {
     return absl::OkStatus();
   }
 
-  // Delivers the completions that are ready on the calling thread (their
-  // on_done runs here), driving the device's progress where that takes a
-  // CPU (a software fabric provider). A thread about to wait for its own
-  // transfer calls it for a short while instead of waiting to be woken:
-  // a wake-up can cost as much as a small transfer. False when the tier
-  // has nothing to drive (its completions come from elsewhere; wait).
-  virtual bool DriveCompletions() { return false; }
+  // Delivers completions on the calling thread (their on_done runs here),
+  // driving the device's progress where that takes a CPU (a software
+  // fabric provider), until `done()` is true or `stop` has passed. A thread
+  // about to wait for its own transfer calls it instead of waiting to be
+  // woken: a wake-up can cost as much as a small transfer. False at once
+  // when the tier has nothing to drive (its completions come from
+  // elsewhere; wait). `done` is called between polls, from this thread.
+  virtual bool DriveCompletions(absl::FunctionRef<bool()> done,
+                                std::chrono::steady_clock::time_point stop) {
+    (void)done;
+    (void)stop;
+    return false;
+  }
 
   // Stream ordering, for tiers whose frames live in device memory (the
   // GPU); `stream` is a caller's cudaStream_t, as an opaque handle. Other

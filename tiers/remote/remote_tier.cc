@@ -70,6 +70,7 @@ class RemoteLink final : public Tier {
       (void)Call(bye, absl::Seconds(1));
     }
     stop_.store(true);
+    WakeProgress();
     if (progress_.joinable()) progress_.join();
     {
       std::lock_guard lock(verify_mu_);
@@ -115,22 +116,32 @@ class RemoteLink final : public Tier {
   bool addressable() const override { return false; }
   uint64_t largest_free() const override { return frames_.largest_free(); }
 
-  // A waiting thread polls the completion queue too (the provider moves
+  // A waiting thread polls the completion queue itself (the provider moves
   // bytes inside the poll): the completion of its own read then runs on it,
-  // with no wake-up from the progress thread. What only the progress thread
-  // may do (fence: closing the endpoint; re-posting receive buffers) is
-  // handed to it.
-  bool DriveCompletions() override {
-    Fabric::Op* done[16];
-    int n = 0;
-    {
-      // Not while Fence closes the endpoint (no poll of a closed one).
-      std::shared_lock posting(post_mu_, std::try_to_lock);
-      if (!posting.owns_lock() || fenced_.load(std::memory_order_acquire)) return false;
-      n = fabric_->Poll(done, 16, 0);
+  // with no wake-up from the progress thread, which stands aside meanwhile
+  // (two threads on one queue cost each other more than a poll). What only
+  // the progress thread may do (fence: closing the endpoint; re-posting
+  // receive buffers) is handed to it.
+  bool DriveCompletions(absl::FunctionRef<bool()> until,
+                        std::chrono::steady_clock::time_point stop) override {
+    drivers_.fetch_add(1, std::memory_order_acq_rel);
+    bool drove = false;
+    while (!until()) {
+      Fabric::Op* done[16];
+      int n = 0;
+      {
+        // Not while Fence closes the endpoint (no poll of a closed one).
+        std::shared_lock posting(post_mu_, std::try_to_lock);
+        if (!posting.owns_lock() || fenced_.load(std::memory_order_acquire)) break;
+        n = fabric_->Poll(done, 16, 0);
+      }
+      drove = true;
+      for (int i = 0; i < n; ++i) Dispatch(static_cast<RemoteOp*>(done[i]), false);
+      if (std::chrono::steady_clock::now() >= stop) break;
     }
-    for (int i = 0; i < n; ++i) Dispatch(static_cast<RemoteOp*>(done[i]), false);
-    return true;
+    // The last driver to leave hands what is still in flight back.
+    if (drivers_.fetch_sub(1, std::memory_order_acq_rel) == 1 && Busy()) WakeProgress();
+    return drove;
   }
 
   absl::Status RegisterHostMemory(std::span<std::byte> arena) override {
@@ -197,6 +208,12 @@ class RemoteLink final : public Tier {
   absl::Status DoSubmit(std::span<Transfer* const> batch) override;
   absl::Status Post(RemoteOp& op);
   void Progress();
+  // Whether anything waits for the provider: transfers in flight, control
+  // messages sent or unanswered.
+  bool Busy();
+  // Ends the progress thread's sleep (work came, a driver left, a fence or
+  // a reply was handed to it, or the link stops).
+  void WakeProgress();
   // What a completion means, on the progress thread or (`progress` false)
   // on a thread driving completions while it waits for its own transfer.
   void Dispatch(RemoteOp* op, bool progress);
@@ -228,6 +245,15 @@ class RemoteLink final : public Tier {
   std::chrono::steady_clock::time_point unposted_since_;
   std::thread progress_;
   std::atomic<bool> stop_{false};
+  // The progress thread sleeps on wake_cv_ while nothing is in flight or
+  // while a waiting thread drives the queue (drivers_ > 0). The queue has
+  // no wait object to sleep on: the provider signals one on every
+  // completion, which cost ~10 us of a 4 KiB round trip (remote_bench
+  // BM_RemotePin4K; docs/PERFORMANCE.md, "The block server sleeps").
+  std::atomic<int> drivers_{0};
+  std::mutex wake_mu_;
+  std::condition_variable wake_cv_;
+  bool wake_ = false;  // wake_mu_
   // Reads whose bytes arrived, for the verifier thread: checksumming a
   // block on the progress thread would stall the provider's progress of
   // every other transfer meanwhile (Get of 1 MiB blocks: 0.66x raw RMA).
@@ -272,8 +298,10 @@ absl::Status RemoteLink::DoSubmit(std::span<Transfer* const> batch) {
   if (!batch.empty() && fenced_.load(std::memory_order_acquire)) {
     return FencedError(batch[0]->op);
   }
+  bool undriven = false;  // posted, and no caller drives it
   for (size_t i = 0; i < batch.size(); ++i) {
     Transfer* t = batch[i];
+    const bool driven = t->caller_drives;  // `t` may be done once posted
     auto* op = new RemoteOp;
     op->kind = RemoteOp::Kind::kTransfer;
     op->transfer = t;
@@ -286,13 +314,18 @@ absl::Status RemoteLink::DoSubmit(std::span<Transfer* const> batch) {
         : (t->frame.offset & kOffsetMask) + t->host.size() > capacity()
             ? absl::InternalError("tier remote: a transfer past its frame")
             : Post(*op);
-    if (s.ok()) continue;
+    if (s.ok()) {
+      undriven = undriven || !driven;
+      continue;
+    }
     Fabric::Unregister(op->scratch);
     delete op;
     if (i == 0) return s;  // nothing started: the caller keeps the batch
     t->status = s;         // the others started: this one completes failed
     t->on_done(t);
   }
+  // Transfers nobody drives need the progress thread awake.
+  if (undriven) WakeProgress();
   return absl::OkStatus();
 }
 
@@ -340,33 +373,61 @@ absl::Status RemoteLink::Post(RemoteOp& op) {
       // connection): the progress thread fences the tier, and every other
       // post fails at once instead of waiting as long.
       stalled_.store(true, std::memory_order_release);
+      WakeProgress();
       return absl::UnavailableError(absl::StrCat(
           "tier remote: the transfer queue to ", config_.server,
           " stayed full for ", absl::FormatDuration(config_.timeout)));
     }
+    WakeProgress();  // the queue drains only while someone polls it
     std::this_thread::sleep_for(std::chrono::microseconds(20));
   }
+}
+
+bool RemoteLink::Busy() {
+  {
+    std::lock_guard lock(inflight_mu_);
+    if (!inflight_.empty()) return true;
+  }
+  {
+    std::lock_guard lock(sends_mu_);
+    if (!sends_.empty()) return true;
+  }
+  std::lock_guard lock(mu_);
+  return !pending_.empty();
+}
+
+void RemoteLink::WakeProgress() {
+  {
+    std::lock_guard lock(wake_mu_);
+    wake_ = true;
+  }
+  wake_cv_.notify_one();
 }
 
 void RemoteLink::Progress() {
   Fabric::Op* done[16];
   while (!stop_.load(std::memory_order_relaxed)) {
-    // The provider moves the bytes of transfers in flight only inside this
-    // call. Where it can sleep on its sockets until they move, it waits
-    // there (1 ms at most, for the timeouts below); else it polls without
-    // napping while transfers are in flight. Spinning costs a core the
-    // posting thread and a loopback peer need: BM_RemotePut1M/strata, see
-    // docs/PERFORMANCE.md.
-    bool busy;
-    {
-      std::lock_guard lock(inflight_mu_);
-      busy = !inflight_.empty();
+    // The provider moves the bytes of transfers in flight only inside the
+    // poll, so while something is in flight and no waiting thread drives
+    // the queue, this thread polls without pause. Otherwise it sleeps
+    // until woken, at most 1 ms while busy (for the timeouts below) and
+    // 5 ms while idle (a poll then keeps the provider's connections
+    // serviced).
+    const bool busy = Busy();
+    if (!busy || drivers_.load(std::memory_order_acquire) > 0) {
+      std::unique_lock lock(wake_mu_);
+      wake_cv_.wait_for(lock, std::chrono::milliseconds(busy ? 1 : 5),
+                        [&] { return wake_ || stop_.load(std::memory_order_relaxed); });
+      wake_ = false;
     }
-    const int wait_ms = !busy ? 5 : fabric_->waits_in_kernel() ? 1 : 0;
-    const int n = fabric_->Poll(done, 16, wait_ms);
+    const int n = drivers_.load(std::memory_order_acquire) > 0 ? 0 : fabric_->Poll(done, 16, 0);
     CheckTimeouts();
     if (!unposted_.empty()) Repost(nullptr);
     for (int i = 0; i < n; ++i) Dispatch(static_cast<RemoteOp*>(done[i]), true);
+    // An empty poll while busy: let the threads that post and copy (on a
+    // software provider, the peer too) have the core first (Put 0.77-0.85x
+    // raw with it, 0.72-0.80x without; remote_bench).
+    if (n == 0 && busy) std::this_thread::yield();
     if (handed_.load(std::memory_order_acquire)) {
       std::vector<RemoteOp*> replies;
       {
@@ -400,7 +461,7 @@ void RemoteLink::Dispatch(RemoteOp* op, bool progress) {
           std::lock_guard lock(reason_mu_);
           if (fence_asked_.ok()) fence_asked_ = why;
           fence_pending_.store(true, std::memory_order_release);
-          fabric_->Wake();
+          WakeProgress();
         }
       } else if (op->transfer->op == Transfer::Op::kRead &&
                  op->transfer->host.size() >= kVerifyAside) {
@@ -423,7 +484,7 @@ void RemoteLink::Dispatch(RemoteOp* op, bool progress) {
         std::lock_guard lock(handoff_mu_);
         handoff_.push_back(op);
         handed_.store(true, std::memory_order_release);
-        fabric_->Wake();
+        WakeProgress();
       }
       break;
   }
@@ -625,7 +686,8 @@ absl::StatusOr<Message> RemoteLink::Call(Message m, absl::Duration timeout) {
     std::shared_lock posting(post_mu_);
     sent = fabric_->Send(send->bytes.data(), send->bytes.size(), nullptr, server_, send);
   } while (absl::IsResourceExhausted(sent) && std::chrono::steady_clock::now() < deadline &&
-           (std::this_thread::sleep_for(std::chrono::microseconds(50)), true));
+           (WakeProgress(), std::this_thread::sleep_for(std::chrono::microseconds(50)), true));
+  WakeProgress();  // the reply comes only while someone polls
   std::unique_lock lock(mu_);
   if (sent.ok()) {
     cv_.wait_until(lock, deadline, [&] { return pending.done; });
@@ -656,8 +718,7 @@ absl::StatusOr<std::unique_ptr<RemoteLink>> OpenLink(const RemoteConfig& config,
   const std::string host = config.server.substr(0, colon);
   const std::string service = config.server.substr(colon + 1);
   absl::StatusOr<std::unique_ptr<Fabric>> fabric =
-      Fabric::Open({.provider = config.provider, .node = host, .service = service,
-                    .wait_in_kernel = true});
+      Fabric::Open({.provider = config.provider, .node = host, .service = service});
   if (!fabric.ok()) return fabric.status();
   absl::StatusOr<fi_addr_t> server = (*fabric)->Resolve(host, service);
   if (!server.ok()) return server.status();
@@ -720,7 +781,10 @@ class RemoteTier final : public RemoteServerTier {
 
   absl::StatusOr<RemoteServerStat> Stat() override { return link()->Stat(); }
 
-  bool DriveCompletions() override { return link()->DriveCompletions(); }
+  bool DriveCompletions(absl::FunctionRef<bool()> until,
+                        std::chrono::steady_clock::time_point stop) override {
+    return link()->DriveCompletions(until, stop);
+  }
 
  private:
   // What became of the copies of an earlier connection.

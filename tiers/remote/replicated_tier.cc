@@ -87,10 +87,23 @@ class ReplicatedTier final : public Tier {
 
   ReplicationHealth Health();
 
-  bool DriveCompletions() override {
+  // Each server's queue in turn, 100 us at a time (the copy waited for may
+  // come from any of them; meanwhile the others' progress threads poll
+  // theirs).
+  bool DriveCompletions(absl::FunctionRef<bool()> until,
+                        std::chrono::steady_clock::time_point stop) override {
     bool any = false;
-    for (auto& s : servers_) any = s->DriveCompletions() || any;
-    return any;
+    for (;;) {
+      bool drove = false;
+      for (auto& s : servers_) {
+        const auto slice = std::min(stop, std::chrono::steady_clock::now() +
+                                              std::chrono::microseconds(100));
+        drove = s->DriveCompletions(until, slice) || drove;
+        if (until()) return true;
+      }
+      any = any || drove;
+      if (!drove || std::chrono::steady_clock::now() >= stop) return any;
+    }
   }
 
   bool addressable() const override { return false; }
