@@ -46,11 +46,12 @@ class Fabric {
     bool listen = false;
     // Poll with a timeout waits in the kernel (the completion queue's wait
     // object, fi_cq_sread) instead of spinning. For a thread that only
-    // waits for completions (the remote tier's progress thread, the block
-    // server's): on a software provider it leaves the CPU to the threads
-    // that post and to the peer. Where the provider has no wait object,
-    // Poll spins. The price: the provider signals the wait object on each
-    // completion, which a thread that polls without waiting pays too.
+    // waits for completions (the block server's thread): on a software
+    // provider it leaves the CPU to the threads that post and to the peer.
+    // Where the provider has no wait object, Poll spins. The price: the
+    // provider signals the wait object on each completion, which a thread
+    // that polls without waiting pays too (so the remote tier's queue has
+    // none; its progress thread sleeps on a condition variable).
     bool wait_in_kernel = false;
   };
   // One operation in flight. Embed it first in the caller's own record.
