@@ -198,6 +198,9 @@ class Residency {
   void RestoreWord(const Victim& v);
   // One round of RefillReserve: false when it had nothing to do.
   bool EvictAhead();
+  // Write-backs of victims in flight at once: max_write_backs_, or half of
+  // it while loads into the tier are in flight.
+  size_t WriteBackDepth() const;
   void DrainLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(policy_mu_);
   void ResizePolicyLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(policy_mu_);
   void NotifySpace();
