@@ -17,3 +17,5 @@ def test_offload_train_matches_plain_pytorch(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     assert "bit for bit" in run.stdout and "OK:" in run.stdout
     assert run.stdout.count("\nstep ") == 3
+    # The same steps' compute in plain memory, beside the paged step time.
+    assert "plain PyTorch in memory:" in run.stdout and "s/step" in run.stdout
