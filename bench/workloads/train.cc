@@ -18,13 +18,18 @@
 //                      of the next block as hints
 // and the floor: max(compute time, the bytes that must cross the disk per
 // step / raw O_DIRECT bandwidth), both measured in the same run (compute:
-// the same Adam over in-memory blocks; bandwidth: bench/nvme_baseline's
-// sequential io_uring reads and writes, measured right before and right
-// after the engine's run, the faster reading of each kept, as this virtual
-// disk's rate moves by a quarter within a minute; the bytes: each byte the
-// tier cannot hold is read and written once a step, reads and writes not
-// overlapped). All three runs must end with the same parameters, bit for
-// bit (XXH3 of p), or the workload fails.
+// the same Adam over in-memory blocks; the bytes: each byte the tier cannot
+// hold is read and written once a step, reads and writes not overlapped;
+// bandwidth: bench/nvme_baseline's sequential io_uring reads and writes,
+// 16 deep). This virtual disk's rate swings by a quarter or more within
+// seconds, so the bandwidth is measured between the engine's timed steps:
+// the timed steps run in rounds of kStepsPerRound, a raw pass before each
+// round and after the last, and each round's floor takes the faster reading
+// on either side of it. A round's clock stops once the engine's
+// write-backs in flight are acknowledged, so that none of its traffic
+// falls outside the engine's time or into the raw pass. All three runs
+// must end with the same parameters, bit for bit (XXH3 of p), or the
+// workload fails.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -33,7 +38,10 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <memory>
+#include <thread>
+#include <vector>
 
 #include <xxhash.h>
 
@@ -100,12 +108,23 @@ StepPlan PlanSteps(const WorkloadOptions& o, uint64_t blocks) {
   return plan;
 }
 
+struct RawBandwidth {
+  double read = 0, write = 0;  // bytes/s
+};
+
 struct Timing {
   double step_seconds = 0;   // mean of the timed steps
   uint64_t checksum = 0;     // XXH3 over p's blocks, in order
   double disk_read = 0;      // bytes per timed step, where known
   double disk_written = 0;
+  // The engine's only: seconds and steps of each round of timed steps, and
+  // the raw passes around them (one more than the rounds).
+  std::vector<double> round_seconds;
+  std::vector<int> round_steps;
+  std::vector<RawBandwidth> raw;
 };
+
+constexpr int kStepsPerRound = 2;
 
 // --- Strata -------------------------------------------------------------
 
@@ -158,9 +177,29 @@ absl::StatusOr<uint64_t> ChecksumStrata(Engine& e, const Tensor& p, uint64_t blo
   return sum;
 }
 
+// Waits until every write-back the host tier started has been acknowledged
+// (the end of a round of timed steps: its traffic is the engine's).
+absl::Status AwaitWriteBacks(Engine& e) {
+  const Clock::time_point deadline = Clock::now() + std::chrono::seconds(60);
+  while (e.GetStats().tier(Tier::kHost).write_backs_in_flight > 0) {
+    if (Clock::now() > deadline) {
+      return absl::DeadlineExceededError(
+          "train: the engine's write-backs were still in flight 60 s after "
+          "a step; the disk under --dir is stalled");
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+  return absl::OkStatus();
+}
+
+using MeasureRawFn = std::function<absl::StatusOr<RawBandwidth>()>;
+
+// The timed steps run in rounds of kStepsPerRound, with `measure_raw`
+// before the first and after each (see the top).
 absl::StatusOr<Timing> RunStrata(const Shape& shape, const StepPlan& steps,
                                  const WorkloadOptions& options,
-                                 const std::string& dir, const std::string& what) {
+                                 const std::string& dir, const std::string& what,
+                                 const MeasureRawFn& measure_raw) {
   EngineOptions o;
   o.host.capacity_bytes = shape.host_bytes;
   o.nvme.path = dir;
@@ -179,19 +218,40 @@ absl::StatusOr<Timing> RunStrata(const Shape& shape, const StepPlan& steps,
   }
   if (absl::Status s = InitStrata(e, t, shape.blocks); !s.ok()) return s;
   Progress progress(options, what, steps.total(), "steps");
+  Timing timing;
   EngineStats before;
-  Clock::time_point timed_start;
+  auto raw_pass = [&]() -> absl::Status {
+    if (absl::Status s = AwaitWriteBacks(e); !s.ok()) return s;
+    absl::StatusOr<RawBandwidth> raw = measure_raw();
+    if (!raw.ok()) return raw.status();
+    timing.raw.push_back(*raw);
+    return absl::OkStatus();
+  };
+  Clock::time_point round_start;
   for (int step = 1; step <= steps.total(); ++step) {
-    if (step == steps.first_timed()) {
-      before = e.GetStats();
-      timed_start = Clock::now();
+    const bool timed = step >= steps.first_timed();
+    if (timed && (step - steps.first_timed()) % kStepsPerRound == 0) {
+      if (absl::Status s = raw_pass(); !s.ok()) return s;
+      if (step == steps.first_timed()) before = e.GetStats();
+      round_start = Clock::now();
+      timing.round_steps.push_back(0);
     }
     if (absl::Status s = StepStrata(e, t, shape.blocks, step); !s.ok()) return s;
+    if (timed) {
+      ++timing.round_steps.back();
+      const bool round_ends = timing.round_steps.back() == kStepsPerRound ||
+                              step == steps.total();
+      if (round_ends) {
+        if (absl::Status s = AwaitWriteBacks(e); !s.ok()) return s;
+        timing.round_seconds.push_back(SecondsSince(round_start));
+        timing.step_seconds += timing.round_seconds.back();
+      }
+    }
     progress.Update(step);
   }
+  if (absl::Status s = raw_pass(); !s.ok()) return s;
   progress.Done();
-  Timing timing;
-  timing.step_seconds = SecondsSince(timed_start) / steps.timed;
+  timing.step_seconds /= steps.timed;
   const TierStats& n0 = before.tier(Tier::kNvme);
   const TierStats n1 = e.GetStats().tier(Tier::kNvme);
   timing.disk_read = static_cast<double>(n1.bytes_out - n0.bytes_out) / steps.timed;
@@ -371,10 +431,6 @@ absl::StatusOr<double> ComputeSeconds(uint64_t blocks) {
   return SecondsSince(start);
 }
 
-struct RawBandwidth {
-  double read = 0, write = 0;  // bytes/s
-};
-
 absl::StatusOr<RawBandwidth> MeasureRaw(const std::string& path, uint64_t bytes,
                                         uint64_t memory) {
   const uint64_t total = std::max<uint64_t>(bytes / kBlock, 16) * kBlock;
@@ -399,15 +455,12 @@ absl::StatusOr<std::vector<Result>> RunOneSize(uint64_t working_set,
   std::filesystem::create_directories(dir);
 
   const StepPlan steps = PlanSteps(options, shape.blocks);
-  // The floor's bandwidth, on both sides of the engine's run (see the top).
-  absl::StatusOr<RawBandwidth> raw_before =
-      MeasureRaw(dir + "/raw.bin", shape.working_set(), shape.host_bytes);
-  if (!raw_before.ok()) return raw_before.status();
-  absl::StatusOr<Timing> strata = RunStrata(shape, steps, options, dir + "/strata", tag + ", strata");
+  // The floor's bandwidth, between the engine's rounds of steps (see the top).
+  absl::StatusOr<Timing> strata = RunStrata(
+      shape, steps, options, dir + "/strata", tag + ", strata",
+      [&] { return MeasureRaw(dir + "/raw.bin", shape.working_set(), shape.host_bytes); });
   if (!strata.ok()) return strata.status();
-  absl::StatusOr<RawBandwidth> raw_after =
-      MeasureRaw(dir + "/raw.bin", shape.working_set(), shape.host_bytes);
-  if (!raw_after.ok()) return raw_after.status();
+  std::filesystem::remove(dir + "/raw.bin");
   absl::StatusOr<Timing> swap = RunSwap(shape, steps, options, dir + "/swap.bin", tag + ", pread/pwrite swap");
   if (!swap.ok()) return swap.status();
   std::filesystem::remove(dir + "/swap.bin");
@@ -427,16 +480,34 @@ absl::StatusOr<std::vector<Result>> RunOneSize(uint64_t working_set,
     }
   }
 
-  // The floor: each byte the tier cannot hold crosses the disk twice a step.
-  const RawBandwidth raw{std::max(raw_before->read, raw_after->read),
-                         std::max(raw_before->write, raw_after->write)};
+  // The floor: each byte the tier cannot hold crosses the disk twice a step,
+  // at the faster raw reading on either side of the round the step ran in.
   const double must_cross = static_cast<double>(
       shape.working_set() > shape.host_bytes ? shape.working_set() - shape.host_bytes : 0);
-  const double io_floor = must_cross / raw.read + must_cross / raw.write;
   absl::StatusOr<double> computed = ComputeSeconds(shape.blocks);
   if (!computed.ok()) return computed.status();
   const double compute = *computed;
-  const double floor = std::max(compute, io_floor);
+  const std::vector<RawBandwidth>& raws = strata->raw;
+  RawBandwidth raw;  // the mean of the rounds' readings, for the report
+  double io_floor = 0, floor = 0;
+  for (size_t r = 0; r < strata->round_steps.size(); ++r) {
+    const RawBandwidth round{std::max(raws[r].read, raws[r + 1].read),
+                             std::max(raws[r].write, raws[r + 1].write)};
+    const double io = must_cross / round.read + must_cross / round.write;
+    const int n = strata->round_steps[r];
+    io_floor += io * n;
+    floor += std::max(compute, io) * n;
+    raw.read += round.read * n;
+    raw.write += round.write * n;
+  }
+  io_floor /= steps.timed;
+  floor /= steps.timed;
+  raw.read /= steps.timed;
+  raw.write /= steps.timed;
+  const auto [slow_read, fast_read] = std::minmax_element(
+      raws.begin(), raws.end(), [](auto& a, auto& b) { return a.read < b.read; });
+  const auto [slow_write, fast_write] = std::minmax_element(
+      raws.begin(), raws.end(), [](auto& a, auto& b) { return a.write < b.write; });
 
   std::vector<Result> results;
   auto add = [&](const std::string& baseline_name, const Timing& base, std::string note) {
@@ -458,10 +529,11 @@ absl::StatusOr<std::vector<Result>> RunOneSize(uint64_t working_set,
                {"strata_vs_floor", strata->step_seconds / floor},
                {"raw_read_bytes_per_s", raw.read},
                {"raw_write_bytes_per_s", raw.write},
-               {"raw_read_before_bytes_per_s", raw_before->read},
-               {"raw_read_after_bytes_per_s", raw_after->read},
-               {"raw_write_before_bytes_per_s", raw_before->write},
-               {"raw_write_after_bytes_per_s", raw_after->write},
+               {"raw_passes", static_cast<double>(raws.size())},
+               {"raw_read_slowest_bytes_per_s", slow_read->read},
+               {"raw_read_fastest_bytes_per_s", fast_read->read},
+               {"raw_write_slowest_bytes_per_s", slow_write->write},
+               {"raw_write_fastest_bytes_per_s", fast_write->write},
                {"must_cross_bytes_per_step", 2 * must_cross},
                {"strata_read_bytes_per_step", strata->disk_read},
                {"strata_written_bytes_per_step", strata->disk_written}};
