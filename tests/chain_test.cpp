@@ -6,6 +6,7 @@
 // tier failing fast.
 #include <atomic>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -417,6 +418,75 @@ TEST_F(ChainTest, GpuSlotAboveHostDemotesIntoHost) {
   for (uint64_t b = 0; b < 32; b += 3) Expect(e, t, b, 1, Tier::kGpu);
   ASSERT_OK(e.Flush(t));
   for (uint64_t b = 0; b < 32; ++b) Expect(e, t, b, 1, Tier::kGpu);
+}
+
+// Write-backs in flight from a tier: 1/8 of its frames (4 of 32 here), and
+// half that while loads into it are in flight (the reads keep the device
+// busy too; a write-back's frame is one the cache does not hold). The lower
+// tier holds every write (and the one load) until the end; a pin that
+// needs a frame starts write-backs up to the depth, then waits, and gives
+// up at pin_wait_timeout; what it started is then held below.
+uint64_t WriteBacksStartedWhileStalled(const std::string& nvme_dir, bool with_load) {
+  constexpr uint64_t kFrames = 32, kBlocks = 2 * kFrames;
+  EngineOptions base;
+  base.pin_wait_timeout = absl::Milliseconds(300);
+  auto c = OpenChain(nvme_dir, {Tier::kHost, Tier::kRemote}, kFrames, 2 * kBlocks,
+                     /*asynchronous=*/false, base);
+  EXPECT_TRUE(c.ok()) << c.status();
+  if (!c.ok()) return 0;
+  Engine& e = *c->engine;
+  TestTierControl& remote = c->control(Tier::kRemote);
+  auto t = e.CreateTensor("t", Blocks(kBlocks));
+  EXPECT_TRUE(t.ok()) << t.status();
+  if (!t.ok()) return 0;
+  // Blocks 0..7 go down to the remote tier; 8..39 fill the host, dirty.
+  for (uint64_t b = 0; b < kFrames + 8; ++b) {
+    auto pin = e.Pin(*t, b, Tier::kHost, Access::kWrite);
+    EXPECT_TRUE(pin.ok()) << pin.status();
+    if (!pin.ok()) return 0;
+    FillPattern(pin->bytes(), Seed(1, b, 1));
+  }
+  std::optional<PrefetchHandle> load;
+  if (with_load) {
+    remote.HoldCompletions(TestOps::kRead);
+    auto h = e.Prefetch(*t, BlockRange::One(0), Tier::kHost);
+    EXPECT_TRUE(h.ok()) << h.status();
+    if (!h.ok()) return 0;
+    load = std::move(*h);
+    // Bounded, no I/O involved: the mover submits the load at once.
+    for (int i = 0; i < 10000000 && remote.held() == 0; ++i) std::this_thread::yield();
+    EXPECT_EQ(remote.held(), 1u) << "the load of block 0 did not start";
+  }
+  remote.HoldCompletions(TestOps::kAny);
+  absl::Status last;
+  for (uint64_t b = kFrames + 8; b < kBlocks && last.ok(); ++b) {
+    auto pin = e.Pin(*t, b, Tier::kHost, Access::kOverwrite);
+    last = pin.status();
+    if (pin.ok()) FillPattern(pin->bytes(), Seed(1, b, 1));
+  }
+  EXPECT_FALSE(last.ok()) << "every pin found a frame with the tier below stalled";
+  const uint64_t in_flight = e.GetStats().tier(Tier::kHost).write_backs_in_flight;
+  EXPECT_EQ(remote.held(), in_flight + (with_load ? 1 : 0));
+  remote.Clear();
+  if (load) {
+    EXPECT_OK(load->Wait());
+  }
+  for (uint64_t b = 0; b < kFrames + 8; ++b) {
+    auto pin = e.Pin(*t, b, Tier::kHost, Access::kRead);
+    EXPECT_TRUE(pin.ok()) << "block " << b << ": " << pin.status();
+    if (pin.ok()) {
+      EXPECT_EQ(FirstPatternMismatch(pin->bytes(), Seed(1, b, 1)), -1) << b;
+    }
+  }
+  EXPECT_OK(e.Close());
+  return in_flight;
+}
+
+TEST_F(ChainTest, WriteBacksInFlightHalveWhileLoadsAreInFlight) {
+  EXPECT_EQ(WriteBacksStartedWhileStalled(dir_.Sub("alone"), /*with_load=*/false), 4u)
+      << "with nothing loading, write-backs keep 1/8 of the tier's frames in flight";
+  EXPECT_EQ(WriteBacksStartedWhileStalled(dir_.Sub("loading"), /*with_load=*/true), 2u)
+      << "with a load in flight, half as many";
 }
 
 TEST_F(ChainTest, StalledLoadTimesOutAndKeepsItsFrame) {
