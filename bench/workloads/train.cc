@@ -505,9 +505,9 @@ absl::StatusOr<std::vector<Result>> RunOneSize(uint64_t working_set,
   raw.read /= steps.timed;
   raw.write /= steps.timed;
   const auto [slow_read, fast_read] = std::minmax_element(
-      raws.begin(), raws.end(), [](auto& a, auto& b) { return a.read < b.read; });
+      raws.begin(), raws.end(), [](const auto& a, const auto& b) { return a.read < b.read; });
   const auto [slow_write, fast_write] = std::minmax_element(
-      raws.begin(), raws.end(), [](auto& a, auto& b) { return a.write < b.write; });
+      raws.begin(), raws.end(), [](const auto& a, const auto& b) { return a.write < b.write; });
 
   std::vector<Result> results;
   auto add = [&](const std::string& baseline_name, const Timing& base, std::string note) {
