@@ -15,6 +15,7 @@
 #include "util/status_macros.h"
 
 namespace strata::internal {
+
 namespace {
 
 using S = CopyState;
@@ -155,13 +156,17 @@ absl::StatusOr<tiers::Frame> Residency::AllocateLoop(uint64_t bytes,
       if (!WaitForSpace(epoch, deadline)) break;
       continue;
     }
+    // A frame came free since this round looked: take it rather than
+    // evict another (every Free moves the epoch, so this repeats only
+    // while other threads free frames).
+    if (SpaceMoved(epoch, space_epoch_.load(std::memory_order_acquire))) continue;
     // The bytes are free but in pieces: make a range where it is cheapest,
     // rather than evicting by the policy's order until one happens to form.
     EvictResult evicted;
-    if (tier_.capacity() - tier_.used() >= bytes) evicted = EvictWindow(bytes);
+    if (tier_.capacity() - tier_.used() >= bytes) evicted = EvictWindow(bytes, For::kNeed);
     tiers::Frame handoff;
     if (evicted.freed == 0 && evicted.started == 0) {
-      evicted = EvictSome(depth - in_flight, false, bytes, owner,
+      evicted = EvictSome(depth - in_flight, false, For::kNeed, bytes, owner,
                           &handoff);
     }
     if (handoff.valid()) return handoff;  // counted in transit by its claim
@@ -243,10 +248,11 @@ void Residency::Free(const tiers::Frame& frame) {
 }
 
 Residency::EvictResult Residency::EvictSome(size_t count, bool clean_only,
-                                            uint64_t bytes, FrameOwner owner,
+                                            For why, uint64_t bytes,
+                                            FrameOwner owner,
                                             tiers::Frame* handoff) {
   EvictResult result;
-  std::vector<Victim> victims = ClaimVictims(count, clean_only);
+  std::vector<Victim> victims = ClaimVictims(count, clean_only, why);
   if (victims.empty()) {
     result.error = absl::ResourceExhaustedError(NoRoomMessage());
     return result;
@@ -255,18 +261,20 @@ Residency::EvictResult Residency::EvictSome(size_t count, bool clean_only,
   if (result.freed == 0 && result.started == 0 && !clean_only &&
       absl::IsResourceExhausted(result.error)) {
     // The tiers below are full: clean copies can still go, at no cost.
-    EvictResult clean = EvictSome(1, true);
+    EvictResult clean = EvictSome(1, true, why);
     result.freed = clean.freed;
   }
   return result;
 }
 
 std::vector<std::pair<uint64_t, Residency::Placed>> Residency::ChooseWindow(
-    uint64_t bytes, size_t* leaving) {
+    uint64_t bytes, For why, size_t* leaving) {
   // A window is a run of frames, each unpinned and resident (a victim) or
   // already on its way out, with the free gaps between them; any other
   // frame (pinned, loading) ends a run. Its cost is the bytes it evicts,
-  // dirty ones twice (they must be written down first). A sliding window
+  // dirty ones twice (they must be written down first), prefetched ones
+  // three times (their load is wasted and another follows; the reserve's
+  // refill never takes them: they end a run then). A sliding window
   // over each run finds the cheapest one whose span holds `bytes`. At most
   // kMaxScan frames are looked at per call, going round the arena from one
   // call to the next, so a tier of a million small frames stays cheap.
@@ -297,8 +305,11 @@ std::vector<std::pair<uint64_t, Residency::Placed>> Residency::ChooseWindow(
     if (state.state() == S::kEvicting) {
       cost = 0;
       out = true;
-    } else if (state.idle() && !(state.dirty() && lowest)) {
-      cost = state.dirty() ? 2 * p.bytes : p.bytes;
+    } else if (state.idle() && !(state.dirty() && lowest) &&
+               !(state.prefetched() && why == For::kReserve)) {
+      cost = state.prefetched() ? 3 * p.bytes
+             : state.dirty()    ? 2 * p.bytes
+                                : p.bytes;
     }
     entries.push_back({it->first, it->first + p.bytes, cost, out});
     where.push_back(it);
@@ -310,6 +321,14 @@ std::vector<std::pair<uint64_t, Residency::Placed>> Residency::ChooseWindow(
   auto right = [&](size_t r) {
     return r + 1 < entries.size() ? entries[r + 1].offset : after;
   };
+  *leaving = 0;
+  // Space came free since the caller looked: a range holds the bytes
+  // already, and evicting would only lose a copy.
+  for (size_t i = 0; i <= entries.size(); ++i) {
+    const uint64_t gap_start = i == 0 ? before : entries[i - 1].end;
+    const uint64_t gap_end = i == entries.size() ? after : entries[i].offset;
+    if (gap_end >= gap_start + bytes) return {};
+  }
   uint64_t best = kBarrier;
   size_t best_l = 0, best_r = 0;
   size_t l = 0;
@@ -332,7 +351,6 @@ std::vector<std::pair<uint64_t, Residency::Placed>> Residency::ChooseWindow(
     }
   }
   std::vector<std::pair<uint64_t, Placed>> chosen;
-  *leaving = 0;
   if (best == kBarrier) return chosen;
   for (size_t i = best_l; i <= best_r; ++i) {
     if (entries[i].leaving) {
@@ -344,13 +362,13 @@ std::vector<std::pair<uint64_t, Residency::Placed>> Residency::ChooseWindow(
   return chosen;
 }
 
-Residency::EvictResult Residency::EvictWindow(uint64_t bytes) {
+Residency::EvictResult Residency::EvictWindow(uint64_t bytes, For why) {
   EvictResult result;
   size_t leaving = 0;
   std::vector<std::pair<uint64_t, Placed>> chosen;
   {
     std::lock_guard lock(frames_mu_);
-    chosen = ChooseWindow(bytes, &leaving);
+    chosen = ChooseWindow(bytes, why, &leaving);
   }
   // Frames of the window already on their way out come free by themselves:
   // the caller waits for them as for write-backs it started.
@@ -360,7 +378,8 @@ Residency::EvictResult Residency::EvictWindow(uint64_t bytes) {
     Victim v;
     // A copy pinned or moved since the scan stays (the window will not
     // form: the next call looks again).
-    if (!TryClaim(placed.key, /*take_prefetched=*/true, /*clean_only=*/false, &v)) {
+    if (!TryClaim(placed.key, /*take_prefetched=*/why == For::kNeed,
+                  /*clean_only=*/false, &v)) {
       continue;
     }
     const tiers::Frame& frame = v.ts->copy(pos_, v.block).frame;
@@ -421,7 +440,8 @@ void Residency::Evict(std::vector<Victim>& victims, EvictResult& result,
 }
 
 std::vector<Residency::Victim> Residency::ClaimVictims(size_t count,
-                                                       bool clean_only) {
+                                                       bool clean_only,
+                                                       For why) {
   std::vector<Victim> victims;
   std::lock_guard lock(policy_mu_);
   DrainLocked();
@@ -431,14 +451,20 @@ std::vector<Residency::Victim> Residency::ClaimVictims(size_t count,
   // copies (a Prefetch of a whole tensor over another) walked every one of
   // them for each eviction: quadratic (gpu_bench BM_GpuPromote at 1 MiB
   // blocks, H200: 0.95x raw at 256 blocks, 0.37x at 1024). A second pass
-  // takes them when nothing else was found.
+  // takes them when nothing else was found. The reserve's refill takes
+  // none of them, however many it passes over: it would evict a block
+  // about to be read to keep a frame free for a miss that may never come
+  // (EngineApiTest.RefillingTheReserveNeverEvictsPrefetchedBlocks).
   constexpr int kPrefetchedPassedOver = 32;
-  for (int pass = 0; pass < 2 && victims.empty(); ++pass) {
+  const int passes = why == For::kNeed ? 2 : 1;
+  for (int pass = 0; pass < passes && victims.empty(); ++pass) {
     while (victims.size() < count) {
       Victim v;
       int passed_over = 0;
       std::optional<uint64_t> key = policy_->Evict([&](uint64_t k) {
-        const bool take_prefetched = pass == 1 || passed_over >= kPrefetchedPassedOver;
+        const bool take_prefetched =
+            why == For::kNeed &&
+            (pass == 1 || passed_over >= kPrefetchedPassedOver);
         bool prefetched = false;
         if (TryClaim(k, take_prefetched, clean_only, &v, &prefetched)) return true;
         passed_over += prefetched;
@@ -518,8 +544,10 @@ bool Residency::EvictAhead() {
   // host had 4x the largest block free, no range held one).
   const uint64_t hole = parts_.options->default_block_bytes;
   const bool short_of_space = free < reserve_bytes_;
-  const bool in_pieces = !short_of_space && free >= hole &&
-                         tier_.largest_free() < hole;
+  bool in_pieces = !short_of_space && free >= hole && tier_.largest_free() < hole;
+  // Read again after the largest range: a frame taken in between made a
+  // full tier look like one in pieces.
+  if (in_pieces) in_pieces = tier_.capacity() - tier_.used() >= hole;
   if (!short_of_space && !in_pieces) return false;
   const int64_t in_flight = victims_in_flight_.load(std::memory_order_acquire);
   const size_t depth = WriteBackDepth();
@@ -528,8 +556,8 @@ bool Residency::EvictAhead() {
   // tensors, for the next Flush.
   const EvictResult evicted =
       short_of_space
-          ? EvictSome(depth - static_cast<size_t>(in_flight), false)
-          : EvictWindow(hole);
+          ? EvictSome(depth - static_cast<size_t>(in_flight), false, For::kReserve)
+          : EvictWindow(hole, For::kReserve);
   return evicted.freed > 0 || evicted.started > 0;
 }
 

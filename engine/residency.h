@@ -166,16 +166,23 @@ class Residency {
   // taken. On failure, `epoch` as TransitUndo's.
   absl::StatusOr<tiers::Frame> PlaceForLoad(uint64_t bytes, FrameOwner owner,
                                             uint64_t* epoch);
-  EvictResult EvictSome(size_t count, bool clean_only, uint64_t bytes,
+  // Who evicts: an allocation that needs a frame now, or the reserve's
+  // refill (EvictAhead), which never takes a prefetched copy: a block
+  // prefetched for a pin that has not come yet is needed sooner than any
+  // frame of the reserve.
+  enum class For { kNeed, kReserve };
+  EvictResult EvictSome(size_t count, bool clean_only, For why, uint64_t bytes,
                         FrameOwner owner, tiers::Frame* handoff);
-  EvictResult EvictSome(size_t count, bool clean_only) {
-    return EvictSome(count, clean_only, 0, FrameOwner(), nullptr);
+  EvictResult EvictSome(size_t count, bool clean_only, For why = For::kNeed) {
+    return EvictSome(count, clean_only, why, 0, FrameOwner(), nullptr);
   }
   // Free space holds `bytes` but no free range does: evicts the frames of
   // the cheapest window of the arena that makes one (`started` counts its
-  // frames already on their way out). Nothing when no window can be made.
-  EvictResult EvictWindow(uint64_t bytes);
-  std::vector<std::pair<uint64_t, Placed>> ChooseWindow(uint64_t bytes,
+  // frames already on their way out). Nothing when no window can be made,
+  // or when a free range holds `bytes` after all (space came free since
+  // the caller looked).
+  EvictResult EvictWindow(uint64_t bytes, For why);
+  std::vector<std::pair<uint64_t, Placed>> ChooseWindow(uint64_t bytes, For why,
                                                         size_t* leaving)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(frames_mu_);
   // Drops clean victims and starts the write-backs of dirty ones. With
@@ -189,7 +196,7 @@ class Residency {
   }
   absl::StatusOr<tiers::Frame> AllocateLoop(uint64_t bytes, Deadline deadline,
                                             FrameOwner owner);
-  std::vector<Victim> ClaimVictims(size_t count, bool clean_only);
+  std::vector<Victim> ClaimVictims(size_t count, bool clean_only, For why);
   // Claims `key`'s copy as a victim if it is idle. A prefetched copy is
   // refused unless `take_prefetched`, and says so in *passed_prefetched.
   bool TryClaim(uint64_t key, bool take_prefetched, bool clean_only,

@@ -572,7 +572,7 @@ TEST_F(GpuEngineTest, EvictionUnderVramPressureLosesNothing) {
   EXPECT_LE(gpu_->used(), 4 * kBlock);
 }
 
-TEST_F(GpuEngineTest, RefusedFramesAreRetriedAfterEvictingThenExhausted) {
+TEST_F(GpuEngineTest, RefusedFramesAreRetriedThenTakenFromEvictedCopies) {
   ASSERT_NO_FATAL_FAILURE(Open(/*gpu_blocks=*/4, /*host_blocks=*/16));
   stream_ = dev_->CreateStream();
   Tensor t = Make("t", 8);
@@ -583,13 +583,15 @@ TEST_F(GpuEngineTest, RefusedFramesAreRetriedAfterEvictingThenExhausted) {
   dev_->RefuseNthFrame(1);
   ExpectGpu(t, 2, 1);
   EXPECT_EQ(dev_->frames_refused(), 1u);
-  // Every frame refused: the engine evicts the unpinned copies, retries,
-  // and gives up with kResourceExhausted naming the pool.
+  // Every new frame refused (the device out of memory): the pin takes the
+  // frame of an unpinned copy it evicts, as a pin short of space does.
+  // (Once the frames it evicted went back to the device and the pin failed;
+  // with nothing left to evict it does: OutOfDeviceMemoryWithEveryFrame-
+  // PinnedIsResourceExhausted.)
   dev_->RefuseNthFrame(1, /*every=*/true);
-  auto pin = engine_->Pin(t, 3, Tier::kGpu, Access::kRead);
-  EXPECT_STATUS(pin, StatusCode::kResourceExhausted);
-  EXPECT_NE(pin.status().message().find("gpu.capacity_bytes"), std::string::npos);
-  EXPECT_GE(Of(Tier::kGpu).evictions, 1u);
+  const uint64_t evictions = Of(Tier::kGpu).evictions;
+  ExpectGpu(t, 3, 1);
+  EXPECT_GT(Of(Tier::kGpu).evictions, evictions);
   // The device recovered: every block loads and reads right.
   dev_->RefuseNthFrame(0);
   for (uint64_t b = 0; b < 8; ++b) ExpectGpu(t, b, 1);
