@@ -294,6 +294,8 @@ void Loader::OnEnqueued(void* user) {
       }
       op.published = true;
     }
+    // As PublishLocked: a copy nobody's pin came with is prefetched.
+    if (!op.grant_pending && op.speculative) flags |= S::kPrefetched;
     self.parts_.waits->Publish(slot.word, S::Resident(flags));
   }
   self.GrantPublished(op);

@@ -97,36 +97,65 @@ void Mover::Resume() {
   cv_.notify_all();
 }
 
-void Mover::Run(Job& job) {
+void Mover::MarkIfResident(Entry& e) {
+  if (e.ts == nullptr) e.ts = parts_.catalog->Find(static_cast<uint32_t>(e.key >> 32));
+  const uint64_t block = e.key & 0xFFFFFFFFu;
+  if (e.ts == nullptr || e.ts->dropped() || block >= e.ts->num_blocks) return;
+  std::atomic<uint64_t>& word = e.ts->copy(e.pos, block).word;
+  uint64_t w = word.load(std::memory_order_acquire);
+  for (;;) {
+    const uint64_t marked = CopyState(w).MarkedPrefetched();
+    if (marked == 0 ||
+        word.compare_exchange_weak(w, marked, std::memory_order_acq_rel)) {
+      return;
+    }
+  }
+}
+
+Mover::Outcome Mover::StartOne(Job& job, Entry& e, Deadline deadline,
+                               CopyBatch& batch) {
   auto finish = [&job](const absl::Status& s) {
     if (job.prefetch) job.prefetch->Done(s);
+    return Outcome::kFinished;
   };
+  if (e.ts == nullptr) e.ts = parts_.catalog->Find(static_cast<uint32_t>(e.key >> 32));
+  const uint64_t block = e.key & 0xFFFFFFFFu;
+  if (parts_.life->closing()) return finish(Lifecycle::ClosedError());
+  if (e.ts == nullptr || e.ts->dropped() || block >= e.ts->num_blocks) {
+    return finish(absl::NotFoundError("prefetch of a dropped tensor: cancelled"));
+  }
+  std::atomic<uint64_t>& word = e.ts->copy(e.pos, block).word;
+  uint64_t w = word.load(std::memory_order_acquire);
+  if (CopyState(w).state() == CopyState::kEvicting) return Outcome::kLeaving;
+  const uint64_t loading = CopyState(w).Loading();
+  if (loading == 0 ||
+      !word.compare_exchange_strong(w, loading, std::memory_order_acq_rel)) {
+    // Already there or on its way; or changed since it was read (the next
+    // look sees what it became).
+    if (CopyState(w).state() == CopyState::kEvicting) return Outcome::kLeaving;
+    if (CopyState(w).state() == CopyState::kAbsent) return Outcome::kLeaving;
+    return finish(absl::OkStatus());
+  }
+  parts_.loader->Start(e.ts, block, e.pos, Loader::Want::kNone,
+                       /*speculative=*/true, job.prefetch, deadline, &batch);
+  return Outcome::kStarted;
+}
+
+void Mover::Run(Job& job) {
   const Deadline deadline =
       Clock::now() + absl::ToChronoNanoseconds(parts_.options->pin_wait_timeout);
   CopyBatch batch(*parts_.chain);
   std::vector<size_t> started(parts_.chain->size());  // loads, by tier
+  std::vector<Entry*> leaving;
   uint64_t submitted = 0;
+  // Copies already there are marked first, as the loads will mark theirs:
+  // the loads of the job's other blocks then evict other copies, not these
+  // (EngineApiTest.PrefetchKeepsTheBlocksAlreadyResident).
+  for (Entry& e : job.entries) MarkIfResident(e);
   for (Entry& e : job.entries) {
-    if (e.ts == nullptr) e.ts = parts_.catalog->Find(static_cast<uint32_t>(e.key >> 32));
-    const uint64_t block = e.key & 0xFFFFFFFFu;
-    if (parts_.life->closing()) {
-      finish(Lifecycle::ClosedError());
-      continue;
-    }
-    if (e.ts == nullptr || e.ts->dropped() || block >= e.ts->num_blocks) {
-      finish(absl::NotFoundError("prefetch of a dropped tensor: cancelled"));
-      continue;
-    }
-    std::atomic<uint64_t>& word = e.ts->copy(e.pos, block).word;
-    uint64_t w = word.load(std::memory_order_acquire);
-    const uint64_t loading = CopyState(w).Loading();
-    if (loading == 0 ||
-        !word.compare_exchange_strong(w, loading, std::memory_order_acq_rel)) {
-      finish(absl::OkStatus());  // already there, or on its way
-      continue;
-    }
-    parts_.loader->Start(e.ts, block, e.pos, Loader::Want::kNone,
-                         /*speculative=*/true, job.prefetch, deadline, &batch);
+    const Outcome outcome = StartOne(job, e, deadline, batch);
+    if (outcome == Outcome::kLeaving) leaving.push_back(&e);
+    if (outcome != Outcome::kStarted) continue;
     ++started[e.pos];
     // The first load goes at once, then groups of kSubmitGroup: the device
     // starts while the rest are set up (a frame, a source each), and a
@@ -137,9 +166,35 @@ void Mover::Run(Job& job) {
       batch.Submit();
     }
   }
+  batch.Submit();
+  // Copies that were on their way out when their turn came (evicted, their
+  // write-back in flight) are loaded again once they are gone: a Prefetch
+  // is done when its blocks are there (one skipped so was missed:
+  // EngineApiTest.PrefetchWaitsOutABlockBeingEvicted). Waiting is bounded
+  // by the write-back, and by the job's deadline when the tier below stalls.
+  for (Entry* e : leaving) {
+    for (;;) {
+      std::atomic<uint64_t>& word = e->ts->copy(e->pos, e->key & 0xFFFFFFFFu).word;
+      const uint64_t w = word.load(std::memory_order_acquire);
+      if (CopyState(w).state() == CopyState::kEvicting &&
+          !parts_.waits->WaitForChange(word, w, deadline)) {
+        if (job.prefetch) {
+          job.prefetch->Done(absl::DeadlineExceededError(absl::StrCat(
+              "prefetch: a block was still being written to the tier below after ",
+              absl::FormatDuration(parts_.options->pin_wait_timeout),
+              "; the tier below may be stalled")));
+        }
+        break;
+      }
+      const Outcome outcome = StartOne(job, *e, deadline, batch);
+      if (outcome == Outcome::kLeaving) continue;
+      if (outcome == Outcome::kStarted) ++started[e->pos];
+      batch.Submit();
+      break;
+    }
+  }
   // The loads are on their way; making room for the next ones (the
   // policy's upkeep, write-backs) overlaps them.
-  batch.Submit();
   for (int pos = 0; pos < static_cast<int>(started.size()); ++pos) {
     if (started[pos] > 0) parts_.tier(pos).RefillReserve(started[pos]);
   }

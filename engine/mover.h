@@ -33,6 +33,7 @@
 
 namespace strata::internal {
 
+class CopyBatch;
 struct PrefetchState;
 
 class Mover {
@@ -81,6 +82,15 @@ class Mover {
   void Enqueue(Job job);
   void Loop();
   void Run(Job& job);
+  // What became of one entry: its load started (the loader reports it to
+  // the job's handle), it was finished here (there already, or cancelled),
+  // or its copy is on its way out (or changed under the look) and the
+  // entry is to be tried again.
+  enum class Outcome { kStarted, kFinished, kLeaving };
+  // Marks the entry's copy prefetched if it is resident (CopyState::
+  // MarkedPrefetched).
+  void MarkIfResident(Entry& e);
+  Outcome StartOne(Job& job, Entry& e, Deadline deadline, CopyBatch& batch);
   // Asks for `count` blocks from `from` upwards, if the window still ends
   // at `expected_to` (one thread moves a window at a time).
   void ExtendReadahead(TensorState& ts, uint64_t from, uint64_t expected_to,

@@ -962,6 +962,41 @@ TEST_F(EngineApiTest, RefillingTheReserveNeverEvictsPrefetchedBlocks) {
   }
 }
 
+TEST_F(EngineApiTest, PrefetchKeepsTheBlocksAlreadyResident) {
+  // A Prefetch of a range part resident, part not: the loads of the absent
+  // blocks, and the refill of the reserve after them, evict other copies,
+  // never the range's resident ones, though they are the oldest (lru). It
+  // once took them for "already there" and left them to the policy: its
+  // own loads evicted them.
+  EngineOptions o = Options();
+  o.policy = "lru";
+  o.readahead_blocks = 0;  // the sweep below reads in order
+  ASSERT_OK_AND_ASSIGN(auto e, OpenSmall(o));
+  const uint64_t n = 2 * kFrames;
+  ASSERT_OK_AND_ASSIGN(Tensor t, e->CreateTensor("t", BlocksSpec(n)));
+  for (uint64_t b = 0; b < n; ++b) WriteBlock(*e, t, b, 1);
+  ASSERT_OK(e->FlushAll());
+  // A sweep of hits in block order: the lowest resident block is the
+  // oldest.
+  uint64_t lowest = n;
+  for (uint64_t b = 0; b < n; ++b) {
+    ASSERT_OK_AND_ASSIGN(std::optional<Pin> p, e->TryPin(t, b, Tier::kHost, Access::kRead));
+    if (p.has_value() && lowest == n) lowest = b;
+  }
+  ASSERT_GE(lowest, 4u);
+  ASSERT_LE(lowest + kFrames / 4, n);
+  // Four absent blocks, then the oldest resident ones.
+  const BlockRange range{lowest - 4, lowest + kFrames / 4};
+  ASSERT_OK_AND_ASSIGN(PrefetchHandle h, e->Prefetch(t, range, Tier::kHost));
+  ASSERT_OK(h.Wait());
+  for (uint64_t b = range.begin; b < range.end; ++b) {
+    ASSERT_OK_AND_ASSIGN(std::optional<Pin> hit, e->TryPin(t, b, Tier::kHost, Access::kRead));
+    ASSERT_TRUE(hit.has_value()) << "block " << b << " of the prefetched range ["
+                                 << range.begin << ", " << range.end << ") is not resident";
+    EXPECT_EQ(FirstPatternMismatch(hit->bytes(), Seed(1, b, 1)), -1) << "block " << b;
+  }
+}
+
 TEST_F(EngineApiTest, PrefetchBlocksMakesAGatherResident) {
   EngineOptions o = Options();
   o.policy = "lru";  // as above: the blocks prefetched last are kept

@@ -812,6 +812,52 @@ TEST(EngineErrorTest, DroppingATensorDropsItsWriteBackErrors) {
   EXPECT_OK(e->Close());
 }
 
+// A Prefetch of a block whose copy is on its way out (evicted, its
+// write-back in flight) waits it out and loads the block again: the handle
+// is not done while the write-back is held, and once it is done the block is
+// resident with its bytes. (It once took the leaving copy for one "already
+// there" and was done at once, with the block about to be gone.)
+//
+// How: 8 frames hold dirty blocks 0..7; a thread's write pin of block 8
+// evicts block 0 (lru, one write-back at a time), whose write is held.
+TEST(EnginePrefetchTest, PrefetchWaitsOutABlockBeingEvicted) {
+  TempDir dir;
+  ASSERT_TRUE(dir.ok());
+  auto faults = std::make_shared<FaultInjector>();
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Engine> engine,
+                       OpenFaulty(EdgeOptions(dir.Sub("nvme")), faults));
+  Engine* e = engine.get();
+  ASSERT_OK_AND_ASSIGN(Tensor t, e->CreateTensor("t", BlocksSpec(kFrames + 1)));
+  for (uint64_t b = 0; b < kFrames; ++b) {
+    ASSERT_OK_AND_ASSIGN(Pin p, e->Pin(t, b, Tier::kHost, Access::kWrite));
+    FillPattern(p.bytes(), Seed(1, b, 1));
+  }
+  faults->Arm(FaultOps::kWrite, 1, Fault::kHold);
+  absl::Status writer_status;
+  Threads threads([&] { faults->Clear(); });
+  threads.Start([&] {
+    auto p = e->Pin(t, kFrames, Tier::kHost, Access::kWrite);
+    writer_status = p.status();
+    if (p.ok()) FillPattern(p->bytes(), Seed(1, kFrames, 1));
+  });
+  ASSERT_TRUE(WaitFor([&] { return faults->held() == 1; }))
+      << "block 0's write-back never reached the device";
+
+  ASSERT_OK_AND_ASSIGN(PrefetchHandle h, e->Prefetch(t, {0, 1}, Tier::kHost));
+  WaitFor([&] { return h.done() || testing::CopyHasWaiters(*e, t, Tier::kHost, 0); });
+  EXPECT_FALSE(h.done()) << "the prefetch was done while block 0 was still "
+                            "being written down (and about to leave the host)";
+  faults->Clear();
+  threads.JoinAll();
+  EXPECT_OK(writer_status);
+  ASSERT_OK(h.Wait());
+  ASSERT_OK_AND_ASSIGN(std::optional<Pin> hit, e->TryPin(t, 0, Tier::kHost, Access::kRead));
+  ASSERT_TRUE(hit.has_value()) << "the prefetched block is not resident";
+  EXPECT_EQ(FirstPatternMismatch(hit->bytes(), Seed(1, 0, 1)), -1);
+  hit.reset();
+  EXPECT_OK(e->Close());
+}
+
 // Every wait has a deadline, synchronous I/O included: a read whose
 // completion the device swallows (kHold) gives the pin that waits for it
 // kDeadlineExceeded after io_timeout, naming the option; the frame stays

@@ -676,9 +676,13 @@ class Engine {
                                                     Access access);
 
   // Starts bringing `range` of `tensor` into `tier` (pinnable) without
-  // pinning; returns at once. Blocks that do not fit (every frame pinned)
-  // fail the handle with kResourceExhausted; blocks still queued when the
-  // engine closes fail it with kFailedPrecondition.
+  // pinning; returns at once. When the handle is done, every block of the
+  // range has been brought in: blocks already resident are kept like the
+  // ones loaded (eviction passes them over until a pin uses them, unless a
+  // pin is short of frames), and a block that was being evicted is loaded
+  // again once it is gone. Blocks that do not fit (every frame
+  // pinned) fail the handle with kResourceExhausted; blocks still queued
+  // when the engine closes fail it with kFailedPrecondition.
   absl::StatusOr<PrefetchHandle> Prefetch(const Tensor& tensor,
                                           BlockRange range, Tier tier);
   // Prefetch of scattered blocks (a gather: embedding rows, a sparse
