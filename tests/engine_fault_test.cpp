@@ -287,7 +287,11 @@ TEST_P(EngineFaultTest, EveryNthOperationFails) {
 
 TEST_P(EngineFaultTest, DeviceFailsUntilCleared) {
   const FaultCase c = GetParam();
-  for (uint64_t nth : {1, 7, 40}) {
+  // The workload reads about 40 times under faults, fewer when readahead
+  // and the Prefetch keep more of what it reads next: N stays well inside
+  // (N=40 once went unreached, the blocks prefetched no longer evicted by
+  // the reserve's refill).
+  for (uint64_t nth : {1, 7, 24}) {
     RunResult r;
     RunOnce(c, nth, /*until_cleared=*/true, &r);
     if (HasFatalFailure()) return;
