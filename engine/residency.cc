@@ -15,7 +15,6 @@
 #include "util/status_macros.h"
 
 namespace strata::internal {
-
 namespace {
 
 using S = CopyState;
@@ -111,7 +110,7 @@ absl::StatusOr<tiers::Frame> Residency::Allocate(uint64_t bytes,
             ": a prefetch waited for pins short of space until its deadline"));
       }
     }
-    return AllocateLoop(bytes, deadline, owner);
+    return AllocateLoop(bytes, deadline, owner, For::kSpeculative);
   }
   absl::StatusOr<tiers::Frame> frame = PlaceForLoad(bytes, owner, nullptr);
   if (frame.ok()) {
@@ -119,7 +118,7 @@ absl::StatusOr<tiers::Frame> Residency::Allocate(uint64_t bytes,
     return frame;
   }
   demand_waiting_.fetch_add(1, std::memory_order_acq_rel);
-  frame = AllocateLoop(bytes, deadline, owner);
+  frame = AllocateLoop(bytes, deadline, owner, For::kNeed);
   demand_waiting_.fetch_sub(1, std::memory_order_acq_rel);
   NotifySpace();  // speculative allocations waiting on this one
   return frame;
@@ -127,7 +126,7 @@ absl::StatusOr<tiers::Frame> Residency::Allocate(uint64_t bytes,
 
 absl::StatusOr<tiers::Frame> Residency::AllocateLoop(uint64_t bytes,
                                                      Deadline deadline,
-                                                     FrameOwner owner) {
+                                                     FrameOwner owner, For why) {
   const uint64_t failures_before = failures_.load(std::memory_order_acquire);
   // Every round gets a frame, frees or starts freeing one, or waits for a
   // frame in transit. Rounds whose freed frame another thread takes at once
@@ -163,10 +162,10 @@ absl::StatusOr<tiers::Frame> Residency::AllocateLoop(uint64_t bytes,
     // The bytes are free but in pieces: make a range where it is cheapest,
     // rather than evicting by the policy's order until one happens to form.
     EvictResult evicted;
-    if (tier_.capacity() - tier_.used() >= bytes) evicted = EvictWindow(bytes, For::kNeed);
+    if (tier_.capacity() - tier_.used() >= bytes) evicted = EvictWindow(bytes, why);
     tiers::Frame handoff;
     if (evicted.freed == 0 && evicted.started == 0) {
-      evicted = EvictSome(depth - in_flight, false, For::kNeed, bytes, owner,
+      evicted = EvictSome(depth - in_flight, false, why, bytes, owner,
                           &handoff);
     }
     if (handoff.valid()) return handoff;  // counted in transit by its claim
@@ -273,8 +272,8 @@ std::vector<std::pair<uint64_t, Residency::Placed>> Residency::ChooseWindow(
   // already on its way out, with the free gaps between them; any other
   // frame (pinned, loading) ends a run. Its cost is the bytes it evicts,
   // dirty ones twice (they must be written down first), prefetched ones
-  // three times (their load is wasted and another follows; the reserve's
-  // refill never takes them: they end a run then). A sliding window
+  // three times (their load is wasted and another follows); only a pin
+  // short of a frame takes them (they end a run for the others). A sliding window
   // over each run finds the cheapest one whose span holds `bytes`. At most
   // kMaxScan frames are looked at per call, going round the arena from one
   // call to the next, so a tier of a million small frames stays cheap.
@@ -306,7 +305,7 @@ std::vector<std::pair<uint64_t, Residency::Placed>> Residency::ChooseWindow(
       cost = 0;
       out = true;
     } else if (state.idle() && !(state.dirty() && lowest) &&
-               !(state.prefetched() && why == For::kReserve)) {
+               !(state.prefetched() && why != For::kNeed)) {
       cost = state.prefetched() ? 3 * p.bytes
              : state.dirty()    ? 2 * p.bytes
                                 : p.bytes;
@@ -451,20 +450,27 @@ std::vector<Residency::Victim> Residency::ClaimVictims(size_t count,
   // copies (a Prefetch of a whole tensor over another) walked every one of
   // them for each eviction: quadratic (gpu_bench BM_GpuPromote at 1 MiB
   // blocks, H200: 0.95x raw at 256 blocks, 0.37x at 1024). A second pass
-  // takes them when nothing else was found. The reserve's refill takes
-  // none of them, however many it passes over: it would evict a block
-  // about to be read to keep a frame free for a miss that may never come
-  // (EngineApiTest.RefillingTheReserveNeverEvictsPrefetchedBlocks).
+  // takes them when nothing else was found: for a pin short of a frame;
+  // for a speculative load only when no write-back is in flight (it waits
+  // for that frame instead: a prefetch evicted the gather's first blocks
+  // for its last, EngineApiTest.PrefetchBlocksMakesAGatherResident under
+  // load); never for the reserve's refill, which would evict a block about
+  // to be read to keep a frame free for a miss that may never come
+  // (EngineApiTest.RefillingTheReserveNeverEvictsPrefetchedBlocks). Every
+  // walk keeps the bound: a tier full of prefetched copies must not be
+  // walked end to end for each victim.
   constexpr int kPrefetchedPassedOver = 32;
-  const int passes = why == For::kNeed ? 2 : 1;
+  const bool second_pass =
+      why == For::kNeed ||
+      (why == For::kSpeculative &&
+       victims_in_flight_.load(std::memory_order_acquire) == 0);
+  const int passes = second_pass ? 2 : 1;
   for (int pass = 0; pass < passes && victims.empty(); ++pass) {
     while (victims.size() < count) {
       Victim v;
       int passed_over = 0;
       std::optional<uint64_t> key = policy_->Evict([&](uint64_t k) {
-        const bool take_prefetched =
-            why == For::kNeed &&
-            (pass == 1 || passed_over >= kPrefetchedPassedOver);
+        const bool take_prefetched = pass == 1 || passed_over >= kPrefetchedPassedOver;
         bool prefetched = false;
         if (TryClaim(k, take_prefetched, clean_only, &v, &prefetched)) return true;
         passed_over += prefetched;

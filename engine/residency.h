@@ -166,11 +166,14 @@ class Residency {
   // taken. On failure, `epoch` as TransitUndo's.
   absl::StatusOr<tiers::Frame> PlaceForLoad(uint64_t bytes, FrameOwner owner,
                                             uint64_t* epoch);
-  // Who evicts: an allocation that needs a frame now, or the reserve's
-  // refill (EvictAhead), which never takes a prefetched copy: a block
-  // prefetched for a pin that has not come yet is needed sooner than any
-  // frame of the reserve.
-  enum class For { kNeed, kReserve };
+  // Who evicts: a pin's load that needs a frame now, a speculative load
+  // (prefetch, readahead, step plan), or the reserve's refill
+  // (EvictAhead). A prefetched copy (a block prefetched for a pin that has
+  // not come yet) goes last: a pin takes one when nothing else can go, a
+  // speculative load only when no write-back in flight will free a frame,
+  // the refill never (ClaimVictims; past its bound on the copies a walk
+  // passes over, every walk takes the next).
+  enum class For { kNeed, kSpeculative, kReserve };
   EvictResult EvictSome(size_t count, bool clean_only, For why, uint64_t bytes,
                         FrameOwner owner, tiers::Frame* handoff);
   EvictResult EvictSome(size_t count, bool clean_only, For why = For::kNeed) {
@@ -195,7 +198,7 @@ class Residency {
     Evict(victims, result, 0, FrameOwner(), nullptr);
   }
   absl::StatusOr<tiers::Frame> AllocateLoop(uint64_t bytes, Deadline deadline,
-                                            FrameOwner owner);
+                                            FrameOwner owner, For why);
   std::vector<Victim> ClaimVictims(size_t count, bool clean_only, For why);
   // Claims `key`'s copy as a victim if it is idle. A prefetched copy is
   // refused unless `take_prefetched`, and says so in *passed_prefetched.
