@@ -26,6 +26,7 @@ void Mover::Prefetch(std::shared_ptr<TensorState> ts, uint64_t begin,
   for (uint64_t b = begin; b < end; ++b) {
     job.entries.push_back({ts, ts->Key(b), pos});
   }
+  MarkResident(job);
   Enqueue(std::move(job));
 }
 
@@ -36,6 +37,7 @@ void Mover::PrefetchBlocks(std::shared_ptr<TensorState> ts,
   job.prefetch = std::move(prefetch);
   job.entries.reserve(blocks.size());
   for (uint64_t b : blocks) job.entries.push_back({ts, ts->Key(b), pos});
+  MarkResident(job);
   Enqueue(std::move(job));
 }
 
@@ -97,17 +99,23 @@ void Mover::Resume() {
   cv_.notify_all();
 }
 
-void Mover::MarkIfResident(Entry& e) {
-  if (e.ts == nullptr) e.ts = parts_.catalog->Find(static_cast<uint32_t>(e.key >> 32));
-  const uint64_t block = e.key & 0xFFFFFFFFu;
-  if (e.ts == nullptr || e.ts->dropped() || block >= e.ts->num_blocks) return;
-  std::atomic<uint64_t>& word = e.ts->copy(e.pos, block).word;
-  uint64_t w = word.load(std::memory_order_acquire);
-  for (;;) {
-    const uint64_t marked = CopyState(w).MarkedPrefetched();
-    if (marked == 0 ||
-        word.compare_exchange_weak(w, marked, std::memory_order_acq_rel)) {
-      return;
+void Mover::MarkResident(const Job& job) {
+  // In the caller's thread, at the call: marked later, by the mover, a
+  // copy the caller pinned meanwhile would stay marked though used (so
+  // readahead and step plans, whose jobs trail the reader, mark nothing:
+  // written blocks their stale windows marked stayed in an 8-frame tier,
+  // EngineFaultMiscTest.ReadaheadFaultsReachTheDemandPin).
+  for (const Entry& e : job.entries) {
+    const uint64_t block = e.key & 0xFFFFFFFFu;
+    if (e.ts == nullptr || e.ts->dropped() || block >= e.ts->num_blocks) continue;
+    std::atomic<uint64_t>& word = e.ts->copy(e.pos, block).word;
+    uint64_t w = word.load(std::memory_order_acquire);
+    for (;;) {
+      const uint64_t marked = CopyState(w).MarkedPrefetched();
+      if (marked == 0 ||
+          word.compare_exchange_weak(w, marked, std::memory_order_acq_rel)) {
+        break;
+      }
     }
   }
 }
@@ -148,10 +156,6 @@ void Mover::Run(Job& job) {
   std::vector<size_t> started(parts_.chain->size());  // loads, by tier
   std::vector<Entry*> leaving;
   uint64_t submitted = 0;
-  // Copies already there are marked first, as the loads will mark theirs:
-  // the loads of the job's other blocks then evict other copies, not these
-  // (EngineApiTest.PrefetchKeepsTheBlocksAlreadyResident).
-  for (Entry& e : job.entries) MarkIfResident(e);
   for (Entry& e : job.entries) {
     const Outcome outcome = StartOne(job, e, deadline, batch);
     if (outcome == Outcome::kLeaving) leaving.push_back(&e);
@@ -170,14 +174,16 @@ void Mover::Run(Job& job) {
   // Copies that were on their way out when their turn came (evicted, their
   // write-back in flight) are loaded again once they are gone: a Prefetch
   // is done when its blocks are there (one skipped so was missed:
-  // EngineApiTest.PrefetchWaitsOutABlockBeingEvicted). Waiting is bounded
-  // by the write-back, and by the job's deadline when the tier below stalls.
+  // EnginePrefetchTest.PrefetchWaitsOutABlockBeingEvicted). Waiting is
+  // bounded by the write-back, and by the job's deadline when the tier
+  // below stalls.
   for (Entry* e : leaving) {
     for (;;) {
       std::atomic<uint64_t>& word = e->ts->copy(e->pos, e->key & 0xFFFFFFFFu).word;
       const uint64_t w = word.load(std::memory_order_acquire);
-      if (CopyState(w).state() == CopyState::kEvicting &&
-          !parts_.waits->WaitForChange(word, w, deadline)) {
+      if (Clock::now() >= deadline ||
+          (CopyState(w).state() == CopyState::kEvicting &&
+           !parts_.waits->WaitForChange(word, w, deadline))) {
         if (job.prefetch) {
           job.prefetch->Done(absl::DeadlineExceededError(absl::StrCat(
               "prefetch: a block was still being written to the tier below after ",
