@@ -123,9 +123,9 @@ class CopyState {
     if (!idle() || failed() || shared()) return 0;
     return ((w_ + 1) | kExclusive | kDirty | kNew) & ~kPrefetched;
   }
-  // A Prefetch (or readahead, or a step plan) of a copy already resident:
-  // marked as a copy it loaded would be, so that eviction passes over it
-  // until its pin comes. Not a copy being written (its writer's pin is its
+  // A Prefetch of a copy already resident (Mover::MarkResident): marked
+  // as a copy it loaded would be, so that eviction passes over it until
+  // its pin comes. Not a copy being written (its writer's pin is its
   // access), nor one marked already.
   constexpr uint64_t MarkedPrefetched() const {
     if (!resident() || exclusive() || prefetched()) return 0;

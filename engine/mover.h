@@ -87,12 +87,12 @@ class Mover {
   // or its copy is on its way out (or changed under the look) and the
   // entry is to be tried again.
   enum class Outcome { kStarted, kFinished, kLeaving };
+  Outcome StartOne(Job& job, Entry& e, Deadline deadline, CopyBatch& batch);
   // A Prefetch's copies already resident are kept as the ones it loads
   // will be: marked prefetched (CopyState::MarkedPrefetched), so that the
   // job's own loads evict other copies, not these (EngineApiTest.
   // PrefetchKeepsTheBlocksAlreadyResident).
   void MarkResident(const Job& job);
-  Outcome StartOne(Job& job, Entry& e, Deadline deadline, CopyBatch& batch);
   // Asks for `count` blocks from `from` upwards, if the window still ends
   // at `expected_to` (one thread moves a window at a time).
   void ExtendReadahead(TensorState& ts, uint64_t from, uint64_t expected_to,
