@@ -126,6 +126,14 @@ bool WaitForBackgroundWork(Engine& engine, absl::Duration limit) {
       internal::Clock::now() + absl::ToChronoNanoseconds(limit));
 }
 
+void PauseBackgroundWork(Engine& engine) {
+  internal::EngineCore::Of(engine).PauseBackgroundWork();
+}
+
+void ResumeBackgroundWork(Engine& engine) {
+  internal::EngineCore::Of(engine).ResumeBackgroundWork();
+}
+
 }  // namespace testing
 
 absl::StatusOr<Tensor> Engine::CreateTensor(std::string_view name,

@@ -994,6 +994,9 @@ bool EngineCore::WaitForBackgroundWork(Deadline deadline) {
   return mover_->WaitIdle(deadline) && life_.WaitForTransfers(deadline);
 }
 
+void EngineCore::PauseBackgroundWork() { mover_->Pause(); }
+void EngineCore::ResumeBackgroundWork() { mover_->Resume(); }
+
 // ---------------------------------------------------------------------------
 // Construction and destruction
 

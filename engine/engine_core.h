@@ -122,6 +122,8 @@ class EngineCore {
   // test's way to know that a call it started is parked on that copy).
   bool CopyHasWaiters(const Tensor& tensor, Tier tier, uint64_t block) const;
   bool WaitForBackgroundWork(Deadline deadline);
+  void PauseBackgroundWork();
+  void ResumeBackgroundWork();
 
  private:
   using MaybePin = absl::StatusOr<std::optional<strata::Pin>>;

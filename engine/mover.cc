@@ -30,6 +30,30 @@ void Mover::Prefetch(std::shared_ptr<TensorState> ts, uint64_t begin,
   Enqueue(std::move(job));
 }
 
+void Mover::Readahead(std::shared_ptr<TensorState> ts, uint64_t begin,
+                      uint64_t end, int pos, Trail trail) {
+  Job job;
+  job.trail = trail;
+  for (uint64_t b = begin; b < end; ++b) {
+    job.entries.push_back({ts, ts->Key(b), pos});
+  }
+  MarkResident(job);
+  Enqueue(std::move(job));
+}
+
+bool Mover::Passed(const TensorState& ts, uint64_t block, Trail trail) {
+  const uint64_t last = ts.info->last_sequential.load(std::memory_order_relaxed);
+  switch (trail) {
+    case Trail::kNone:
+      return false;
+    case Trail::kUp:
+      return last != TensorInfo::kNoReadahead && block <= last;
+    case Trail::kDown:
+      return block >= last;
+  }
+  return false;
+}
+
 void Mover::PrefetchBlocks(std::shared_ptr<TensorState> ts,
                            std::span<const uint64_t> blocks, int pos,
                            std::shared_ptr<PrefetchState> prefetch) {
@@ -132,6 +156,7 @@ Mover::Outcome Mover::StartOne(Job& job, Entry& e, Deadline deadline,
   if (e.ts == nullptr || e.ts->dropped() || block >= e.ts->num_blocks) {
     return finish(absl::NotFoundError("prefetch of a dropped tensor: cancelled"));
   }
+  if (Passed(*e.ts, block, job.trail)) return finish(absl::OkStatus());
   std::atomic<uint64_t>& word = e.ts->copy(e.pos, block).word;
   uint64_t w = word.load(std::memory_order_acquire);
   if (CopyState(w).state() == CopyState::kEvicting) return Outcome::kLeaving;
@@ -289,7 +314,7 @@ void Mover::ExtendReadahead(TensorState& ts, uint64_t from,
   if (!ts.info->readahead_to.compare_exchange_strong(expected_to, end)) return;
   std::shared_ptr<TensorState> owner = parts_.catalog->Find(ts.id);
   if (owner == nullptr) return;  // dropped meanwhile
-  Prefetch(std::move(owner), from, end, pos, nullptr);
+  Readahead(std::move(owner), from, end, pos, Trail::kUp);
 }
 
 void Mover::ExtendReadaheadDown(TensorState& ts, uint64_t to,
@@ -302,7 +327,7 @@ void Mover::ExtendReadaheadDown(TensorState& ts, uint64_t to,
   }
   std::shared_ptr<TensorState> owner = parts_.catalog->Find(ts.id);
   if (owner == nullptr) return;  // dropped meanwhile
-  Prefetch(std::move(owner), begin, to, pos, nullptr);
+  Readahead(std::move(owner), begin, to, pos, Trail::kDown);
 }
 
 }  // namespace strata::internal

@@ -11,7 +11,8 @@
 // blocks on the mover in that direction; the first pin of a block it
 // brought (the prefetched bit, cleared by that pin's CAS) slides the window
 // on. Readahead is speculative: a reader whose block failed to arrive loads
-// it again itself and gets the error itself.
+// it again itself and gets the error itself. A window's blocks that the
+// reader has passed by the time the mover runs it are skipped.
 //
 // Threads: Enqueue-side calls are thread-safe; the jobs run on the mover's
 // own thread.
@@ -74,9 +75,14 @@ class Mover {
     uint64_t key = 0;                 // tensor id << 32 | block
     int pos = 0;
   };
+  // A readahead window's direction; its blocks the reader has passed by
+  // the time the job runs are skipped (a lagging mover once loaded them
+  // again behind the reader).
+  enum class Trail { kNone, kUp, kDown };
   struct Job {
     std::vector<Entry> entries;
     std::shared_ptr<PrefetchState> prefetch;  // may be null
+    Trail trail = Trail::kNone;               // readahead only
   };
 
   void Enqueue(Job job);
@@ -102,6 +108,11 @@ class Mover {
   void ExtendReadaheadDown(TensorState& ts, uint64_t to,
                            uint64_t expected_from, uint64_t count, int pos);
   uint64_t Window(int pos) const;
+  // Queues readahead's blocks [begin, end) of `ts` for tier `pos`.
+  void Readahead(std::shared_ptr<TensorState> ts, uint64_t begin, uint64_t end,
+                 int pos, Trail trail);
+  // Whether the reader of `ts` has passed `block` in `trail`'s direction.
+  static bool Passed(const TensorState& ts, uint64_t block, Trail trail);
 
   static constexpr uint32_t kSubmitGroup = 8;
 

@@ -36,6 +36,12 @@ bool CopyHasWaiters(const Engine& engine, const Tensor& tensor, Tier tier,
 // the limit.
 bool WaitForBackgroundWork(Engine& engine, absl::Duration limit);
 
+// Holds the mover's queued jobs (readahead, prefetch, step plans) until
+// ResumeBackgroundWork: lets a test make them lag behind a reader, as a
+// loaded machine can. Do not call WaitForBackgroundWork in between.
+void PauseBackgroundWork(Engine& engine);
+void ResumeBackgroundWork(Engine& engine);
+
 }  // namespace strata::testing
 
 #endif  // STRATA_ENGINE_TESTING_H_
