@@ -21,18 +21,14 @@ Mover::Mover(EngineParts& parts) : parts_(parts) {
 void Mover::Prefetch(std::shared_ptr<TensorState> ts, uint64_t begin,
                      uint64_t end, int pos,
                      std::shared_ptr<PrefetchState> prefetch) {
-  Job job;
-  job.prefetch = std::move(prefetch);
-  for (uint64_t b = begin; b < end; ++b) {
-    job.entries.push_back({ts, ts->Key(b), pos});
-  }
-  MarkResident(job);
-  Enqueue(std::move(job));
+  QueueRange(std::move(ts), begin, end, pos, std::move(prefetch), Trail::kNone);
 }
 
-void Mover::Readahead(std::shared_ptr<TensorState> ts, uint64_t begin,
-                      uint64_t end, int pos, Trail trail) {
+void Mover::QueueRange(std::shared_ptr<TensorState> ts, uint64_t begin,
+                       uint64_t end, int pos,
+                       std::shared_ptr<PrefetchState> prefetch, Trail trail) {
   Job job;
+  job.prefetch = std::move(prefetch);
   job.trail = trail;
   for (uint64_t b = begin; b < end; ++b) {
     job.entries.push_back({ts, ts->Key(b), pos});
@@ -314,7 +310,7 @@ void Mover::ExtendReadahead(TensorState& ts, uint64_t from,
   if (!ts.info->readahead_to.compare_exchange_strong(expected_to, end)) return;
   std::shared_ptr<TensorState> owner = parts_.catalog->Find(ts.id);
   if (owner == nullptr) return;  // dropped meanwhile
-  Readahead(std::move(owner), from, end, pos, Trail::kUp);
+  QueueRange(std::move(owner), from, end, pos, nullptr, Trail::kUp);
 }
 
 void Mover::ExtendReadaheadDown(TensorState& ts, uint64_t to,
@@ -327,7 +323,7 @@ void Mover::ExtendReadaheadDown(TensorState& ts, uint64_t to,
   }
   std::shared_ptr<TensorState> owner = parts_.catalog->Find(ts.id);
   if (owner == nullptr) return;  // dropped meanwhile
-  Readahead(std::move(owner), begin, to, pos, Trail::kDown);
+  QueueRange(std::move(owner), begin, to, pos, nullptr, Trail::kDown);
 }
 
 }  // namespace strata::internal

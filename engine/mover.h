@@ -108,9 +108,10 @@ class Mover {
   void ExtendReadaheadDown(TensorState& ts, uint64_t to,
                            uint64_t expected_from, uint64_t count, int pos);
   uint64_t Window(int pos) const;
-  // Queues readahead's blocks [begin, end) of `ts` for tier `pos`.
-  void Readahead(std::shared_ptr<TensorState> ts, uint64_t begin, uint64_t end,
-                 int pos, Trail trail);
+  // Queues blocks [begin, end) of `ts` for tier `pos`: a Prefetch's
+  // (Trail::kNone), or a readahead window's, with its direction.
+  void QueueRange(std::shared_ptr<TensorState> ts, uint64_t begin, uint64_t end,
+                  int pos, std::shared_ptr<PrefetchState> prefetch, Trail trail);
   // Whether the reader of `ts` has passed `block` in `trail`'s direction.
   static bool Passed(const TensorState& ts, uint64_t block, Trail trail);
 
