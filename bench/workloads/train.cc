@@ -30,6 +30,14 @@
 // falls outside the engine's time or into the raw pass. All three runs
 // must end with the same parameters, bit for bit (XXH3 of p), or the
 // workload fails.
+//
+// The report also splits the engine's timed steps as the workload's thread
+// saw them: seconds in the engine's calls (Pin, BeginStep, EndStep: waiting
+// for blocks) and seconds in Adam itself. Against `compute_s` (the same
+// Adam alone) the second shows when the compute ran slower beside the
+// engine's I/O than alone, which the floor does not count; and each round's
+// own ratio to its floor, best and worst, shows how much the rounds of one
+// run differ.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -117,6 +125,10 @@ struct Timing {
   uint64_t checksum = 0;     // XXH3 over p's blocks, in order
   double disk_read = 0;      // bytes per timed step, where known
   double disk_written = 0;
+  // The engine's only, seconds per timed step on the workload's thread: in
+  // the engine's calls, and in Adam.
+  double in_engine = 0;
+  double in_compute = 0;
   // The engine's only: seconds and steps of each round of timed steps, and
   // the raw passes around them (one more than the rounds).
   std::vector<double> round_seconds;
@@ -146,8 +158,22 @@ absl::Status InitStrata(Engine& e, const Tensor (&t)[3], uint64_t blocks) {
   return absl::OkStatus();
 }
 
+// Seconds a step spent in the engine's calls and in Adam.
+struct StepSplit {
+  double in_engine = 0;
+  double in_compute = 0;
+};
+
 // One recorded step: Adam over every block triple, pinned for writing.
-absl::Status StepStrata(Engine& e, const Tensor (&t)[3], uint64_t blocks, int step) {
+// Adds where its time went to `split`.
+absl::Status StepStrata(Engine& e, const Tensor (&t)[3], uint64_t blocks, int step,
+                        StepSplit& split) {
+  Clock::time_point mark = Clock::now();
+  auto lap = [&mark](double& into) {
+    const Clock::time_point now = Clock::now();
+    into += std::chrono::duration<double>(now - mark).count();
+    mark = now;
+  };
   if (absl::Status s = e.BeginStep(); !s.ok()) return s;
   for (uint64_t b = 0; b < blocks; ++b) {
     absl::StatusOr<Pin> pins[3];
@@ -155,10 +181,14 @@ absl::Status StepStrata(Engine& e, const Tensor (&t)[3], uint64_t blocks, int st
       pins[i] = e.Pin(t[i], b, Tier::kHost, Access::kWrite);
       if (!pins[i].ok()) return pins[i].status();
     }
+    lap(split.in_engine);
     Adam(pins[0]->as<float>().data(), pins[1]->as<float>().data(),
          pins[2]->as<float>().data(), step);
+    lap(split.in_compute);
   }
-  return e.EndStep();
+  absl::Status ended = e.EndStep();
+  lap(split.in_engine);
+  return ended;
 }
 
 absl::StatusOr<uint64_t> ChecksumStrata(Engine& e, const Tensor& p, uint64_t blocks) {
@@ -228,6 +258,7 @@ absl::StatusOr<Timing> RunStrata(const Shape& shape, const StepPlan& steps,
     return absl::OkStatus();
   };
   Clock::time_point round_start;
+  StepSplit split;
   for (int step = 1; step <= steps.total(); ++step) {
     const bool timed = step >= steps.first_timed();
     if (timed && (step - steps.first_timed()) % kStepsPerRound == 0) {
@@ -236,8 +267,11 @@ absl::StatusOr<Timing> RunStrata(const Shape& shape, const StepPlan& steps,
       round_start = Clock::now();
       timing.round_steps.push_back(0);
     }
-    if (absl::Status s = StepStrata(e, t, shape.blocks, step); !s.ok()) return s;
+    StepSplit this_step;
+    if (absl::Status s = StepStrata(e, t, shape.blocks, step, this_step); !s.ok()) return s;
     if (timed) {
+      split.in_engine += this_step.in_engine;
+      split.in_compute += this_step.in_compute;
       ++timing.round_steps.back();
       const bool round_ends = timing.round_steps.back() == kStepsPerRound ||
                               step == steps.total();
@@ -252,6 +286,8 @@ absl::StatusOr<Timing> RunStrata(const Shape& shape, const StepPlan& steps,
   if (absl::Status s = raw_pass(); !s.ok()) return s;
   progress.Done();
   timing.step_seconds /= steps.timed;
+  timing.in_engine = split.in_engine / steps.timed;
+  timing.in_compute = split.in_compute / steps.timed;
   const TierStats& n0 = before.tier(Tier::kNvme);
   const TierStats n1 = e.GetStats().tier(Tier::kNvme);
   timing.disk_read = static_cast<double>(n1.bytes_out - n0.bytes_out) / steps.timed;
@@ -490,6 +526,7 @@ absl::StatusOr<std::vector<Result>> RunOneSize(uint64_t working_set,
   const std::vector<RawBandwidth>& raws = strata->raw;
   RawBandwidth raw;  // the mean of the rounds' readings, for the report
   double io_floor = 0, floor = 0;
+  double best_round = HUGE_VAL, worst_round = 0;  // a round's time / its floor
   for (size_t r = 0; r < strata->round_steps.size(); ++r) {
     const RawBandwidth round{std::max(raws[r].read, raws[r + 1].read),
                              std::max(raws[r].write, raws[r + 1].write)};
@@ -497,6 +534,9 @@ absl::StatusOr<std::vector<Result>> RunOneSize(uint64_t working_set,
     const int n = strata->round_steps[r];
     io_floor += io * n;
     floor += std::max(compute, io) * n;
+    const double round_ratio = strata->round_seconds[r] / n / std::max(compute, io);
+    best_round = std::min(best_round, round_ratio);
+    worst_round = std::max(worst_round, round_ratio);
     raw.read += round.read * n;
     raw.write += round.write * n;
   }
@@ -527,6 +567,10 @@ absl::StatusOr<std::vector<Result>> RunOneSize(uint64_t working_set,
                {"compute_s", compute},
                {"io_floor_s", io_floor},
                {"strata_vs_floor", strata->step_seconds / floor},
+               {"strata_vs_floor_best_round", best_round},
+               {"strata_vs_floor_worst_round", worst_round},
+               {"strata_in_engine_s", strata->in_engine},
+               {"strata_in_compute_s", strata->in_compute},
                {"raw_read_bytes_per_s", raw.read},
                {"raw_write_bytes_per_s", raw.write},
                {"raw_passes", static_cast<double>(raws.size())},
