@@ -120,15 +120,20 @@ struct RawBandwidth {
   double read = 0, write = 0;  // bytes/s
 };
 
+// Seconds a step spent in the engine's calls and in Adam.
+struct StepSplit {
+  double in_engine = 0;
+  double in_compute = 0;
+};
+
 struct Timing {
   double step_seconds = 0;   // mean of the timed steps
   uint64_t checksum = 0;     // XXH3 over p's blocks, in order
   double disk_read = 0;      // bytes per timed step, where known
   double disk_written = 0;
-  // The engine's only, seconds per timed step on the workload's thread: in
-  // the engine's calls, and in Adam.
-  double in_engine = 0;
-  double in_compute = 0;
+  // The engine's only: where a timed step's seconds went, on the
+  // workload's thread (mean of the timed steps).
+  StepSplit split;
   // The engine's only: seconds and steps of each round of timed steps, and
   // the raw passes around them (one more than the rounds).
   std::vector<double> round_seconds;
@@ -157,12 +162,6 @@ absl::Status InitStrata(Engine& e, const Tensor (&t)[3], uint64_t blocks) {
   }
   return absl::OkStatus();
 }
-
-// Seconds a step spent in the engine's calls and in Adam.
-struct StepSplit {
-  double in_engine = 0;
-  double in_compute = 0;
-};
 
 // One recorded step: Adam over every block triple, pinned for writing.
 // Adds where its time went to `split`.
@@ -258,7 +257,7 @@ absl::StatusOr<Timing> RunStrata(const Shape& shape, const StepPlan& steps,
     return absl::OkStatus();
   };
   Clock::time_point round_start;
-  StepSplit split;
+  StepSplit untimed;  // the warm-up steps' split, not reported
   for (int step = 1; step <= steps.total(); ++step) {
     const bool timed = step >= steps.first_timed();
     if (timed && (step - steps.first_timed()) % kStepsPerRound == 0) {
@@ -267,11 +266,11 @@ absl::StatusOr<Timing> RunStrata(const Shape& shape, const StepPlan& steps,
       round_start = Clock::now();
       timing.round_steps.push_back(0);
     }
-    StepSplit this_step;
-    if (absl::Status s = StepStrata(e, t, shape.blocks, step, this_step); !s.ok()) return s;
+    if (absl::Status s = StepStrata(e, t, shape.blocks, step, timed ? timing.split : untimed);
+        !s.ok()) {
+      return s;
+    }
     if (timed) {
-      split.in_engine += this_step.in_engine;
-      split.in_compute += this_step.in_compute;
       ++timing.round_steps.back();
       const bool round_ends = timing.round_steps.back() == kStepsPerRound ||
                               step == steps.total();
@@ -286,8 +285,8 @@ absl::StatusOr<Timing> RunStrata(const Shape& shape, const StepPlan& steps,
   if (absl::Status s = raw_pass(); !s.ok()) return s;
   progress.Done();
   timing.step_seconds /= steps.timed;
-  timing.in_engine = split.in_engine / steps.timed;
-  timing.in_compute = split.in_compute / steps.timed;
+  timing.split.in_engine /= steps.timed;
+  timing.split.in_compute /= steps.timed;
   const TierStats& n0 = before.tier(Tier::kNvme);
   const TierStats n1 = e.GetStats().tier(Tier::kNvme);
   timing.disk_read = static_cast<double>(n1.bytes_out - n0.bytes_out) / steps.timed;
@@ -569,8 +568,8 @@ absl::StatusOr<std::vector<Result>> RunOneSize(uint64_t working_set,
                {"strata_vs_floor", strata->step_seconds / floor},
                {"strata_vs_floor_best_round", best_round},
                {"strata_vs_floor_worst_round", worst_round},
-               {"strata_in_engine_s", strata->in_engine},
-               {"strata_in_compute_s", strata->in_compute},
+               {"strata_in_engine_s", strata->split.in_engine},
+               {"strata_in_compute_s", strata->split.in_compute},
                {"raw_read_bytes_per_s", raw.read},
                {"raw_write_bytes_per_s", raw.write},
                {"raw_passes", static_cast<double>(raws.size())},
