@@ -4,6 +4,7 @@
 // nvme_fault_test.cpp.
 #include "tiers/nvme/nvme_tier.h"
 
+#include <cpuid.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -168,6 +169,38 @@ INSTANTIATE_TEST_SUITE_P(Registered, NvmeRoundTrip, ::testing::Bool(),
                          [](const auto& info) {
                            return info.param ? "Registered" : "Unregistered";
                          });
+
+#if defined(__x86_64__)
+// XINUSE (XGETBV with ECX=1): which register state components are in use.
+// Bit 2 is the upper halves of the YMM registers.
+bool UpperVectorStateInUse() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (__get_cpuid_count(0xd, 1, &eax, &ebx, &ecx, &edx) == 0 || (eax & 4) == 0) {
+    return false;
+  }
+  uint32_t lo = 0, hi = 0;
+  asm volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(1));
+  return (lo & 4) != 0;
+}
+
+// A write-back's checksum runs on the thread that submits it, often a
+// pinning thread, and libxxhash's AVX2/AVX-512 code returns with the upper
+// halves of the vector registers in use: the SSE code the pin's caller ran
+// next (a trainer's optimizer) was 2-5x slower in stretches
+// (docs/PERFORMANCE.md).
+TEST(BlockChecksumTest, LeavesTheUpperVectorStateClean) {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (__get_cpuid_count(0xd, 1, &eax, &ebx, &ecx, &edx) == 0 || (eax & 4) == 0 ||
+      !__builtin_cpu_supports("avx")) {
+    GTEST_SKIP() << "this CPU reports no AVX state or no XGETBV with ECX=1";
+  }
+  std::vector<std::byte> block(2 << 20, std::byte{1});
+  const uint64_t sum = BlockChecksum(block, 7, 0, 1);
+  const bool dirty = UpperVectorStateInUse();
+  EXPECT_NE(sum, BlockChecksum(block, 7, 1, 1));  // the seed still counts
+  EXPECT_FALSE(dirty);
+}
+#endif
 
 TEST(NvmeTier, BlockLargerThanOneSqeAndPartlyRegistered) {
   TempDir dir;
