@@ -171,13 +171,14 @@ INSTANTIATE_TEST_SUITE_P(Registered, NvmeRoundTrip, ::testing::Bool(),
                          });
 
 #if defined(__x86_64__)
-// XINUSE (XGETBV with ECX=1): which register state components are in use.
-// Bit 2 is the upper halves of the YMM registers.
-bool UpperVectorStateInUse() {
+// Whether XGETBV with ECX=1 (XINUSE: which register state is in use) exists.
+bool HasXInUse() {
   unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-  if (__get_cpuid_count(0xd, 1, &eax, &ebx, &ecx, &edx) == 0 || (eax & 4) == 0) {
-    return false;
-  }
+  return __get_cpuid_count(0xd, 1, &eax, &ebx, &ecx, &edx) != 0 && (eax & 4) != 0;
+}
+
+// XINUSE bit 2: the upper halves of the YMM registers are in use.
+bool UpperVectorStateInUse() {
   uint32_t lo = 0, hi = 0;
   asm volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(1));
   return (lo & 4) != 0;
@@ -189,10 +190,8 @@ bool UpperVectorStateInUse() {
 // next (a trainer's optimizer) was 2-5x slower in stretches
 // (docs/PERFORMANCE.md).
 TEST(BlockChecksumTest, LeavesTheUpperVectorStateClean) {
-  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-  if (__get_cpuid_count(0xd, 1, &eax, &ebx, &ecx, &edx) == 0 || (eax & 4) == 0 ||
-      !__builtin_cpu_supports("avx")) {
-    GTEST_SKIP() << "this CPU reports no AVX state or no XGETBV with ECX=1";
+  if (!HasXInUse() || !__builtin_cpu_supports("avx")) {
+    GTEST_SKIP() << "this CPU reports no AVX or no XGETBV with ECX=1";
   }
   std::vector<std::byte> block(2 << 20, std::byte{1});
   const uint64_t sum = BlockChecksum(block, 7, 0, 1);
