@@ -430,10 +430,15 @@ TEST(PolicyTargetTest, HintedIgnoresKeyValues) {
 // `ahead` requests before its use (InsertWithoutAccess, the step plan's
 // prefetch), and the use is a hit (Access). Keys loaded and not used yet are
 // refused as victims, as the engine passes over prefetched blocks. Returns
-// the loads.
-uint64_t ReplayPrefetched(std::string_view name,
-                          const std::vector<uint64_t>& trace, size_t capacity,
-                          size_t step_length, size_t ahead) {
+// the loads. Steps begin at the indices in `boundaries`. Hits at the
+// indices in `lost` are not told to the policy: the engine's access logs
+// may lose a few (a pin's hit on a copy the loader has published and not
+// yet filed with the policy, drained before the filing).
+uint64_t ReplayPrefetchedSteps(std::string_view name,
+                               const std::vector<uint64_t>& trace,
+                               size_t capacity,
+                               const std::set<size_t>& boundaries, size_t ahead,
+                               const std::set<size_t>& lost = {}) {
   std::unique_ptr<EvictionPolicy> policy = Make(name, capacity);
   std::set<uint64_t> resident, waiting;
   uint64_t loads = 0;
@@ -454,18 +459,41 @@ uint64_t ReplayPrefetched(std::string_view name,
     }
   };
   for (size_t i = 0; i < trace.size(); ++i) {
-    if (i % step_length == 0) policy->OnStepBoundary();
+    if (boundaries.contains(i)) policy->OnStepBoundary();
     if (i + ahead < trace.size() && !resident.contains(trace[i + ahead])) {
       load(trace[i + ahead], /*for_use=*/false);
     }
     if (resident.contains(trace[i])) {
-      policy->Access(trace[i]);
+      if (!lost.contains(i)) policy->Access(trace[i]);
       waiting.erase(trace[i]);
     } else {
       load(trace[i], /*for_use=*/true);
     }
   }
   return loads;
+}
+
+// The same with a step every `step_length` requests.
+uint64_t ReplayPrefetched(std::string_view name,
+                          const std::vector<uint64_t>& trace, size_t capacity,
+                          size_t step_length, size_t ahead,
+                          const std::set<size_t>& lost = {}) {
+  std::set<size_t> boundaries;
+  for (size_t i = 0; i < trace.size(); i += step_length) boundaries.insert(i);
+  return ReplayPrefetchedSteps(name, trace, capacity, boundaries, ahead, lost);
+}
+
+// A training step's pins: block b of p, m and v, for every b, `steps` times.
+std::vector<uint64_t> StepLoop(size_t blocks, size_t steps) {
+  std::vector<uint64_t> trace;
+  for (size_t s = 0; s < steps; ++s) {
+    for (uint64_t b = 0; b < blocks; ++b) {
+      for (uint64_t tensor = 1; tensor <= 3; ++tensor) {
+        trace.push_back(tensor << 32 | b);
+      }
+    }
+  }
+  return trace;
 }
 
 // A training step over p, m and v, 4x the cache, with the step plan loading
@@ -478,19 +506,63 @@ uint64_t ReplayPrefetched(std::string_view name,
 // admit, 2493 (1.21x).
 TEST(PolicyTargetTest, PrefetchedStepLoopKeepsAFixedPart) {
   constexpr size_t kCapacity = 32, kBlocks = 42, kAhead = 8, kSteps = 20;
-  std::vector<uint64_t> trace;
-  for (size_t s = 0; s < kSteps; ++s) {
-    for (uint64_t b = 0; b < kBlocks; ++b) {
-      for (uint64_t tensor = 1; tensor <= 3; ++tensor) {
-        trace.push_back(tensor << 32 | b);
-      }
-    }
-  }
+  const std::vector<uint64_t> trace = StepLoop(kBlocks, kSteps);
   const double belady =
       static_cast<double>(BeladyMisses(trace, kCapacity - kAhead));
   for (std::string_view name : {"hinted", "default"}) {
     const uint64_t loads =
         ReplayPrefetched(name, trace, kCapacity, 3 * kBlocks, kAhead);
+    EXPECT_LE(static_cast<double>(loads), 1.02 * belady) << name;
+  }
+}
+
+// The same loop with a hit the policy never hears now and then (the
+// engine's access logs may lose one): the step it fell in is one request
+// short. hinted took that length for the period at once; under a period
+// one short, each key's access of a period ago left the window just
+// before its next use, so every access missed its prediction and every
+// block was filed as random, evicted by recency for the next two steps
+// (the engine's train workload read 241-350 MB in such a step, ~214
+// otherwise). With the same length twice in a row the period still moves,
+// and must not cost the loop its place either.
+TEST(PolicyTargetTest, APeriodSurvivesALostHit) {
+  constexpr size_t kCapacity = 32, kBlocks = 42, kAhead = 8, kSteps = 20;
+  const std::vector<uint64_t> trace = StepLoop(kBlocks, kSteps);
+  const size_t step = 3 * kBlocks;
+  const double belady =
+      static_cast<double>(BeladyMisses(trace, kCapacity - kAhead));
+  // A lost hit in each of four steps, at different places in them; two of
+  // the steps in a row (two steps of the same shorter length).
+  const std::set<size_t> lost = {5 * step + 17, 9 * step + 64, 10 * step + 30,
+                                 14 * step + 120};
+  for (std::string_view name : {"hinted", "default"}) {
+    const uint64_t heard = ReplayPrefetched(name, trace, kCapacity, step, kAhead);
+    const uint64_t loads =
+        ReplayPrefetched(name, trace, kCapacity, step, kAhead, lost);
+    // The key whose hit was lost may be loaded again once; the rest of
+    // the loop keeps its place.
+    EXPECT_LE(loads, heard + 2 * lost.size()) << name;
+    EXPECT_LE(static_cast<double>(loads), 1.02 * belady) << name;
+  }
+}
+
+// A loop that really changed by a few requests (one block of each tensor
+// fewer, 3 in 126) is taken for the new period from its second step on.
+TEST(PolicyTargetTest, ASmallChangeOfTheLoopIsTakenUp) {
+  constexpr size_t kCapacity = 32, kAhead = 8, kSteps = 10;
+  std::vector<uint64_t> trace = StepLoop(42, kSteps);
+  const std::vector<uint64_t> shorter = StepLoop(41, kSteps);
+  trace.insert(trace.end(), shorter.begin(), shorter.end());
+  const double belady =
+      static_cast<double>(BeladyMisses(trace, kCapacity - kAhead));
+  std::set<size_t> boundaries;
+  for (size_t s = 0; s < kSteps; ++s) {
+    boundaries.insert(s * 3 * 42);
+    boundaries.insert(kSteps * 3 * 42 + s * 3 * 41);
+  }
+  for (std::string_view name : {"hinted", "default"}) {
+    const uint64_t loads =
+        ReplayPrefetchedSteps(name, trace, kCapacity, boundaries, kAhead);
     EXPECT_LE(static_cast<double>(loads), 1.02 * belady) << name;
   }
 }

@@ -14,7 +14,9 @@
 // Keys fall in two classes, re-decided at each access:
 //   - periodic (the step plan): the access came exactly when predicted
 //     (within P/16 when P comes from step boundaries). Predicted next use:
-//     head + P.
+//     head + P; from step boundaries, a key with no access left in the
+//     window (P a little short: a step that lost a hit) is due a period
+//     after its last access until P/16 later.
 //   - random (embedding rows, anything off the plan): taken as independent
 //     draws and judged by frequency. A second ring holds the last W random
 //     accesses (so rows keep a long history even when plan blocks make most
@@ -43,7 +45,8 @@
 // values: renaming keys changes nothing.
 //
 // P comes from OnStepBoundary when the engine knows steps (the length of the
-// last step; the first step counts from the first access), otherwise from
+// last step; the first step counts from the first access; a length within
+// P/16 of P is taken only when the next step has it too), otherwise from
 // the stream: every access votes for its distance to the key's last 4
 // accesses (distances longer than the capacity only; a shorter loop fits in
 // the cache) and P is the most voted distance once it has kMinVotes votes
@@ -160,13 +163,31 @@ class HintedPolicy final : public EvictionPolicy {
   }
 
   void OnStepBoundary() override {
-    by_boundaries_ = true;
+    if (!by_boundaries_) {
+      by_boundaries_ = true;
+      late_edge_ = edge_ - std::min(edge_, Tolerance());
+    }
     // The first step runs from the first access to the first boundary.
     const uint64_t start = last_boundary_ == kNone ? 0 : last_boundary_;
-    if (now_ > start && now_ - start < ring_size_ && now_ - start != period_) {
-      SetPeriod(now_ - start);
-    }
+    const uint64_t length = now_ - start;
     last_boundary_ = now_;
+    if (now_ <= start || length >= ring_size_ || length == period_) {
+      unconfirmed_ = kNone;
+      return;
+    }
+    // A step within the tolerance of the period is the same loop with a
+    // hit the engine's access logs lost (or a pin more or less): the
+    // period moves only when the next step has that length too. Taken at
+    // once, one lost hit made no key's last access match the one a period
+    // earlier, and every block was filed as random for two steps
+    // (PolicyTargetTest.APeriodSurvivesALostHit).
+    const uint64_t off = length > period_ ? length - period_ : period_ - length;
+    if (period_ != 0 && off <= Tolerance() && length != unconfirmed_) {
+      unconfirmed_ = length;
+      return;
+    }
+    unconfirmed_ = kNone;
+    SetPeriod(length);
   }
 
   size_t size() const override { return resident_; }
@@ -204,8 +225,24 @@ class HintedPolicy final : public EvictionPolicy {
     return random_ring_[index & (ring_size_ - 1)].time;
   }
 
+  // How far from its prediction an access still came true: some from step
+  // boundaries (a step may be a few pins longer or shorter, or lose a hit
+  // in the engine's logs), none for a period voted from the stream.
+  uint64_t Tolerance() const { return by_boundaries_ ? period_ / 16 : 0; }
+
   uint64_t Predicted(const KeyState& k) const {
-    return period_ != 0 && k.head != kNone ? k.head + period_ : kNone;
+    if (period_ == 0) return kNone;
+    if (k.head != kNone) return k.head + period_;
+    // With P from step boundaries a little short of the loop's length, a
+    // periodic key's last access leaves the window just before its next
+    // use: that use is still due a period after the last one, until the
+    // tolerance is past (Overdue files the key again then).
+    const uint64_t tolerance = Tolerance();
+    if (tolerance > 0 && k.periodic && k.last != kNone &&
+        now_ <= k.last + period_ + tolerance && period_ + tolerance < ring_size_) {
+      return k.last + period_;
+    }
+    return kNone;
   }
 
   // Expected next use of a random key: j = (T / count) * R / P random
@@ -271,13 +308,16 @@ class HintedPolicy final : public EvictionPolicy {
     bool came_true = false;
     if (auto it = keys_.find(key); it != keys_.end()) {
       const uint64_t predicted = Predicted(it->second);
-      const uint64_t tolerance = by_boundaries_ ? period_ / 16 : 0;
+      const uint64_t tolerance = Tolerance();
       came_true = predicted != kNone && predicted + tolerance >= t &&
                   t + tolerance >= predicted;
     }
     Forget(SlotAt(t));
     if (period_ != 0) {
       while (edge_ + period_ < t) Expire(++edge_);
+      if (by_boundaries_) {
+        while (late_edge_ + period_ + Tolerance() < t) Overdue(++late_edge_);
+      }
       while (random_window_ <= random_count_ &&
              RandomTime(random_window_) + period_ <= t) {
         ++random_window_;
@@ -352,6 +392,19 @@ class HintedPolicy final : public EvictionPolicy {
     if (it->second.place != Where::kNowhere) Place(s.key, it->second);
   }
 
+  // The access at `time` is a period and the tolerance old: a key whose
+  // last access it is, and whose prediction rested on it, is filed again
+  // (as random: it missed its turn).
+  void Overdue(uint64_t time) {
+    const Slot& s = SlotAt(time);
+    if (s.time != time) return;
+    auto it = keys_.find(s.key);
+    if (it == keys_.end()) return;
+    KeyState& k = it->second;
+    if (k.last != time || k.head != kNone || k.place != Where::kPeriodic) return;
+    Place(s.key, k);
+  }
+
   void Vote(uint64_t distance) {
     const uint32_t count = ++votes_[distance];
     if (distance == best_distance_ || count > best_count_) {
@@ -374,12 +427,22 @@ class HintedPolicy final : public EvictionPolicy {
   // accesses of the last period, and where every resident key is filed.
   void SetPeriod(uint64_t p) {
     period_ = p;
+    // From step boundaries, "a period earlier" has Record's tolerance: a
+    // step a hit or two short (the engine's logs lose a few) is still the
+    // same loop, and an exact match filed every block as random.
+    const uint64_t tolerance = Tolerance();
     for (auto& [key, k] : keys_) {
       k.head = kNone;
       k.periodic = false;
       if (k.last > p && k.last - p + ring_size_ > now_) {
         const Slot& twin = SlotAt(k.last - p);
         k.periodic = twin.time == k.last - p && twin.key == key;
+      }
+      for (size_t i = 1; i < kRecent && !k.periodic && tolerance > 0; ++i) {
+        const uint64_t r = k.recent[i];
+        if (r == kNone) break;
+        const uint64_t distance = k.last - r;
+        k.periodic = distance + tolerance >= p && distance <= p + tolerance;
       }
     }
     const uint64_t oldest = std::max(
@@ -394,6 +457,7 @@ class HintedPolicy final : public EvictionPolicy {
       }
     }
     edge_ = now_ >= p ? now_ - p : 0;
+    late_edge_ = now_ >= p + Tolerance() ? now_ - p - Tolerance() : 0;
     // p < W, so the random accesses of the last period are all kept.
     random_window_ = random_count_ + 1;
     while (random_window_ > 1 && random_count_ + 1 - random_window_ < p &&
@@ -414,9 +478,11 @@ class HintedPolicy final : public EvictionPolicy {
   uint64_t random_window_ = 1;  // Index of the first one in (now - P, now].
   uint64_t now_ = 0;
   uint64_t edge_ = 0;    // Accesses at or before edge_ left the window.
+  uint64_t late_edge_ = 0;  // The same for the window plus the tolerance.
   uint64_t period_ = 0;  // P; 0 while unknown.
   bool by_boundaries_ = false;
   uint64_t last_boundary_ = kNone;
+  uint64_t unconfirmed_ = kNone;  // A step length near P, seen once.
   // Votes by distance (every distance voted for is below W): an array, not
   // a map, since at W = 32x the capacity a lookup stream votes for most of
   // them, and a map's probe per vote cost more than the rest of Record.
