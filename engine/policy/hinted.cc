@@ -305,6 +305,12 @@ class HintedPolicy final : public EvictionPolicy {
 
   void Record(uint64_t key) {
     const uint64_t t = ++now_;
+    // Up to four keys' states are read below, each most likely a cache
+    // miss in a large table: start them all together.
+    keys_.prefetch(key);
+    if (const Slot& old = SlotAt(t); old.time != kNone) keys_.prefetch(old.key);
+    if (random_count_ + 1 > ring_size_) keys_.prefetch(RandomAt(random_count_ + 1).key);
+    if (period_ != 0) keys_.prefetch(SlotAt(edge_ + 1).key);
     bool came_true = false;
     if (auto it = keys_.find(key); it != keys_.end()) {
       const uint64_t predicted = Predicted(it->second);
