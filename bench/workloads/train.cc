@@ -37,7 +37,8 @@
 // Adam alone) the second shows when the compute ran slower beside the
 // engine's I/O than alone, which the floor does not count; and each round's
 // own ratio to its floor, best and worst, shows how much the rounds of one
-// run differ.
+// run differ; the most bytes a step of one round read, beside the mean,
+// whether the engine read more in a slow round.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -139,6 +140,9 @@ struct Timing {
   std::vector<double> round_seconds;
   std::vector<int> round_steps;
   std::vector<RawBandwidth> raw;
+  // The most bytes a step of one round read: above the mean, a round the
+  // engine read more in (rather than one the disk ran slower in).
+  double disk_read_worst_round = 0;
 };
 
 constexpr int kStepsPerRound = 2;
@@ -257,12 +261,14 @@ absl::StatusOr<Timing> RunStrata(const Shape& shape, const StepPlan& steps,
     return absl::OkStatus();
   };
   Clock::time_point round_start;
+  uint64_t round_read_from = 0;  // the NVMe tier's bytes_out at its start
   StepSplit untimed;  // the warm-up steps' split, not reported
   for (int step = 1; step <= steps.total(); ++step) {
     const bool timed = step >= steps.first_timed();
     if (timed && (step - steps.first_timed()) % kStepsPerRound == 0) {
       if (absl::Status s = raw_pass(); !s.ok()) return s;
       if (step == steps.first_timed()) before = e.GetStats();
+      round_read_from = e.GetStats().tier(Tier::kNvme).bytes_out;
       round_start = Clock::now();
       timing.round_steps.push_back(0);
     }
@@ -278,6 +284,10 @@ absl::StatusOr<Timing> RunStrata(const Shape& shape, const StepPlan& steps,
         if (absl::Status s = AwaitWriteBacks(e); !s.ok()) return s;
         timing.round_seconds.push_back(SecondsSince(round_start));
         timing.step_seconds += timing.round_seconds.back();
+        const uint64_t read = e.GetStats().tier(Tier::kNvme).bytes_out - round_read_from;
+        timing.disk_read_worst_round =
+            std::max(timing.disk_read_worst_round,
+                     static_cast<double>(read) / timing.round_steps.back());
       }
     }
     progress.Update(step);
@@ -579,6 +589,7 @@ absl::StatusOr<std::vector<Result>> RunOneSize(uint64_t working_set,
                {"raw_write_fastest_bytes_per_s", fast_write->write},
                {"must_cross_bytes_per_step", 2 * must_cross},
                {"strata_read_bytes_per_step", strata->disk_read},
+               {"strata_read_bytes_per_step_worst_round", strata->disk_read_worst_round},
                {"strata_written_bytes_per_step", strata->disk_written}};
     r.note = std::move(note);
     results.push_back(std::move(r));
