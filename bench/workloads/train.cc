@@ -37,8 +37,8 @@
 // Adam alone) the second shows when the compute ran slower beside the
 // engine's I/O than alone, which the floor does not count; and each round's
 // own ratio to its floor, best and worst, shows how much the rounds of one
-// run differ; the most bytes a step of one round read, beside the mean,
-// whether the engine read more in a slow round.
+// run differ; and the most bytes a step of one round read, beside the
+// mean, shows whether the engine read more in a slow round.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
