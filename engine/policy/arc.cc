@@ -32,7 +32,7 @@ class ArcPolicy final : public EvictionPolicy {
   void Insert(uint64_t key) override {
     auto it = index_.find(key);
     if (it != index_.end() && Resident(it->second.list)) {
-      Touch(key);
+      Access(key);
       return;
     }
     if (it != index_.end()) {
@@ -56,9 +56,25 @@ class ArcPolicy final : public EvictionPolicy {
     TrimGhosts();
   }
 
+  // Placed as a miss places it (a ghost's return adapts p), but not yet
+  // used: its first Access keeps it in its list instead of promoting it to
+  // T2, or every prefetched block would count as seen twice.
+  void InsertWithoutAccess(uint64_t key) override {
+    auto it = index_.find(key);
+    if (it != index_.end() && Resident(it->second.list)) return;
+    Insert(key);
+    index_[key].unused = true;
+  }
+
   void Access(uint64_t key) override {
     auto it = index_.find(key);
-    if (it != index_.end() && Resident(it->second.list)) Touch(key);
+    if (it == index_.end() || !Resident(it->second.list)) return;
+    if (it->second.unused) {
+      it->second.unused = false;
+      MoveTo(key, it->second.list);
+      return;
+    }
+    Touch(key);
   }
 
   void Erase(uint64_t key) override {
@@ -94,6 +110,7 @@ class ArcPolicy final : public EvictionPolicy {
   struct Entry {
     int list;
     std::list<uint64_t>::iterator pos;
+    bool unused = false;  // Inserted without access, not used since.
   };
 
   static bool Resident(int list) { return list == kT1 || list == kT2; }
@@ -106,6 +123,7 @@ class ArcPolicy final : public EvictionPolicy {
 
   void MoveTo(uint64_t key, int to) {
     Entry& e = index_[key];
+    e.unused = false;
     lists_[to].splice(lists_[to].begin(), lists_[e.list], e.pos);
     e.list = to;
   }

@@ -33,8 +33,16 @@ class LfuPolicy final : public EvictionPolicy {
       Bump(key);
       return;
     }
-    counts_[key] = Entry{1, now_};
+    counts_[key] = Entry{1, now_, false};
     order_.insert({1, now_, key});
+  }
+
+  // Counted as one use ahead of time: its first Access only moves its
+  // last use, so a prefetched block then used counts once, as a miss does.
+  void InsertWithoutAccess(uint64_t key) override {
+    if (counts_.contains(key)) return;
+    Insert(key);
+    counts_[key].unused = true;
   }
 
   void Access(uint64_t key) override {
@@ -69,6 +77,7 @@ class LfuPolicy final : public EvictionPolicy {
   struct Entry {
     uint64_t count;
     uint64_t last;
+    bool unused = false;  // Inserted without access, not used since.
   };
   using Rank = std::tuple<uint64_t, uint64_t, uint64_t>;  // count, last, key
 
@@ -85,7 +94,8 @@ class LfuPolicy final : public EvictionPolicy {
   void Bump(uint64_t key) {
     Entry& e = counts_[key];
     order_.erase({e.count, e.last, key});
-    ++e.count;
+    if (!e.unused) ++e.count;
+    e.unused = false;
     e.last = now_;
     order_.insert({e.count, e.last, key});
   }

@@ -74,16 +74,28 @@ class LirsPolicy final : public EvictionPolicy {
     e.q_pos = std::prev(q_.end());
   }
 
+  // Placed as a miss places it, but not yet used: its first Access moves
+  // it to the top of S without taking that as a reuse, or every prefetched
+  // block, used a few requests after its load, would become LIR.
+  void InsertWithoutAccess(uint64_t key) override {
+    auto it = index_.find(key);
+    if (it != index_.end() && it->second.resident) return;
+    Insert(key);
+    index_[key].unused = true;
+  }
+
   void Access(uint64_t key) override {
     auto it = index_.find(key);
     if (it == index_.end() || !it->second.resident) return;
     Entry& e = it->second;
+    const bool first_use = e.unused;
+    e.unused = false;
     if (e.lir) {
       PushTop(key, e);
       Prune();
       return;
     }
-    if (e.in_s) {
+    if (e.in_s && !first_use) {
       q_.erase(e.q_pos);
       e.in_q = false;
       e.lir = true;
@@ -119,6 +131,7 @@ class LirsPolicy final : public EvictionPolicy {
       q_.erase(qit);
       e.in_q = false;
       e.resident = false;
+      e.unused = false;
       --resident_;
       if (e.in_s) {
         nonresident_.push_back(key);
@@ -151,6 +164,7 @@ class LirsPolicy final : public EvictionPolicy {
     bool in_s = false;
     bool in_q = false;
     bool in_nr = false;
+    bool unused = false;  // Inserted without access, not used since.
     std::list<uint64_t>::iterator s_pos;
     std::list<uint64_t>::iterator q_pos;
     std::list<uint64_t>::iterator nr_pos;

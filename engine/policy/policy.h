@@ -33,11 +33,13 @@ class EvictionPolicy {
   // `key` became resident after a miss (this is also its access).
   virtual void Insert(uint64_t key) = 0;
   // `key` became resident ahead of its use (a prefetch, readahead, a step
-  // plan's load): its access, if it comes, arrives later as Access. hinted
-  // (which times accesses) and default (whose shadows count requests) do
-  // not take it for an access. The others treat it as Insert: right for
-  // recency, and a prefetched block then used counts twice in frequency
-  // policies (lfu, the ensemble's W-TinyLFU and ARC followers).
+  // plan's load): its access, if it comes, arrives later as Access. The
+  // engine's policies and the ensemble's candidates count a prefetched
+  // block then used as one access, as a miss is (hinted times accesses,
+  // default's shadows count requests; lfu, W-TinyLFU, ARC and LIRS take
+  // the first Access after it as that one use, not as a reuse). Here: the
+  // same as Insert, right for recency-only policies (lru, and the
+  // simulator's sieve and s3fifo, which never see it).
   virtual void InsertWithoutAccess(uint64_t key) { Insert(key); }
   // A hit on resident `key`.
   virtual void Access(uint64_t key) = 0;
@@ -54,6 +56,10 @@ class EvictionPolicy {
   virtual void OnStepBoundary() {}
   // Number of resident keys tracked.
   virtual size_t size() const = 0;
+  // How many accesses so far came when a loop the policy learned predicted
+  // them (hinted); 0 for policies that do not look for loops. The default
+  // policy lets hinted lead only on streams that have such a loop.
+  virtual uint64_t loop_hits() const { return 0; }
 };
 
 // Names the engine accepts in EngineOptions::policy.

@@ -93,12 +93,15 @@ class WTinyLfuPolicy final : public EvictionPolicy {
       Touch(key);
       return;
     }
-    Attach(key, Segment::kWindow);
-    // Evict ran for someone else (this policy follows another one in an
-    // ensemble) and left the window over its size: age it into probation.
-    while (window_.size() > window_capacity_) {
-      MoveTo(window_.back(), Segment::kProbation);
-    }
+    Enter(key);
+  }
+
+  // A prefetched block enters the window uncounted: its use arrives later
+  // as Access, and counting the load too gave every missed block twice its
+  // popularity, enough to win the admission duel against main blocks with
+  // one real access more.
+  void InsertWithoutAccess(uint64_t key) override {
+    if (!index_.contains(key)) Enter(key);
   }
 
   void Access(uint64_t key) override {
@@ -175,6 +178,16 @@ class WTinyLfuPolicy final : public EvictionPolicy {
         break;
     }
     return protected_;
+  }
+
+  // A new resident key, at the window's MRU end.
+  void Enter(uint64_t key) {
+    Attach(key, Segment::kWindow);
+    // Evict ran for someone else (this policy follows another one in an
+    // ensemble) and left the window over its size: age it into probation.
+    while (window_.size() > window_capacity_) {
+      MoveTo(window_.back(), Segment::kProbation);
+    }
   }
 
   void Attach(uint64_t key, Segment segment) {
