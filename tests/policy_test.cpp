@@ -192,6 +192,75 @@ TEST_P(PolicyContractTest, RandomOpsMatchSetOracle) {
   }
 }
 
+// Long phases without step boundaries, random keys and then a loop larger
+// than the cache, with prefetches (InsertWithoutAccess) among the requests:
+// the ensemble puts followers to sleep in one phase and wakes them in the
+// next, and a woken follower must hold exactly the resident keys.
+TEST_P(PolicyContractTest, PhasesWithPrefetchesMatchSetOracle) {
+  std::mt19937_64 rng(99);
+  std::set<uint64_t> oracle;
+  auto make_room = [&] {
+    if (oracle.size() < kCapacity) return;
+    const std::optional<uint64_t> victim =
+        policy_->Evict([](uint64_t) { return true; });
+    ASSERT_TRUE(victim.has_value());
+    ASSERT_EQ(oracle.erase(*victim), 1u);
+  };
+  // The loop's requests come in order (other operations take a random
+  // key of it), so the stream is periodic.
+  constexpr uint64_t kLoop = 3 * kCapacity / 2;
+  uint64_t loop_position = 0;
+  for (int i = 0; i < 80000; ++i) {
+    const bool loop = (i / 20000) % 2 == 1;
+    const uint64_t op = rng() % 16;
+    const uint64_t key = !loop    ? rng() % 64
+                         : op < 3 ? 1000 + rng() % kLoop
+                                  : 1000 + loop_position++ % kLoop;
+    switch (op) {
+      case 0: {  // Prefetch: resident ahead of its use.
+        if (oracle.contains(key)) break;
+        make_room();
+        policy_->InsertWithoutAccess(key);
+        oracle.insert(key);
+        break;
+      }
+      case 1:
+        policy_->Erase(key);
+        oracle.erase(key);
+        break;
+      case 2: {  // Evict with some keys pinned.
+        const std::optional<uint64_t> victim =
+            policy_->Evict([&](uint64_t k) { return k % 3 != 0; });
+        if (victim) {
+          ASSERT_NE(*victim % 3, 0u);
+          ASSERT_EQ(oracle.erase(*victim), 1u);
+        } else {
+          for (uint64_t k : oracle) ASSERT_EQ(k % 3, 0u);
+        }
+        break;
+      }
+      default:  // Request: hit or miss with eviction, like the engine.
+        if (oracle.contains(key)) {
+          policy_->Access(key);
+          break;
+        }
+        make_room();
+        policy_->Insert(key);
+        oracle.insert(key);
+        break;
+    }
+    ASSERT_EQ(policy_->size(), oracle.size()) << "after op " << i;
+  }
+  // Every key still resident is offered, and only those.
+  while (!oracle.empty()) {
+    const std::optional<uint64_t> victim =
+        policy_->Evict([](uint64_t) { return true; });
+    ASSERT_TRUE(victim.has_value());
+    ASSERT_EQ(oracle.erase(*victim), 1u);
+  }
+  EXPECT_EQ(policy_->size(), 0u);
+}
+
 INSTANTIATE_TEST_SUITE_P(
     AllPolicies, PolicyContractTest, ::testing::ValuesIn(AllPolicyNames()),
     [](const ::testing::TestParamInfo<std::string_view>& info) {
@@ -593,6 +662,60 @@ TEST(PolicyTargetTest, APrefetchedBlockThenUsedCountsOnce) {
               1.04 * static_cast<double>(demand->misses))
         << name;
   }
+}
+
+// Demand paging of `trace` under policy `name`: the misses from request
+// `from` on.
+uint64_t MissesFrom(std::string_view name, const std::vector<uint64_t>& trace,
+                    size_t capacity, size_t from) {
+  std::unique_ptr<EvictionPolicy> policy = Make(name, capacity);
+  std::set<uint64_t> resident;
+  uint64_t misses = 0;
+  for (size_t i = 0; i < trace.size(); ++i) {
+    if (resident.contains(trace[i])) {
+      policy->Access(trace[i]);
+      continue;
+    }
+    misses += i >= from;
+    if (resident.size() == capacity) {
+      const std::optional<uint64_t> victim =
+          policy->Evict([](uint64_t) { return true; });
+      EXPECT_TRUE(victim.has_value());
+      if (victim) resident.erase(*victim);
+    }
+    policy->Insert(trace[i]);
+    resident.insert(trace[i]);
+  }
+  return misses;
+}
+
+// Lookups long enough for the ensemble to put its followers that cannot
+// lead to sleep (hinted, without a loop), then a loop 1.5x the cache: the
+// candidate that keeps part of the loop must wake, follow the stream and
+// take the lead, or every request of the loop misses, as under LRU.
+// Measured: hinted 22,184 misses of 60,000, lirs 22,380, default 24,433
+// (1.10x; the epochs it takes to see the loop and to follow it; when
+// hinted followed every stream, it led through the lookups: 22,184).
+TEST(PolicyTargetTest, DefaultTakesUpALoopAfterLookups) {
+  constexpr size_t kCapacity = 1000;
+  ZipfParams zipf;
+  zipf.universe = 10'000;
+  zipf.length = 100'000;
+  std::vector<uint64_t> trace = ZipfTrace(zipf);
+  const size_t loop_start = trace.size();
+  for (int round = 0; round < 40; ++round) {
+    for (uint64_t key = 0; key < 3 * kCapacity / 2; ++key) {
+      trace.push_back(1'000'000 + key);
+    }
+  }
+  const uint64_t requests = trace.size() - loop_start;
+  const uint64_t hinted = MissesFrom("hinted", trace, kCapacity, loop_start);
+  const uint64_t lirs = MissesFrom("lirs", trace, kCapacity, loop_start);
+  const uint64_t lru = MissesFrom("lru", trace, kCapacity, loop_start);
+  const uint64_t def = MissesFrom("default", trace, kCapacity, loop_start);
+  EXPECT_EQ(lru, requests);
+  EXPECT_LE(static_cast<double>(def),
+            1.15 * static_cast<double>(std::min(hinted, lirs)));
 }
 
 TEST(PolicyTargetTest, A0IsAnOnlineReferenceAboveBelady) {

@@ -17,20 +17,37 @@
 // the shadows' miss counts are folded into exponentially decayed scores; the
 // leader changes when another candidate's score is kSwitchMargin lower.
 //
-// Once the engine reports step boundaries (recorded training steps), the
-// hinted candidate leads unless another one scores kSwitchMargin better. The
-// shadows replay demand paging, where W-TinyLFU's admission filter keeps a
-// loop's blocks out and ties with hinted; in the engine the step plan loads
-// blocks ahead of their pins, so every block is admitted and the follower
-// can only pick victims among them: there W-TinyLFU evicted in recency order
-// and reread the whole loop every step (a 4x training sweep: 264 MB read a
-// step, against 220 MB under hinted, which ranks by the plan's next use).
+// Followers are where the cost is (every hit reaches each of them), so a
+// follower that cannot lead soon sleeps: after kSleepEpochs epochs in a row
+// more than kSleepMargin behind the best score, or unable to lead, it is
+// dropped, and only its sampled shadow runs. It wakes when its score comes
+// within kWakeMargin of the best: a new follower is given the resident keys
+// (in no order) and follows the stream for kWarmEpochs before it may lead.
 //
-// Cost: 2 * (number of candidates) policy operations per request, each O(1)
-// or O(log n) (the candidates' own bounds); memory about twice the sum of
-// the candidates'. Not thread-safe, like every policy.
+// hinted may lead only on a stream with a loop: step boundaries, or
+// kLoopShare of its shadow's recent requests came when the loop it learned
+// predicted them. On independent lookups it ranks rows by
+// frequency, as W-TinyLFU does, within a few percent of it in misses and at
+// several times its cost per access (policy_sim on a Zipf 1.0 trace: the
+// ensemble took 4.0 s with hinted following, 1.2 s without; the engine's
+// embed workload waited on that upkeep between its batches).
+//
+// Once the engine reports step boundaries (recorded training steps), hinted
+// stays awake and leads unless another candidate scores kSwitchMargin
+// better. The shadows replay demand paging, where W-TinyLFU's admission
+// filter keeps a loop's blocks out and ties with hinted; in the engine the
+// step plan loads blocks ahead of their pins, so every block is admitted and
+// the follower can only pick victims among them: there W-TinyLFU evicted in
+// recency order and reread the whole loop every step (a 4x training sweep:
+// 264 MB read a step, against 220 MB under hinted, which ranks by the
+// plan's next use).
+//
+// Cost: one policy operation per awake follower per request, plus the
+// sampled shadows' (1/R of the requests, each candidate); memory about the
+// awake followers' plus the shadows'. Not thread-safe, like every policy.
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string_view>
@@ -45,6 +62,18 @@ namespace {
 constexpr size_t kShadowSize = 4096;
 constexpr double kDecay = 0.75;
 constexpr double kSwitchMargin = 0.02;
+// A follower sleeps after kSleepEpochs epochs in a row more than
+// kSleepMargin behind the best score (or unable to lead), and wakes when
+// its score comes within kWakeMargin of it; a woken follower may lead
+// after kWarmEpochs epochs of the real stream.
+constexpr double kSleepMargin = 0.05;
+constexpr double kWakeMargin = 0.01;
+constexpr uint32_t kSleepEpochs = 4;
+constexpr uint32_t kWarmEpochs = 1;
+// Without step boundaries, hinted may lead only while this share of its
+// shadow's requests, in the last epoch or decayed per epoch as the scores
+// are, came when a learned loop predicted them.
+constexpr double kLoopShare = 0.125;
 
 struct CandidateSpec {
   std::unique_ptr<EvictionPolicy> (*make)(size_t capacity);
@@ -59,11 +88,13 @@ constexpr CandidateSpec kCandidates[] = {
 class AdaptivePolicy final : public EvictionPolicy {
  public:
   explicit AdaptivePolicy(size_t capacity)
-      : sample_rate_(std::max<size_t>(1, capacity / kShadowSize)),
+      : capacity_(capacity),
+        sample_rate_(std::max<size_t>(1, capacity / kShadowSize)),
         shadow_capacity_(std::max<size_t>(1, capacity / sample_rate_)),
         epoch_length_(std::max<size_t>(kShadowSize, 2 * shadow_capacity_)) {
     for (const CandidateSpec& spec : kCandidates) {
       Candidate c;
+      c.make = spec.make;
       c.follower = spec.make(capacity);
       c.shadow = spec.make(shadow_capacity_);
       if (c.follower->name() == "hinted") hinted_ = candidates_.size();
@@ -79,7 +110,9 @@ class AdaptivePolicy final : public EvictionPolicy {
       Access(key);
       return;
     }
-    for (Candidate& c : candidates_) c.follower->Insert(key);
+    for (Candidate& c : candidates_) {
+      if (c.follower) c.follower->Insert(key);
+    }
     Observe(key);
   }
 
@@ -87,18 +120,24 @@ class AdaptivePolicy final : public EvictionPolicy {
   // only when it is used (Access).
   void InsertWithoutAccess(uint64_t key) override {
     if (!resident_.insert(key).second) return;
-    for (Candidate& c : candidates_) c.follower->InsertWithoutAccess(key);
+    for (Candidate& c : candidates_) {
+      if (c.follower) c.follower->InsertWithoutAccess(key);
+    }
   }
 
   void Access(uint64_t key) override {
     if (!resident_.contains(key)) return;
-    for (Candidate& c : candidates_) c.follower->Access(key);
+    for (Candidate& c : candidates_) {
+      if (c.follower) c.follower->Access(key);
+    }
     Observe(key);
   }
 
   void Erase(uint64_t key) override {
     if (resident_.erase(key) == 0) return;
-    for (Candidate& c : candidates_) c.follower->Erase(key);
+    for (Candidate& c : candidates_) {
+      if (c.follower) c.follower->Erase(key);
+    }
   }
 
   std::optional<uint64_t> Evict(
@@ -108,14 +147,19 @@ class AdaptivePolicy final : public EvictionPolicy {
     if (!victim) return std::nullopt;
     resident_.erase(*victim);
     for (size_t i = 0; i < candidates_.size(); ++i) {
-      if (i != leader_) candidates_[i].follower->Erase(*victim);
+      if (i != leader_ && candidates_[i].follower) {
+        candidates_[i].follower->Erase(*victim);
+      }
     }
     return victim;
   }
 
+  // Step boundaries make hinted the specialist: it stays awake from now on
+  // and leads unless another candidate scores kSwitchMargin better.
   void OnStepBoundary() override {
+    if (!candidates_[hinted_].follower) Wake(candidates_[hinted_]);
     for (Candidate& c : candidates_) {
-      c.follower->OnStepBoundary();
+      if (c.follower) c.follower->OnStepBoundary();
       c.shadow->OnStepBoundary();
     }
     steps_ = true;
@@ -126,11 +170,15 @@ class AdaptivePolicy final : public EvictionPolicy {
 
  private:
   struct Candidate {
+    std::unique_ptr<EvictionPolicy> (*make)(size_t capacity) = nullptr;
+    // Null while asleep.
     std::unique_ptr<EvictionPolicy> follower;
     std::unique_ptr<EvictionPolicy> shadow;
     absl::flat_hash_set<uint64_t> shadow_resident;
     uint64_t epoch_misses = 0;
     double score = 0;
+    uint32_t awake_epochs = kWarmEpochs;  // Epochs since it last woke.
+    uint32_t behind_epochs = 0;           // In a row, see kSleepMargin.
   };
 
   // Replays one request on every shadow, if `key` is in the sample.
@@ -154,18 +202,77 @@ class AdaptivePolicy final : public EvictionPolicy {
     }
     if (++epoch_requests_ < epoch_length_) return;
     epoch_requests_ = 0;
-    size_t best = leader_;
-    for (size_t i = 0; i < candidates_.size(); ++i) {
-      Candidate& c = candidates_[i];
+    EndEpoch();
+  }
+
+  // Folds the epoch's misses into the scores, puts followers that cannot
+  // lead soon to sleep and wakes those that could, then picks the leader.
+  void EndEpoch() {
+    for (Candidate& c : candidates_) {
       c.score = kDecay * c.score + static_cast<double>(c.epoch_misses);
       c.epoch_misses = 0;
-      if (c.score < candidates_[best].score) best = i;
+      if (c.follower && c.awake_epochs < kWarmEpochs) ++c.awake_epochs;
     }
-    if (candidates_[best].score <
-        (1 - kSwitchMargin) * candidates_[leader_].score) {
-      leader_ = best;
+    // A loop counts from the first epoch that has it, and until its share,
+    // decayed as the scores are, falls below kLoopShare (one epoch of
+    // noise does not take the lead from hinted).
+    const uint64_t loop_hits = candidates_[hinted_].shadow->loop_hits();
+    const double epoch_loop_hits =
+        static_cast<double>(loop_hits - epoch_loop_hits_);
+    epoch_loop_hits_ = loop_hits;
+    loop_hits_score_ = kDecay * loop_hits_score_ + epoch_loop_hits;
+    requests_score_ =
+        kDecay * requests_score_ + static_cast<double>(epoch_length_);
+    loop_ = epoch_loop_hits >=
+                kLoopShare * static_cast<double>(epoch_length_) ||
+            loop_hits_score_ >= kLoopShare * requests_score_;
+
+    double best_score = std::numeric_limits<double>::infinity();
+    for (size_t i = 0; i < candidates_.size(); ++i) {
+      if (MayLead(i)) best_score = std::min(best_score, candidates_[i].score);
+    }
+    for (size_t i = 0; i < candidates_.size(); ++i) {
+      Candidate& c = candidates_[i];
+      if (i == leader_) continue;
+      if (!c.follower) {
+        if (MayLead(i) && c.score <= (1 + kWakeMargin) * best_score) Wake(c);
+        continue;
+      }
+      const bool behind =
+          !MayLead(i) || c.score > (1 + kSleepMargin) * best_score;
+      c.behind_epochs = behind ? c.behind_epochs + 1 : 0;
+      if (c.behind_epochs >= kSleepEpochs && !(steps_ && i == hinted_)) {
+        c.follower.reset();
+      }
+    }
+
+    // The best candidate that may lead and has followed long enough.
+    std::optional<size_t> best;
+    for (size_t i = 0; i < candidates_.size(); ++i) {
+      const Candidate& c = candidates_[i];
+      if (!MayLead(i) || !c.follower || c.awake_epochs < kWarmEpochs) continue;
+      if (!best || c.score < candidates_[*best].score) best = i;
+    }
+    if (best && (!MayLead(leader_) ||
+                 candidates_[*best].score <
+                     (1 - kSwitchMargin) * candidates_[leader_].score)) {
+      leader_ = *best;
     }
     leader_ = Lead(leader_);
+  }
+
+  // hinted leads only on a stream with a loop (or step boundaries): on
+  // independent lookups it ranks rows by frequency as W-TinyLFU does, at
+  // several times the cost per access.
+  bool MayLead(size_t i) const { return i != hinted_ || steps_ || loop_; }
+
+  // A new follower of the resident keys (in no particular order: it
+  // learns the stream's order while it warms up).
+  void Wake(Candidate& c) {
+    c.follower = c.make(capacity_);
+    for (uint64_t key : resident_) c.follower->InsertWithoutAccess(key);
+    c.awake_epochs = 0;
+    c.behind_epochs = 0;
   }
 
   // `leader`, or hinted once steps are known and no candidate scores
@@ -173,12 +280,15 @@ class AdaptivePolicy final : public EvictionPolicy {
   size_t Lead(size_t leader) const {
     if (!steps_) return leader;
     double best = candidates_[hinted_].score;
-    for (const Candidate& c : candidates_) best = std::min(best, c.score);
+    for (const Candidate& c : candidates_) {
+      if (c.follower) best = std::min(best, c.score);
+    }
     return best < (1 - kSwitchMargin) * candidates_[hinted_].score ? leader
                                                                     : hinted_;
   }
 
   static constexpr uint64_t kSampleSalt = 0x2545f4914f6cdd1dULL;
+  const size_t capacity_;
   const size_t sample_rate_;
   const size_t shadow_capacity_;
   const size_t epoch_length_;
@@ -186,6 +296,10 @@ class AdaptivePolicy final : public EvictionPolicy {
   size_t leader_ = 0;
   size_t hinted_ = 0;   // the hinted candidate's index
   bool steps_ = false;  // OnStepBoundary was called
+  bool loop_ = false;   // hinted's shadow sees a loop (kLoopShare)
+  uint64_t epoch_loop_hits_ = 0;  // its loop_hits() at the epoch's start
+  double loop_hits_score_ = 0;    // decayed loop hits per epoch
+  double requests_score_ = 0;     // decayed sampled requests per epoch
   uint64_t epoch_requests_ = 0;
   absl::flat_hash_set<uint64_t> resident_;
 };

@@ -192,6 +192,7 @@ class HintedPolicy final : public EvictionPolicy {
   }
 
   size_t size() const override { return resident_; }
+  uint64_t loop_hits() const override { return loop_hits_; }
 
  private:
   struct Slot {
@@ -344,6 +345,7 @@ class HintedPolicy final : public EvictionPolicy {
     k.last = t;
     ++k.in_ring;
     if (!came_true) ++k.count;
+    loop_hits_ += came_true;
     k.periodic = came_true;
     if (period_ != 0 && k.head == kNone) k.head = t;
     uint64_t vote[kRecent];
@@ -484,6 +486,7 @@ class HintedPolicy final : public EvictionPolicy {
   uint64_t random_count_ = 0;   // Index of the last random access.
   uint64_t random_window_ = 1;  // Index of the first one in (now - P, now].
   uint64_t now_ = 0;
+  uint64_t loop_hits_ = 0;  // Accesses that came true.
   uint64_t edge_ = 0;    // Accesses at or before edge_ left the window.
   uint64_t late_edge_ = 0;  // The same for the window plus the tolerance.
   uint64_t period_ = 0;  // P; 0 while unknown.
