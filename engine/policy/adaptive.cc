@@ -29,7 +29,7 @@
 // predicted them. On independent lookups it ranks rows by
 // frequency, as W-TinyLFU does, within a few percent of it in misses and at
 // several times its cost per access (policy_sim on a Zipf 1.0 trace: the
-// ensemble took 4.0 s with hinted following, 1.2 s without; the engine's
+// ensemble took 4.0 s with hinted following, 1.0 s without; the engine's
 // embed workload waited on that upkeep between its batches).
 //
 // Once the engine reports step boundaries (recorded training steps), hinted
