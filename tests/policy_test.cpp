@@ -192,45 +192,49 @@ TEST_P(PolicyContractTest, RandomOpsMatchSetOracle) {
   }
 }
 
-// Long phases without step boundaries, random keys and then a loop larger
-// than the cache, with prefetches (InsertWithoutAccess) among the requests:
-// the ensemble puts followers to sleep in one phase and wakes them in the
-// next, and a woken follower must hold exactly the resident keys.
-TEST_P(PolicyContractTest, PhasesWithPrefetchesMatchSetOracle) {
+// Long phases without step boundaries, random keys out of `universe` and
+// then a loop 1.5x the cache, with prefetches (InsertWithoutAccess) among
+// the requests: the ensemble puts followers to sleep in one phase and wakes
+// them in the next, and a woken follower must hold exactly the resident
+// keys. Every victim and the size are checked against an oracle.
+void PhasesAgainstOracle(EvictionPolicy& policy, size_t capacity,
+                         uint64_t universe, int phase_ops) {
   std::mt19937_64 rng(99);
   std::set<uint64_t> oracle;
   auto make_room = [&] {
-    if (oracle.size() < kCapacity) return;
+    if (oracle.size() < capacity) return;
     const std::optional<uint64_t> victim =
-        policy_->Evict([](uint64_t) { return true; });
+        policy.Evict([](uint64_t) { return true; });
     ASSERT_TRUE(victim.has_value());
     ASSERT_EQ(oracle.erase(*victim), 1u);
   };
   // The loop's requests come in order (other operations take a random
   // key of it), so the stream is periodic.
-  constexpr uint64_t kLoop = 3 * kCapacity / 2;
+  const uint64_t loop_length = 3 * capacity / 2;
+  const uint64_t loop_base = universe;
   uint64_t loop_position = 0;
-  for (int i = 0; i < 80000; ++i) {
-    const bool loop = (i / 20000) % 2 == 1;
+  for (int i = 0; i < 4 * phase_ops; ++i) {
+    const bool loop = (i / phase_ops) % 2 == 1;
     const uint64_t op = rng() % 16;
-    const uint64_t key = !loop    ? rng() % 64
-                         : op < 3 ? 1000 + rng() % kLoop
-                                  : 1000 + loop_position++ % kLoop;
+    const uint64_t key =
+        !loop    ? rng() % universe
+        : op < 3 ? loop_base + rng() % loop_length
+                 : loop_base + loop_position++ % loop_length;
     switch (op) {
       case 0: {  // Prefetch: resident ahead of its use.
         if (oracle.contains(key)) break;
         make_room();
-        policy_->InsertWithoutAccess(key);
+        policy.InsertWithoutAccess(key);
         oracle.insert(key);
         break;
       }
       case 1:
-        policy_->Erase(key);
+        policy.Erase(key);
         oracle.erase(key);
         break;
       case 2: {  // Evict with some keys pinned.
         const std::optional<uint64_t> victim =
-            policy_->Evict([&](uint64_t k) { return k % 3 != 0; });
+            policy.Evict([&](uint64_t k) { return k % 3 != 0; });
         if (victim) {
           ASSERT_NE(*victim % 3, 0u);
           ASSERT_EQ(oracle.erase(*victim), 1u);
@@ -241,24 +245,29 @@ TEST_P(PolicyContractTest, PhasesWithPrefetchesMatchSetOracle) {
       }
       default:  // Request: hit or miss with eviction, like the engine.
         if (oracle.contains(key)) {
-          policy_->Access(key);
+          policy.Access(key);
           break;
         }
         make_room();
-        policy_->Insert(key);
+        policy.Insert(key);
         oracle.insert(key);
         break;
     }
-    ASSERT_EQ(policy_->size(), oracle.size()) << "after op " << i;
+    ASSERT_EQ(policy.size(), oracle.size()) << "after op " << i;
   }
   // Every key still resident is offered, and only those.
   while (!oracle.empty()) {
     const std::optional<uint64_t> victim =
-        policy_->Evict([](uint64_t) { return true; });
+        policy.Evict([](uint64_t) { return true; });
     ASSERT_TRUE(victim.has_value());
     ASSERT_EQ(oracle.erase(*victim), 1u);
   }
-  EXPECT_EQ(policy_->size(), 0u);
+  EXPECT_EQ(policy.size(), 0u);
+}
+
+TEST_P(PolicyContractTest, PhasesWithPrefetchesMatchSetOracle) {
+  PhasesAgainstOracle(*policy_, kCapacity, /*universe=*/64,
+                      /*phase_ops=*/20000);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -266,6 +275,14 @@ INSTANTIATE_TEST_SUITE_P(
     [](const ::testing::TestParamInfo<std::string_view>& info) {
       return std::string(info.param);
     });
+
+// The same at 1,024 blocks: a woken follower is given the resident keys a
+// few per request, while the stream erases and evicts some of them and
+// brings others back, and must lead with exactly the resident ones.
+TEST(DefaultPolicyTest, AFollowerWokenMidStreamMatchesTheOracle) {
+  std::unique_ptr<EvictionPolicy> policy = Make("default", 1024);
+  PhasesAgainstOracle(*policy, 1024, /*universe=*/4096, /*phase_ops=*/40000);
+}
 
 TEST(MakePolicyTest, RejectsUnknownNameAndZeroCapacity) {
   absl::StatusOr<std::unique_ptr<EvictionPolicy>> p = MakePolicy("mru", 4);

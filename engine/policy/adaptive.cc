@@ -22,7 +22,8 @@
 // more than kSleepMargin behind the best score, or unable to lead, it is
 // dropped, and only its sampled shadow runs. It wakes when its score comes
 // within kWakeMargin of the best: a new follower is given the resident keys
-// (in no order) and follows the stream for kWarmEpochs before it may lead.
+// (in no order, kFilePerRequest a request) and follows the stream for
+// kWarmEpochs, and until it has them all, before it may lead.
 //
 // hinted may lead only on a stream with a loop: step boundaries, or
 // kLoopShare of its shadow's recent requests came when the loop it learned
@@ -70,6 +71,9 @@ constexpr double kSleepMargin = 0.05;
 constexpr double kWakeMargin = 0.01;
 constexpr uint32_t kSleepEpochs = 4;
 constexpr uint32_t kWarmEpochs = 1;
+// Resident keys a woken follower is given per request (an epoch has at least
+// twice the capacity's requests, so it has them all well before it may lead).
+constexpr size_t kFilePerRequest = 4;
 // Without step boundaries, hinted may lead only while this share of its
 // shadow's requests, in the last epoch or decayed per epoch as the scores
 // are, came when a learned loop predicted them.
@@ -110,6 +114,7 @@ class AdaptivePolicy final : public EvictionPolicy {
       Access(key);
       return;
     }
+    FileSome();
     for (Candidate& c : candidates_) {
       if (c.follower) c.follower->Insert(key);
     }
@@ -120,6 +125,7 @@ class AdaptivePolicy final : public EvictionPolicy {
   // only when it is used (Access).
   void InsertWithoutAccess(uint64_t key) override {
     if (!resident_.insert(key).second) return;
+    FileSome();
     for (Candidate& c : candidates_) {
       if (c.follower) c.follower->InsertWithoutAccess(key);
     }
@@ -127,6 +133,7 @@ class AdaptivePolicy final : public EvictionPolicy {
 
   void Access(uint64_t key) override {
     if (!resident_.contains(key)) return;
+    FileSome();
     for (Candidate& c : candidates_) {
       if (c.follower) c.follower->Access(key);
     }
@@ -177,6 +184,9 @@ class AdaptivePolicy final : public EvictionPolicy {
     absl::flat_hash_set<uint64_t> shadow_resident;
     uint64_t epoch_misses = 0;
     double score = 0;
+    // Resident keys at its wake, filed from index `filed` on (FileSome).
+    std::vector<uint64_t> to_file;
+    size_t filed = 0;
     uint32_t awake_epochs = kWarmEpochs;  // Epochs since it last woke.
     uint32_t behind_epochs = 0;           // In a row, see kSleepMargin.
   };
@@ -242,6 +252,9 @@ class AdaptivePolicy final : public EvictionPolicy {
           !MayLead(i) || c.score > (1 + kSleepMargin) * best_score;
       c.behind_epochs = behind ? c.behind_epochs + 1 : 0;
       if (c.behind_epochs >= kSleepEpochs && !(steps_ && i == hinted_)) {
+        if (!c.to_file.empty()) --filing_;
+        c.to_file = {};
+        c.filed = 0;
         c.follower.reset();
       }
     }
@@ -250,7 +263,7 @@ class AdaptivePolicy final : public EvictionPolicy {
     std::optional<size_t> best;
     for (size_t i = 0; i < candidates_.size(); ++i) {
       const Candidate& c = candidates_[i];
-      if (!MayLead(i) || !c.follower || c.awake_epochs < kWarmEpochs) continue;
+      if (!MayLead(i) || !Complete(c) || c.awake_epochs < kWarmEpochs) continue;
       if (!best || c.score < candidates_[*best].score) best = i;
     }
     if (best && (!MayLead(leader_) ||
@@ -267,18 +280,49 @@ class AdaptivePolicy final : public EvictionPolicy {
   bool MayLead(size_t i) const { return i != hinted_ || steps_ || loop_; }
 
   // A new follower of the resident keys (in no particular order: it
-  // learns the stream's order while it warms up).
+  // learns the stream's order while it warms up). The keys are filed a few
+  // per request (FileSome), not all under this call: at a million blocks
+  // filing them all took hinted a second, a pause for every pinner waiting
+  // on the policy's mutex.
   void Wake(Candidate& c) {
     c.follower = c.make(capacity_);
-    for (uint64_t key : resident_) c.follower->InsertWithoutAccess(key);
+    c.to_file.assign(resident_.begin(), resident_.end());
+    c.filed = 0;
+    if (!c.to_file.empty()) ++filing_;
     c.awake_epochs = 0;
     c.behind_epochs = 0;
+  }
+
+  // Files up to kFilePerRequest keys of each woken follower's snapshot
+  // that are still resident (one that left was erased or evicted before
+  // its turn; one that came back was inserted already). A follower leads
+  // only once it has them all.
+  void FileSome() {
+    if (filing_ == 0) return;
+    for (Candidate& c : candidates_) {
+      if (c.filed == c.to_file.size()) continue;
+      const size_t end = std::min(c.to_file.size(), c.filed + kFilePerRequest);
+      for (; c.filed < end; ++c.filed) {
+        const uint64_t key = c.to_file[c.filed];
+        if (resident_.contains(key)) c.follower->InsertWithoutAccess(key);
+      }
+      if (c.filed == c.to_file.size()) {
+        c.to_file = {};
+        c.filed = 0;
+        --filing_;
+        leader_ = Lead(leader_);
+      }
+    }
+  }
+
+  bool Complete(const Candidate& c) const {
+    return c.follower != nullptr && c.to_file.empty();
   }
 
   // `leader`, or hinted once steps are known and no candidate scores
   // kSwitchMargin better than it.
   size_t Lead(size_t leader) const {
-    if (!steps_) return leader;
+    if (!steps_ || !Complete(candidates_[hinted_])) return leader;
     double best = candidates_[hinted_].score;
     for (const Candidate& c : candidates_) {
       if (c.follower) best = std::min(best, c.score);
@@ -301,6 +345,7 @@ class AdaptivePolicy final : public EvictionPolicy {
   double loop_hits_score_ = 0;    // decayed loop hits per epoch
   double requests_score_ = 0;     // decayed sampled requests per epoch
   uint64_t epoch_requests_ = 0;
+  size_t filing_ = 0;  // followers with keys left to file
   absl::flat_hash_set<uint64_t> resident_;
 };
 
