@@ -62,9 +62,9 @@
 #include <algorithm>
 #include <array>
 #include <bit>
-#include <cstdlib>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <iterator>
 #include <limits>
 #include <memory>
@@ -84,11 +84,17 @@ namespace strata::policy {
 namespace {
 
 constexpr uint64_t kNone = 0;  // Times start at 1.
+constexpr uint64_t kNever = std::numeric_limits<uint64_t>::max();
+constexpr uint32_t kMinVotes = 16;
+constexpr size_t kRecent = 4;
+constexpr uint64_t kRingPerBlock = 32;
+// Random accesses ahead beyond which a prediction is "never".
+constexpr double kFarAhead = 1e12;
 
 // A fixed array of T whose all-zero bytes are T's initial state, from
 // calloc: a large one is fresh mmap'd memory the kernel zeroes on first
 // touch, so making the policy does not write its rings up front (44 bytes
-// per slot, 32 slots per block of capacity: 480 ms at a million blocks, a
+// per ring index, 32 per block of capacity: 480 ms at a million blocks, a
 // pause under the engine's policy mutex when the default policy wakes its
 // hinted follower, and at Engine::Open).
 template <typename T>
@@ -113,12 +119,6 @@ class ZeroedArray {
   T* const data_;
   const size_t size_;
 };
-constexpr uint64_t kNever = std::numeric_limits<uint64_t>::max();
-constexpr uint32_t kMinVotes = 16;
-constexpr size_t kRecent = 4;
-constexpr uint64_t kRingPerBlock = 32;
-// Random accesses ahead beyond which a prediction is "never".
-constexpr double kFarAhead = 1e12;
 
 class HintedPolicy final : public EvictionPolicy {
  public:
