@@ -200,9 +200,9 @@ def markdown(workloads, micro, plots, plot_note, when):
             if r.get("note"):
                 extra = f"**{r['note']}**; {extra}"
             lines.append(
-                f"| {r['name']} | {r.get('metric', '')} | {r.get('scale', 0):.3g}x | "
+                f"| {r['name']} | {r.get('metric', '')} | {fmt_scale(r.get('scale'))} | "
                 f"{human_bytes(r.get('working_set_bytes') or 0)} | {fmt(r['strata'])} | "
-                f"{fmt(r['baseline'])} | {r['baseline_name']} | **{r['ratio']:.3f}** | "
+                f"{fmt(r['baseline'])} | {r['baseline_name']} | {fmt_ratio(r.get('ratio'))} | "
                 f"{r['unit']} | {extra} |")
         lines.append("")
     if plots:
@@ -219,7 +219,7 @@ def markdown(workloads, micro, plots, plot_note, when):
         for m in micro:
             lines.append(f"| {m['program']} | {m['name']} | {fmt(m['strata'])} | "
                          f"{fmt(m['baseline'])} | {m['baseline_name']} | "
-                         f"**{m['ratio']:.3f}** | {m['unit']} |")
+                         f"{fmt_ratio(m.get('ratio'))} | {m['unit']} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -228,6 +228,16 @@ def fmt(v):
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)
+
+
+def fmt_ratio(v):
+    """A ratio in bold; "n/a" where there is none (a baseline of 0 makes
+    it infinite, which the workloads' JSON writes as null)."""
+    return f"**{v:.3f}**" if isinstance(v, (int, float)) else "n/a"
+
+
+def fmt_scale(v):
+    return f"{v:.3g}x" if isinstance(v, (int, float)) else "n/a"
 
 
 def main():
