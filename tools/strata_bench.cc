@@ -2,7 +2,9 @@
 
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -135,7 +137,9 @@ Args Parse(const std::vector<absl::string_view>& argv) {
                                "host (train, embed), shm (shared) and gpu (gpu)");
       }
     } else if (flag == "--scale") {
-      if (!ParseList(v, &a.scales, nullptr)) a.error = absl::StrCat("--scale ", v, ": not a list of positive numbers");
+      if (!ParseList(v, &a.scales, nullptr)) {
+        a.error = absl::StrCat("--scale ", v, ": not a list of multiples in (0, 1024] (e.g. 1,2,4,8)");
+      }
     } else if (flag == "--size") {
       if (!ParseList(v, nullptr, &a.sizes)) a.error = absl::StrCat("--size ", v, ": not a list of sizes (e.g. 256M,1G)");
     } else if (flag == "--dir") {
@@ -198,15 +202,31 @@ strata::bench::WorkloadOptions OptionsFor(const Args& a, const std::string& name
 int BenchCommand(const std::vector<std::string_view>& args) {
   std::vector<absl::string_view> argv;
   for (std::string_view arg : args) argv.emplace_back(arg.data(), arg.size());
+  if (!argv.empty() && (argv[0] == "help" || argv[0] == "--help" || argv[0] == "-h")) {
+    std::fputs(kBenchUsage, stdout);
+    return kOk;
+  }
   const Args a = Parse(argv);
   if (!a.error.empty()) return Usage(a.error);
+  // The runs can take minutes: a JSON path that cannot be written is said
+  // before them (opened to append, so a failed run leaves an older report
+  // as it was).
+  std::error_code ec;
+  if (!a.json.empty()) {
+    const std::filesystem::path path(a.json);
+    if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path(), ec);
+    if (!std::ofstream(a.json, std::ios::app)) {
+      return Usage(absl::StrCat("--json ", a.json, ": cannot write it (",
+                                ec ? ec.message() : std::strerror(errno),
+                                "); give a file in a writable directory"));
+    }
+  }
   std::vector<std::string> names;
   if (a.workload == "all") {
     names = strata::bench::WorkloadNames();
   } else {
     names = {a.workload};
   }
-  std::error_code ec;
   const std::string self = std::filesystem::read_symlink("/proc/self/exe", ec).string();
   if (ec) {
     std::fprintf(stderr, "strata bench: cannot find this program (/proc/self/exe): %s\n",
@@ -232,12 +252,10 @@ int BenchCommand(const std::vector<std::string_view>& args) {
   }
   std::fputs(strata::bench::ResultsTable(all).c_str(), stdout);
   if (!a.json.empty()) {
-    const std::filesystem::path path(a.json);
-    if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path(), ec);
-    std::ofstream out(a.json);
-    out << strata::bench::ResultsJson(all);
-    out.close();
-    if (!out) {
+    std::ofstream json(a.json);
+    json << strata::bench::ResultsJson(all);
+    json.close();
+    if (!json) {
       std::fprintf(stderr, "strata bench: cannot write %s\n", a.json.c_str());
       return kFailed;
     }
