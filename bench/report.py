@@ -8,8 +8,9 @@ Reads
   <results>/<workload>.json  written by `strata bench WORKLOAD --json`: a
                              list of results (train, embed, shared)
   <results>/<program>.json   Google Benchmark output (--benchmark_out) of
-                             the microbenchmarks: each `X/strata` beside its
-                             `X/baseline` or `X/floor`
+                             the microbenchmarks: each `X/strata` beside
+                             every other side of X (`X/baseline`, `X/floor`,
+                             or a named alternative such as `X/memcpy`)
 and writes
   <out>/report.json  a list, one object per workload, size and baseline:
                      name, metric, strata, baseline, baseline_name, unit,
@@ -65,31 +66,42 @@ def rate_of(b):
     return b.get("real_time", 0.0), b.get("time_unit", "ns"), False
 
 
+# Google Benchmark's marks of which clock timed a run: the engine's side is
+# often timed by the wall clock and a raw baseline by its own (manual) one,
+# and they name the same benchmark all the same.
+TIMING_MARKS = {"real_time", "manual_time", "process_time"}
+FIRST_SIDES = ("baseline", "floor")
+
+
 def pair_micro(benchmarks, program):
-    """X/strata beside X/baseline (or X/floor), medians where there are any."""
-    by_name = {}
+    """X/strata beside every other side of X (its baseline, its floor, or the
+    alternative it names, such as memcpy), medians where there are any.
+    X keeps its arguments (threads:2 and threads:1 are two rows)."""
+    by_parts = {}
     for b in benchmarks:
         if b.get("run_type") == "aggregate" and b.get("aggregate_name") != "median":
             continue
         name = b.get("run_name", b.get("name", ""))
-        by_name.setdefault(name, b)
+        parts = tuple(p for p in name.split("/") if p not in TIMING_MARKS)
+        by_parts.setdefault(parts, b)
     pairs = []
-    for name, b in by_name.items():
-        parts = name.split("/")
+    for parts, b in by_parts.items():
         if "strata" not in parts:
             continue
         i = parts.index("strata")
-        for other in ("baseline", "floor"):
-            oname = "/".join(parts[:i] + [other] + parts[i + 1:])
-            o = by_name.get(oname)
-            if o is None:
-                continue
+        others = [(o_parts[i], o) for o_parts, o in by_parts.items()
+                  if len(o_parts) == len(parts) and o_parts[i] != "strata"
+                  and o_parts[:i] == parts[:i] and o_parts[i + 1:] == parts[i + 1:]]
+        others.sort(key=lambda so: (FIRST_SIDES.index(so[0])
+                                    if so[0] in FIRST_SIDES else len(FIRST_SIDES), so[0]))
+        for other, o in others:
             s_val, unit, higher = rate_of(b)
             o_val, _, _ = rate_of(o)
             if not s_val or not o_val:
                 continue
             pairs.append({
-                "kind": "micro", "program": program, "name": "/".join(parts[:i]),
+                "kind": "micro", "program": program,
+                "name": "/".join(parts[:i] + parts[i + 1:]),
                 "metric": unit, "strata": s_val, "baseline": o_val,
                 "baseline_name": other, "unit": unit, "higher_is_better": higher,
                 "ratio": s_val / o_val, "working_set_bytes": None,
@@ -212,8 +224,9 @@ def markdown(workloads, micro, plots, plot_note, when):
         lines += [f"Plots: {plot_note}.", ""]
     if micro:
         lines += ["## Microbenchmarks", "",
-                  "Each `X/strata` beside `X/baseline` or `X/floor` of the same "
-                  "program and run (medians where repetitions ran).", "",
+                  "Each `X/strata` beside every other side of X in the same "
+                  "program and run: `X/baseline`, `X/floor`, or the alternative "
+                  "it names (medians where repetitions ran).", "",
                   "| program | benchmark | strata | baseline | against | ratio | unit |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         for m in micro:

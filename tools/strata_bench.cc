@@ -209,17 +209,20 @@ int BenchCommand(const std::vector<std::string_view>& args) {
   const Args a = Parse(argv);
   if (!a.error.empty()) return Usage(a.error);
   // The runs can take minutes: a JSON path that cannot be written is said
-  // before them (opened to append, so a failed run leaves an older report
-  // as it was).
+  // before them. The probe opens it to append (an older report survives a
+  // failed run) and removes what it created (a skipped workload leaves no
+  // empty file for the report to trip on).
   std::error_code ec;
   if (!a.json.empty()) {
     const std::filesystem::path path(a.json);
     if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path(), ec);
+    const bool existed = std::filesystem::exists(path, ec);
     if (!std::ofstream(a.json, std::ios::app)) {
       return Usage(absl::StrCat("--json ", a.json, ": cannot write it (",
                                 ec ? ec.message() : std::strerror(errno),
                                 "); give a file in a writable directory"));
     }
+    if (!existed) std::filesystem::remove(path, ec);
   }
   std::vector<std::string> names;
   if (a.workload == "all") {
