@@ -134,6 +134,12 @@ void ResumeBackgroundWork(Engine& engine) {
   internal::EngineCore::Of(engine).ResumeBackgroundWork();
 }
 
+void SetEvictionHook(
+    Engine& engine,
+    std::function<void(std::string_view tensor, uint64_t block, Tier from)> hook) {
+  internal::EngineCore::Of(engine).SetEvictionHook(std::move(hook));
+}
+
 }  // namespace testing
 
 absl::StatusOr<Tensor> Engine::CreateTensor(std::string_view name,

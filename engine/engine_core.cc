@@ -996,6 +996,9 @@ bool EngineCore::WaitForBackgroundWork(Deadline deadline) {
 
 void EngineCore::PauseBackgroundWork() { mover_->Pause(); }
 void EngineCore::ResumeBackgroundWork() { mover_->Resume(); }
+void EngineCore::SetEvictionHook(WriteBacks::EvictionHook hook) {
+  write_backs_->SetEvictionHook(std::move(hook));
+}
 
 // ---------------------------------------------------------------------------
 // Construction and destruction

@@ -31,6 +31,7 @@
 #include "engine/lifecycle.h"
 #include "engine/parts.h"
 #include "engine/wait_table.h"
+#include "engine/write_back.h"
 #include "tiers/tier.h"
 
 namespace strata::tiers {
@@ -124,6 +125,7 @@ class EngineCore {
   bool WaitForBackgroundWork(Deadline deadline);
   void PauseBackgroundWork();
   void ResumeBackgroundWork();
+  void SetEvictionHook(WriteBacks::EvictionHook hook);
 
  private:
   using MaybePin = absl::StatusOr<std::optional<strata::Pin>>;

@@ -3,7 +3,10 @@
 #ifndef STRATA_ENGINE_TESTING_H_
 #define STRATA_ENGINE_TESTING_H_
 
+#include <cstdint>
+#include <functional>
 #include <memory>
+#include <string_view>
 
 #include "absl/status/statusor.h"
 #include "api/strata/strata.h"
@@ -41,6 +44,15 @@ bool WaitForBackgroundWork(Engine& engine, absl::Duration limit);
 // loaded machine can. Do not call WaitForBackgroundWork in between.
 void PauseBackgroundWork(Engine& engine);
 void ResumeBackgroundWork(Engine& engine);
+
+// Calls `hook` on the evicting thread each time a dirty copy's eviction is
+// about to write it down: the copy is claimed (evicting), no copy below is
+// claimed yet. Lets a test act in that window from another thread (the
+// hook may wait for it; the evicting thread holds no block latch there).
+// An empty hook ends it; set and end it while no eviction runs.
+void SetEvictionHook(
+    Engine& engine,
+    std::function<void(std::string_view tensor, uint64_t block, Tier from)> hook);
 
 }  // namespace strata::testing
 
