@@ -403,19 +403,23 @@ void Residency::Evict(std::vector<Victim>& victims, EvictResult& result,
   TierCounters& counters = parts_.stats->tier(pos_);
   {
     CopyBatch batch(*parts_.chain);
+    // A clean victim's frame goes to the caller's load, or is freed.
+    auto free_clean = [&](const Victim& v) {
+      if (handoff != nullptr && !handoff->valid() &&
+          TakeClaimedFrame(parts_, *v.ts, v.block, pos_, bytes, handoff)) {
+        // The claim's count in transit goes with the frame to the load.
+        std::lock_guard lock(frames_mu_);
+        frames_[handoff->offset] = Placed{handoff->bytes, owner.key, owner.slot};
+      } else {
+        DropClaimed(parts_, *v.ts, v.block, pos_);
+        TransitEnd();
+      }
+      counters.evictions.fetch_add(1, std::memory_order_relaxed);
+      ++result.freed;
+    };
     for (const Victim& v : victims) {
       if (!v.dirty) {
-        if (handoff != nullptr && !handoff->valid() &&
-            TakeClaimedFrame(parts_, *v.ts, v.block, pos_, bytes, handoff)) {
-          // The claim's count in transit goes with the frame to the load.
-          std::lock_guard lock(frames_mu_);
-          frames_[handoff->offset] = Placed{handoff->bytes, owner.key, owner.slot};
-        } else {
-          DropClaimed(parts_, *v.ts, v.block, pos_);
-          TransitEnd();
-        }
-        counters.evictions.fetch_add(1, std::memory_order_relaxed);
-        ++result.freed;
+        free_clean(v);
         continue;
       }
       // The claim's count in transit ends when the write-back does
@@ -427,6 +431,12 @@ void Residency::Evict(std::vector<Victim>& victims, EvictResult& result,
         continue;
       }
       victims_in_flight_.fetch_sub(1, std::memory_order_acq_rel);
+      if (WriteBacks::NoLongerDirty(s)) {
+        // A write pin took its dirty mark since the claim: it is a stale
+        // copy now, freed like any clean one.
+        free_clean(v);
+        continue;
+      }
       Restore(v);  // back in the policy before the count ends
       TransitUndo(nullptr);
       if (absl::IsAborted(s)) {  // the copy below is busy: try again soon

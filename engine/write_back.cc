@@ -35,9 +35,21 @@ struct WriteBackOp {
   absl::Status status;
 };
 
-bool WriteBacks::ClaimTarget(WriteBackOp& op, int dst, uint64_t* seen) {
+WriteBacks::Claim WriteBacks::ClaimTarget(WriteBackOp& op, int dst,
+                                          uint64_t* seen) {
   TensorState& ts = *op.ts;
   LatchGuard latch(ts.record(op.block).latch, *parts_.waits);
+  // The source was dirty when it was claimed (eviction) or looked at
+  // (Flush), not under this latch. A write pin may have taken the mark since
+  // (MakeSoleAndPin moves it off a copy of a tier that cannot be pinned,
+  // claimed or held alike), and its newer bytes may already have been
+  // written below, into this very target (the newer copy's own eviction
+  // skips a tier whose copy is busy). Written there, these stale bytes
+  // would replace the block's newest version: lost (engine_stress_test
+  // StepsFromOneThreadWhileOthersPin/HostRemoteNvme, "has no copy in any
+  // tier"). Checked under the latch that claims the target: the mark can
+  // only move later, and then it finds the target busy.
+  if (!Load(ts.copy(op.src, op.block).word).dirty()) return Claim::kNotDirty;
   op.version = VersionForCopyOut(ts, op.block, op.src);
   CopySlot& slot = ts.copy(dst, op.block);
   uint64_t w = slot.word.load(std::memory_order_acquire);
@@ -45,11 +57,11 @@ bool WriteBacks::ClaimTarget(WriteBackOp& op, int dst, uint64_t* seen) {
   if (claimed == 0 ||
       !slot.word.compare_exchange_strong(w, claimed, std::memory_order_acq_rel)) {
     *seen = w;
-    return false;
+    return Claim::kBusy;
   }
   op.dst = dst;
   op.dst_frame = slot.frame;  // a stale copy's frame is reused
-  return true;
+  return Claim::kClaimed;
 }
 
 void WriteBacks::ReleaseTarget(WriteBackOp& op) {
@@ -65,10 +77,18 @@ void WriteBacks::ReleaseTarget(WriteBackOp& op) {
 absl::Status WriteBacks::StartTo(const std::shared_ptr<WriteBackOp>& op,
                                  int dst, CopyBatch& batch,
                                  uint64_t* busy_seen) {
-  if (!ClaimTarget(*op, dst, busy_seen)) {
-    return absl::AbortedError(absl::StrCat(
-        BlockName(*op->ts, op->block), " is being moved in tier ",
-        Sv(TierName(parts_.chain->kind(dst)))));
+  switch (ClaimTarget(*op, dst, busy_seen)) {
+    case Claim::kClaimed:
+      break;
+    case Claim::kBusy:
+      return absl::AbortedError(absl::StrCat(
+          BlockName(*op->ts, op->block), " is being moved in tier ",
+          Sv(TierName(parts_.chain->kind(dst)))));
+    case Claim::kNotDirty:  // NoLongerDirty
+      return absl::CancelledError(absl::StrCat(
+          BlockName(*op->ts, op->block), " in tier ",
+          Sv(TierName(parts_.chain->kind(op->src))),
+          " is no longer dirty: a write pin took its dirty mark"));
   }
   if (!op->dst_frame.valid()) {
     absl::StatusOr<tiers::Frame> frame = parts_.tier(dst).AllocateNow(
@@ -289,33 +309,40 @@ absl::Status WriteBacks::FlushBatch(const std::shared_ptr<TensorState>& ts, int 
   {
     CopyBatch batch(*parts_.chain);
     for (uint64_t b = begin; b < end; ++b) {
-      int pos = -1;
-      absl::Status held = HoldDirtyCopy(*ts, b, target, deadline, &pos);
-      note(held);
-      if (!held.ok() || pos < 0) continue;
-      auto op = std::make_shared<WriteBackOp>();
-      op->owner = this;
-      op->ts = ts;
-      op->block = b;
-      op->src = pos;
-      op->mode = Mode::kFlush;
-      op->bytes = ts->BlockSize(b);
-      absl::Status started;
+      // Looked at again when the copy held lost its dirty mark before its
+      // target was claimed (a write pin took it): another copy is dirty now.
       for (;;) {
-        uint64_t seen = 0;
-        started = StartTo(op, target, batch, &seen);
-        if (!absl::IsAborted(started)) break;
-        // The target copy is busy (a write-back of the same bytes): wait.
-        batch.Submit();
-        if (!parts_.waits->WaitForChange(ts->copy(target, b).word, seen, deadline)) {
+        int pos = -1;
+        absl::Status held = HoldDirtyCopy(*ts, b, target, deadline, &pos);
+        note(held);
+        if (!held.ok() || pos < 0) break;
+        auto op = std::make_shared<WriteBackOp>();
+        op->owner = this;
+        op->ts = ts;
+        op->block = b;
+        op->src = pos;
+        op->mode = Mode::kFlush;
+        op->bytes = ts->BlockSize(b);
+        absl::Status started;
+        for (;;) {
+          uint64_t seen = 0;
+          started = StartTo(op, target, batch, &seen);
+          if (!absl::IsAborted(started)) break;
+          // The target copy is busy (a write-back of the same bytes): wait.
+          batch.Submit();
+          if (!parts_.waits->WaitForChange(ts->copy(target, b).word, seen, deadline)) {
+            break;
+          }
+        }
+        if (started.ok()) {
+          ops.push_back(std::move(op));
           break;
         }
-      }
-      if (started.ok()) {
-        ops.push_back(std::move(op));
-      } else {
-        note(started);
         ReleaseSource(parts_, *ts, b, pos);
+        if (!NoLongerDirty(started)) {
+          note(started);
+          break;
+        }
       }
     }
   }  // submitted here

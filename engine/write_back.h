@@ -41,9 +41,14 @@ class WriteBacks {
   // through to the next on kResourceExhausted or when the block's copy there
   // is busy. Non-OK: nothing started (no lower tier took it; kAborted: the
   // copies below were busy being moved, try again soon); the caller puts the
-  // copy back.
+  // copy back, except after NoLongerDirty(status): the copy lost its dirty
+  // mark since it was claimed (see ClaimTarget), holds nothing the tiers
+  // below need, and the caller drops it as a clean copy.
   absl::Status StartEviction(std::shared_ptr<TensorState> ts, uint64_t block,
                              int src, CopyBatch& batch);
+  static bool NoLongerDirty(const absl::Status& status) {
+    return absl::IsCancelled(status);
+  }
 
   // Writes every dirty block of `ts` to the lowest tier and waits for the
   // acknowledgements (each within io_timeout). Returns the first error: a
@@ -65,8 +70,10 @@ class WriteBacks {
   enum class Mode { kEvict, kFlush };
 
   // Under the latch: gives the source's bytes their version and claims the
-  // target copy in tier `dst`. False when that copy is busy (`seen` set).
-  bool ClaimTarget(WriteBackOp& op, int dst, uint64_t* seen);
+  // target copy in tier `dst`. kBusy when that copy is busy (`seen` set);
+  // kNotDirty when the source is no longer dirty, and must not be written.
+  enum class Claim { kClaimed, kBusy, kNotDirty };
+  Claim ClaimTarget(WriteBackOp& op, int dst, uint64_t* seen);
   void ReleaseTarget(WriteBackOp& op);
   // Frame, claim and copy for one target tier; kResourceExhausted lets an
   // eviction try the next tier.

@@ -283,6 +283,68 @@ TEST_F(ChainTest, AWriteBackFailingDuringAFlushIsReportedByThatFlush) {
   if (pinned.ok()) Expect(e, t, 2, 1);
 }
 
+// A middle tier's dirty copy, claimed for its eviction to NVMe, can lose its
+// dirty mark before the eviction claims the copy below: a write pin of the
+// block's host copy takes it (the bytes there are newer), and those newer
+// bytes can reach NVMe first (here a Flush; in engine_stress_test the host
+// copy's own eviction, which skips the busy middle copy). The middle copy's
+// write-back must then write nothing. Before the fix it wrote its stale
+// bytes over the newer NVMe copy, and once the host copy was gone the
+// block's newest version was in no tier: "has no copy in any tier"
+// (DATA_LOSS, met once in CI under TSan).
+TEST_F(ChainTest, AMiddleCopyThatLostItsDirtyMarkIsNotWrittenDown) {
+  EngineOptions base;
+  base.pin_wait_timeout = absl::Seconds(5);
+  ASSERT_OK_AND_ASSIGN(Chain c, OpenChain(Nvme(), {Tier::kHost, Tier::kRemote, Tier::kNvme},
+                                          /*host_blocks=*/4, /*test_blocks=*/2,
+                                          /*asynchronous=*/false, base));
+  Engine& e = *c.engine;
+  ASSERT_OK_AND_ASSIGN(Tensor b, e.CreateTensor("b", Blocks(1)));
+  ASSERT_OK_AND_ASSIGN(Tensor y, e.CreateTensor("y", Blocks(4)));
+  ASSERT_OK_AND_ASSIGN(Tensor x, e.CreateTensor("x", Blocks(16)));
+  // Block b0's only copy of version 1: dirty, in the remote tier.
+  Write(e, b, 0, 1);
+  for (uint64_t i = 0; i < 4; ++i) Write(e, y, i, 1);  // b0 is evicted first
+  ASSERT_OK(e.DropTensor(y));                          // the host empties
+  ASSERT_EQ(Of(e, Tier::kRemote).bytes_in, 2 * kBlock) << "b0 and y0 went to remote";
+  ASSERT_EQ(Of(e, Tier::kNvme).bytes_in, 0u);
+  // A clean host copy of it beside x0 and x1 (older) and x2.
+  Write(e, x, 0, 1);
+  Write(e, x, 1, 1);
+  Expect(e, b, 0, 1);
+  Write(e, x, 2, 1);
+
+  // x3 evicts x0 into the remote tier's free frame, then x1 (the reserve):
+  // the remote tier, full, evicts b0's copy to NVMe. In that window another
+  // thread writes b0 in host (version 2) and flushes it to NVMe.
+  int fired = 0;
+  absl::Status written, flushed;
+  testing::SetEvictionHook(e, [&](std::string_view tensor, uint64_t block, Tier from) {
+    if (tensor != "b" || block != 0 || from != Tier::kRemote || fired++ > 0) return;
+    std::thread other([&] {
+      {
+        auto pin = e.Pin(b, 0, Tier::kHost, Access::kWrite);
+        written = pin.status();
+        if (pin.ok()) FillPattern(pin->bytes(), Seed(1, 0, 2));
+      }
+      if (written.ok()) flushed = e.Flush(b);
+    });
+    other.join();
+  });
+  Write(e, x, 3, 1);
+  for (uint64_t i = 4; i < 16 && fired == 0; ++i) Write(e, x, i, 1);
+  ASSERT_EQ(fired, 1) << "b0's remote copy was never evicted";
+  Of(e, Tier::kHost);  // no write-back left in flight
+  testing::SetEvictionHook(e, {});
+  ASSERT_OK(written);
+  ASSERT_OK(flushed);
+
+  // Push b0 out of host (clean: dropped), then read it from below.
+  for (uint64_t i = 0; i < 16; ++i) Write(e, x, i, 2);
+  Expect(e, b, 0, 2);
+  ASSERT_OK(e.Flush(b));
+}
+
 TEST_F(ChainTest, ReadFailureOfTheMiddleTierReachesThePin) {
   ASSERT_OK_AND_ASSIGN(Chain c, OpenChain(Nvme(), {Tier::kHost, Tier::kRemote, Tier::kNvme},
                                           8, 16));
