@@ -272,6 +272,10 @@ absl::Status WriteBacks::HoldDirtyCopy(TensorState& ts, uint64_t block, int targ
     if (pos < 0) return absl::OkStatus();  // clean, or never written
     std::atomic<uint64_t>& word = ts.copy(pos, block).word;
     uint64_t w = word.load(std::memory_order_acquire);
+    // Written down (and maybe freed) since the scan: a copy that is no
+    // longer dirty may never change again, and waiting for it would time
+    // out. Look for the dirty copy again.
+    if (!S(w).dirty()) continue;
     if (S(w).exclusive()) {
       return absl::FailedPreconditionError(absl::StrCat(
           BlockName(ts, block),
