@@ -140,6 +140,12 @@ void SetEvictionHook(
   internal::EngineCore::Of(engine).SetEvictionHook(std::move(hook));
 }
 
+void SetLoadSourceHook(
+    Engine& engine,
+    std::function<void(std::string_view tensor, uint64_t block, Tier into)> hook) {
+  internal::EngineCore::Of(engine).SetLoadSourceHook(std::move(hook));
+}
+
 }  // namespace testing
 
 absl::StatusOr<Tensor> Engine::CreateTensor(std::string_view name,

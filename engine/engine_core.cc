@@ -999,6 +999,10 @@ void EngineCore::ResumeBackgroundWork() { mover_->Resume(); }
 void EngineCore::SetEvictionHook(WriteBacks::EvictionHook hook) {
   write_backs_->SetEvictionHook(std::move(hook));
 }
+void EngineCore::SetLoadSourceHook(
+    std::function<void(std::string_view, uint64_t, Tier)> hook) {
+  loader_->SetSourceHook(std::move(hook));
+}
 
 // ---------------------------------------------------------------------------
 // Construction and destruction

@@ -16,6 +16,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -126,6 +127,8 @@ class EngineCore {
   void PauseBackgroundWork();
   void ResumeBackgroundWork();
   void SetEvictionHook(WriteBacks::EvictionHook hook);
+  void SetLoadSourceHook(
+      std::function<void(std::string_view, uint64_t, Tier)> hook);
 
  private:
   using MaybePin = absl::StatusOr<std::optional<strata::Pin>>;

@@ -54,6 +54,15 @@ void SetEvictionHook(
     Engine& engine,
     std::function<void(std::string_view tensor, uint64_t block, Tier from)> hook);
 
+// Calls `hook` on the loading thread each time a load is about to choose
+// its source: the tensor was found neither dropped nor closed, and the
+// block's latch is not taken yet. Lets a test act in that window from
+// another thread (the hook may wait for it). An empty hook ends it; set and
+// end it while no load runs.
+void SetLoadSourceHook(
+    Engine& engine,
+    std::function<void(std::string_view tensor, uint64_t block, Tier into)> hook);
+
 }  // namespace strata::testing
 
 #endif  // STRATA_ENGINE_TESTING_H_
