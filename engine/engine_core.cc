@@ -821,7 +821,24 @@ void EngineCore::RollBackClaims(TensorState& ts,
   for (size_t i = 0; i < claimed.size(); ++i) {
     const uint64_t b = i / ts.chain_size;
     const int pos = static_cast<int>(i % ts.chain_size);
-    waits_.Publish(ts.copy(pos, b).word, claimed[i]);
+    std::atomic<uint64_t>& word = ts.copy(pos, b).word;
+    if (!S(claimed[i]).resident()) {
+      waits_.Publish(word, claimed[i]);
+      continue;
+    }
+    // Only the state goes back, the flags stay as they are now: a load
+    // that looked at the gate before the drop began may have chosen its
+    // source since, and set the shared bit on this claimed copy (its own
+    // copy in another pinnable tier is current). Put back without it, this
+    // copy's next write pin would be the hot path's one CAS, and that
+    // other copy would keep the bytes from before the write (a read pin of
+    // it returned them: chain_test ARefusedDropKeepsTheSharedBitALoadSet
+    // Meanwhile). As Residency::RestoreWord.
+    uint64_t w = word.load(std::memory_order_acquire);
+    while (!word.compare_exchange_weak(w, S(w).With(S::kResident) & ~S::kWaiters,
+                                       std::memory_order_acq_rel)) {
+    }
+    if (S(w).has_waiters()) waits_.Wake(word);
   }
   EndClaims(ts, claimed);
 }

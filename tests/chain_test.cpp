@@ -345,6 +345,55 @@ TEST_F(ChainTest, AMiddleCopyThatLostItsDirtyMarkIsNotWrittenDown) {
   ASSERT_OK(e.Flush(b));
 }
 
+// A load chooses its source under the block's latch and sets the shared bit
+// on every other pinnable copy there, also on one a DropTensor has claimed
+// meanwhile (it looked at the gate before). A drop that is then refused (a
+// caller's pin) must not put back the word it claimed as it was: without the
+// shared bit, the host copy's next write pin is the hot path's one CAS and
+// leaves the new shm copy current, so a read pin of shm returns the bytes
+// from before that write.
+TEST_F(ChainTest, ARefusedDropKeepsTheSharedBitALoadSetMeanwhile) {
+  EngineOptions base;
+  base.pin_wait_timeout = absl::Seconds(5);
+  base.io_timeout = absl::Seconds(5);
+  ASSERT_OK_AND_ASSIGN(Chain c, OpenChain(Nvme(), {Tier::kHost, Tier::kShm, Tier::kNvme},
+                                          /*host_blocks=*/8, /*test_blocks=*/4,
+                                          /*asynchronous=*/false, base));
+  Engine& e = *c.engine;
+  ASSERT_OK_AND_ASSIGN(Tensor t, e.CreateTensor("t", Blocks(1)));
+  Write(e, t, 0, 1);
+  ASSERT_OK(e.Flush(t));  // host copy clean, unpinned, not shared
+
+  // A read pin of shm loads the block; as it is about to choose its
+  // source, another thread drops the tensor: the drop claims the host copy
+  // and waits for the shm copy being loaded, and then finds it pinned.
+  int fired = 0;
+  absl::Status dropped;
+  std::thread dropper;
+  testing::SetLoadSourceHook(e, [&](std::string_view tensor, uint64_t block, Tier into) {
+    if (tensor != "t" || block != 0 || into != Tier::kShm || fired++ > 0) return;
+    dropper = std::thread([&] { dropped = e.DropTensor(t); });
+    for (int i = 0; i < 10000000 && !testing::CopyHasWaiters(e, t, Tier::kShm, 0); ++i) {
+      std::this_thread::yield();
+    }
+  });
+  absl::Status pinned;
+  std::thread reader([&] {
+    auto pin = e.Pin(t, 0, Tier::kShm, Access::kRead);
+    pinned = pin.status();
+    if (dropper.joinable()) dropper.join();  // while the pin lives
+  });
+  reader.join();
+  testing::SetLoadSourceHook(e, {});
+  ASSERT_EQ(fired, 1);
+  ASSERT_OK(pinned);
+  ASSERT_EQ(dropped.code(), StatusCode::kFailedPrecondition) << dropped;
+
+  Write(e, t, 0, 2);  // in host
+  Expect(e, t, 0, 2, Tier::kShm);
+  Expect(e, t, 0, 2);
+}
+
 TEST_F(ChainTest, ReadFailureOfTheMiddleTierReachesThePin) {
   ASSERT_OK_AND_ASSIGN(Chain c, OpenChain(Nvme(), {Tier::kHost, Tier::kRemote, Tier::kNvme},
                                           8, 16));
