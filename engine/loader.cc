@@ -372,8 +372,14 @@ void Loader::ReleaseHeldSource(Op& op) {
   if (!op.holds_source) return;
   op.holds_source = false;
   if (op.source.kind == Source::kCopy) {
+    // Both under the latch, as the hold was recorded (PickSource): a drop
+    // judges a pinned copy under it (EngineCore::CallersPin), and must not
+    // see the word without this pin while HoldsSource still says it is
+    // there. It then took the caller's pin left for this load's, waited
+    // for a change the caller's pin need never make, and failed after
+    // io_timeout with 'stayed in transit' instead of refusing at once.
+    LatchGuard latch(op.ts->record(op.block).latch, *parts_.waits);
     ReleaseSource(parts_, *op.ts, op.block, op.source.pos);
-    // After the pin is gone: HoldsSource false means it is.
     std::lock_guard lock(mu_);
     op.held_pos = -1;
   } else if (op.source.kind == Source::kShared) {
