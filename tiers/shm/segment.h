@@ -174,6 +174,15 @@ class Segment {
   // block `block` (in range) of a live tensor is resident; false (nothing
   // held) when Pin must do the rest.
   static bool TryPinRead(const SharedRef& ref, uint64_t block, SharedPin* pin) {
+    // A handle whose tensor was removed (by this process or another) must
+    // not touch its count row: the row went back to the allocator with the
+    // table, and may be another tensor's table or a frame now. Only a
+    // removal concurrent with this call can still slip between this look
+    // and the announce (DESIGN-NOTES, Known limits).
+    if (ABSL_PREDICT_FALSE(ref.entry->generation.load(std::memory_order_acquire) !=
+                           ref.generation)) {
+      return false;
+    }
     std::atomic<uint32_t>& mine = ref.my_counts[block];
     BlockRecord& r = ref.records[block];
     // Announce, then look (a writer or remover claims, then counts).
