@@ -1013,12 +1013,11 @@ bool EngineCore::WaitForBackgroundWork(Deadline deadline) {
 
 void EngineCore::PauseBackgroundWork() { mover_->Pause(); }
 void EngineCore::ResumeBackgroundWork() { mover_->Resume(); }
-void EngineCore::SetEvictionHook(WriteBacks::EvictionHook hook) {
-  write_backs_->SetEvictionHook(std::move(hook));
+void EngineCore::SetEvictionHook(BlockHook::Fn hook) {
+  write_backs_->eviction_hook.Set(std::move(hook));
 }
-void EngineCore::SetLoadSourceHook(
-    std::function<void(std::string_view, uint64_t, Tier)> hook) {
-  loader_->SetSourceHook(std::move(hook));
+void EngineCore::SetLoadSourceHook(BlockHook::Fn hook) {
+  loader_->source_hook.Set(std::move(hook));
 }
 
 // ---------------------------------------------------------------------------

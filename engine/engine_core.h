@@ -16,7 +16,6 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
-#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -28,11 +27,11 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "api/strata/strata.h"
+#include "engine/block_hook.h"
 #include "engine/block_table.h"
 #include "engine/lifecycle.h"
 #include "engine/parts.h"
 #include "engine/wait_table.h"
-#include "engine/write_back.h"
 #include "tiers/tier.h"
 
 namespace strata::tiers {
@@ -126,9 +125,8 @@ class EngineCore {
   bool WaitForBackgroundWork(Deadline deadline);
   void PauseBackgroundWork();
   void ResumeBackgroundWork();
-  void SetEvictionHook(WriteBacks::EvictionHook hook);
-  void SetLoadSourceHook(
-      std::function<void(std::string_view, uint64_t, Tier)> hook);
+  void SetEvictionHook(BlockHook::Fn hook);
+  void SetLoadSourceHook(BlockHook::Fn hook);
 
  private:
   using MaybePin = absl::StatusOr<std::optional<strata::Pin>>;

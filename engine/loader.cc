@@ -145,14 +145,7 @@ absl::StatusOr<Source> Loader::PickSource(Op& op, Deadline deadline,
   TensorState& ts = *op.ts;
   for (;;) {
     if (absl::Status s = Interrupted(parts_, ts); !s.ok()) return s;
-    if (has_hook_.load(std::memory_order_acquire)) {
-      SourceHook hook;
-      {
-        std::lock_guard lock(hook_mu_);
-        hook = hook_;
-      }
-      if (hook) hook(ts.info->name, op.block, parts_.chain->kind(op.pos));
-    }
+    source_hook(ts.info->name, op.block, parts_.chain->kind(op.pos));
     Source source;
     uint64_t version = 0;
     {
@@ -537,12 +530,6 @@ absl::Status Loader::AwaitOther(Op& op, Deadline deadline) {
   }
   if (parts_.life->closing()) return Lifecycle::ClosedError();
   return Timeout(op);
-}
-
-void Loader::SetSourceHook(SourceHook hook) {
-  std::lock_guard lock(hook_mu_);
-  has_hook_.store(static_cast<bool>(hook), std::memory_order_release);
-  hook_ = std::move(hook);
 }
 
 void Loader::Interrupt() {

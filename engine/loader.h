@@ -31,13 +31,12 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <mutex>
-#include <string_view>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
+#include "engine/block_hook.h"
 #include "engine/block_ops.h"
 #include "engine/block_table.h"
 #include "engine/copier.h"
@@ -95,11 +94,8 @@ class Loader {
   // Tests only (testing::SetLoadSourceHook): called on the loading thread
   // by PickSource after it found the tensor neither dropped nor closed and
   // before it takes the block's latch to choose the source, with the
-  // tensor's name, the block and the tier loaded into. Empty in
-  // production, where it costs one load per source chosen.
-  using SourceHook =
-      std::function<void(std::string_view tensor, uint64_t block, Tier into)>;
-  void SetSourceHook(SourceHook hook);
+  // tensor's name, the block and the tier loaded into.
+  BlockHook source_hook;
 
  private:
   // Start without the reserve's refill.
@@ -137,9 +133,6 @@ class Loader {
   EngineParts& parts_;
   std::mutex mu_;
   absl::flat_hash_map<const CopySlot*, std::shared_ptr<Op>> loading_;
-  std::atomic<bool> has_hook_{false};
-  std::mutex hook_mu_;
-  SourceHook hook_;  // guarded by hook_mu_
 };
 
 }  // namespace strata::internal

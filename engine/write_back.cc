@@ -129,14 +129,7 @@ absl::Status WriteBacks::StartEviction(std::shared_ptr<TensorState> ts,
   op->block = block;
   op->src = src;
   op->mode = Mode::kEvict;
-  if (has_hook_.load(std::memory_order_acquire)) {
-    EvictionHook hook;
-    {
-      std::lock_guard lock(hook_mu_);
-      hook = hook_;
-    }
-    if (hook) hook(op->ts->info->name, block, parts_.chain->kind(src));
-  }
+  eviction_hook(op->ts->info->name, block, parts_.chain->kind(src));
   absl::Status last;
   for (int dst = src + 1; dst <= parts_.chain->lowest(); ++dst) {
     uint64_t seen = 0;
@@ -146,12 +139,6 @@ absl::Status WriteBacks::StartEviction(std::shared_ptr<TensorState> ts,
     if (!absl::IsResourceExhausted(last) && !absl::IsAborted(last)) break;
   }
   return last;
-}
-
-void WriteBacks::SetEvictionHook(EvictionHook hook) {
-  std::lock_guard lock(hook_mu_);
-  has_hook_.store(static_cast<bool>(hook), std::memory_order_release);
-  hook_ = std::move(hook);
 }
 
 void WriteBacks::OnCopied(void* user, const CopyResult& result) {

@@ -16,13 +16,11 @@
 
 #include <atomic>
 #include <cstdint>
-#include <functional>
 #include <memory>
-#include <mutex>
-#include <string_view>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "engine/block_hook.h"
 #include "engine/block_table.h"
 #include "engine/copier.h"
 #include "engine/parts.h"
@@ -60,10 +58,7 @@ class WriteBacks {
   // Tests only (testing::SetEvictionHook): called on the evicting thread by
   // StartEviction, after the caller claimed the copy and before any target
   // is claimed, with the tensor's name, the block and the copy's tier.
-  // Empty in production, where it costs one load per dirty eviction.
-  using EvictionHook =
-      std::function<void(std::string_view tensor, uint64_t block, Tier from)>;
-  void SetEvictionHook(EvictionHook hook);
+  BlockHook eviction_hook;
 
  private:
   friend struct WriteBackOp;
@@ -94,9 +89,6 @@ class WriteBacks {
 
   EngineParts& parts_;
   std::atomic<uint64_t> logged_failures_{0};
-  std::atomic<bool> has_hook_{false};
-  std::mutex hook_mu_;
-  EvictionHook hook_;  // guarded by hook_mu_
 };
 
 }  // namespace strata::internal
